@@ -1,0 +1,1 @@
+"""The `segbatch` command line: thin click commands over the library."""

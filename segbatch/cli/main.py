@@ -1,0 +1,74 @@
+"""The root command group, and the one place where errors become messages and exit codes.
+
+Command modules import only click at module level; torch, ray and av are
+imported inside the commands, so `segbatch --help` stays instant.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import click
+
+from segbatch import __version__
+from segbatch.errors import InputError, SegbatchError
+from segbatch.status import ExitStatus
+
+
+class CliError(click.ClickException):
+    """A library error turned into click's one-line message with our exit code."""
+
+    def __init__(self, message: str, exit_code: int) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+class SegbatchGroup(click.Group):
+    """Maps every error raised below it to one line on stderr and a documented exit code."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except (click.ClickException, click.exceptions.Exit, click.Abort):
+            raise
+        except Exception as exc:
+            if ctx.find_root().params.get("traceback"):
+                raise
+            raise _as_cli_error(exc) from None
+        except KeyboardInterrupt:
+            if ctx.find_root().params.get("traceback"):
+                raise
+            raise CliError("interrupted", ExitStatus.INTERRUPTED) from None
+
+
+def _as_cli_error(exc: Exception) -> CliError:
+    if isinstance(exc, InputError):
+        return CliError(str(exc), ExitStatus.BAD_INPUT)
+    if isinstance(exc, SegbatchError):
+        return CliError(str(exc), ExitStatus.FAILED)
+    if isinstance(exc, MemoryError):
+        return CliError("out of memory: lower --batch-size or --samples", ExitStatus.FAILED)
+    first = str(exc).splitlines()[0] if str(exc) else ""
+    return CliError(f"internal error: {type(exc).__name__}: {first} (rerun with --traceback for details)", ExitStatus.FAILED)
+
+
+@click.group(cls=SegbatchGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="segbatch")
+@click.option("--traceback", is_flag=True, hidden=True, help="Show the full traceback of an error (for debugging).")
+def cli(traceback: bool) -> None:
+    """Batch semantic segmentation with calibrated uncertainty (SegNet / Bayesian SegNet)."""
+
+
+def _register() -> None:
+    from segbatch.cli import demo, info, model, train
+
+    for command in (demo.demo, info.info, model.model, train.train):
+        cli.add_command(command)
+
+
+_register()
+
+
+def main() -> None:
+    """Console-script entry point."""
+    cli(prog_name="segbatch")

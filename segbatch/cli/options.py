@@ -1,0 +1,94 @@
+"""Options shared by several commands, so the same flag means the same thing everywhere."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import click
+
+from segbatch.model.catalog import ARCHS, PLACEMENTS
+
+quiet_opt = click.option("--quiet", "-q", is_flag=True, help="No progress bar or status lines.")
+json_opt = click.option("--json", "as_json", is_flag=True, help="Machine-readable JSON on stdout.")
+seed_opt = click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True, help="Random seed (dropout masks, shuffles).")
+overwrite_opt = click.option("--overwrite", is_flag=True, help="Replace an existing output.")
+width_opt = click.option("--width", type=click.FloatRange(min=0, min_open=True), default=1.0, show_default=True, help="Channel-width multiplier (e.g. 0.25 for a small CPU model).")
+
+
+arch_opt = click.option("--arch", type=click.Choice(ARCHS), default="segnet-basic", show_default=True, help="Model architecture.")
+dropout_opt = click.option(
+    "--dropout",
+    type=click.Choice(PLACEMENTS),
+    default="central",
+    show_default=True,
+    help="Where the Bayesian SegNet dropout layers go (central = the released models).",
+)
+
+
+def parse_size(ctx: click.Context, param: click.Parameter, value: str | None) -> tuple[int, int] | None:
+    """HxW -> (height, width), both positive."""
+    if value is None:
+        return None
+    try:
+        h, w = (int(v) for v in value.lower().split("x"))
+    except ValueError:
+        raise click.BadParameter(f"{value!r} is not HxW, e.g. 360x480") from None
+    if h < 1 or w < 1:
+        raise click.BadParameter(f"{value!r}: height and width must be positive")
+    return h, w
+
+
+def parse_names(ctx: click.Context, param: click.Parameter, value: str | None) -> tuple[str, ...]:
+    """A comma-separated list of class names."""
+    if not value:
+        return ()
+    names = tuple(n.strip() for n in value.split(","))
+    if any(not n for n in names):
+        raise click.BadParameter(f"{value!r} has an empty class name")
+    return names
+
+
+def refuse_existing(path: Any, overwrite: bool) -> None:
+    """Never clobber a user's file without --overwrite."""
+    from pathlib import Path
+
+    if Path(path).exists() and not overwrite:
+        raise click.UsageError(f"{path} exists; pass --overwrite to replace it")
+
+
+def _read_classes_file(ctx: click.Context, param: click.Parameter, value: str | None) -> dict[str, Any] | None:
+    """A JSON file {"names": [...], "palette": [[r, g, b], ...]} (palette optional)."""
+    if value is None:
+        return None
+    import json
+
+    try:
+        with open(value, encoding="utf-8") as f:
+            data = json.load(f)
+        names = tuple(str(n) for n in data["names"])
+        palette = tuple(tuple(int(c) for c in rgb) for rgb in data.get("palette", ()))
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise click.BadParameter(f"{value}: not a classes file ({type(exc).__name__}: {exc})") from None
+    if palette and (len(palette) != len(names) or any(len(c) != 3 or not all(0 <= v <= 255 for v in c) for c in palette)):
+        raise click.BadParameter(f"{value}: the palette needs one [r, g, b] (0-255) per class name")
+    return {"names": names, "palette": palette}
+
+
+classes_file_opt = click.option(
+    "--classes-file",
+    type=click.Path(exists=True, dir_okay=False),
+    callback=_read_classes_file,
+    help='JSON {"names": [...], "palette": [[r, g, b], ...]} naming (and colouring) the classes.',
+)
+
+
+def resolve_classes(names: tuple[str, ...], classes_file: dict[str, Any] | None, num_classes: int | None) -> tuple[tuple[str, ...], tuple[tuple[int, int, int], ...]]:
+    """Class names and palette from --class-names or --classes-file (not both), checked against --classes."""
+    if names and classes_file:
+        raise click.UsageError("give --class-names or --classes-file, not both")
+    palette: tuple[tuple[int, int, int], ...] = ()
+    if classes_file:
+        names, palette = classes_file["names"], classes_file["palette"]
+    if names and num_classes is not None and len(names) != num_classes:
+        raise click.UsageError(f"{len(names)} class names for --classes {num_classes}")
+    return names, palette

@@ -1,0 +1,23 @@
+"""One error root for the library; the CLI alone turns these into one-line messages and exit codes."""
+
+from __future__ import annotations
+
+
+class SegbatchError(Exception):
+    """Root of every error segbatch raises on purpose."""
+
+
+class InputError(SegbatchError, ValueError):
+    """The user's input (a file, an option value, a dataset) cannot be used; exit code 2."""
+
+
+class CheckpointError(InputError):
+    """A checkpoint file is missing, corrupt, foreign, or does not fit the job."""
+
+
+class DataError(InputError):
+    """A dataset item is unusable (unreadable, wrong size, class id out of range); the message names the file."""
+
+
+class RunError(SegbatchError, RuntimeError):
+    """Work failed after it started; exit code 1 (the output stays resumable)."""

@@ -1,0 +1,224 @@
+"""SegNet and SegNet-Basic, with the dropout placements of Bayesian SegNet.
+
+The network is an ordered plan of named steps (encode, pool, dropout, unpool,
+decode, classify) over a small state: the feature map and the stack of pooling
+indices. Keeping the plan explicit is what lets MC inference run the
+deterministic steps before the first dropout once and only the stochastic rest
+once per sample (see `segbatch.mc`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from segbatch.errors import InputError
+from segbatch.model.catalog import ARCHS, BASIC_PLACEMENTS, PLACEMENTS, SEGNET_PLACEMENTS
+
+# Channel plans: encoder blocks top-down, decoder blocks bottom-up (dec5 first
+# for SegNet). A decoder block drops its channel count on its last convolution.
+_VGG16_ENCODER = ((64, 64), (128, 128), (256, 256, 256), (512, 512, 512), (512, 512, 512))
+_SEGNET_DECODER = ((512, 512, 512), (512, 512, 256), (256, 256, 128), (128, 64), (64,))
+
+
+@dataclass
+class State:
+    """What flows between steps: the features and the pooling indices still to be used."""
+
+    x: Tensor
+    pooled: list[tuple[Tensor, torch.Size]] = field(default_factory=list)
+
+    def select(self, rows: Tensor) -> State:
+        """The state for a subset (or repetition) of the batch rows, e.g. one row per MC sample."""
+        return State(
+            self.x.index_select(0, rows),
+            [(idx.index_select(0, rows), size) for idx, size in self.pooled],
+        )
+
+
+class MCDropout(nn.Module):
+    """Element-wise dropout (as Caffe's), switchable to seeded Monte-Carlo masks at test time.
+
+    In training it is ordinary dropout. In eval mode it is the identity unless
+    `segbatch.mc` hands it one random generator per batch row: then each row's
+    mask comes from its own generator, so a sample's mask depends only on
+    (seed, item, sample), never on what else is in the batch.
+    """
+
+    def __init__(self, p: float) -> None:
+        super().__init__()
+        self.p = p
+        self.row_generators: Sequence[torch.Generator] | None = None
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.training:
+            return F.dropout(x, self.p, training=True)
+        gens = self.row_generators
+        if gens is None or self.p == 0.0:
+            return x
+        if len(gens) != x.shape[0]:
+            raise RuntimeError(f"MC dropout got {len(gens)} generators for a batch of {x.shape[0]}")
+        keep = torch.stack(
+            [torch.rand(x.shape[1:], generator=g, device=x.device) >= self.p for g in gens]
+        )
+        return x * keep.to(x.dtype) / (1.0 - self.p)
+
+    def extra_repr(self) -> str:
+        return f"p={self.p}"
+
+
+def _conv_bn(cin: int, cout: int, kernel: int, relu: bool) -> list[nn.Module]:
+    layers: list[nn.Module] = [nn.Conv2d(cin, cout, kernel, padding=kernel // 2), nn.BatchNorm2d(cout)]
+    if relu:
+        layers.append(nn.ReLU(inplace=True))
+    return layers
+
+
+class SegNet(nn.Module):
+    """SegNet (VGG16 encoder, mirrored decoder) or SegNet-Basic, optionally Bayesian.
+
+    Args:
+        arch: "segnet" or "segnet-basic".
+        num_classes: output classes.
+        in_channels: input bands (3 for RGB, more for multispectral rasters).
+        dropout: placement name from `PLACEMENTS` ("central" is the released Bayesian SegNet).
+        p: dropout probability.
+        width: multiplier on every hidden channel count (small CPU models).
+
+    The input is a float tensor in [0, 1] of shape (N, in_channels, H, W), any
+    H and W; the model normalises it with its `input_mean`/`input_std` buffers,
+    which travel in the checkpoint. The output is (N, num_classes, H, W) logits.
+    """
+
+    def __init__(
+        self,
+        arch: str,
+        num_classes: int,
+        in_channels: int = 3,
+        dropout: str = "central",
+        p: float = 0.5,
+        width: float = 1.0,
+    ) -> None:
+        super().__init__()
+        if arch not in ARCHS:
+            raise InputError(f"unknown architecture {arch!r}; choose one of {', '.join(ARCHS)}")
+        placements = SEGNET_PLACEMENTS if arch == "segnet" else BASIC_PLACEMENTS
+        if dropout not in placements:
+            raise InputError(f"unknown dropout placement {dropout!r}; choose one of {', '.join(PLACEMENTS)}")
+        if num_classes < 1 or num_classes > 255:
+            raise InputError(f"num_classes must be 1..255 (label 255 means nodata), got {num_classes}")
+        if in_channels < 1:
+            raise InputError(f"in_channels must be >= 1, got {in_channels}")
+        if width <= 0:
+            raise InputError(f"width must be > 0, got {width}")
+        if not 0.0 <= p < 1.0:
+            raise InputError(f"dropout p must be in [0, 1), got {p}")
+        self.arch, self.num_classes, self.in_channels = arch, num_classes, in_channels
+        self.dropout_placement, self.p, self.width = dropout, p, width
+
+        def ch(c: int) -> int:
+            return max(1, round(c * width))
+
+        if arch == "segnet":
+            encoder, decoder, kernel, dec_relu, cls_kernel = _VGG16_ENCODER, _SEGNET_DECODER, 3, True, 3
+        else:
+            encoder, decoder, kernel, dec_relu, cls_kernel = ((64,),) * 4, ((64,),) * 4, 7, False, 1
+        depth = len(encoder)
+
+        self.encoders = nn.ModuleDict()
+        cin = in_channels
+        for k, chans in enumerate(encoder, start=1):
+            layers: list[nn.Module] = []
+            for c in chans:
+                layers += _conv_bn(cin, ch(c), kernel, relu=True)
+                cin = ch(c)
+            self.encoders[f"enc{k}"] = nn.Sequential(*layers)
+        self.decoders = nn.ModuleDict()
+        for k, chans in zip(range(depth, 0, -1), decoder):
+            layers = []
+            for c in chans:
+                layers += _conv_bn(cin, ch(c), kernel, relu=dec_relu)
+                cin = ch(c)
+            self.decoders[f"dec{k}"] = nn.Sequential(*layers)
+        self.classifier = nn.Conv2d(cin, num_classes, cls_kernel, padding=cls_kernel // 2)
+        self.drops = nn.ModuleDict({name: MCDropout(p) for name in placements[dropout]})
+        self.register_buffer("input_mean", torch.full((in_channels,), 0.5))
+        self.register_buffer("input_std", torch.full((in_channels,), 0.25))
+
+        # The plan names steps and the submodule each runs ("" for pool/unpool):
+        # plain data, so the model still pickles and deep-copies cleanly.
+        plan: list[tuple[str, str]] = []
+        for k in range(1, depth + 1):
+            plan += [(f"enc{k}", f"encoders.enc{k}"), (f"pool{k}", "")]
+            if f"pool{k}" in self.drops:
+                plan.append((f"drop:pool{k}", f"drops.pool{k}"))
+        for k in range(depth, 0, -1):
+            plan += [(f"unpool{k}", ""), (f"dec{k}", f"decoders.dec{k}")]
+            if f"dec{k}" in self.drops:
+                plan.append((f"drop:dec{k}", f"drops.dec{k}"))
+        if "classifier" in self.drops:
+            plan.append(("drop:classifier", "drops.classifier"))
+        plan.append(("classifier", "classifier"))
+        self.plan = tuple(plan)
+
+    @property
+    def first_stochastic_step(self) -> int:
+        """Index of the first dropout step in the plan (len(plan) when there is none)."""
+        for i, (name, _) in enumerate(self.plan):
+            if name.startswith("drop:"):
+                return i
+        return len(self.plan)
+
+    def run_steps(self, state: State, start: int = 0, stop: int | None = None) -> State:
+        """Run plan steps [start, stop) on `state`; forward() normalises, then runs the whole plan."""
+        for name, module in self.plan[start:stop]:
+            if module:
+                state = State(self.get_submodule(module)(state.x), state.pooled)
+            elif name.startswith("pool"):
+                state = _pool(state)
+            else:
+                state = _unpool(state)
+        return state
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.run_steps(State(self.normalise(x))).x
+
+    def normalise(self, x: Tensor) -> Tensor:
+        """Scale [0, 1] input with the checkpoint's per-band mean and std."""
+        if x.ndim != 4 or x.shape[1] != self.in_channels:
+            raise InputError(f"expected input (N, {self.in_channels}, H, W), got {tuple(x.shape)}")
+        mean = self.input_mean.view(1, -1, 1, 1).to(x.dtype)
+        std = self.input_std.view(1, -1, 1, 1).to(x.dtype)
+        return (x - mean) / std
+
+
+def _pool(state: State) -> State:
+    # ceil_mode: odd sides keep their last row/column (360 -> ... 45 -> 23).
+    x, idx = F.max_pool2d(state.x, 2, 2, ceil_mode=True, return_indices=True)
+    return State(x, [*state.pooled, (idx, state.x.shape[-2:])])
+
+
+def _unpool(state: State) -> State:
+    idx, size = state.pooled[-1]
+    return State(F.max_unpool2d(state.x, idx, 2, 2, output_size=size), state.pooled[:-1])
+
+
+def build_model(
+    arch: str,
+    num_classes: int,
+    in_channels: int = 3,
+    dropout: str = "central",
+    p: float = 0.5,
+    width: float = 1.0,
+) -> SegNet:
+    """Build an untrained SegNet-family model (public API, see DESIGN.md)."""
+    return SegNet(arch, num_classes, in_channels=in_channels, dropout=dropout, p=p, width=width)
+
+
+def count_parameters(model: nn.Module) -> int:
+    """Learnable parameters (BatchNorm running statistics are buffers, not counted)."""
+    return sum(p.numel() for p in model.parameters())

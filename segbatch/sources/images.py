@@ -1,0 +1,71 @@
+"""Reading single images and class masks (PNG, JPEG, TIFF/GeoTIFF) as arrays."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from segbatch.errors import DataError
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
+_TIFF = (".tif", ".tiff")
+
+
+def find_images(root: Path) -> list[Path]:
+    """Every image under `root` (nested folders too), sorted by relative path for a stable order."""
+    return sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file() and not p.name.startswith("."))
+
+
+def read_image(path: Path) -> np.ndarray:
+    """An image as (H, W, C) in its own dtype; TIFFs through rasterio (any band count), the rest through Pillow."""
+    try:
+        if path.suffix.lower() in _TIFF:
+            import rasterio
+
+            with rasterio.open(path) as ds:
+                return np.moveaxis(ds.read(), 0, -1)
+        from PIL import Image
+
+        with Image.open(path) as im:
+            if im.mode not in ("L", "RGB", "I;16", "I", "F"):
+                im = im.convert("RGB")
+            arr = np.asarray(im)
+    except Exception as exc:  # decoders raise many types; all mean "unreadable"
+        raise DataError(f"{path}: unreadable image ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})") from None
+    return arr[:, :, None] if arr.ndim == 2 else arr
+
+
+def read_mask(path: Path) -> np.ndarray:
+    """A class-index mask as (H, W) integers (palette PNGs give their indices, not colours)."""
+    arr = read_image(path)
+    if arr.shape[2] != 1:
+        raise DataError(f"{path}: a mask must have one band of class ids, found {arr.shape[2]}")
+    if not np.issubdtype(arr.dtype, np.integer):
+        raise DataError(f"{path}: a mask must hold integer class ids, found {arr.dtype}")
+    return arr[:, :, 0]
+
+
+def to_unit_float(image: np.ndarray) -> np.ndarray:
+    """(H, W, C) -> float32 (C, H, W) in [0, 1]: integers scaled by their type's range, floats clipped."""
+    if np.issubdtype(image.dtype, np.integer):
+        out = image.astype(np.float32) / np.float32(np.iinfo(image.dtype).max)
+    else:
+        out = np.clip(image.astype(np.float32), 0.0, 1.0)
+    return np.ascontiguousarray(np.moveaxis(out, -1, 0))
+
+
+def image_size(path: Path) -> tuple[int, int]:
+    """(height, width) from the file's header, without decoding the pixels."""
+    try:
+        if path.suffix.lower() in _TIFF:
+            import rasterio
+
+            with rasterio.open(path) as ds:
+                return ds.height, ds.width
+        from PIL import Image
+
+        with Image.open(path) as im:
+            return im.height, im.width
+    except Exception as exc:
+        raise DataError(f"{path}: unreadable image ({type(exc).__name__})") from None
