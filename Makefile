@@ -1,0 +1,22 @@
+# Two entry points (README quickstart): `make demo` and `make test`. Both set up .venv first.
+# On a CUDA machine pick the torch build you want, e.g.: make demo TORCH=torch
+PY ?= python3
+VENV ?= .venv
+TORCH ?= torch==2.13.0
+BIN := $(VENV)/bin
+
+$(VENV)/.installed: setup.cfg pyproject.toml
+	$(PY) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q "$(TORCH)"
+	$(BIN)/python -m pip install -q -e ".[test]"
+	touch $@
+
+.PHONY: setup demo test
+setup: $(VENV)/.installed
+
+demo: $(VENV)/.installed
+	$(BIN)/python examples/segment_scenes.py --out demo-out
+
+test: $(VENV)/.installed
+	$(BIN)/python -m pytest

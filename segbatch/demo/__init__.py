@@ -1,0 +1,1 @@
+"""Built-in demo: synthetic street scenes and the demo model."""
