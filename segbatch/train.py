@@ -9,7 +9,7 @@ leaves a broken file).
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -198,7 +198,7 @@ def train(images: Path, masks: Path, out: Path, cfg: TrainConfig, quiet: bool = 
         model, spec = ckpt.model, ckpt.spec
         if cfg.num_classes is not None and cfg.num_classes != spec.num_classes:
             raise InputError(f"--init {cfg.init} has {spec.num_classes} classes, not {cfg.num_classes}")
-        cfg = TrainConfig(**{**cfg.__dict__, "num_classes": spec.num_classes})
+        cfg = replace(cfg, num_classes=spec.num_classes)
     num_classes, class_pixels, image_pixels, bands = _scan(pairs, cfg)
     if cfg.init is None:
         model = build_model(cfg.arch, num_classes, in_channels=bands, dropout=cfg.dropout, width=cfg.width)
@@ -258,6 +258,6 @@ def train(images: Path, masks: Path, out: Path, cfg: TrainConfig, quiet: bool = 
                 "class_weights": result.class_weights,
                 "seed": cfg.seed,
             }
-            save_checkpoint(model, out, ModelSpec(**{**spec.__dict__, "extra": {"training": provenance}}))
+            save_checkpoint(model, out, replace(spec, extra={"training": provenance}))
         note(f"epoch {epoch}/{cfg.epochs}: loss {total / seen:.4f}, val mIoU {miou:.3f}{' (kept)' if kept else ''}", quiet)
     return result

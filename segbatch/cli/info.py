@@ -1,4 +1,4 @@
-"""`segbatch info`: a human summary of a checkpoint (or, with --json, the same for machines)."""
+"""`segbatch info`: a human summary of a store or a checkpoint (with --json, the same for machines)."""
 
 from __future__ import annotations
 
@@ -15,11 +15,43 @@ from segbatch.cli.options import json_opt
 @click.argument("path", type=click.Path(exists=True, path_type=Path))
 @json_opt
 def info(path: Path, as_json: bool) -> None:
-    """Summarise a checkpoint file."""
-    from segbatch.model.checkpoint import load_checkpoint
+    """Summarise a store (a folder) or a checkpoint (a file)."""
+    if path.is_dir():
+        from segbatch.store import describe_store
 
-    summary = load_checkpoint(path).describe()
-    click.echo(json.dumps(summary, indent=2) if as_json else format_checkpoint(summary))
+        summary = describe_store(path)
+        text = format_store
+    else:
+        from segbatch.model.checkpoint import load_checkpoint
+
+        summary = load_checkpoint(path).describe()
+        text = format_checkpoint
+    click.echo(json.dumps(summary, indent=2) if as_json else text(summary))
+
+
+def format_store(s: dict[str, Any]) -> str:
+    """The `info` text for a store: status, source, model, arrays, problems."""
+    src, model = s.get("source") or {}, s.get("model") or {}
+    rows = [
+        ("store", s["path"]),
+        ("status", f"{s['status']} ({s['units']['finished']}/{s['units']['total']} units finished)"),
+        ("source", f"{src.get('kind')} {src.get('path')}"),
+        ("model", f"{model.get('arch')} ({len(model.get('classes', []))} classes, sha256 {str(model.get('sha256'))[:12]})"),
+        ("samples", f"{s['samples']} (seed {s['seed']})"),
+    ]
+    if src.get("kind") == "video":
+        rows.append(("frames", f"{src['frame_range'][0]}:{src['frame_range'][1]} of {src['frames']} ({src['codec']}, {src['width']}x{src['height']}, rotation {src['rotation']})"))
+    for name, a in s["arrays"].items():
+        rows.append((name, f"{a['dtype']} ({', '.join(f'{d}={n}' for d, n in zip(a['dims'], a['shape']))}) chunks {a['chunks']}"))
+    summary = s.get("summary") or {}
+    if summary.get("wall_seconds"):
+        rows.append(("run", f"{summary['frames']} frames in {summary['wall_seconds']:.1f} s on {summary['actors']} actor(s) [{summary['device']}]"))
+    problems = s.get("problems") or []
+    rows.append(("problems", "none" if not problems else f"{len(problems)}"))
+    for p in problems:
+        parts = [f"missing {a}:{b}" for a, b in p.get("missing", [])] + [f"decode errors {a}:{b}" for a, b in p.get("damaged", [])]
+        rows.append(("", f"frames {', '.join(parts)}" + (f" - {p['messages'][0]}" if p.get("messages") else "")))
+    return "\n".join(f"{k:<12} {v}" for k, v in rows)
 
 
 def format_checkpoint(s: dict[str, Any]) -> str:

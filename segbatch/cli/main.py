@@ -60,9 +60,9 @@ def cli(traceback: bool) -> None:
 
 
 def _register() -> None:
-    from segbatch.cli import demo, info, model, train
+    from segbatch.cli import demo, export, info, model, run, train
 
-    for command in (demo.demo, info.info, model.model, train.train):
+    for command in (run.run, export.export, info.info, model.model, train.train, demo.demo):
         cli.add_command(command)
 
 

@@ -32,7 +32,7 @@ _dir = click.Path(exists=True, file_okay=False, path_type=Path)
 @click.option("--crop", callback=parse_size, help="Train on random HxW crops (needed when image sizes differ).")
 @click.option("--no-flip", is_flag=True, help="No random horizontal flips.")
 @click.option("--no-balance", is_flag=True, help="No median-frequency class weights.")
-@click.option("--init", "init_ckpt", type=click.Path(exists=True, dir_okay=False, path_type=Path), help="Start from this checkpoint's weights.")
+@click.option("--init", "init_ckpt", type=click.Path(exists=True, dir_okay=False, path_type=Path), help="Start from this checkpoint (its architecture, classes and normalisation win over --arch/--width/--dropout).")
 @click.option("--vgg16", type=click.Path(exists=True, dir_okay=False, path_type=Path), help="torchvision VGG16 state dict for the encoder (segnet only).")
 @seed_opt
 @overwrite_opt

@@ -1,0 +1,25 @@
+"""`segbatch export`: turn a store into files for people (overlay video, PNG panels)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from segbatch.cli.options import overwrite_opt, quiet_opt, refuse_existing
+
+
+@click.command()
+@click.argument("store", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--to", type=click.Path(path_type=Path), required=True, help="overlay.mp4 (or .mkv/.mov), or a folder for PNG frames.")
+@click.option("--alpha", type=click.FloatRange(0, 1), default=0.5, show_default=True, help="Opacity of the label colours over the video.")
+@overwrite_opt
+@quiet_opt
+def export(store: Path, to: Path, alpha: float, overwrite: bool, quiet: bool) -> None:
+    """Export a video store: source | labels blended in, beside the uncertainty heat map."""
+    from segbatch.export import export as run_export
+
+    if to.suffix:
+        refuse_existing(to, overwrite)
+    n = run_export(store, to, alpha=alpha, quiet=quiet)
+    click.echo(f"wrote {n} frames to {to}", err=True)

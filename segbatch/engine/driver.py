@@ -1,0 +1,264 @@
+"""The driver: plan the units, create the store, keep the actors busy, record the outcome.
+
+Only small per-unit statistics travel back here; frames and outputs stay in
+the workers, which write their own chunks. A bounded number of units is in
+flight per actor, so memory stays flat however long the input.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from segbatch.engine.job import FrameUnit, RunConfig, VideoJob, config_digest, fingerprint, source_identity
+from segbatch.errors import InputError, RunError, SegbatchError
+from segbatch.progress import note, progress_bar
+from segbatch.sources.video import VideoPlan, probe_video
+from segbatch.store import (
+    OPTIONAL_OUTPUTS,
+    StoreLayout,
+    base_attrs,
+    check_resumable,
+    create_store,
+    finished_units,
+    open_store,
+    remove_store,
+    store_attrs,
+    update_attrs,
+)
+
+IN_FLIGHT_PER_ACTOR = 2
+CHUNK_PIXELS = 4_000_000  # about 4 MB of labels per chunk
+MAX_CHUNK_FRAMES = 16
+ACTOR_RESTARTS = 3
+
+
+@dataclass
+class RunSummary:
+    """What the run did, for the closing line and the store's attributes."""
+
+    frames: int = 0
+    units: int = 0
+    skipped_units: int = 0
+    seconds: float = 0.0
+    actors: int = 0
+    device: str = ""
+    problems: list[dict[str, Any]] = field(default_factory=list)
+
+    def line(self, out: Path) -> str:
+        rate = self.frames / self.seconds if self.seconds > 0 else 0.0
+        resumed = f", {self.skipped_units} units already done" if self.skipped_units else ""
+        return f"segmented {self.frames} frames in {self.seconds:.1f} s ({rate:.2f} frames/s) on {self.actors} actor(s) [{self.device}]{resumed} -> {out}"
+
+
+def chunk_frames_for(height: int, width: int) -> int:
+    """Frames per chunk (and per unit): about CHUNK_PIXELS label bytes, at most MAX_CHUNK_FRAMES."""
+    return max(1, min(MAX_CHUNK_FRAMES, CHUNK_PIXELS // max(1, height * width)))
+
+
+def plan_frame_units(first: int, stop: int, chunk_frames: int) -> list[FrameUnit]:
+    """Cut source frames [first, stop) into units that each own whole chunks of the store."""
+    return [FrameUnit(i, s, min(s + chunk_frames, stop)) for i, s in enumerate(range(first, stop, chunk_frames))]
+
+
+def frame_range(plan: VideoPlan, frames: tuple[int | None, int | None] | None) -> tuple[int, int]:
+    """--frames A:B (Python-style: B exclusive, either side optional) checked against the video."""
+    first, stop = frames or (None, None)
+    first = 0 if first is None else first
+    stop = plan.frames if stop is None else stop
+    if not 0 <= first < stop <= plan.frames:
+        raise InputError(f"--frames {first}:{stop} is outside the video's 0:{plan.frames}")
+    return first, stop
+
+
+def resolve_model(model: Path | None, quiet: bool) -> Path:
+    """The checkpoint to use: the user's, or the built-in demo model (with a notice)."""
+    if model is not None:
+        return model
+    from segbatch.demo.model import DEMO_NOTICE, demo_checkpoint_path
+
+    note(DEMO_NOTICE, quiet)
+    return demo_checkpoint_path()
+
+
+def run_video(cfg: RunConfig) -> RunSummary:
+    """Segment a video into a Zarr store (see DESIGN.md): plan, store, actors, finalise."""
+    from segbatch.model.checkpoint import load_checkpoint
+
+    if not cfg.input.exists():
+        raise InputError(f"{cfg.input}: no such file")
+    if cfg.resume and cfg.overwrite:
+        raise InputError("--resume and --overwrite exclude each other")
+    ckpt = load_checkpoint(resolve_model(cfg.model, cfg.quiet))
+    if ckpt.spec.in_channels != 3:
+        raise InputError(f"the model takes {ckpt.spec.in_channels} input bands; video frames have 3 (RGB)")
+    plan = probe_video(cfg.input)
+    first, stop = frame_range(plan, cfg.frames)
+    if cfg.samples == 0 and set(cfg.extra_outputs) & {"mutual_information"}:
+        raise InputError("mutual_information needs --samples >= 1")
+    outputs = ("labels", "entropy", *(("uncertainty",) if cfg.samples > 0 else ()), *(o for o in OPTIONAL_OUTPUTS if o in cfg.extra_outputs))
+    chunk = chunk_frames_for(plan.height, plan.width)
+    units = plan_frame_units(first, stop, chunk)
+    job = VideoJob(
+        store=str(cfg.out.resolve()), checkpoint=str(Path(ckpt.path).resolve()), plan=plan, first_frame=first, stop_frame=stop,
+        samples=cfg.samples, seed=cfg.seed, batch_size=cfg.batch_size, resize=cfg.resize, outputs=outputs,
+        float_dtype=cfg.float_dtype, threads=max(1, int(cfg.cpus_per_actor)),
+    )
+    config = fingerprint(job, ckpt.sha256, source_identity(cfg.input), chunk)
+    root, done = _prepare_store(cfg, job, ckpt, config, units, chunk)
+    pending = [u for u in units if u.id not in done]
+    summary = RunSummary(units=len(units), skipped_units=len(units) - len(pending))
+    started = time.perf_counter()
+    try:
+        if pending:
+            _run_units(cfg, job, pending, summary)
+    except KeyboardInterrupt:
+        left = len(units) - len(finished_units(root))
+        note(f"interrupted with {left} of {len(units)} units left; finish with: segbatch run ... --resume", cfg.quiet)
+        raise
+    except SegbatchError as exc:
+        update_attrs(root, status="failed", error=str(exc))
+        raise
+    summary.seconds = time.perf_counter() - started
+    _finalise(root, units, summary)
+    return summary
+
+
+def _prepare_store(cfg: RunConfig, job: VideoJob, ckpt: Any, config: dict[str, Any], units: list[FrameUnit], chunk: int) -> tuple[Any, dict[int, Any]]:
+    """Create the store (driver-only metadata), or reopen it for --resume."""
+    import numpy as np
+
+    if cfg.out.exists() and cfg.resume:
+        root = open_store(cfg.out, mode="r+")
+        check_resumable(store_attrs(root), config)
+        update_attrs(root, status="running")
+        return root, finished_units(root)
+    if cfg.out.exists() and cfg.overwrite:
+        remove_store(cfg.out)
+    plan = job.plan
+    times = plan.times[job.first_frame : job.stop_frame]
+    layout = StoreLayout(
+        dims=("frame", "y", "x"),
+        shape=(job.stop_frame - job.first_frame, plan.height, plan.width),
+        chunks=(chunk, plan.height, plan.width),
+        num_classes=ckpt.spec.num_classes,
+        units=len(units),
+        outputs=job.outputs,
+        float_dtype=job.float_dtype,
+        coords={"time": (("frame",), np.asarray(times, dtype=np.float64), {"units": "s", "long_name": "presentation time from the stream's pts"})},
+    )
+    source = {
+        "path": str(cfg.input.resolve()), "kind": "video", "codec": plan.codec, "frames": plan.frames,
+        "height": plan.height, "width": plan.width, "rotation": plan.rotation, "time_base": str(plan.time_base),
+        "frame_range": [job.first_frame, job.stop_frame],
+    }
+    model = {
+        "arch": ckpt.spec.arch, "classes": list(ckpt.spec.class_names), "palette": [list(c) for c in ckpt.spec.palette],
+        "sha256": ckpt.sha256, "path": str(ckpt.path), "dropout": ckpt.spec.dropout, "width": ckpt.spec.width,
+    }
+    attrs = base_attrs(source, model, cfg.samples, cfg.seed, config) | {"fingerprint": config_digest(config), "resize": list(cfg.resize) if cfg.resize else None}
+    return create_store(cfg.out, layout, attrs), {}
+
+
+def _run_units(cfg: RunConfig, job: VideoJob, pending: list[FrameUnit], summary: RunSummary) -> None:
+    import ray
+    from ray.exceptions import RayActorError, RayTaskError
+
+    from segbatch.engine.worker import UnitWorker
+
+    started_ray = _ensure_ray(cfg.address)
+    try:
+        resources = ray.cluster_resources()
+        gpus = cfg.gpus_per_actor if cfg.gpus_per_actor is not None else (1.0 if resources.get("GPU", 0) > 0 else 0.0)
+        if cfg.actors is not None:
+            n_actors = cfg.actors
+        elif gpus > 0:
+            n_actors = max(1, int(resources.get("GPU", 0) / gpus))
+        else:
+            n_actors = max(1, int(resources.get("CPU", 1) // cfg.cpus_per_actor))
+        n_actors = min(n_actors, len(pending))
+        actor_cls = ray.remote(max_restarts=ACTOR_RESTARTS, max_task_retries=ACTOR_RESTARTS)(UnitWorker)
+        actors = [actor_cls.options(num_cpus=cfg.cpus_per_actor, num_gpus=gpus, name=f"segbatch-worker-{os.getpid()}-{i}").remote(job) for i in range(n_actors)]
+        summary.actors = n_actors
+        summary.device = ray.get(actors[0].device_name.remote())
+        queue = deque(pending)
+        in_flight: dict[Any, tuple[int, FrameUnit]] = {}
+
+        def submit(k: int) -> None:
+            unit = queue.popleft()
+            in_flight[actors[k].process.remote(unit)] = (k, unit)
+
+        for k in range(n_actors):
+            for _ in range(IN_FLIGHT_PER_ACTOR):
+                if queue:
+                    submit(k)
+        total = sum(u.stop - u.start for u in pending)
+        with progress_bar(total, "segmenting", "frame", cfg.quiet) as bar:
+            while in_flight:
+                ready, _ = ray.wait(list(in_flight), num_returns=1)
+                k, unit = in_flight.pop(ready[0])
+                try:
+                    stats = ray.get(ready[0])
+                except RayTaskError as exc:
+                    cause = exc.cause if isinstance(getattr(exc, "cause", None), BaseException) else None
+                    if isinstance(cause, SegbatchError):
+                        raise cause from None
+                    raise RunError(f"unit {unit.id} (frames {unit.start}:{unit.stop}) failed: {_first_line(cause or exc)}") from None
+                except RayActorError:
+                    raise RunError(f"a worker died {ACTOR_RESTARTS + 1} times on unit {unit.id} (frames {unit.start}:{unit.stop}); is it out of memory? finish with --resume") from None
+                summary.frames += stats["frames"][1] - stats["frames"][0]
+                bar.update(unit.stop - unit.start)
+                if queue:
+                    submit(k)
+        for actor in actors:
+            ray.kill(actor, no_restart=True)
+    finally:
+        if started_ray:
+            ray.shutdown()
+
+
+def _ensure_ray(address: str | None) -> bool:
+    """Join the given cluster, or start a local Ray runtime; True when this call started it."""
+    import logging
+
+    import ray
+
+    if ray.is_initialized():
+        return False
+    try:
+        ray.init(address=address, include_dashboard=False, log_to_driver=False, logging_level=logging.ERROR, configure_logging=True)
+    except (ConnectionError, ValueError, RuntimeError) as exc:
+        raise InputError(f"cannot reach the Ray cluster at {address}: {_first_line(exc)}") from None
+    return True
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def _finalise(root: Any, units: list[FrameUnit], summary: RunSummary) -> None:
+    """Driver: from the ledger (every unit, this run's and earlier ones'), write the final attributes."""
+    ledger = finished_units(root)
+    missing = [u.id for u in units if u.id not in ledger]
+    if missing:
+        update_attrs(root, status="failed", error=f"{len(missing)} units never finished")
+        raise RunError(f"{len(missing)} units never finished (first: {missing[0]}); finish with --resume")
+    problems = [
+        {k: v for k, v in stats.items() if k in ("frames", "missing", "damaged", "messages")}
+        for _, stats in sorted(ledger.items())
+        if stats.get("missing") or stats.get("damaged")
+    ]
+    summary.problems = problems
+    seconds = sum(stats.get("seconds", 0.0) for stats in ledger.values())
+    update_attrs(
+        root,
+        status="complete",
+        problems=problems,
+        summary={"frames": sum(s["frames"][1] - s["frames"][0] for s in ledger.values()), "worker_seconds": round(seconds, 3), "wall_seconds": round(summary.seconds, 3),
+                 "actors": summary.actors, "device": summary.device},
+    )

@@ -1,0 +1,92 @@
+"""What a run is asked to do, and the parts of it that decide the output's bits."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from segbatch.sources.video import VideoPlan
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """The options of `segbatch run` (video for now)."""
+
+    input: Path
+    out: Path
+    model: Path | None = None  # None: the built-in demo model
+    samples: int = 8
+    seed: int = 0
+    batch_size: int = 4
+    actors: int | None = None  # None: one per GPU, else one per `cpus_per_actor` CPUs
+    gpus_per_actor: float | None = None  # None: 1 when the cluster has GPUs, else 0
+    cpus_per_actor: float = 1.0
+    address: str | None = None
+    frames: tuple[int | None, int | None] | None = None
+    resize: tuple[int, int] | None = None
+    extra_outputs: tuple[str, ...] = ()
+    float_dtype: str = "float16"
+    resume: bool = False
+    overwrite: bool = False
+    quiet: bool = False
+
+
+@dataclass(frozen=True)
+class FrameUnit:
+    """Frames [start, stop) of the source, written to store rows [start - first, stop - first)."""
+
+    id: int
+    start: int
+    stop: int
+
+
+@dataclass(frozen=True)
+class VideoJob:
+    """Everything a worker needs besides the unit: sent once to each actor."""
+
+    store: str
+    checkpoint: str
+    plan: VideoPlan
+    first_frame: int  # --frames A:B cuts the source to [first_frame, stop_frame)
+    stop_frame: int
+    samples: int
+    seed: int
+    batch_size: int
+    resize: tuple[int, int] | None
+    outputs: tuple[str, ...]
+    float_dtype: str
+    threads: int
+
+
+def fingerprint(job: VideoJob, model_sha256: str, source_id: dict[str, Any], chunk_frames: int) -> dict[str, Any]:
+    """The settings that decide the output's bits; --resume requires them unchanged."""
+    return {
+        "source": source_id,
+        "model_sha256": model_sha256,
+        "samples": job.samples,
+        "seed": job.seed,
+        "batch_size": job.batch_size,
+        "frames": [job.first_frame, job.stop_frame],
+        "resize": list(job.resize) if job.resize else None,
+        "outputs": list(job.outputs),
+        "float_dtype": job.float_dtype,
+        "chunk_frames": chunk_frames,
+    }
+
+
+def source_identity(path: Path) -> dict[str, Any]:
+    """Size plus a digest of the first and last MiB: the same file even after a copy, cheap on terabytes."""
+    size = path.stat().st_size
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        h.update(f.read(1 << 20))
+        f.seek(max(0, size - (1 << 20)))
+        h.update(f.read(1 << 20))
+    return {"size": size, "head_tail_sha256": h.hexdigest()}
+
+
+def config_digest(config: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:16]

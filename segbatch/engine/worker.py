@@ -1,0 +1,128 @@
+"""The worker: holds one model, turns a unit of frames into its own chunks of the store.
+
+Plain Python, so it can be tested without Ray; the driver wraps it in a Ray
+actor. Dropout masks are seeded from (run seed, frame index), so a frame's
+result does not depend on which actor runs it, in which batch, or on a retry.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from segbatch.engine.job import FrameUnit, VideoJob
+from segbatch.mc import derive_seed, mc_predict
+from segbatch.sources.video import DecodeReport, read_frames
+from segbatch.store import NODATA_LABEL, open_store, record_unit, write_region
+
+MAX_MESSAGES = 5
+
+
+class UnitWorker:
+    """Segments units of a video job; one per Ray actor, model loaded once."""
+
+    def __init__(self, job: VideoJob) -> None:
+        import torch
+
+        from segbatch.model.checkpoint import load_checkpoint
+
+        torch.set_num_threads(max(1, job.threads))
+        self.job = job
+        self.device = torch.device("cuda" if torch.cuda.is_available() and _ray_gave_gpu() else "cpu")
+        self.model = load_checkpoint(job.checkpoint).model.to(self.device).eval()
+        self.root = open_store(Path(job.store), mode="r+")
+
+    def device_name(self) -> str:
+        return str(self.device)
+
+    def process(self, unit: FrameUnit) -> dict[str, Any]:
+        """Segment frames [unit.start, unit.stop), write their chunks, then the unit's ledger entry."""
+        started = time.perf_counter()
+        job = self.job
+        n = unit.stop - unit.start
+        h, w = job.plan.height, job.plan.width
+        out: dict[str, np.ndarray] = {"labels": np.full((n, h, w), NODATA_LABEL, np.uint8)}
+        for name in job.outputs:
+            if name == "probs":
+                out[name] = np.full((n, h, w, self.model.num_classes), np.nan, job.float_dtype)
+            elif name != "labels":
+                out[name] = np.full((n, h, w), np.nan, job.float_dtype)
+        report = DecodeReport()
+        for indices, batch in _batches(read_frames(job.plan, unit.start, unit.stop, report), job.batch_size):
+            result = self._predict(batch, indices)
+            rows = [i - unit.start for i in indices]
+            for name, values in result.items():
+                if name in out:
+                    out[name][rows] = values
+        first = job.first_frame
+        write_region(self.root, [slice(unit.start - first, unit.stop - first)], out)
+        stats = {
+            "unit": unit.id,
+            "frames": [unit.start, unit.stop],
+            "missing": _ranges(report.missing),
+            "damaged": _ranges(report.damaged),
+            "messages": report.messages[:MAX_MESSAGES],
+            "seconds": round(time.perf_counter() - started, 3),
+        }
+        record_unit(self.root, unit.id, stats)
+        return stats
+
+    def _predict(self, frames: list[np.ndarray], indices: list[int]) -> dict[str, np.ndarray]:
+        import torch
+        import torch.nn.functional as F
+
+        job = self.job
+        x = torch.from_numpy(np.stack(frames)).to(self.device).permute(0, 3, 1, 2).float().div_(255)
+        size = x.shape[-2:]
+        if job.resize is not None:
+            x = F.interpolate(x, size=job.resize, mode="bilinear", antialias=True, align_corners=False)
+        seeds = [derive_seed(job.seed, i) for i in indices]
+        res = mc_predict(self.model, x, samples=job.samples, seed=seeds)
+        if job.resize is not None:  # back to the source's size: probabilities bilinear, then argmax
+            res = {k: F.interpolate(v[:, None] if v.ndim == 3 else v, size=size, mode="bilinear", align_corners=False) for k, v in res.items() if k != "labels"}
+            res = {k: v[:, 0] if k != "probs" else v for k, v in res.items()}
+            res["labels"] = res["probs"].argmax(1).to(torch.uint8)
+        out = {"labels": res["labels"].cpu().numpy()}
+        for name in job.outputs:
+            if name == "probs":
+                out[name] = res["probs"].permute(0, 2, 3, 1).cpu().numpy().astype(job.float_dtype)
+            elif name in res:
+                out[name] = res[name].cpu().numpy().astype(job.float_dtype)
+        return out
+
+
+def _batches(frames: Iterator[tuple[int, np.ndarray]], size: int) -> Iterator[tuple[list[int], list[np.ndarray]]]:
+    indices: list[int] = []
+    batch: list[np.ndarray] = []
+    for i, frame in frames:
+        indices.append(i)
+        batch.append(frame)
+        if len(batch) == size:
+            yield indices, batch
+            indices, batch = [], []
+    if batch:
+        yield indices, batch
+
+
+def _ranges(indices: list[int]) -> list[list[int]]:
+    """[3, 4, 5, 9] -> [[3, 6], [9, 10]]: half-open frame ranges, compact in attributes."""
+    out: list[list[int]] = []
+    for i in sorted(set(indices)):
+        if out and out[-1][1] == i:
+            out[-1][1] = i + 1
+        else:
+            out.append([i, i + 1])
+    return out
+
+
+def _ray_gave_gpu() -> bool:
+    try:
+        import ray
+
+        return ray.is_initialized() and bool(ray.get_gpu_ids())
+    except Exception:  # outside Ray (tests, one process): use CUDA when present
+        return True

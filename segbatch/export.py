@@ -1,0 +1,128 @@
+"""Exports for people: the source video with labels blended in and the uncertainty beside it.
+
+Reads the store chunk by chunk and the source video sequentially, so memory
+stays bounded whatever the length; every file appears atomically.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from fractions import Fraction
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from segbatch.atomic import atomic_path
+from segbatch.colour import blend, colourise, heatmap
+from segbatch.errors import InputError
+from segbatch.progress import progress_bar
+from segbatch.store import open_store, store_attrs
+
+VIDEO_OUT_SUFFIXES = (".mp4", ".mkv", ".mov")
+_HEAT_SAMPLE_CHUNKS = 16
+
+
+def export(store: Path, to: Path, alpha: float = 0.5, quiet: bool = False) -> int:
+    """Export STORE to an overlay video (.mp4/.mkv/.mov) or a folder of PNG panels; returns frames written."""
+    root = open_store(store)
+    attrs = store_attrs(root)
+    source = attrs.get("source", {})
+    if source.get("kind") != "video":
+        raise InputError(f"{store} holds a {source.get('kind')} result; overlay export is for video stores")
+    if attrs.get("status") != "complete":
+        raise InputError(f"{store} is not complete (status {attrs.get('status')}); finish it with segbatch run --resume first")
+    panels = _panels(root, attrs, alpha)
+    total = root["labels"].shape[0]
+    with progress_bar(total, "exporting", "frame", quiet) as bar:
+        if to.suffix.lower() in VIDEO_OUT_SUFFIXES:
+            return _write_video(panels, to, root["time"][...], bar)
+        if to.suffix:
+            raise InputError(f"{to}: export writes {', '.join(VIDEO_OUT_SUFFIXES)} overlays or a folder of PNGs (no suffix)")
+        return _write_pngs(panels, to, source["frame_range"][0], bar)
+
+
+def _panels(root: Any, attrs: dict[str, Any], alpha: float) -> Iterator[np.ndarray]:
+    """Frame by frame: the source with the palette blended in | the uncertainty heat map."""
+    from segbatch.sources.video import probe_video, read_frames
+
+    source = attrs["source"]
+    path = Path(source["path"])
+    if not path.exists():
+        raise InputError(f"the source video {path} is gone; the overlay needs it")
+    plan = probe_video(path)
+    if plan.frames != source["frames"] or (plan.height, plan.width) != (source["height"], source["width"]):
+        raise InputError(f"{path} changed since the run ({plan.frames} frames {plan.width}x{plan.height}, store says {source['frames']} {source['width']}x{source['height']})")
+    first, stop = source["frame_range"]
+    heat_name = "uncertainty" if "uncertainty" in root else "entropy"
+    labels, heat = root["labels"], root[heat_name]
+    vmax = _heat_scale(heat)
+    palette = attrs["model"]["palette"]
+    chunk = labels.chunks[0]
+    frames = read_frames(plan, first, stop)
+    for lo in range(0, stop - first, chunk):
+        lab = labels[lo : lo + chunk]
+        unc = heat[lo : lo + chunk].astype(np.float32)
+        for k in range(lab.shape[0]):
+            index, rgb = next(frames)
+            if index != first + lo + k:
+                raise InputError(f"{path}: frame {first + lo + k} could not be decoded for the overlay")
+            yield np.concatenate([blend(rgb, colourise(lab[k], palette), alpha), heatmap(unc[k], vmax)], axis=1)
+
+
+def _heat_scale(arr: Any) -> float:
+    """One colour scale for the whole video: the 99th percentile over up to 16 chunks spread along it."""
+    chunk = arr.chunks[0]
+    starts = np.unique(np.linspace(0, max(0, arr.shape[0] - 1), _HEAT_SAMPLE_CHUNKS).astype(int) // chunk * chunk)
+    values = np.concatenate([np.asarray(arr[s : s + chunk], np.float32).ravel() for s in starts])
+    values = values[np.isfinite(values)]
+    return float(np.quantile(values, 0.99)) if values.size and values.max() > 0 else 1.0
+
+
+def _write_video(panels: Iterator[np.ndarray], to: Path, times: np.ndarray, bar: Any) -> int:
+    """H.264 at the source's own timing (variable frame rate kept), written atomically."""
+    import av
+
+    time_base = Fraction(1, 90000)
+    count = 0
+    with atomic_path(to) as tmp:
+        with av.open(str(tmp), "w") as out:
+            stream = None
+            for panel in panels:
+                if stream is None:
+                    rate = _nominal_rate(times)
+                    stream = out.add_stream("libx264", rate=rate)
+                    stream.height, stream.width = panel.shape[0] + panel.shape[0] % 2, panel.shape[1] + panel.shape[1] % 2
+                    stream.pix_fmt, stream.time_base = "yuv420p", time_base
+                    stream.options = {"crf": "20", "preset": "veryfast"}
+                padded = np.pad(panel, ((0, stream.height - panel.shape[0]), (0, stream.width - panel.shape[1]), (0, 0)))
+                frame = av.VideoFrame.from_ndarray(padded, format="rgb24")
+                frame.pts, frame.time_base = int(round((times[count] - times[0]) / float(time_base))), time_base
+                for packet in stream.encode(frame):
+                    out.mux(packet)
+                count += 1
+                bar.update(1)
+            if stream is not None:
+                for packet in stream.encode():
+                    out.mux(packet)
+    return count
+
+
+def _nominal_rate(times: np.ndarray) -> Fraction:
+    """The encoder's nominal rate: the median frame step (frames still carry their own times)."""
+    if len(times) < 2:
+        return Fraction(25)
+    step = float(np.median(np.diff(times)))
+    return Fraction(1 / step).limit_denominator(1001) if step > 0 else Fraction(25)
+
+
+def _write_pngs(panels: Iterator[np.ndarray], folder: Path, first: int, bar: Any) -> int:
+    from PIL import Image
+
+    folder.mkdir(parents=True, exist_ok=True)
+    count = 0
+    for count, panel in enumerate(panels, start=1):
+        with atomic_path(folder / f"frame_{first + count - 1:06d}.png") as tmp:
+            Image.fromarray(panel).save(tmp)
+        bar.update(1)
+    return count
