@@ -16,7 +16,11 @@ $(VENV)/.installed: setup.cfg pyproject.toml
 setup: $(VENV)/.installed
 
 demo: $(VENV)/.installed
-	$(BIN)/python examples/segment_scenes.py --out demo-out
+	mkdir -p demo-out
+	$(BIN)/segbatch demo video --out demo-out/street.mp4 --frames 48 --size 240x320 --overwrite
+	$(BIN)/segbatch run --input demo-out/street.mp4 --out demo-out/street.zarr --overwrite
+	$(BIN)/segbatch info demo-out/street.zarr
+	$(BIN)/segbatch export demo-out/street.zarr --to demo-out/overlay.mp4 --overwrite
 
 test: $(VENV)/.installed
 	$(BIN)/python -m pytest

@@ -16,3 +16,34 @@ def cli():
     from segbatch.cli.main import cli
 
     return cli
+
+
+@pytest.fixture(scope="session")
+def ray_address():
+    """One local Ray runtime for the whole test session (4 logical CPUs so 3 actors fit on 2 cores)."""
+    import logging
+
+    import ray
+
+    ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False, logging_level=logging.ERROR)
+    yield ray.get_runtime_context().gcs_address
+    ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory):
+    """An untrained 11-class SegNet-Basic at width 0.25 with random BatchNorm statistics (non-trivial outputs)."""
+    import torch
+
+    from segbatch.model import build_model, save_checkpoint
+    from segbatch.model.checkpoint import ModelSpec
+
+    torch.manual_seed(0)
+    model = build_model("segnet-basic", 11, width=0.25)
+    for bn in model.modules():
+        if isinstance(bn, torch.nn.BatchNorm2d):
+            bn.running_mean.normal_(0, 0.5)
+            bn.running_var.uniform_(0.5, 2.0)
+    path = tmp_path_factory.mktemp("models") / "tiny.pt"
+    save_checkpoint(model, path, ModelSpec.of(model))
+    return path

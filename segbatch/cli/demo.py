@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from segbatch.cli.options import parse_size, seed_opt
+from segbatch.cli.options import overwrite_opt, parse_size, refuse_existing, seed_opt
 
 
 @click.group()
@@ -30,3 +30,19 @@ def scenes(out: Path, count: int, size: tuple[int, int], seed: int) -> None:
     with atomic_path(out / "classes.json") as tmp:
         tmp.write_text(json.dumps({"names": list(CLASSES), "palette": [list(c) for c in PALETTE]}, indent=1))
     click.echo(f"wrote {count} scenes to {out}/images and {out}/masks, class names in {out}/classes.json", err=True)
+
+
+@demo.command("video")
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), required=True, help="Video file to write (.mp4, .mkv, .mov).")
+@click.option("--frames", type=click.IntRange(min=1), default=100, show_default=True)
+@click.option("--size", callback=parse_size, default="360x480", show_default=True, help="Frame size HxW.")
+@click.option("--fps", type=click.IntRange(min=1), default=25, show_default=True)
+@seed_opt
+@overwrite_opt
+def video(out: Path, frames: int, size: tuple[int, int], fps: int, seed: int, overwrite: bool) -> None:
+    """Write a dash-cam-like video of a drive down a synthetic street (H.264)."""
+    from segbatch.demo.video import write_demo_video
+
+    refuse_existing(out, overwrite)
+    write_demo_video(out, frames, size[0], size[1], fps=fps, seed=seed)
+    click.echo(f"wrote {frames} frames ({size[1]}x{size[0]}, {fps} fps) to {out}", err=True)

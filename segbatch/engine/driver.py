@@ -109,23 +109,64 @@ def run_video(cfg: RunConfig) -> RunSummary:
         float_dtype=cfg.float_dtype, threads=max(1, int(cfg.cpus_per_actor)),
     )
     config = fingerprint(job, ckpt.sha256, source_identity(cfg.input), chunk)
-    root, done = _prepare_store(cfg, job, ckpt, config, units, chunk)
-    pending = [u for u in units if u.id not in done]
-    summary = RunSummary(units=len(units), skipped_units=len(units) - len(pending))
-    started = time.perf_counter()
+    _check_target(cfg)
+    started_ray = _ensure_ray(cfg.address)
     try:
-        if pending:
-            _run_units(cfg, job, pending, summary)
-    except KeyboardInterrupt:
-        left = len(units) - len(finished_units(root))
-        note(f"interrupted with {left} of {len(units)} units left; finish with: segbatch run ... --resume", cfg.quiet)
-        raise
-    except SegbatchError as exc:
-        update_attrs(root, status="failed", error=str(exc))
-        raise
-    summary.seconds = time.perf_counter() - started
-    _finalise(root, units, summary)
-    return summary
+        pool = _pool_size(cfg, len(units))  # refuses an impossible pool before a store exists
+        root, done = _prepare_store(cfg, job, ckpt, config, units, chunk)
+        pending = [u for u in units if u.id not in done]
+        summary = RunSummary(units=len(units), skipped_units=len(units) - len(pending))
+        started = time.perf_counter()
+        try:
+            if pending:
+                _run_units(cfg, job, pending, summary, *pool)
+        except KeyboardInterrupt:
+            left = len(units) - len(finished_units(root))
+            note(f"interrupted with {left} of {len(units)} units left; finish with: segbatch run ... --resume", cfg.quiet)
+            raise
+        except SegbatchError as exc:
+            update_attrs(root, status="failed", error=str(exc))
+            raise
+        summary.seconds = time.perf_counter() - started
+        _finalise(root, units, summary)
+        return summary
+    finally:
+        if started_ray:
+            import ray
+
+            ray.shutdown()
+
+
+def _check_target(cfg: RunConfig) -> None:
+    """Before any work: the store must be new, or be replaced (--overwrite) or finished (--resume)."""
+    if cfg.out.exists() and not (cfg.resume or cfg.overwrite):
+        raise InputError(f"{cfg.out} exists; pass --resume to finish it or --overwrite to replace it")
+    if cfg.out.exists() and cfg.overwrite:
+        open_store(cfg.out)  # only ever delete a store segbatch wrote
+    parent = cfg.out.parent if str(cfg.out.parent) else Path(".")
+    if not parent.is_dir():
+        raise InputError(f"cannot create {cfg.out}: folder {parent} does not exist")
+    if not os.access(parent, os.W_OK):
+        raise InputError(f"cannot create {cfg.out}: folder {parent} is not writable")
+
+
+def _pool_size(cfg: RunConfig, units: int) -> tuple[int, float]:
+    """(actors, GPUs per actor): one per GPU (or per --cpus-per-actor CPUs) unless --actors says, never more than units."""
+    import ray
+
+    resources = ray.cluster_resources()
+    gpus = cfg.gpus_per_actor if cfg.gpus_per_actor is not None else (1.0 if resources.get("GPU", 0) > 0 else 0.0)
+    if cfg.actors is not None:
+        n_actors = cfg.actors
+    elif gpus > 0:
+        n_actors = max(1, int(resources.get("GPU", 0) / gpus))
+    else:
+        n_actors = max(1, int(resources.get("CPU", 1) // cfg.cpus_per_actor))
+    n_actors = min(n_actors, units)
+    for what, need, have in (("CPUs", n_actors * cfg.cpus_per_actor, resources.get("CPU", 0.0)), ("GPUs", n_actors * gpus, resources.get("GPU", 0.0))):
+        if need > have + 1e-9:
+            raise InputError(f"{n_actors} actors need {need:g} {what} but the Ray cluster has {have:g}; lower --actors or the per-actor request")
+    return n_actors, gpus
 
 
 def _prepare_store(cfg: RunConfig, job: VideoJob, ckpt: Any, config: dict[str, Any], units: list[FrameUnit], chunk: int) -> tuple[Any, dict[int, Any]]:
@@ -164,27 +205,21 @@ def _prepare_store(cfg: RunConfig, job: VideoJob, ckpt: Any, config: dict[str, A
     return create_store(cfg.out, layout, attrs), {}
 
 
-def _run_units(cfg: RunConfig, job: VideoJob, pending: list[FrameUnit], summary: RunSummary) -> None:
+def _run_units(cfg: RunConfig, job: VideoJob, pending: list[FrameUnit], summary: RunSummary, n_actors: int, gpus: float) -> None:
     import ray
     from ray.exceptions import RayActorError, RayTaskError
 
     from segbatch.engine.worker import UnitWorker
 
-    started_ray = _ensure_ray(cfg.address)
+    n_actors = min(n_actors, len(pending))
+    actor_cls = ray.remote(max_restarts=ACTOR_RESTARTS, max_task_retries=ACTOR_RESTARTS)(UnitWorker)
+    actors = [actor_cls.options(num_cpus=cfg.cpus_per_actor, num_gpus=gpus, name=f"segbatch-worker-{os.getpid()}-{i}").remote(job) for i in range(n_actors)]
     try:
-        resources = ray.cluster_resources()
-        gpus = cfg.gpus_per_actor if cfg.gpus_per_actor is not None else (1.0 if resources.get("GPU", 0) > 0 else 0.0)
-        if cfg.actors is not None:
-            n_actors = cfg.actors
-        elif gpus > 0:
-            n_actors = max(1, int(resources.get("GPU", 0) / gpus))
-        else:
-            n_actors = max(1, int(resources.get("CPU", 1) // cfg.cpus_per_actor))
-        n_actors = min(n_actors, len(pending))
-        actor_cls = ray.remote(max_restarts=ACTOR_RESTARTS, max_task_retries=ACTOR_RESTARTS)(UnitWorker)
-        actors = [actor_cls.options(num_cpus=cfg.cpus_per_actor, num_gpus=gpus, name=f"segbatch-worker-{os.getpid()}-{i}").remote(job) for i in range(n_actors)]
         summary.actors = n_actors
-        summary.device = ray.get(actors[0].device_name.remote())
+        try:
+            summary.device = ray.get(actors[0].device_name.remote())
+        except (RayActorError, RayTaskError) as exc:
+            raise RunError(f"a worker could not start: {_first_line(exc)}") from None
         queue = deque(pending)
         in_flight: dict[Any, tuple[int, FrameUnit]] = {}
 
@@ -214,11 +249,9 @@ def _run_units(cfg: RunConfig, job: VideoJob, pending: list[FrameUnit], summary:
                 bar.update(unit.stop - unit.start)
                 if queue:
                     submit(k)
+    finally:
         for actor in actors:
             ray.kill(actor, no_restart=True)
-    finally:
-        if started_ray:
-            ray.shutdown()
 
 
 def _ensure_ray(address: str | None) -> bool:

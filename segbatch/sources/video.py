@@ -39,6 +39,7 @@ class VideoPlan:
     time_base: Fraction
     pts: np.ndarray = field(repr=False)  # int64 presentation timestamps, sorted
     keyframes: np.ndarray = field(repr=False)  # frame indices of keyframes, sorted
+    demux_error: str | None = None  # why the packets ended early, if they did (the plan covers what could be read)
 
     @property
     def frames(self) -> int:
@@ -59,9 +60,10 @@ class VideoPlan:
         """Presentation time of every frame in seconds, from its pts (variable frame rate kept)."""
         return self.pts.astype(np.float64) * float(self.time_base)
 
-    def keyframe_at_or_before(self, index: int) -> int:
-        """The frame index decoding must start from to reach frame `index`."""
-        return int(self.keyframes[np.searchsorted(self.keyframes, index, side="right") - 1])
+    @property
+    def gop(self) -> int:
+        """Typical frames between keyframes (how far a seek may have to decode)."""
+        return int(np.median(np.diff(np.append(self.keyframes, self.frames)))) if self.frames else 1
 
 
 def _open(path: str | Path) -> Any:
@@ -92,10 +94,11 @@ def probe_video(path: str | Path) -> VideoPlan:
             raise InputError(f"{path} has no video stream ({', '.join(kinds)} streams only)")
         stream = container.streams.video[0]
         pts, keys = [], []
+        demux_error = None
         try:
             for packet in container.demux(stream):
-                if packet.size == 0:
-                    continue  # the demuxer's end-of-stream flush packet
+                if packet.size == 0 or packet.is_discard:
+                    continue  # the end-of-stream flush packet; packets an edit list drops from presentation
                 stamp = packet.pts if packet.pts is not None else packet.dts
                 if stamp is None:
                     raise InputError(f"{path}: video packets carry no timestamps; remux it (ffmpeg -i IN -c copy OUT.mkv)")
@@ -104,7 +107,7 @@ def probe_video(path: str | Path) -> VideoPlan:
         except av.FFmpegError as exc:
             if not pts:
                 raise InputError(f"{path} is not a readable video ({_reason(exc)})") from None
-            # a damaged tail: plan what could be demuxed; decoding reports the rest
+            demux_error = f"demuxing stopped after {len(pts)} frames: {_reason(exc)}"  # a damaged tail
         if not pts:
             raise InputError(f"{path} has a video stream with zero frames")
         order = np.argsort(np.asarray(pts, dtype=np.int64), kind="stable")
@@ -129,6 +132,7 @@ def probe_video(path: str | Path) -> VideoPlan:
         time_base=time_base,
         pts=sorted_pts,
         keyframes=keyframes,
+        demux_error=demux_error,
     )
 
 
@@ -139,7 +143,7 @@ def _first_frame_rotation(container: Any, stream: Any) -> int:
     try:
         container.seek(0, stream=stream)
         for frame in container.decode(stream):
-            return int(round(frame.rotation)) % 360
+            return int(round(frame.rotation / 90.0)) * 90 % 360  # display matrices in the wild are quarter turns
     except av.FFmpegError:
         return 0
     return 0
@@ -150,7 +154,7 @@ class DecodeReport:
     """What went wrong while decoding a frame range: frame indices, and FFmpeg's messages."""
 
     missing: list[int] = field(default_factory=list)  # frames the plan promised that never came out
-    damaged: list[int] = field(default_factory=list)  # frames decoded while the decoder logged errors
+    damaged: list[int] = field(default_factory=list)  # frames decoded after a decoder error, up to the next keyframe
     messages: list[str] = field(default_factory=list)
 
     @property
@@ -158,43 +162,120 @@ class DecodeReport:
         return not (self.missing or self.damaged)
 
 
+MAX_SEEK_TRIES = 3
+
+
 def read_frames(plan: VideoPlan, start: int, stop: int, report: DecodeReport | None = None) -> Iterator[tuple[int, np.ndarray]]:
     """Yield (frame index, RGB uint8 (H, W, 3) in display orientation) for frames [start, stop).
 
-    Frames the decoder cannot produce are skipped and listed in `report.missing`;
-    frames decoded while FFmpeg logged errors are yielded and listed in `report.damaged`.
+    Seeks to the keyframe at or before `start`. Where the container's index is
+    inexact (MPEG-TS, program streams) a seek can overshoot; then it retries
+    from earlier keyframes and, at worst, decodes from the beginning. Frames
+    the decoder cannot produce are listed in `report.missing`; frames decoded
+    after a decoder error (until the next keyframe) are yielded and listed in
+    `report.damaged`.
     """
-    import av
-
     if not 0 <= start <= stop <= plan.frames:
         raise InputError(f"frame range {start}:{stop} is outside 0:{plan.frames}")
     report = report if report is not None else DecodeReport()
-    index_of = {int(p): i for i, p in enumerate(plan.pts)}
     expected = start
-    with _open(plan.path) as container, av.logging.Capture(local=True) as logs:
-        stream = container.streams.video[0]
-        stream.thread_type = "AUTO"
-        first = plan.keyframe_at_or_before(start)
-        container.seek(int(plan.pts[first]), stream=stream, backward=True, any_frame=False)
-        seen_logs = 0
-        try:
-            for frame in container.decode(stream):
-                idx = index_of.get(frame.pts if frame.pts is not None else -1)
-                errors = [msg for level, _, msg in logs[seen_logs:] if level <= av.logging.ERROR]
-                seen_logs = len(logs)
-                if idx is None or idx < start:
+    if start < stop:
+        for key in _seek_candidates(plan, start):
+            overshot = False
+            for idx, rgb, damaged in _decode_from(plan, key, report):
+                if idx < start:
                     continue
+                if expected == start and idx > start and key > 0:
+                    overshot = True  # the seek landed past `start`: try an earlier keyframe
+                    break
                 if idx >= stop:
                     break
                 report.missing.extend(range(expected, idx))
                 expected = idx + 1
-                if errors or frame.is_corrupt:
+                if damaged:
                     report.damaged.append(idx)
-                    report.messages.extend(m.strip() for m in errors)
-                yield idx, _upright(frame.to_ndarray(format="rgb24"), plan.rotation)
-        except av.FFmpegError as exc:
-            report.messages.append(_reason(exc))
+                yield idx, rgb
+            if not overshot and (expected > start or key == 0):
+                break  # else nothing came out at all after the seek: also try an earlier keyframe
     report.missing.extend(range(expected, stop))
+
+
+def _seek_candidates(plan: VideoPlan, start: int) -> list[int]:
+    """Keyframes to try seeking to, nearest first; 0 (decode from the start, no seek) last."""
+    before = plan.keyframes[plan.keyframes <= start][::-1]
+    return [int(k) for k in before[:MAX_SEEK_TRIES] if k > 0] + [0]
+
+
+def _decode_from(plan: VideoPlan, key: int, report: DecodeReport) -> Iterator[tuple[int, np.ndarray, bool]]:
+    """Decode forward from keyframe `key`: (index, upright RGB, damaged) for every frame whose pts is in the plan.
+
+    Packets are decoded one by one so a bad packet is recorded and skipped,
+    not the end of the unit; FFmpeg's error log (written from its decoding
+    threads too) marks the frames that follow as damaged until the next keyframe.
+    """
+    import av
+
+    av.logging.set_level(av.logging.ERROR)  # without a level, FFmpeg's messages never reach Python
+    damaged_until = -1
+    last = key - 1
+    with _open(plan.path) as container, av.logging.Capture(local=False) as logs:
+        stream = container.streams.video[0]
+        if key > 0:
+            try:
+                container.seek(int(plan.pts[key]), stream=stream, backward=True, any_frame=False)
+            except av.FFmpegError as exc:
+                report.messages.append(f"seek to frame {key} failed: {_reason(exc)}")
+                return
+        seen = 0
+        for packet in _packets(container, stream, report):
+            try:
+                frames = packet.decode()
+            except av.FFmpegError as exc:
+                report.messages.append(_reason(exc))
+                frames = []
+                damaged_until = max(damaged_until, _next_keyframe(plan, last + 1))
+            if len(logs) > seen:
+                report.messages.extend(msg.strip() for level, _, msg in logs[seen:] if level <= av.logging.ERROR)
+                seen = len(logs)
+                damaged_until = max(damaged_until, _next_keyframe(plan, last + 1))
+            for frame in frames:
+                idx = _index_of(plan, frame.pts)
+                if idx is None:
+                    continue
+                last = idx
+                damaged = idx < damaged_until or frame.is_corrupt
+                if frame.is_corrupt:
+                    damaged_until = max(damaged_until, _next_keyframe(plan, idx + 1))
+                yield idx, _rgb(frame, plan), damaged
+
+
+def _packets(container: Any, stream: Any, report: DecodeReport) -> Iterator[Any]:
+    """Demuxed packets of `stream` (the final empty one flushes the decoder); a broken tail ends the stream."""
+    import av
+
+    try:
+        yield from container.demux(stream)
+    except av.FFmpegError as exc:
+        report.messages.append(_reason(exc))
+
+
+def _index_of(plan: VideoPlan, pts: int | None) -> int | None:
+    if pts is None:
+        return None
+    i = int(np.searchsorted(plan.pts, pts))
+    return i if i < plan.frames and plan.pts[i] == pts else None
+
+
+def _next_keyframe(plan: VideoPlan, index: int) -> int:
+    later = plan.keyframes[plan.keyframes >= index]
+    return int(later[0]) if len(later) else plan.frames
+
+
+def _rgb(frame: Any, plan: VideoPlan) -> np.ndarray:
+    """The frame as upright RGB at the plan's size (a stream that changes resolution is rescaled to its first size)."""
+    if (frame.height, frame.width) != (plan.coded_height, plan.coded_width):
+        frame = frame.reformat(width=plan.coded_width, height=plan.coded_height)
+    return _upright(frame.to_ndarray(format="rgb24"), plan.rotation)
 
 
 def _upright(rgb: np.ndarray, rotation: int) -> np.ndarray:

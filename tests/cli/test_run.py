@@ -1,0 +1,264 @@
+"""`segbatch run` on video, through the CLI as a user runs it, on the session's shared Ray runtime."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from fractions import Fraction
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import xarray as xr
+import zarr
+
+sys.path.insert(0, str(Path(__file__).parents[1] / "sources"))
+from videos import corrupt, frame_index, write_audio_only, write_video  # noqa: E402
+
+SAMPLES_DIR = Path(__file__).parents[3] / "shared" / "samples"
+ARRAYS = ("labels", "uncertainty", "entropy")
+
+
+@pytest.fixture(scope="module")
+def video(tmp_path_factory):
+    return write_video(tmp_path_factory.mktemp("videos") / "drive.mp4", 40, gop=12)
+
+
+@pytest.fixture(scope="module")
+def long_video(tmp_path_factory):
+    return write_video(tmp_path_factory.mktemp("videos") / "long.mp4", 160, gop=24)
+
+
+def run(runner, cli, *args):
+    return runner.invoke(cli, ["run", *map(str, args), "--quiet"])
+
+
+def arrays(store):
+    root = zarr.open_group(str(store), mode="r")
+    return {name: root[name][...] for name in ARRAYS}
+
+
+def assert_same(a, b):
+    for name in ARRAYS:
+        np.testing.assert_array_equal(a[name], b[name], err_msg=name)
+
+
+@pytest.fixture(scope="module")
+def clean_long(ray_address, runner_module, cli_module, long_video, tiny_model, tmp_path_factory):
+    out = tmp_path_factory.mktemp("clean") / "clean.zarr"
+    r = run(runner_module, cli_module, "--input", long_video, "--out", out, "--model", tiny_model, "--samples", 2, "--actors", 2)
+    assert r.exit_code == 0, r.output
+    return arrays(out)
+
+
+@pytest.fixture(scope="module")
+def runner_module():
+    from click.testing import CliRunner
+
+    return CliRunner()
+
+
+@pytest.fixture(scope="module")
+def cli_module():
+    from segbatch.cli.main import cli
+
+    return cli
+
+
+def test_every_frame_is_segmented_in_place(ray_address, runner, cli, video, tiny_model, tmp_path):
+    out = tmp_path / "labels.zarr"
+    r = run(runner, cli, "--input", video, "--out", out, "--model", tiny_model, "--samples", 3, "--seed", 7, "--actors", 2, "--batch-size", 3)
+    assert r.exit_code == 0, r.output
+    assert "segmented 40 frames" in r.output
+    ds = xr.open_zarr(out)
+    assert ds.labels.dims == ("frame", "y", "x") and ds.labels.shape == (40, 48, 64)
+    assert ds.uncertainty.dtype == np.float16 and ds.entropy.dtype == np.float16
+    assert np.allclose(ds.time.values, np.arange(40) / 25)
+    attrs = ds.attrs["segbatch"]
+    assert attrs["status"] == "complete" and attrs["samples"] == 3 and attrs["seed"] == 7
+    assert attrs["source"]["kind"] == "video" and attrs["model"]["arch"] == "segnet-basic" and len(attrs["model"]["sha256"]) == 64
+
+    # each stored frame is the model's answer on that very frame (none lost, duplicated or shifted)
+    from segbatch.mc import derive_seed, mc_predict
+    from segbatch.model import load_checkpoint
+    from segbatch.sources.video import probe_video, read_frames
+
+    model = load_checkpoint(tiny_model).model
+    plan = probe_video(video)
+    for i, rgb in read_frames(plan, 0, 40):
+        assert frame_index(rgb) == i
+        if i % 9 == 0:
+            x = torch.from_numpy(rgb).permute(2, 0, 1)[None].float() / 255
+            ref = mc_predict(model, x, samples=3, seed=derive_seed(7, i))
+            np.testing.assert_array_equal(ds.labels.values[i], ref["labels"][0].numpy())
+            np.testing.assert_array_equal(ds.uncertainty.values[i], ref["uncertainty"][0].numpy().astype(np.float16))
+
+
+def test_same_seed_same_arrays_with_1_or_3_actors(ray_address, runner, cli, video, tiny_model, tmp_path):
+    for k in (1, 3):
+        r = run(runner, cli, "--input", video, "--out", tmp_path / f"a{k}.zarr", "--model", tiny_model, "--samples", 2, "--actors", k)
+        assert r.exit_code == 0, r.output
+    assert_same(arrays(tmp_path / "a1.zarr"), arrays(tmp_path / "a3.zarr"))
+
+
+def test_frames_range_resize_and_extra_outputs(ray_address, runner, cli, video, tiny_model, tmp_path):
+    out = tmp_path / "part.zarr"
+    r = run(runner, cli, "--input", video, "--out", out, "--model", tiny_model, "--samples", 2, "--frames", "10:30",
+            "--resize", "32x40", "--outputs", "mutual_information,probs", "--float32")
+    assert r.exit_code == 0, r.output
+    ds = xr.open_zarr(out)
+    assert ds.labels.shape == (20, 48, 64) and ds.probs.shape == (20, 48, 64, 11) and ds.probs.dims[-1] == "class"
+    assert ds.uncertainty.dtype == np.float32 and "mutual_information" in ds
+    assert np.allclose(ds.time.values, np.arange(10, 30) / 25)
+    # labels are the argmax of the resampled probabilities
+    np.testing.assert_array_equal(ds.labels.values, ds.probs.values.argmax(-1))
+
+
+def test_zero_samples_writes_labels_and_entropy_only(ray_address, runner, cli, video, tiny_model, tmp_path):
+    r = run(runner, cli, "--input", video, "--out", tmp_path / "det.zarr", "--model", tiny_model, "--samples", 0, "--frames", ":16")
+    assert r.exit_code == 0, r.output
+    ds = xr.open_zarr(tmp_path / "det.zarr")
+    assert "uncertainty" not in ds and ds.entropy.shape == (16, 48, 64)
+
+
+def test_store_is_never_overwritten_silently(ray_address, runner, cli, video, tiny_model, tmp_path):
+    args = ["--input", video, "--out", tmp_path / "s.zarr", "--model", tiny_model, "--samples", 1, "--frames", ":16"]
+    assert run(runner, cli, *args).exit_code == 0
+    r = run(runner, cli, *args)
+    assert r.exit_code == 2 and "--overwrite" in r.output
+    assert run(runner, cli, *args, "--overwrite").exit_code == 0
+    r = run(runner, cli, *args[:-4], "--samples", 2, "--frames", ":16", "--resume")
+    assert r.exit_code == 2 and "samples: store has 1, now 2" in r.output
+
+
+def test_overwrite_refuses_a_folder_that_is_not_a_store(ray_address, runner, cli, video, tiny_model, tmp_path):
+    (tmp_path / "precious").mkdir()
+    (tmp_path / "precious" / "thesis.tex").write_text("years of work")
+    r = run(runner, cli, "--input", video, "--out", tmp_path / "precious", "--model", tiny_model, "--overwrite")
+    assert r.exit_code == 2
+    assert (tmp_path / "precious" / "thesis.tex").exists()
+
+
+def test_a_killed_actor_is_replaced_and_the_result_unchanged(ray_address, runner, cli, long_video, tiny_model, tmp_path, clean_long):
+    import ray
+
+    out = tmp_path / "killed.zarr"
+    killed = []
+
+    def kill_one_worker():
+        deadline = time.time() + 60
+        while time.time() < deadline and not killed:
+            names = [a["name"] for a in ray.util.list_named_actors(all_namespaces=True) if a["name"].startswith("segbatch-worker")] if out.exists() else []
+            done = _finished(out)
+            if names and done >= 1:
+                ray.kill(ray.get_actor(names[0], namespace=_namespace(names[0])), no_restart=False)
+                killed.append((names[0], done))
+            time.sleep(0.05)
+
+    t = threading.Thread(target=kill_one_worker)
+    t.start()
+    r = run(runner, cli, "--input", long_video, "--out", out, "--model", tiny_model, "--samples", 2, "--actors", 2)
+    t.join()
+    assert r.exit_code == 0, r.output
+    assert killed and killed[0][1] < 10, "the kill did not land mid-run"
+    assert_same(arrays(out), clean_long)
+
+
+def test_a_killed_driver_is_finished_by_resume(ray_address, runner, cli, long_video, tiny_model, tmp_path, clean_long):
+    out = tmp_path / "resumed.zarr"
+    cmd = [sys.executable, "-m", "segbatch", "run", "--input", str(long_video), "--out", str(out), "--model", str(tiny_model),
+           "--samples", "2", "--actors", "1", "--address", ray_address, "--quiet"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.time() + 120
+    while _finished(out) < 2 and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    done = _finished(out)
+    assert 1 <= done < 10, f"the driver was not killed mid-run ({done} units done)"
+    assert zarr.open_group(str(out)).attrs["segbatch"]["status"] == "running"
+    r = run(runner, cli, "--input", long_video, "--out", out, "--model", tiny_model, "--samples", 2, "--actors", 2, "--resume")
+    assert r.exit_code == 0, r.output
+    assert f"{done} units already done" in r.output or f"{_finished(out)} units" in r.output
+    assert_same(arrays(out), clean_long)
+    assert zarr.open_group(str(out)).attrs["segbatch"]["status"] == "complete"
+
+
+def test_corrupt_packets_are_recorded_in_the_store(ray_address, runner, cli, tiny_model, tmp_path):
+    path = corrupt(write_video(tmp_path / "bad.mkv", 60, gop=30), 0.45, 400)
+    out = tmp_path / "bad.zarr"
+    r = run(runner, cli, "--input", path, "--out", out, "--model", tiny_model, "--samples", 1)
+    assert r.exit_code == 0, r.output
+    assert "warning: frames" in r.output
+    attrs = zarr.open_group(str(out)).attrs["segbatch"]
+    assert attrs["problems"], "corrupt frames were not recorded"
+    info = json.loads(runner.invoke(cli, ["info", str(out), "--json"]).output)
+    assert info["problems"] == attrs["problems"]
+    labels = zarr.open_group(str(out))["labels"][...]
+    for p in attrs["problems"]:
+        for a, b in p["missing"]:
+            assert (labels[a:b] == 255).all()
+
+
+@pytest.mark.parametrize(
+    ("make", "message"),
+    [
+        (lambda d: d / "missing.mp4", "no such file"),
+        (lambda d: (d / "notes.mp4").write_text("hello") and d / "notes.mp4", "not a readable video"),
+        (lambda d: write_audio_only(d / "song.mka"), "no video stream"),
+    ],
+)
+def test_bad_input_is_one_line_and_exit_2(ray_address, runner, cli, tiny_model, tmp_path, make, message):
+    r = run(runner, cli, "--input", make(tmp_path), "--out", tmp_path / "x.zarr", "--model", tiny_model)
+    assert r.exit_code == 2, r.output
+    assert message in r.output and len(r.output.strip().splitlines()) == 1
+    assert not (tmp_path / "x.zarr").exists()
+
+
+def test_model_that_does_not_fit_video(ray_address, runner, cli, video, tmp_path):
+    ckpt = tmp_path / "ms.pt"
+    assert runner.invoke(cli, ["model", "init", "--classes", "3", "--in-channels", "4", "--width", "0.25", "--out", str(ckpt)]).exit_code == 0
+    r = run(runner, cli, "--input", video, "--out", tmp_path / "x.zarr", "--model", ckpt)
+    assert r.exit_code == 2 and "4 input bands" in r.output
+    assert not (tmp_path / "x.zarr").exists()
+
+
+def test_unwritable_output_path(ray_address, runner, cli, video, tiny_model, tmp_path):
+    r = run(runner, cli, "--input", video, "--out", tmp_path / "no" / "such" / "dir" / "x.zarr", "--model", tiny_model)
+    assert r.exit_code == 2 and "does not exist" in r.output
+
+
+def test_variable_frame_rate_times_reach_the_store(ray_address, runner, cli, tiny_model, tmp_path):
+    pts = [0, 40, 80, 200, 210, 220, 500, 540, 580, 600]
+    path = write_video(tmp_path / "vfr.mkv", 10, pts=pts, time_base=Fraction(1, 1000))
+    r = run(runner, cli, "--input", path, "--out", tmp_path / "vfr.zarr", "--model", tiny_model, "--samples", 1)
+    assert r.exit_code == 0, r.output
+    assert np.allclose(xr.open_zarr(tmp_path / "vfr.zarr").time.values, np.array(pts) / 1000)
+
+
+@pytest.mark.skipif(not SAMPLES_DIR.is_dir(), reason="../shared/samples is not here (a fresh clone)")
+@pytest.mark.parametrize("name", ["bikes.mp4", "carphone_pristine.mp4"])
+def test_real_sample_videos(ray_address, runner, cli, tiny_model, tmp_path, name):
+    out = tmp_path / "real.zarr"
+    r = run(runner, cli, "--input", SAMPLES_DIR / name, "--out", out, "--model", tiny_model, "--samples", 1, "--frames", "5:25", "--actors", 2)
+    assert r.exit_code == 0, r.output
+    ds = xr.open_zarr(out)
+    assert ds.labels.shape[0] == 20 and not ds.attrs["segbatch"]["problems"]
+    assert (ds.labels.values != 255).all()
+
+
+def _finished(store):
+    try:
+        return int((zarr.open_group(str(store), mode="r")["ledger"][...] != "").sum())
+    except Exception:
+        return 0
+
+
+def _namespace(name):
+    import ray
+
+    return next(a["namespace"] for a in ray.util.list_named_actors(all_namespaces=True) if a["name"] == name)
