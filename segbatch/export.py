@@ -60,13 +60,16 @@ def _panels(root: Any, attrs: dict[str, Any], alpha: float) -> Iterator[np.ndarr
     palette = attrs["model"]["palette"]
     chunk = labels.chunks[0]
     frames = read_frames(plan, first, stop)
+    pending = next(frames, None)
+    missing = np.full((plan.height, plan.width, 3), 96, np.uint8)  # grey: the source frame would not decode
     for lo in range(0, stop - first, chunk):
         lab = labels[lo : lo + chunk]
         unc = heat[lo : lo + chunk].astype(np.float32)
         for k in range(lab.shape[0]):
-            index, rgb = next(frames)
-            if index != first + lo + k:
-                raise InputError(f"{path}: frame {first + lo + k} could not be decoded for the overlay")
+            rgb = missing
+            if pending is not None and pending[0] == first + lo + k:
+                rgb = pending[1]
+                pending = next(frames, None)
             yield np.concatenate([blend(rgb, colourise(lab[k], palette), alpha), heatmap(unc[k], vmax)], axis=1)
 
 

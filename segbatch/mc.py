@@ -54,7 +54,7 @@ def _generator(item_seed: int, sample: int, device: torch.device) -> torch.Gener
     return g
 
 
-def _entropy(p: Tensor) -> Tensor:
+def class_entropy(p: Tensor) -> Tensor:
     """Entropy over the class axis (1), in nats; 0 log 0 = 0."""
     return -torch.special.xlogy(p, p).sum(dim=1)
 
@@ -104,7 +104,7 @@ def mc_predict(
         with torch.inference_mode():
             if samples == 0:
                 probs = torch.softmax(model(x).float(), dim=1)
-                return {"probs": probs, "labels": probs.argmax(1).to(torch.uint8), "entropy": _entropy(probs)}
+                return {"probs": probs, "labels": probs.argmax(1).to(torch.uint8), "entropy": class_entropy(probs)}
             return _mc(model, x, samples, item_seeds, max_rows, share_prefix)
     finally:
         model.train(was_training)
@@ -118,7 +118,7 @@ def _mc(model: SegNet, x: Tensor, samples: int, item_seeds: list[int], max_rows:
     mean = torch.cat([p[0] for p in parts])
     var = torch.cat([p[1] for p in parts])
     sample_entropy = torch.cat([p[2] for p in parts])
-    entropy = _entropy(mean)
+    entropy = class_entropy(mean)
     return {
         "probs": mean,
         "labels": mean.argmax(1).to(torch.uint8),
@@ -139,7 +139,7 @@ def _mc_item(model: SegNet, x: Tensor, samples: int, seed: int, max_rows: int, s
         with _row_masks(model, gens):
             logits = model.run_steps(prefix.select(torch.zeros(len(gens), dtype=torch.long, device=x.device)), start).x
         p = torch.softmax(logits.float(), dim=1)
-        ent = _entropy(p).sum(dim=0, keepdim=True)
+        ent = class_entropy(p).sum(dim=0, keepdim=True)
         sample_entropy = ent if sample_entropy is None else sample_entropy + ent
         # Welford, one sample at a time in sample order: numerically stable, and
         # exactly zero variance when all samples agree.

@@ -11,7 +11,9 @@ crash says exactly which units are finished.
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -50,10 +52,24 @@ def create_store(path: Path, layout: StoreLayout, attrs: dict[str, Any]) -> Any:
     parent = path.parent if str(path.parent) else Path(".")
     if not parent.is_dir():
         raise InputError(f"cannot create {path}: folder {parent} does not exist")
+    # Built beside its final place and renamed into it: a driver killed half-way
+    # never leaves a store that --resume would take for a whole one.
+    building = parent / f".{path.name}.creating-{uuid.uuid4().hex[:8]}"
     try:
-        root = zarr.open_group(str(path), mode="w-", zarr_format=3, attributes={"segbatch": {**attrs, "status": "running"}})
+        root = zarr.open_group(str(building), mode="w-", zarr_format=3, attributes={"segbatch": {**attrs, "status": "running"}})
+        _create_arrays(root, layout)
+        _consolidate(root)
+        os.rename(building, path)
     except OSError as exc:
+        shutil.rmtree(building, ignore_errors=True)
         raise InputError(f"cannot create {path}: {exc.strerror or exc}") from None
+    except BaseException:
+        shutil.rmtree(building, ignore_errors=True)
+        raise
+    return zarr.open_group(str(path), mode="r+", zarr_format=3)
+
+
+def _create_arrays(root: Any, layout: StoreLayout) -> None:
     coord_names = " ".join(layout.coords)
     common = {"coordinates": coord_names} if coord_names else {}
     for name in layout.outputs:
@@ -73,7 +89,6 @@ def create_store(path: Path, layout: StoreLayout, attrs: dict[str, Any]) -> Any:
         arr[...] = values
     root.create_array("ledger", shape=(layout.units,), chunks=(1,), dtype=str, fill_value="", dimension_names=["unit"],
                       attributes={"long_name": "finished work units (JSON per unit; empty = not finished)"})
-    return _consolidate(root)
 
 
 def _consolidate(root: Any) -> Any:
@@ -117,9 +132,9 @@ def store_attrs(root: Any) -> dict[str, Any]:
     return dict(root.attrs["segbatch"])
 
 
-def update_attrs(root: Any, **changes: Any) -> None:
-    """Driver-only: change root attributes (status, problems, summary)."""
-    root.attrs["segbatch"] = {**store_attrs(root), **changes}
+def update_attrs(root: Any, drop: tuple[str, ...] = (), **changes: Any) -> None:
+    """Driver-only: change root attributes (status, problems, summary), removing the keys in `drop`."""
+    root.attrs["segbatch"] = {k: v for k, v in {**store_attrs(root), **changes}.items() if k not in drop}
     _consolidate(root)
 
 

@@ -19,7 +19,7 @@ def export(store: Path, to: Path, alpha: float, overwrite: bool, quiet: bool) ->
     """Export a video store: source | labels blended in, beside the uncertainty heat map."""
     from segbatch.export import export as run_export
 
-    if to.suffix:
+    if to.suffix or (to.is_dir() and any(to.iterdir())):
         refuse_existing(to, overwrite)
     n = run_export(store, to, alpha=alpha, quiet=quiet)
     click.echo(f"wrote {n} frames to {to}", err=True)

@@ -34,7 +34,9 @@ from segbatch.store import (
 IN_FLIGHT_PER_ACTOR = 2
 CHUNK_PIXELS = 4_000_000  # about 4 MB of labels per chunk
 MAX_CHUNK_FRAMES = 16
-ACTOR_RESTARTS = 3
+MAX_UNIT_CHUNKS = 16
+UNIT_RETRIES = 3  # a unit whose worker dies is redone on a fresh one this many times
+PLACEMENT_NOTE_AFTER_S = 30.0
 
 
 @dataclass
@@ -60,9 +62,18 @@ def chunk_frames_for(height: int, width: int) -> int:
     return max(1, min(MAX_CHUNK_FRAMES, CHUNK_PIXELS // max(1, height * width)))
 
 
-def plan_frame_units(first: int, stop: int, chunk_frames: int) -> list[FrameUnit]:
-    """Cut source frames [first, stop) into units that each own whole chunks of the store."""
-    return [FrameUnit(i, s, min(s + chunk_frames, stop)) for i, s in enumerate(range(first, stop, chunk_frames))]
+def unit_frames_for(chunk_frames: int, gop: int) -> int:
+    """Frames per unit: whole chunks, at least a GOP where that takes at most MAX_UNIT_CHUNKS chunks.
+
+    A unit seeks once and decodes forward from a keyframe; one shorter than the
+    GOP would decode the same frames again in the next unit.
+    """
+    return chunk_frames * max(1, min(MAX_UNIT_CHUNKS, -(-gop // chunk_frames)))
+
+
+def plan_frame_units(first: int, stop: int, unit_frames: int) -> list[FrameUnit]:
+    """Cut source frames [first, stop) into units of `unit_frames` (a multiple of the chunk), each owning whole chunks."""
+    return [FrameUnit(i, s, min(s + unit_frames, stop)) for i, s in enumerate(range(first, stop, unit_frames))]
 
 
 def frame_range(plan: VideoPlan, frames: tuple[int | None, int | None] | None) -> tuple[int, int]:
@@ -102,13 +113,14 @@ def run_video(cfg: RunConfig) -> RunSummary:
         raise InputError("mutual_information needs --samples >= 1")
     outputs = ("labels", "entropy", *(("uncertainty",) if cfg.samples > 0 else ()), *(o for o in OPTIONAL_OUTPUTS if o in cfg.extra_outputs))
     chunk = chunk_frames_for(plan.height, plan.width)
-    units = plan_frame_units(first, stop, chunk)
+    unit_frames = unit_frames_for(chunk, plan.gop)
+    units = plan_frame_units(first, stop, unit_frames)
     job = VideoJob(
         store=str(cfg.out.resolve()), checkpoint=str(Path(ckpt.path).resolve()), plan=plan, first_frame=first, stop_frame=stop,
         samples=cfg.samples, seed=cfg.seed, batch_size=cfg.batch_size, resize=cfg.resize, outputs=outputs,
-        float_dtype=cfg.float_dtype, threads=max(1, int(cfg.cpus_per_actor)),
+        float_dtype=cfg.float_dtype, threads=max(1, int(cfg.cpus_per_actor)), chunk_frames=chunk,
     )
-    config = fingerprint(job, ckpt.sha256, source_identity(cfg.input), chunk)
+    config = fingerprint(job, ckpt.sha256, source_identity(cfg.input), unit_frames)
     _check_target(cfg)
     started_ray = _ensure_ray(cfg.address)
     try:
@@ -124,8 +136,8 @@ def run_video(cfg: RunConfig) -> RunSummary:
             left = len(units) - len(finished_units(root))
             note(f"interrupted with {left} of {len(units)} units left; finish with: segbatch run ... --resume", cfg.quiet)
             raise
-        except SegbatchError as exc:
-            update_attrs(root, status="failed", error=str(exc))
+        except Exception as exc:
+            update_attrs(root, status="failed", error=_first_line(exc))
             raise
         summary.seconds = time.perf_counter() - started
         _finalise(root, units, summary)
@@ -212,14 +224,13 @@ def _run_units(cfg: RunConfig, job: VideoJob, pending: list[FrameUnit], summary:
     from segbatch.engine.worker import UnitWorker
 
     n_actors = min(n_actors, len(pending))
-    actor_cls = ray.remote(max_restarts=ACTOR_RESTARTS, max_task_retries=ACTOR_RESTARTS)(UnitWorker)
+    # Ray restarts a dead actor (any number of times) and re-sends its unit (UNIT_RETRIES times):
+    # units are idempotent (whole chunks, then the ledger entry), so a retry changes no bits.
+    actor_cls = ray.remote(max_restarts=-1, max_task_retries=UNIT_RETRIES)(UnitWorker)
     actors = [actor_cls.options(num_cpus=cfg.cpus_per_actor, num_gpus=gpus, name=f"segbatch-worker-{os.getpid()}-{i}").remote(job) for i in range(n_actors)]
     try:
         summary.actors = n_actors
-        try:
-            summary.device = ray.get(actors[0].device_name.remote())
-        except (RayActorError, RayTaskError) as exc:
-            raise RunError(f"a worker could not start: {_first_line(exc)}") from None
+        summary.device = _first_device(actors, n_actors, cfg)
         queue = deque(pending)
         in_flight: dict[Any, tuple[int, FrameUnit]] = {}
 
@@ -244,7 +255,8 @@ def _run_units(cfg: RunConfig, job: VideoJob, pending: list[FrameUnit], summary:
                         raise cause from None
                     raise RunError(f"unit {unit.id} (frames {unit.start}:{unit.stop}) failed: {_first_line(cause or exc)}") from None
                 except RayActorError:
-                    raise RunError(f"a worker died {ACTOR_RESTARTS + 1} times on unit {unit.id} (frames {unit.start}:{unit.stop}); is it out of memory? finish with --resume") from None
+                    raise RunError(f"unit {unit.id} (frames {unit.start}:{unit.stop}) killed its worker {UNIT_RETRIES + 1} times (out of memory?); "
+                                   "lower --batch-size and finish with --resume") from None
                 summary.frames += stats["frames"][1] - stats["frames"][0]
                 bar.update(unit.stop - unit.start)
                 if queue:
@@ -252,6 +264,21 @@ def _run_units(cfg: RunConfig, job: VideoJob, pending: list[FrameUnit], summary:
     finally:
         for actor in actors:
             ray.kill(actor, no_restart=True)
+
+
+def _first_device(actors: list[Any], n_actors: int, cfg: RunConfig) -> str:
+    """Wait for the first actor (saying so when the cluster is slow to place it) and return its device."""
+    import ray
+    from ray.exceptions import RayActorError, RayTaskError
+
+    ref = actors[0].device_name.remote()
+    ready, _ = ray.wait([ref], timeout=PLACEMENT_NOTE_AFTER_S)
+    if not ready:
+        note(f"waiting for the cluster to place {n_actors} actor(s) ({cfg.cpus_per_actor:g} CPU each); it may be busy", cfg.quiet)
+    try:
+        return str(ray.get(ref))
+    except (RayActorError, RayTaskError) as exc:
+        raise RunError(f"a worker could not start: {_first_line(exc)}") from None
 
 
 def _ensure_ray(address: str | None) -> bool:
@@ -290,6 +317,7 @@ def _finalise(root: Any, units: list[FrameUnit], summary: RunSummary) -> None:
     seconds = sum(stats.get("seconds", 0.0) for stats in ledger.values())
     update_attrs(
         root,
+        drop=("error",),
         status="complete",
         problems=problems,
         summary={"frames": sum(s["frames"][1] - s["frames"][0] for s in ledger.values()), "worker_seconds": round(seconds, 3), "wall_seconds": round(summary.seconds, 3),

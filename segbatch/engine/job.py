@@ -59,9 +59,10 @@ class VideoJob:
     outputs: tuple[str, ...]
     float_dtype: str
     threads: int
+    chunk_frames: int  # frames per store chunk; a unit is a run of whole chunks
 
 
-def fingerprint(job: VideoJob, model_sha256: str, source_id: dict[str, Any], chunk_frames: int) -> dict[str, Any]:
+def fingerprint(job: VideoJob, model_sha256: str, source_id: dict[str, Any], unit_frames: int) -> dict[str, Any]:
     """The settings that decide the output's bits; --resume requires them unchanged."""
     return {
         "source": source_id,
@@ -73,8 +74,20 @@ def fingerprint(job: VideoJob, model_sha256: str, source_id: dict[str, Any], chu
         "resize": list(job.resize) if job.resize else None,
         "outputs": list(job.outputs),
         "float_dtype": job.float_dtype,
-        "chunk_frames": chunk_frames,
+        "chunk_frames": job.chunk_frames,
+        "unit_frames": unit_frames,
+        "software": software_versions(),
     }
+
+
+def software_versions() -> dict[str, str]:
+    """Versions that can change the output's bits: resuming under others could mix results."""
+    import av
+    import torch
+
+    from segbatch import __version__
+
+    return {"segbatch": __version__, "torch": torch.__version__, "av": av.__version__, "ffmpeg": str(av.library_versions.get("libavcodec"))}
 
 
 def source_identity(path: Path) -> dict[str, Any]:

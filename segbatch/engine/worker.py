@@ -40,32 +40,29 @@ class UnitWorker:
         return str(self.device)
 
     def process(self, unit: FrameUnit) -> dict[str, Any]:
-        """Segment frames [unit.start, unit.stop), write their chunks, then the unit's ledger entry."""
+        """Segment frames [unit.start, unit.stop), write each of its chunks when full, then the unit's ledger entry.
+
+        A unit spans at least a GOP (one seek, no frame decoded twice) but holds
+        only one chunk of outputs in memory at a time.
+        """
         started = time.perf_counter()
         job = self.job
-        n = unit.stop - unit.start
-        h, w = job.plan.height, job.plan.width
-        out: dict[str, np.ndarray] = {"labels": np.full((n, h, w), NODATA_LABEL, np.uint8)}
-        for name in job.outputs:
-            if name == "probs":
-                out[name] = np.full((n, h, w, self.model.num_classes), np.nan, job.float_dtype)
-            elif name != "labels":
-                out[name] = np.full((n, h, w), np.nan, job.float_dtype)
         report = DecodeReport()
+        chunk = _ChunkBuffer(self, unit.start, min(unit.start + job.chunk_frames, unit.stop))
         for indices, batch in _batches(read_frames(job.plan, unit.start, unit.stop, report), job.batch_size):
             result = self._predict(batch, indices)
-            rows = [i - unit.start for i in indices]
-            for name, values in result.items():
-                if name in out:
-                    out[name][rows] = values
-        first = job.first_frame
-        write_region(self.root, [slice(unit.start - first, unit.stop - first)], out)
+            for j, i in enumerate(indices):
+                while i >= chunk.stop:
+                    chunk = chunk.flush_and_next(unit.stop)
+                chunk.put(i, {name: values[j] for name, values in result.items()})
+        while chunk is not None:  # the rest, frames that never decoded included (fill values)
+            chunk = chunk.flush_and_next(unit.stop)
         stats = {
             "unit": unit.id,
             "frames": [unit.start, unit.stop],
             "missing": _ranges(report.missing),
             "damaged": _ranges(report.damaged),
-            "messages": report.messages[:MAX_MESSAGES],
+            "messages": list(dict.fromkeys(report.messages))[:MAX_MESSAGES],
             "seconds": round(time.perf_counter() - started, 3),
         }
         record_unit(self.root, unit.id, stats)
@@ -75,24 +72,64 @@ class UnitWorker:
         import torch
         import torch.nn.functional as F
 
+        from segbatch.mc import class_entropy
+
         job = self.job
         x = torch.from_numpy(np.stack(frames)).to(self.device).permute(0, 3, 1, 2).float().div_(255)
         size = x.shape[-2:]
         if job.resize is not None:
             x = F.interpolate(x, size=job.resize, mode="bilinear", antialias=True, align_corners=False)
-        seeds = [derive_seed(job.seed, i) for i in indices]
-        res = mc_predict(self.model, x, samples=job.samples, seed=seeds)
-        if job.resize is not None:  # back to the source's size: probabilities bilinear, then argmax
-            res = {k: F.interpolate(v[:, None] if v.ndim == 3 else v, size=size, mode="bilinear", align_corners=False) for k, v in res.items() if k != "labels"}
-            res = {k: v[:, 0] if k != "probs" else v for k, v in res.items()}
-            res["labels"] = res["probs"].argmax(1).to(torch.uint8)
+        res = mc_predict(self.model, x, samples=job.samples, seed=[derive_seed(job.seed, i) for i in indices])
+        if job.resize is not None:
+            # back to the source's size: probabilities bilinear, then argmax; entropy from the resampled
+            # probabilities; variance and the mean per-sample entropy (for MI) resampled bilinearly
+            def up(v: torch.Tensor) -> torch.Tensor:
+                return F.interpolate(v, size=size, mode="bilinear", align_corners=False)
+
+            probs = up(res["probs"])
+            entropy = class_entropy(probs)
+            resampled = {"probs": probs, "labels": probs.argmax(1).to(torch.uint8), "entropy": entropy}
+            if "uncertainty" in res:
+                resampled["uncertainty"] = up(res["uncertainty"][:, None])[:, 0]
+                expected = up((res["entropy"] - res["mutual_information"])[:, None])[:, 0]
+                resampled["mutual_information"] = (entropy - expected).clamp_min(0.0)
+            res = resampled
         out = {"labels": res["labels"].cpu().numpy()}
         for name in job.outputs:
             if name == "probs":
                 out[name] = res["probs"].permute(0, 2, 3, 1).cpu().numpy().astype(job.float_dtype)
-            elif name in res:
+            elif name in res and name != "labels":
                 out[name] = res[name].cpu().numpy().astype(job.float_dtype)
         return out
+
+
+class _ChunkBuffer:
+    """The outputs of one store chunk (frames [start, stop)), filled with nodata until frames arrive."""
+
+    def __init__(self, worker: UnitWorker, start: int, stop: int) -> None:
+        job = worker.job
+        self.worker, self.start, self.stop = worker, start, stop
+        n, h, w = stop - start, job.plan.height, job.plan.width
+        self.arrays: dict[str, np.ndarray] = {}
+        for name in job.outputs:
+            if name == "labels":
+                self.arrays[name] = np.full((n, h, w), NODATA_LABEL, np.uint8)
+            elif name == "probs":
+                self.arrays[name] = np.full((n, h, w, worker.model.num_classes), np.nan, job.float_dtype)
+            else:
+                self.arrays[name] = np.full((n, h, w), np.nan, job.float_dtype)
+
+    def put(self, index: int, values: dict[str, np.ndarray]) -> None:
+        for name, arr in self.arrays.items():
+            arr[index - self.start] = values[name]
+
+    def flush_and_next(self, unit_stop: int) -> _ChunkBuffer | None:
+        """Write this chunk (whole, one writer) and open the next one of the unit, if any."""
+        first = self.worker.job.first_frame
+        write_region(self.worker.root, [slice(self.start - first, self.stop - first)], self.arrays)
+        if self.stop >= unit_stop:
+            return None
+        return _ChunkBuffer(self.worker, self.stop, min(self.stop + self.worker.job.chunk_frames, unit_stop))
 
 
 def _batches(frames: Iterator[tuple[int, np.ndarray]], size: int) -> Iterator[tuple[list[int], list[np.ndarray]]]:

@@ -30,7 +30,7 @@ def video(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def long_video(tmp_path_factory):
-    return write_video(tmp_path_factory.mktemp("videos") / "long.mp4", 160, gop=24)
+    return write_video(tmp_path_factory.mktemp("videos") / "long.mp4", 240, gop=24)
 
 
 def run(runner, cli, *args):
@@ -164,7 +164,7 @@ def test_a_killed_actor_is_replaced_and_the_result_unchanged(ray_address, runner
     r = run(runner, cli, "--input", long_video, "--out", out, "--model", tiny_model, "--samples", 2, "--actors", 2)
     t.join()
     assert r.exit_code == 0, r.output
-    assert killed and killed[0][1] < 10, "the kill did not land mid-run"
+    assert killed and killed[0][1] < _units(out), "the kill did not land mid-run"
     assert_same(arrays(out), clean_long)
 
 
@@ -174,16 +174,18 @@ def test_a_killed_driver_is_finished_by_resume(ray_address, runner, cli, long_vi
            "--samples", "2", "--actors", "1", "--address", ray_address, "--quiet"]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.time() + 120
-    while _finished(out) < 2 and time.time() < deadline and proc.poll() is None:
+    while _finished(out) < 1 and time.time() < deadline and proc.poll() is None:
         time.sleep(0.05)
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     done = _finished(out)
-    assert 1 <= done < 10, f"the driver was not killed mid-run ({done} units done)"
+    assert 1 <= done < _units(out), f"the driver was not killed mid-run ({done} of {_units(out)} units done)"
     assert zarr.open_group(str(out)).attrs["segbatch"]["status"] == "running"
     r = run(runner, cli, "--input", long_video, "--out", out, "--model", tiny_model, "--samples", 2, "--actors", 2, "--resume")
     assert r.exit_code == 0, r.output
-    assert f"{done} units already done" in r.output or f"{_finished(out)} units" in r.output
+    # the actor may finish one more unit between the driver's death and its own
+    skipped = int(r.output.split(" units already done")[0].rsplit(" ", 1)[-1])
+    assert skipped >= done
     assert_same(arrays(out), clean_long)
     assert zarr.open_group(str(out)).attrs["segbatch"]["status"] == "complete"
 
@@ -199,9 +201,14 @@ def test_corrupt_packets_are_recorded_in_the_store(ray_address, runner, cli, tin
     info = json.loads(runner.invoke(cli, ["info", str(out), "--json"]).output)
     assert info["problems"] == attrs["problems"]
     labels = zarr.open_group(str(out))["labels"][...]
-    for p in attrs["problems"]:
+    for p in attrs["problems"]:  # problem ranges are source frame indices (= store rows without --frames)
         for a, b in p["missing"]:
             assert (labels[a:b] == 255).all()
+    text = runner.invoke(cli, ["info", str(out)]).output
+    assert "problems     " in text and "frames" in text.split("problems")[1]
+    # the overlay still exports, with the damaged frames in it
+    r = runner.invoke(cli, ["export", str(out), "--to", str(tmp_path / "bad.mp4"), "--quiet"])
+    assert r.exit_code == 0, r.output
 
 
 @pytest.mark.parametrize(
@@ -258,7 +265,42 @@ def _finished(store):
         return 0
 
 
+def _units(store):
+    return zarr.open_group(str(store), mode="r")["ledger"].shape[0]
+
+
 def _namespace(name):
     import ray
 
     return next(a["namespace"] for a in ray.util.list_named_actors(all_namespaces=True) if a["name"] == name)
+
+
+def test_export_overlay_video_and_png_frames(ray_address, runner, cli, video, tiny_model, tmp_path):
+    out = tmp_path / "e.zarr"
+    assert run(runner, cli, "--input", video, "--out", out, "--model", tiny_model, "--samples", 2, "--frames", "4:20").exit_code == 0
+    r = runner.invoke(cli, ["export", str(out), "--to", str(tmp_path / "overlay.mp4"), "--quiet"])
+    assert r.exit_code == 0, r.output
+    import av
+
+    with av.open(str(tmp_path / "overlay.mp4")) as c:
+        frames = [f.to_ndarray(format="rgb24") for f in c.decode(video=0)]
+    assert len(frames) == 16 and frames[0].shape == (48, 128, 3)  # source | heat map, side by side
+    # the left half is the source under a 50% palette tint: its bit blocks still read as the source frame index
+    assert [frame_index(f[:, :64]) for f in frames] == list(range(4, 20))
+    r = runner.invoke(cli, ["export", str(out), "--to", str(tmp_path / "pngs"), "--quiet"])
+    assert r.exit_code == 0, r.output
+    names = sorted(p.name for p in (tmp_path / "pngs").iterdir())
+    assert names[0] == "frame_000004.png" and names[-1] == "frame_000019.png" and len(names) == 16
+    r = runner.invoke(cli, ["export", str(out), "--to", str(tmp_path / "overlay.mp4")])
+    assert r.exit_code == 2 and "--overwrite" in r.output
+    r = runner.invoke(cli, ["export", str(out), "--to", str(tmp_path / "pngs")])
+    assert r.exit_code == 2 and "--overwrite" in r.output
+
+
+def test_info_summarises_a_store(ray_address, runner, cli, video, tiny_model, tmp_path):
+    out = tmp_path / "i.zarr"
+    assert run(runner, cli, "--input", video, "--out", out, "--model", tiny_model, "--samples", 1, "--frames", ":16").exit_code == 0
+    text = runner.invoke(cli, ["info", str(out)]).output
+    assert "complete (1/1 units finished)" in text and "labels       uint8 (frame=16, y=48, x=64)" in text
+    data = json.loads(runner.invoke(cli, ["info", str(out), "--json"]).output)
+    assert data["status"] == "complete" and data["arrays"]["uncertainty"]["dims"] == ["frame", "y", "x"]
