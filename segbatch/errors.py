@@ -21,3 +21,7 @@ class DataError(InputError):
 
 class RunError(SegbatchError, RuntimeError):
     """Work failed after it started; exit code 1 (the output stays resumable)."""
+
+
+class Interrupted(SegbatchError):
+    """The user stopped the work (Ctrl-C); exit code 130 (the output stays resumable)."""

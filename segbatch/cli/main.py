@@ -11,7 +11,7 @@ from typing import Any
 import click
 
 from segbatch import __version__
-from segbatch.errors import InputError, SegbatchError
+from segbatch.errors import InputError, Interrupted, SegbatchError
 from segbatch.status import ExitStatus
 
 
@@ -42,6 +42,8 @@ class SegbatchGroup(click.Group):
 
 
 def _as_cli_error(exc: Exception) -> CliError:
+    if isinstance(exc, Interrupted):
+        return CliError(str(exc), ExitStatus.INTERRUPTED)
     if isinstance(exc, InputError):
         return CliError(str(exc), ExitStatus.BAD_INPUT)
     if isinstance(exc, SegbatchError):

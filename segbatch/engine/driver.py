@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from segbatch.engine.job import FrameUnit, RunConfig, VideoJob, config_digest, fingerprint, source_identity
-from segbatch.errors import InputError, RunError, SegbatchError
+from segbatch.errors import InputError, Interrupted, RunError, SegbatchError
 from segbatch.progress import note, progress_bar
 from segbatch.sources.video import VideoPlan, probe_video
 from segbatch.store import (
@@ -31,10 +31,11 @@ from segbatch.store import (
     update_attrs,
 )
 
-IN_FLIGHT_PER_ACTOR = 2
-CHUNK_PIXELS = 4_000_000  # about 4 MB of labels per chunk
-MAX_CHUNK_FRAMES = 16
+IN_FLIGHT_PER_ACTOR = 2  # a queued unit hides the driver's round trip; near the end only one, so no actor idles
+CHUNK_PIXELS = 2_000_000  # about 2 MB of labels (4 MB of float16) per chunk
+MAX_CHUNK_FRAMES = 8
 MAX_UNIT_CHUNKS = 16
+UNITS_PER_ACTOR = 8
 UNIT_RETRIES = 3  # a unit whose worker dies is redone on a fresh one this many times
 PLACEMENT_NOTE_AFTER_S = 30.0
 
@@ -58,17 +59,21 @@ class RunSummary:
 
 
 def chunk_frames_for(height: int, width: int) -> int:
-    """Frames per chunk (and per unit): about CHUNK_PIXELS label bytes, at most MAX_CHUNK_FRAMES."""
+    """Frames per chunk: about CHUNK_PIXELS label bytes, at most MAX_CHUNK_FRAMES."""
     return max(1, min(MAX_CHUNK_FRAMES, CHUNK_PIXELS // max(1, height * width)))
 
 
-def unit_frames_for(chunk_frames: int, gop: int) -> int:
-    """Frames per unit: whole chunks, at least a GOP where that takes at most MAX_UNIT_CHUNKS chunks.
+def unit_frames_for(chunk_frames: int, gop: int, frames: int, actors: int) -> int:
+    """Frames per unit: whole chunks; a GOP long where possible, yet enough units to keep every actor busy.
 
-    A unit seeks once and decodes forward from a keyframe; one shorter than the
-    GOP would decode the same frames again in the next unit.
+    A unit seeks once and decodes forward from a keyframe, so one shorter than
+    the GOP decodes some frames twice; but decoding is cheap next to the model,
+    and too few units leave actors idle (a single long-GOP clip would be one
+    unit). So: at least UNITS_PER_ACTOR units per actor, else up to a GOP.
     """
-    return chunk_frames * max(1, min(MAX_UNIT_CHUNKS, -(-gop // chunk_frames)))
+    by_gop = max(1, min(MAX_UNIT_CHUNKS, -(-gop // chunk_frames)))
+    by_load = max(1, frames // (chunk_frames * UNITS_PER_ACTOR * max(1, actors)))
+    return chunk_frames * min(by_gop, by_load)
 
 
 def plan_frame_units(first: int, stop: int, unit_frames: int) -> list[FrameUnit]:
@@ -113,19 +118,17 @@ def run_video(cfg: RunConfig) -> RunSummary:
         raise InputError("mutual_information needs --samples >= 1")
     outputs = ("labels", "entropy", *(("uncertainty",) if cfg.samples > 0 else ()), *(o for o in OPTIONAL_OUTPUTS if o in cfg.extra_outputs))
     chunk = chunk_frames_for(plan.height, plan.width)
-    unit_frames = unit_frames_for(chunk, plan.gop)
-    units = plan_frame_units(first, stop, unit_frames)
     job = VideoJob(
         store=str(cfg.out.resolve()), checkpoint=str(Path(ckpt.path).resolve()), plan=plan, first_frame=first, stop_frame=stop,
         samples=cfg.samples, seed=cfg.seed, batch_size=cfg.batch_size, resize=cfg.resize, outputs=outputs,
         float_dtype=cfg.float_dtype, threads=max(1, int(cfg.cpus_per_actor)), chunk_frames=chunk,
     )
-    config = fingerprint(job, ckpt.sha256, source_identity(cfg.input), unit_frames)
+    config = fingerprint(job, ckpt.sha256, source_identity(cfg.input))
     _check_target(cfg)
     started_ray = _ensure_ray(cfg.address)
     try:
-        pool = _pool_size(cfg, len(units))  # refuses an impossible pool before a store exists
-        root, done = _prepare_store(cfg, job, ckpt, config, units, chunk)
+        pool = _pool_size(cfg, -(-(stop - first) // chunk))  # refuses an impossible pool before a store exists
+        root, units, done = _prepare_store(cfg, job, ckpt, config, pool[0])
         pending = [u for u in units if u.id not in done]
         summary = RunSummary(units=len(units), skipped_units=len(units) - len(pending))
         started = time.perf_counter()
@@ -134,8 +137,7 @@ def run_video(cfg: RunConfig) -> RunSummary:
                 _run_units(cfg, job, pending, summary, *pool)
         except KeyboardInterrupt:
             left = len(units) - len(finished_units(root))
-            note(f"interrupted with {left} of {len(units)} units left; finish with: segbatch run ... --resume", cfg.quiet)
-            raise
+            raise Interrupted(f"interrupted with {left} of {len(units)} units left; finish with the same command and --resume") from None
         except Exception as exc:
             update_attrs(root, status="failed", error=_first_line(exc))
             raise
@@ -181,23 +183,31 @@ def _pool_size(cfg: RunConfig, units: int) -> tuple[int, float]:
     return n_actors, gpus
 
 
-def _prepare_store(cfg: RunConfig, job: VideoJob, ckpt: Any, config: dict[str, Any], units: list[FrameUnit], chunk: int) -> tuple[Any, dict[int, Any]]:
-    """Create the store (driver-only metadata), or reopen it for --resume."""
+def _prepare_store(cfg: RunConfig, job: VideoJob, ckpt: Any, config: dict[str, Any], actors: int) -> tuple[Any, list[FrameUnit], dict[int, Any]]:
+    """Create the store (driver-only metadata) and its units, or reopen both for --resume.
+
+    The unit size is decided once, when the store is made, and kept in it: a
+    resumed run redoes exactly the units the ledger lacks, whatever its pool.
+    """
     import numpy as np
 
     if cfg.out.exists() and cfg.resume:
         root = open_store(cfg.out, mode="r+")
-        check_resumable(store_attrs(root), config)
+        attrs = store_attrs(root)
+        check_resumable(attrs, config)
         update_attrs(root, status="running")
-        return root, finished_units(root)
+        units = plan_frame_units(job.first_frame, job.stop_frame, int(attrs["unit_frames"]))
+        return root, units, finished_units(root)
     if cfg.out.exists() and cfg.overwrite:
         remove_store(cfg.out)
+    unit_frames = unit_frames_for(job.chunk_frames, job.plan.gop, job.stop_frame - job.first_frame, actors)
+    units = plan_frame_units(job.first_frame, job.stop_frame, unit_frames)
     plan = job.plan
     times = plan.times[job.first_frame : job.stop_frame]
     layout = StoreLayout(
         dims=("frame", "y", "x"),
         shape=(job.stop_frame - job.first_frame, plan.height, plan.width),
-        chunks=(chunk, plan.height, plan.width),
+        chunks=(job.chunk_frames, plan.height, plan.width),
         num_classes=ckpt.spec.num_classes,
         units=len(units),
         outputs=job.outputs,
@@ -213,8 +223,10 @@ def _prepare_store(cfg: RunConfig, job: VideoJob, ckpt: Any, config: dict[str, A
         "arch": ckpt.spec.arch, "classes": list(ckpt.spec.class_names), "palette": [list(c) for c in ckpt.spec.palette],
         "sha256": ckpt.sha256, "path": str(ckpt.path), "dropout": ckpt.spec.dropout, "width": ckpt.spec.width,
     }
-    attrs = base_attrs(source, model, cfg.samples, cfg.seed, config) | {"fingerprint": config_digest(config), "resize": list(cfg.resize) if cfg.resize else None}
-    return create_store(cfg.out, layout, attrs), {}
+    attrs = base_attrs(source, model, cfg.samples, cfg.seed, config) | {
+        "fingerprint": config_digest(config), "resize": list(cfg.resize) if cfg.resize else None, "unit_frames": unit_frames,
+    }
+    return create_store(cfg.out, layout, attrs), units, {}
 
 
 def _run_units(cfg: RunConfig, job: VideoJob, pending: list[FrameUnit], summary: RunSummary, n_actors: int, gpus: float) -> None:
@@ -238,9 +250,9 @@ def _run_units(cfg: RunConfig, job: VideoJob, pending: list[FrameUnit], summary:
             unit = queue.popleft()
             in_flight[actors[k].process.remote(unit)] = (k, unit)
 
-        for k in range(n_actors):
-            for _ in range(IN_FLIGHT_PER_ACTOR):
-                if queue:
+        for depth in range(IN_FLIGHT_PER_ACTOR):  # round-robin, so a short job still spreads over every actor
+            for k in range(n_actors):
+                if queue and (depth == 0 or len(queue) >= n_actors):
                     submit(k)
         total = sum(u.stop - u.start for u in pending)
         with progress_bar(total, "segmenting", "frame", cfg.quiet) as bar:
@@ -259,8 +271,10 @@ def _run_units(cfg: RunConfig, job: VideoJob, pending: list[FrameUnit], summary:
                                    "lower --batch-size and finish with --resume") from None
                 summary.frames += stats["frames"][1] - stats["frames"][0]
                 bar.update(unit.stop - unit.start)
-                if queue:
+                busy = sum(1 for j, _ in in_flight.values() if j == k)
+                while queue and busy < (IN_FLIGHT_PER_ACTOR if len(queue) >= n_actors else 1):
                     submit(k)
+                    busy += 1
     finally:
         for actor in actors:
             ray.kill(actor, no_restart=True)

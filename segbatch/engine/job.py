@@ -62,7 +62,7 @@ class VideoJob:
     chunk_frames: int  # frames per store chunk; a unit is a run of whole chunks
 
 
-def fingerprint(job: VideoJob, model_sha256: str, source_id: dict[str, Any], unit_frames: int) -> dict[str, Any]:
+def fingerprint(job: VideoJob, model_sha256: str, source_id: dict[str, Any]) -> dict[str, Any]:
     """The settings that decide the output's bits; --resume requires them unchanged."""
     return {
         "source": source_id,
@@ -75,7 +75,6 @@ def fingerprint(job: VideoJob, model_sha256: str, source_id: dict[str, Any], uni
         "outputs": list(job.outputs),
         "float_dtype": job.float_dtype,
         "chunk_frames": job.chunk_frames,
-        "unit_frames": unit_frames,
         "software": software_versions(),
     }
 

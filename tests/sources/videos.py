@@ -79,16 +79,21 @@ def write_video(
     return path
 
 
+def _mux_silence(out, frames: int) -> None:
+    """Add an MP2 audio stream to `out` holding `frames` frames of silence."""
+    stream = out.add_stream("mp2", rate=44100)
+    for i in range(frames):
+        frame = av.AudioFrame.from_ndarray(np.zeros((1, 1152), np.int16), format="s16", layout="mono")
+        frame.sample_rate, frame.pts = 44100, i * 1152
+        for packet in stream.encode(frame):
+            out.mux(packet)
+    for packet in stream.encode():
+        out.mux(packet)
+
+
 def write_audio_only(path: Path) -> Path:
     with av.open(str(path), "w") as out:
-        stream = out.add_stream("mp2", rate=44100)
-        for i in range(10):
-            frame = av.AudioFrame.from_ndarray(np.zeros((1, 1152), np.int16), format="s16", layout="mono")
-            frame.sample_rate, frame.pts = 44100, i * 1152
-            for packet in stream.encode(frame):
-                out.mux(packet)
-        for packet in stream.encode():
-            out.mux(packet)
+        _mux_silence(out, 10)
     return path
 
 
@@ -97,11 +102,7 @@ def write_empty_video(path: Path) -> Path:
     with av.open(str(path), "w") as out:
         video = out.add_stream("mpeg4", rate=25)
         video.width, video.height, video.pix_fmt = 64, 48, "yuv420p"
-        audio = out.add_stream("mp2", rate=44100)
-        frame = av.AudioFrame.from_ndarray(np.zeros((1, 1152), np.int16), format="s16", layout="mono")
-        frame.sample_rate, frame.pts = 44100, 0
-        for packet in [*audio.encode(frame), *audio.encode()]:
-            out.mux(packet)
+        _mux_silence(out, 1)
     return path
 
 
