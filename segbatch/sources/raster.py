@@ -1,0 +1,124 @@
+"""Rasters through rasterio: a plan of the scene, and windowed reads scaled for the model.
+
+Only windows are ever read, so a scene of any size streams through a worker.
+uint8 bands go to the model as they are (/255); other types get a per-band
+percentile stretch computed once by the driver from an overview (or a
+decimated read) and recorded in the store, so every tile is scaled alike.
+Nodata values, internal masks and alpha bands all come through GDAL's mask
+band: masked pixels become label 255 and NaN uncertainty.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from segbatch.errors import InputError
+from segbatch.tiling import Window
+
+STRETCH_PERCENTILES = (2.0, 98.0)
+_SAMPLE_SIDE = 1024  # pixels per side of the decimated read used for the stretch
+
+
+@dataclass(frozen=True)
+class RasterPlan:
+    """What the driver learns about a raster before any tile is read."""
+
+    path: str
+    height: int
+    width: int
+    bands: tuple[int, ...]  # 1-based band indexes fed to the model, in order
+    dtype: str
+    crs_wkt: str | None
+    transform: tuple[float, float, float, float, float, float]  # GDAL GeoTransform order: x0, dx, rx, y0, ry, dy
+    nodata: float | None
+    stretch: tuple[tuple[float, float], ...] | None  # per band (low, high); None for uint8
+
+
+def _open(path: str | Path) -> Any:
+    import rasterio
+    from rasterio.errors import RasterioIOError
+
+    try:
+        return rasterio.open(str(path))
+    except RasterioIOError as exc:
+        if not Path(path).exists():
+            raise InputError(f"{path}: no such file") from None
+        raise InputError(f"{path} is not a readable raster ({str(exc).splitlines()[0]})") from None
+
+
+def probe_raster(path: str | Path, bands: Sequence[int] | None, in_channels: int) -> RasterPlan:
+    """Check a raster against the model and plan its reading (bands, scaling, georeferencing)."""
+    with _open(path) as ds:
+        if bands is None:
+            if ds.count != in_channels:
+                raise InputError(f"{path} has {ds.count} bands but the model takes {in_channels}; choose them with --bands (e.g. --bands 3,2,1)")
+            bands = tuple(range(1, ds.count + 1))
+        bad = [b for b in bands if not 1 <= b <= ds.count]
+        if bad:
+            raise InputError(f"--bands {','.join(map(str, bands))}: band {bad[0]} is out of range (the raster has {ds.count})")
+        if len(bands) != in_channels:
+            raise InputError(f"--bands picks {len(bands)} bands but the model takes {in_channels}")
+        t = ds.transform
+        if t.b != 0 or t.d != 0:
+            raise InputError(f"{path} has a rotated or sheared geotransform; warp it to a north-up grid first (gdalwarp)")
+        dtype = ds.dtypes[bands[0] - 1]
+        stretch = None if dtype == "uint8" else _percentile_stretch(ds, bands)
+        return RasterPlan(
+            path=str(path), height=ds.height, width=ds.width, bands=tuple(bands), dtype=dtype,
+            crs_wkt=ds.crs.to_wkt() if ds.crs else None, transform=tuple(t.to_gdal()), nodata=ds.nodata, stretch=stretch,
+        )
+
+
+def _percentile_stretch(ds: Any, bands: Sequence[int]) -> tuple[tuple[float, float], ...]:
+    """(2nd, 98th) percentile per band, from a decimated read (GDAL serves it from overviews when they exist)."""
+    from rasterio.enums import Resampling
+
+    scale = max(1, max(ds.height, ds.width) // _SAMPLE_SIDE)
+    shape = (len(bands), max(1, ds.height // scale), max(1, ds.width // scale))
+    data = ds.read(list(bands), out_shape=shape, masked=True, resampling=Resampling.nearest)
+    out = []
+    for b, band in zip(bands, data):
+        values = band.compressed().astype(np.float64)
+        values = values[np.isfinite(values)]
+        if values.size == 0:
+            raise InputError(f"{ds.name}: band {b} holds no valid pixels")
+        lo, hi = np.percentile(values, STRETCH_PERCENTILES)
+        out.append((float(lo), float(hi) if hi > lo else float(lo) + 1.0))
+    return tuple(out)
+
+
+def read_window(plan: RasterPlan, window: Window) -> tuple[np.ndarray, np.ndarray]:
+    """(C, H, W) float32 in [0, 1] and an (H, W) bool mask of valid pixels for one window."""
+    from rasterio.windows import Window as RioWindow
+
+    with _open(plan.path) as ds:
+        win = RioWindow(window.col, window.row, window.width, window.height)
+        data = ds.read(list(plan.bands), window=win)
+        valid = np.all(ds.read_masks(list(plan.bands), window=win) > 0, axis=0)
+    return scale_to_unit(data, plan), valid
+
+
+def scale_to_unit(data: np.ndarray, plan: RasterPlan) -> np.ndarray:
+    """uint8 / 255, else the plan's per-band percentile stretch, clipped to [0, 1]; NaN becomes 0 (it is masked)."""
+    if plan.stretch is None:
+        return data.astype(np.float32) / np.float32(255)
+    lo = np.array([s[0] for s in plan.stretch], np.float32)[:, None, None]
+    hi = np.array([s[1] for s in plan.stretch], np.float32)[:, None, None]
+    out = (data.astype(np.float32) - lo) / (hi - lo)
+    return np.nan_to_num(np.clip(out, 0.0, 1.0), nan=0.0)
+
+
+def georeference(plan: RasterPlan) -> dict[str, Any]:
+    """CF grid-mapping coordinates and GeoZarr attributes for the store: x and y at pixel centres, spatial_ref."""
+    x0, dx, _, y0, _, dy = plan.transform
+    x = x0 + dx * (np.arange(plan.width) + 0.5)
+    y = y0 + dy * (np.arange(plan.height) + 0.5)
+    ref = {"GeoTransform": " ".join(repr(v) for v in plan.transform)}
+    if plan.crs_wkt:
+        ref |= {"crs_wkt": plan.crs_wkt, "spatial_ref": plan.crs_wkt}
+    return {"x": x, "y": y, "spatial_ref": ref}
