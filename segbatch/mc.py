@@ -47,9 +47,9 @@ def _row_masks(model: SegNet, generators: Sequence[torch.Generator]) -> Iterator
             m.row_generators = None
 
 
-def _generator(item_seed: int, sample: int, device: torch.device) -> torch.Generator:
-    """The random stream of one (item, sample) pair: its dropout masks, layer after layer."""
-    g = torch.Generator(device=device)
+def _generator(item_seed: int, sample: int) -> torch.Generator:
+    """The random stream of one (item, sample) pair: its dropout masks, layer after layer (CPU, so any device agrees)."""
+    g = torch.Generator()
     g.manual_seed(derive_seed(item_seed, sample))
     return g
 
@@ -135,7 +135,7 @@ def _mc_item(model: SegNet, x: Tensor, samples: int, seed: int, max_rows: int, s
     mean = m2 = sample_entropy = None
     for lo in range(0, samples, max_rows):
         sample_ids = range(lo, min(samples, lo + max_rows))
-        gens = [_generator(seed, s, x.device) for s in sample_ids]
+        gens = [_generator(seed, s) for s in sample_ids]
         with _row_masks(model, gens):
             logits = model.run_steps(prefix.select(torch.zeros(len(gens), dtype=torch.long, device=x.device)), start).x
         p = torch.softmax(logits.float(), dim=1)

@@ -21,7 +21,7 @@ from segbatch.model.checkpoint import ModelSpec, load_checkpoint, save_checkpoin
 from segbatch.model.pretrained import load_vgg16_encoder
 from segbatch.model.segnet import SegNet, build_model
 from segbatch.progress import note, progress_bar
-from segbatch.sources.images import IMAGE_SUFFIXES, find_images, image_size, read_image, read_mask, to_unit_float
+from segbatch.sources.images import IMAGE_SUFFIXES, find_images, image_shape, read_image, read_mask, to_unit_float
 
 
 @dataclass(frozen=True)
@@ -120,10 +120,12 @@ def _scan(pairs: Sequence[tuple[Path, Path]], cfg: TrainConfig) -> tuple[int, np
     bands = None
     for img, msk in pairs:
         mask = read_mask(msk)
-        if image_size(img) != mask.shape:
-            raise DataError(f"{msk}: mask is {mask.shape[1]}x{mask.shape[0]} but image {img.name} is {image_size(img)[1]}x{image_size(img)[0]}")
-        if bands is None:
-            bands = read_image(img).shape[2]
+        h, w, b = image_shape(img)
+        if (h, w) != mask.shape:
+            raise DataError(f"{msk}: mask is {mask.shape[1]}x{mask.shape[0]} but image {img.name} is {w}x{h}")
+        if bands is not None and b != bands:
+            raise DataError(f"{img}: {b} bands where the images before it have {bands}")
+        bands = b
         shapes.add(mask.shape)
         labelled = mask[mask != cfg.ignore_index]
         counts.append(np.bincount(labelled.ravel().astype(np.int64)))
@@ -211,7 +213,7 @@ def train(images: Path, masks: Path, out: Path, cfg: TrainConfig, quiet: bool = 
         raise DataError(f"{pairs[0][0]} has {bands} bands but the model takes {model.in_channels}")
 
     order = rng.permutation(len(pairs))
-    n_val = int(round(len(pairs) * cfg.val_fraction)) if len(pairs) > 1 else 0
+    n_val = min(int(round(len(pairs) * cfg.val_fraction)), len(pairs) - 1)  # at least one training image
     val = [pairs[i] for i in order[:n_val]] or [pairs[i] for i in order]  # no split: score on training data
     trainset = [pairs[i] for i in order[n_val:]]
     if n_val == 0:
@@ -234,6 +236,10 @@ def train(images: Path, masks: Path, out: Path, cfg: TrainConfig, quiet: bool = 
                 batch = [_load_pair(*trainset[i], cfg.crop, cfg.flip, rng, cfg.ignore_index) for i in perm[lo : lo + cfg.batch_size]]
                 x = torch.from_numpy(np.stack([b[0] for b in batch])).to(device)
                 y = torch.from_numpy(np.stack([b[1] for b in batch])).to(device)
+                labelled = y[y != cfg.ignore_index]
+                if labelled.numel() == 0 or weight_t[labelled].sum() == 0:
+                    bar.update(1)  # a crop of ignored (or zero-weight) pixels only: nothing to learn from
+                    continue
                 loss = F.cross_entropy(model(x), y, weight=weight_t, ignore_index=cfg.ignore_index)
                 if not torch.isfinite(loss):
                     raise InputError(f"training diverged at epoch {epoch} (loss {loss.item()}); lower --lr")
@@ -245,6 +251,8 @@ def train(images: Path, masks: Path, out: Path, cfg: TrainConfig, quiet: bool = 
                 bar.set_postfix(loss=f"{total / seen:.3f}")
                 bar.update(1)
         miou = evaluate(model, val, num_classes, cfg.ignore_index, device)
+        if seen == 0:
+            raise DataError("no training batch had a labelled pixel: check --ignore-index and the masks")
         result.losses.append(total / seen)
         result.val_miou.append(miou)
         kept = miou > best

@@ -44,11 +44,15 @@ def test_uncertainty_matches_the_paper_definition(model, images):
 
     probs = []
     for s in range(5):
-        with torch.no_grad(), _row_masks(model, [_generator(11, s, images.device)]):
+        with torch.no_grad(), _row_masks(model, [_generator(11, s)]):
             probs.append(torch.softmax(model.run_steps(State(model.normalise(images[:1]))).x, 1))
     stack = torch.stack(probs)
     assert torch.allclose(out["probs"], stack.mean(0), atol=1e-6)
     assert torch.allclose(out["uncertainty"], stack.var(0, unbiased=False).mean(1), atol=1e-6)
+    entropy = -(stack.mean(0) * stack.mean(0).log()).sum(1)
+    expected_sample_entropy = -(stack * stack.log()).sum(2).mean(0)
+    assert torch.allclose(out["entropy"], entropy, atol=1e-5)
+    assert torch.allclose(out["mutual_information"], (entropy - expected_sample_entropy).clamp_min(0), atol=1e-5)
 
 
 def test_uncertainty_is_zero_where_every_sample_agrees(images):

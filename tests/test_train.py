@@ -86,3 +86,36 @@ def test_image_without_mask_is_named(runner, cli, tmp_path):
     (tmp_path / "data/masks/000.png").unlink()
     r = runner.invoke(cli, ["train", "--images", str(tmp_path / "data/images"), "--masks", str(tmp_path / "data/masks"), "--out", str(tmp_path / "m.pt")])
     assert r.exit_code == 2 and "000.png" in r.output
+
+
+def test_palette_png_masks_give_their_indices(tmp_path):
+    from segbatch.sources.images import read_mask
+
+    mask = np.array([[0, 1], [2, 255]], np.uint8)
+    im = Image.fromarray(mask, "P")
+    im.putpalette([0, 0, 0, 255, 0, 0, 0, 255, 0] + [0] * (256 * 3 - 9))
+    im.save(tmp_path / "m.png")
+    np.testing.assert_array_equal(read_mask(tmp_path / "m.png"), mask)
+
+
+def test_crops_with_only_ignored_pixels_are_skipped_not_fatal(runner, cli, tmp_path):
+    _blobs(tmp_path / "data", 8)
+    for k in range(3):  # three masks are all "ignore"; at least three labelled images remain for training
+        Image.fromarray(np.full((32, 32), 255, np.uint8)).save(tmp_path / f"data/masks/{k:03d}.png")
+    r = runner.invoke(cli, ["train", "--images", str(tmp_path / "data/images"), "--masks", str(tmp_path / "data/masks"), "--out", str(tmp_path / "m.pt"),
+                            "--width", "0.25", "--epochs", "2", "--batch-size", "1", "--classes", "3", "--val-fraction", "0.25"])
+    assert r.exit_code == 0, r.output
+    assert (tmp_path / "m.pt").exists()
+
+
+def test_an_image_with_other_bands_is_named(runner, cli, tmp_path):
+    _blobs(tmp_path / "data", 3)
+    Image.fromarray(np.zeros((32, 32), np.uint8)).save(tmp_path / "data/images/002.png")  # greyscale among RGB
+    r = runner.invoke(cli, ["train", "--images", str(tmp_path / "data/images"), "--masks", str(tmp_path / "data/masks"), "--out", str(tmp_path / "m.pt")])
+    assert r.exit_code == 2 and "002.png" in r.output and "bands" in r.output
+
+
+def test_missing_output_folder_fails_before_training(runner, cli, tmp_path):
+    _blobs(tmp_path / "data", 3)
+    r = runner.invoke(cli, ["train", "--images", str(tmp_path / "data/images"), "--masks", str(tmp_path / "data/masks"), "--out", str(tmp_path / "no/m.pt")])
+    assert r.exit_code == 2 and "does not exist" in r.output and "epoch" not in r.output

@@ -67,6 +67,6 @@ def format_checkpoint(s: dict[str, Any]) -> str:
         ("sha256", s["sha256"]),
     ]
     training = s.get("provenance", {}).get("training")
-    if training:
-        rows.append(("trained", f"epoch {training['epoch']}, validation mIoU {training['val_miou']:.3f}"))
+    if isinstance(training, dict) and "epoch" in training:
+        rows.append(("trained", f"epoch {training['epoch']}, validation mIoU {training.get('val_miou', float('nan')):.3f}"))
     return "\n".join(f"{k:<11} {v}" for k, v in rows)

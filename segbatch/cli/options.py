@@ -92,3 +92,15 @@ def resolve_classes(names: tuple[str, ...], classes_file: dict[str, Any] | None,
     if names and num_classes is not None and len(names) != num_classes:
         raise click.UsageError(f"{len(names)} class names for --classes {num_classes}")
     return names, palette
+
+
+def check_writable(path: Any) -> None:
+    """Fail before the work, not after it, when the output's folder is missing or read-only."""
+    import os
+    from pathlib import Path
+
+    parent = Path(path).parent
+    if not parent.is_dir():
+        raise click.UsageError(f"cannot write {path}: folder {parent} does not exist")
+    if not os.access(parent, os.W_OK):
+        raise click.UsageError(f"cannot write {path}: folder {parent} is not writable")

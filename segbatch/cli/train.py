@@ -7,7 +7,7 @@ from typing import Any
 
 import click
 
-from segbatch.cli.options import arch_opt, classes_file_opt, dropout_opt, overwrite_opt, parse_names, parse_size, quiet_opt, refuse_existing, resolve_classes, seed_opt, width_opt
+from segbatch.cli.options import arch_opt, classes_file_opt, dropout_opt, overwrite_opt, parse_names, parse_size, quiet_opt, refuse_existing, resolve_classes, check_writable, seed_opt, width_opt
 
 _dir = click.Path(exists=True, file_okay=False, path_type=Path)
 
@@ -43,6 +43,7 @@ def train(images: Path, masks: Path, out: Path, arch: str, width: float, dropout
     from segbatch.train import train as run_training
 
     refuse_existing(out, overwrite)
+    check_writable(out)
     class_names, palette = resolve_classes(class_names, classes_file, num_classes)
     cfg = TrainConfig(
         arch=arch, width=width, dropout=dropout, num_classes=num_classes or (len(class_names) or None),

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import time
 from collections import deque
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -230,21 +231,35 @@ def _prepare_store(cfg: RunConfig, job: VideoJob, ckpt: Any, config: dict[str, A
 
 
 def _run_units(cfg: RunConfig, job: VideoJob, pending: list[FrameUnit], summary: RunSummary, n_actors: int, gpus: float) -> None:
+    from segbatch.engine.worker import UnitWorker
+
+    summary.frames += run_pool(
+        UnitWorker, job, pending, cfg, n_actors, gpus,
+        size=lambda u: u.stop - u.start, describe=lambda u: f"unit {u.id} (frames {u.start}:{u.stop})", noun="frame", summary=summary,
+    )
+
+
+def run_pool(worker: type, job: Any, pending: Sequence[Any], cfg: RunConfig, n_actors: int, gpus: float,
+             size: Callable[[Any], int], describe: Callable[[Any], str], noun: str, summary: RunSummary) -> int:
+    """Run `worker(job).process(unit)` for every pending unit on a pool of Ray actors; returns the items done.
+
+    Ray restarts a dead actor (any number of times) and re-sends its unit
+    (UNIT_RETRIES times): units are idempotent (whole chunks, then the ledger
+    entry), so a retry changes no bits. Two units per actor are in flight while
+    many remain, one near the end so that no unit waits behind a busy actor.
+    """
     import ray
     from ray.exceptions import RayActorError, RayTaskError
 
-    from segbatch.engine.worker import UnitWorker
-
     n_actors = min(n_actors, len(pending))
-    # Ray restarts a dead actor (any number of times) and re-sends its unit (UNIT_RETRIES times):
-    # units are idempotent (whole chunks, then the ledger entry), so a retry changes no bits.
-    actor_cls = ray.remote(max_restarts=-1, max_task_retries=UNIT_RETRIES)(UnitWorker)
+    actor_cls = ray.remote(max_restarts=-1, max_task_retries=UNIT_RETRIES)(worker)
     actors = [actor_cls.options(num_cpus=cfg.cpus_per_actor, num_gpus=gpus, name=f"segbatch-worker-{os.getpid()}-{i}").remote(job) for i in range(n_actors)]
+    done = 0
     try:
         summary.actors = n_actors
         summary.device = _first_device(actors, n_actors, cfg)
         queue = deque(pending)
-        in_flight: dict[Any, tuple[int, FrameUnit]] = {}
+        in_flight: dict[Any, tuple[int, Any]] = {}
 
         def submit(k: int) -> None:
             unit = queue.popleft()
@@ -254,23 +269,22 @@ def _run_units(cfg: RunConfig, job: VideoJob, pending: list[FrameUnit], summary:
             for k in range(n_actors):
                 if queue and (depth == 0 or len(queue) >= n_actors):
                     submit(k)
-        total = sum(u.stop - u.start for u in pending)
-        with progress_bar(total, "segmenting", "frame", cfg.quiet) as bar:
+        with progress_bar(sum(size(u) for u in pending), "segmenting", noun, cfg.quiet) as bar:
             while in_flight:
                 ready, _ = ray.wait(list(in_flight), num_returns=1)
                 k, unit = in_flight.pop(ready[0])
                 try:
-                    stats = ray.get(ready[0])
+                    ray.get(ready[0])
                 except RayTaskError as exc:
                     cause = exc.cause if isinstance(getattr(exc, "cause", None), BaseException) else None
                     if isinstance(cause, SegbatchError):
                         raise cause from None
-                    raise RunError(f"unit {unit.id} (frames {unit.start}:{unit.stop}) failed: {_first_line(cause or exc)}") from None
+                    raise RunError(f"{describe(unit)} failed: {_first_line(cause or exc)}") from None
                 except RayActorError:
-                    raise RunError(f"unit {unit.id} (frames {unit.start}:{unit.stop}) killed its worker {UNIT_RETRIES + 1} times (out of memory?); "
+                    raise RunError(f"{describe(unit)} killed its worker {UNIT_RETRIES + 1} times (out of memory?); "
                                    "lower --batch-size and finish with --resume") from None
-                summary.frames += stats["frames"][1] - stats["frames"][0]
-                bar.update(unit.stop - unit.start)
+                done += size(unit)
+                bar.update(size(unit))
                 busy = sum(1 for j, _ in in_flight.values() if j == k)
                 while queue and busy < (IN_FLIGHT_PER_ACTOR if len(queue) >= n_actors else 1):
                     submit(k)
@@ -278,6 +292,7 @@ def _run_units(cfg: RunConfig, job: VideoJob, pending: list[FrameUnit], summary:
     finally:
         for actor in actors:
             ray.kill(actor, no_restart=True)
+    return done
 
 
 def _first_device(actors: list[Any], n_actors: int, cfg: RunConfig) -> str:

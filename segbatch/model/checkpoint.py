@@ -7,6 +7,8 @@ with ``weights_only=True``: loading never runs code from the file.
 from __future__ import annotations
 
 import hashlib
+import io
+import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,6 +21,7 @@ from segbatch.model.segnet import SegNet, build_model, count_parameters
 
 FORMAT = "segbatch-checkpoint"
 FORMAT_VERSION = 1
+MAX_WIDTH = 4.0  # a width multiplier beyond this is a damaged file, not a model
 
 
 @dataclass(frozen=True)
@@ -112,21 +115,14 @@ def save_checkpoint(model: SegNet, path: str | Path, spec: ModelSpec | None = No
     return path
 
 
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def load_checkpoint(path: str | Path) -> Checkpoint:
     """Read a checkpoint safely; any missing, corrupt or foreign file raises CheckpointError."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist or is not a file")
+    data = path.read_bytes()  # hash exactly the bytes that are loaded
     try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
+        payload = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises many types for a bad file; all mean "not ours"
         raise CheckpointError(f"{path} is not a readable segbatch checkpoint ({type(exc).__name__})") from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
@@ -134,14 +130,31 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
     if payload.get("format_version") != FORMAT_VERSION:
         raise CheckpointError(f"{path} has checkpoint format version {payload.get('format_version')}; this segbatch reads {FORMAT_VERSION}")
     try:
-        meta = dict(payload["meta"])
-        meta["class_names"] = tuple(meta.get("class_names", ()))
-        meta["palette"] = tuple(tuple(c) for c in meta.get("palette", ()))
-        spec = ModelSpec(**meta)
+        spec = _spec_from_meta(payload["meta"])
         model = spec.build()
         model.load_state_dict(payload["state_dict"], strict=True)
-    except (KeyError, TypeError, ValueError, RuntimeError, InputError) as exc:
+    except Exception as exc:  # anything a damaged or hand-edited file can trigger
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise CheckpointError(f"{path} is a damaged segbatch checkpoint: {reason}") from None
     model.eval()
-    return Checkpoint(model=model, spec=spec, sha256=file_sha256(path), path=path)
+    return Checkpoint(model=model, spec=spec, sha256=hashlib.sha256(data).hexdigest(), path=path)
+
+
+def _spec_from_meta(meta: Any) -> ModelSpec:
+    """Validate the metadata's types and ranges before building anything from it."""
+    if not isinstance(meta, dict):
+        raise CheckpointError("metadata is not a mapping")
+    width = meta.get("width", 1.0)
+    if not isinstance(width, (int, float)) or not 0 < width <= MAX_WIDTH:
+        raise CheckpointError(f"width {width!r} is outside (0, {MAX_WIDTH}]")
+    names, palette, extra = meta.get("class_names", ()), meta.get("palette", ()), meta.get("extra", {})
+    if not isinstance(names, (list, tuple)) or not all(isinstance(n, str) for n in names):
+        raise CheckpointError("class names must be a list of strings")
+    if not isinstance(palette, (list, tuple)) or not all(
+        isinstance(c, (list, tuple)) and len(c) == 3 and all(isinstance(v, int) and 0 <= v <= 255 for v in c) for c in palette
+    ):
+        raise CheckpointError("the palette must be [r, g, b] triples of 0-255")
+    if not isinstance(extra, dict):
+        raise CheckpointError("provenance must be a mapping")
+    json.dumps(extra)  # plain JSON only (no tensors)
+    return ModelSpec(**{**meta, "class_names": tuple(names), "palette": tuple(tuple(c) for c in palette)})

@@ -62,10 +62,10 @@ class MCDropout(nn.Module):
             return x
         if len(gens) != x.shape[0]:
             raise RuntimeError(f"MC dropout got {len(gens)} generators for a batch of {x.shape[0]}")
-        keep = torch.stack(
-            [torch.rand(x.shape[1:], generator=g, device=x.device) >= self.p for g in gens]
-        )
-        return x * keep.to(x.dtype) / (1.0 - self.p)
+        # Masks are drawn on the CPU (its generator gives the same stream on every machine;
+        # CUDA's does not), then moved: a sample's mask is the same on any device.
+        keep = torch.stack([torch.rand(x.shape[1:], generator=g) >= self.p for g in gens])
+        return x * keep.to(device=x.device, dtype=x.dtype, non_blocking=True) / (1.0 - self.p)
 
     def extra_repr(self) -> str:
         return f"p={self.p}"

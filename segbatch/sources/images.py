@@ -38,6 +38,15 @@ def read_image(path: Path) -> np.ndarray:
 
 def read_mask(path: Path) -> np.ndarray:
     """A class-index mask as (H, W) integers (palette PNGs give their indices, not colours)."""
+    if path.suffix.lower() not in _TIFF:
+        from PIL import Image
+
+        try:
+            with Image.open(path) as im:
+                if im.mode in ("P", "1", "L", "I;16", "I"):
+                    return np.asarray(im.convert("L") if im.mode == "1" else im)
+        except Exception as exc:
+            raise DataError(f"{path}: unreadable mask ({type(exc).__name__})") from None
     arr = read_image(path)
     if arr.shape[2] != 1:
         raise DataError(f"{path}: a mask must have one band of class ids, found {arr.shape[2]}")
@@ -55,17 +64,17 @@ def to_unit_float(image: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(np.moveaxis(out, -1, 0))
 
 
-def image_size(path: Path) -> tuple[int, int]:
-    """(height, width) from the file's header, without decoding the pixels."""
+def image_shape(path: Path) -> tuple[int, int, int]:
+    """(height, width, bands) as `read_image` will return them, from the file's header alone."""
     try:
         if path.suffix.lower() in _TIFF:
             import rasterio
 
             with rasterio.open(path) as ds:
-                return ds.height, ds.width
+                return ds.height, ds.width, ds.count
         from PIL import Image
 
         with Image.open(path) as im:
-            return im.height, im.width
+            return im.height, im.width, 1 if im.mode in ("L", "I;16", "I", "F") else 3
     except Exception as exc:
         raise DataError(f"{path}: unreadable image ({type(exc).__name__})") from None

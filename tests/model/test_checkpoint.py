@@ -68,7 +68,7 @@ def test_vgg16_state_dict_loads_into_the_encoder(tmp_path):
             cin = v
     features = torch.nn.Sequential(*layers)
     state = {f"features.{k}": v for k, v in features.state_dict().items()}
-    state["classifier.0.weight"] = torch.zeros(4096, 25088)[:2]  # present in real files, ignored
+    state["classifier.0.weight"] = torch.zeros(2, 25088)  # real files have the classifier too; it is ignored
     torch.save(state, tmp_path / "vgg16.pth")
 
     m = build_model("segnet", 11, in_channels=4)
@@ -85,3 +85,17 @@ def test_vgg16_state_dict_loads_into_the_encoder(tmp_path):
 
     with pytest.raises(CheckpointError, match="segnet"):
         load_vgg16_encoder(build_model("segnet-basic", 11), tmp_path / "vgg16.pth")
+
+
+@pytest.mark.parametrize(
+    "meta_change",
+    [{"width": float("inf")}, {"width": 8.0}, {"palette": [[999, 0, 0]] * 3}, {"class_names": "abc"}, {"extra": [1, 2]}, {"extra": {"t": torch.zeros(1)}}],
+)
+def test_hand_edited_metadata_is_a_checkpoint_error(tmp_path, meta_change):
+    m = build_model("segnet-basic", 3, width=0.25)
+    save_checkpoint(m, tmp_path / "m.pt")
+    payload = torch.load(tmp_path / "m.pt", weights_only=True)
+    payload["meta"].update(meta_change)
+    torch.save(payload, tmp_path / "edited.pt")
+    with pytest.raises(CheckpointError):
+        load_checkpoint(tmp_path / "edited.pt")
