@@ -71,10 +71,8 @@ def _tree_rss(root_pid: int) -> int:
     return total
 
 
-def run_segbatch(video: Path, out: Path, ckpt: Path, samples: int, batch: int) -> tuple[float, int]:
-    """Wall seconds and peak tree RSS of one `segbatch run` subprocess."""
-    cmd = [sys.executable, "-m", "segbatch", "run", "--input", str(video), "--out", str(out), "--model", str(ckpt),
-           "--samples", str(samples), "--batch-size", str(batch), "--quiet"]
+def measure(cmd: list[str]) -> tuple[float, int]:
+    """Wall seconds and peak RSS of the whole process tree of one command (sampled every 0.1 s)."""
     peak = 0
     start = time.perf_counter()
     proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True)
@@ -93,8 +91,14 @@ def run_segbatch(video: Path, out: Path, ckpt: Path, samples: int, batch: int) -
     done.set()
     sampler.join()
     if proc.returncode != 0:
-        raise SystemExit(f"segbatch run failed: {err.strip()}")
+        raise SystemExit(f"{' '.join(cmd[:4])} failed: {err.strip()}")
     return seconds, peak
+
+
+def run_segbatch(video: Path, out: Path, ckpt: Path, samples: int, batch: int) -> tuple[float, int]:
+    """Wall seconds and peak tree RSS of one `segbatch run` subprocess."""
+    return measure([sys.executable, "-m", "segbatch", "run", "--input", str(video), "--out", str(out), "--model", str(ckpt),
+                    "--samples", str(samples), "--batch-size", str(batch), "--quiet"])
 
 
 def main() -> None:

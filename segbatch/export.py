@@ -23,13 +23,20 @@ VIDEO_OUT_SUFFIXES = (".mp4", ".mkv", ".mov")
 _HEAT_SAMPLE_CHUNKS = 16
 
 
-def export(store: Path, to: Path, alpha: float = 0.5, quiet: bool = False) -> int:
-    """Export STORE to an overlay video (.mp4/.mkv/.mov) or a folder of PNG panels; returns frames written."""
+def export(store: Path, to: Path, alpha: float = 0.5, what: str = "labels", quiet: bool = False) -> int:
+    """Export STORE: a raster store to a COG (.tif); a video store to an overlay video or a folder of PNG panels.
+
+    Returns the frames (video) or pixels rows (raster) written.
+    """
     root = open_store(store)
     attrs = store_attrs(root)
     source = attrs.get("source", {})
+    if source.get("kind") == "raster":
+        if to.suffix.lower() not in (".tif", ".tiff"):
+            raise InputError(f"{to}: a raster store exports to a Cloud-Optimised GeoTIFF (.tif)")
+        return export_cog(root, attrs, to, what, quiet)
     if source.get("kind") != "video":
-        raise InputError(f"{store} holds a {source.get('kind')} result; overlay export is for video stores")
+        raise InputError(f"{store} holds a {source.get('kind')} result, which has no export yet")
     if attrs.get("status") != "complete":
         raise InputError(f"{store} is not complete (status {attrs.get('status')}); finish it with segbatch run --resume first")
     panels = _panels(root, attrs, alpha)
@@ -129,3 +136,55 @@ def _write_pngs(panels: Iterator[np.ndarray], folder: Path, first: int, bar: Any
             Image.fromarray(panel).save(tmp)
         bar.update(1)
     return count
+
+
+def export_cog(root: Any, attrs: dict[str, Any], to: Path, what: str, quiet: bool) -> int:
+    """A Cloud-Optimised GeoTIFF (tiled, DEFLATE, overviews) of one array, with the source's CRS and transform.
+
+    Labels are uint8 with the class palette as a colour map and 255 as nodata
+    (overviews by nearest neighbour); uncertainty and entropy are float32 with
+    NaN as nodata (overviews by average). Written chunk by chunk into a plain
+    tiled GeoTIFF beside the target, then copied to COG layout, atomically.
+    """
+    import rasterio.shutil
+    from rasterio.transform import Affine
+
+    if what not in root or what == "ledger":
+        raise InputError(f"the store has no {what!r} array (choose labels, uncertainty or entropy)")
+    if attrs.get("status") != "complete":
+        raise InputError(f"the store is not complete (status {attrs.get('status')}); finish it with segbatch run --resume first")
+    arr = root[what]
+    ref = root["spatial_ref"].attrs
+    transform = Affine.from_gdal(*(float(v) for v in ref["GeoTransform"].split()))
+    is_labels = what == "labels"
+    profile = {
+        "driver": "GTiff", "height": arr.shape[0], "width": arr.shape[1], "count": 1, "dtype": "uint8" if is_labels else "float32",
+        "crs": ref.get("crs_wkt"), "transform": transform, "nodata": 255 if is_labels else float("nan"),
+        "tiled": True, "blockxsize": 512, "blockysize": 512, "compress": "deflate", "BIGTIFF": "IF_SAFER",
+    }
+    with atomic_path(to) as final:
+        plain = final.with_name(final.stem + ".plain.tif")  # a hidden temporary beside the target
+        try:
+            _write_plain(arr, plain, profile, attrs if is_labels else None, quiet)
+            rasterio.shutil.copy(plain, final, driver="COG", compress="DEFLATE", overview_resampling="nearest" if is_labels else "average",
+                                 blocksize=512, bigtiff="IF_SAFER")
+        finally:
+            plain.unlink(missing_ok=True)
+    return int(arr.shape[0])
+
+
+def _write_plain(arr: Any, path: Path, profile: dict[str, Any], attrs: dict[str, Any] | None, quiet: bool) -> None:
+    """The array into a tiled GeoTIFF, one store chunk at a time (bounded memory); with `attrs`, the palette too."""
+    import rasterio
+    from rasterio.windows import Window as RioWindow
+
+    ch, cw = arr.chunks
+    with rasterio.open(path, "w", **profile) as dst:
+        if attrs is not None:
+            dst.write_colormap(1, {i: (*c, 255) for i, c in enumerate(attrs["model"]["palette"])} | {255: (0, 0, 0, 0)})
+        with progress_bar(arr.shape[0], "exporting", "row", quiet) as bar:
+            for r in range(0, arr.shape[0], ch):
+                for c in range(0, arr.shape[1], cw):
+                    block = arr[r : r + ch, c : c + cw]
+                    dst.write(block.astype(profile["dtype"]), 1, window=RioWindow(c, r, block.shape[1], block.shape[0]))
+                bar.update(min(ch, arr.shape[0] - r))

@@ -41,6 +41,21 @@ class StoreLayout:
     outputs: tuple[str, ...] = ("labels", "uncertainty", "entropy")
     float_dtype: str = "float16"
     coords: Mapping[str, tuple[tuple[str, ...], np.ndarray, dict[str, Any]]] = field(default_factory=dict)  # name -> (dims, values, attrs)
+    array_attrs: Mapping[str, Any] = field(default_factory=dict)  # added to every output array (e.g. grid_mapping)
+    extra: tuple[ArraySpec, ...] = ()  # worker-written arrays beyond the outputs (e.g. the raster tile store)
+
+
+@dataclass(frozen=True)
+class ArraySpec:
+    """An array the driver creates for the workers to fill (one writer per shard, or per chunk when unsharded)."""
+
+    name: str
+    shape: tuple[int, ...]
+    chunks: tuple[int, ...]
+    dtype: str
+    fill_value: Any
+    dims: tuple[str, ...]
+    shards: tuple[int, ...] | None = None
 
 
 def create_store(path: Path, layout: StoreLayout, attrs: dict[str, Any]) -> Any:
@@ -70,8 +85,8 @@ def create_store(path: Path, layout: StoreLayout, attrs: dict[str, Any]) -> Any:
 
 
 def _create_arrays(root: Any, layout: StoreLayout) -> None:
-    coord_names = " ".join(layout.coords)
-    common = {"coordinates": coord_names} if coord_names else {}
+    coord_names = " ".join(n for n, (dims, _, _) in layout.coords.items() if dims not in ((n,),))  # x(x), y(y) are found by name
+    common = ({"coordinates": coord_names} if coord_names else {}) | dict(layout.array_attrs)
     for name in layout.outputs:
         if name == "labels":
             root.create_array(name, shape=layout.shape, chunks=layout.chunks, dtype="uint8", fill_value=NODATA_LABEL,
@@ -85,8 +100,11 @@ def _create_arrays(root: Any, layout: StoreLayout) -> None:
             root.create_array(name, shape=layout.shape, chunks=layout.chunks, dtype=layout.float_dtype, fill_value=np.nan,
                               dimension_names=list(layout.dims), attributes={**common, "long_name": _LONG_NAMES[name]})
     for name, (dims, values, coord_attrs) in layout.coords.items():
-        arr = root.create_array(name, shape=values.shape, chunks=values.shape or (1,), dtype=values.dtype, dimension_names=list(dims), attributes=coord_attrs)
+        arr = root.create_array(name, shape=values.shape, chunks=values.shape, dtype=values.dtype, dimension_names=list(dims), attributes=coord_attrs)
         arr[...] = values
+    for spec in layout.extra:
+        root.create_array(spec.name, shape=spec.shape, chunks=spec.chunks, shards=spec.shards, dtype=spec.dtype, fill_value=spec.fill_value,
+                          dimension_names=list(spec.dims))
     root.create_array("ledger", shape=(layout.units,), chunks=(1,), dtype=str, fill_value="", dimension_names=["unit"],
                       attributes={"long_name": "finished work units (JSON per unit; empty = not finished)"})
 

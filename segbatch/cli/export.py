@@ -1,4 +1,4 @@
-"""`segbatch export`: turn a store into files for people (overlay video, PNG panels)."""
+"""`segbatch export`: turn a store into files for people and GIS tools (COG, overlay video, PNG panels)."""
 
 from __future__ import annotations
 
@@ -12,14 +12,15 @@ from segbatch.cli.options import overwrite_opt, quiet_opt, refuse_existing
 @click.command()
 @click.argument("store", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.option("--to", type=click.Path(path_type=Path), required=True, help="overlay.mp4 (or .mkv/.mov), or a folder for PNG frames.")
-@click.option("--alpha", type=click.FloatRange(0, 1), default=0.5, show_default=True, help="Opacity of the label colours over the video.")
+@click.option("--alpha", type=click.FloatRange(0, 1), default=0.5, show_default=True, help="Video: opacity of the label colours.")
+@click.option("--what", type=click.Choice(["labels", "uncertainty", "entropy"]), default="labels", show_default=True, help="Raster: the array to export as a COG.")
 @overwrite_opt
 @quiet_opt
-def export(store: Path, to: Path, alpha: float, overwrite: bool, quiet: bool) -> None:
-    """Export a video store: source | labels blended in, beside the uncertainty heat map."""
+def export(store: Path, to: Path, alpha: float, what: str, overwrite: bool, quiet: bool) -> None:
+    """Export a store: a raster one as a COG (.tif); a video one as source | labels blended in, beside the uncertainty heat map."""
     from segbatch.export import export as run_export
 
     if to.suffix or (to.is_dir() and any(to.iterdir())):
         refuse_existing(to, overwrite)
-    n = run_export(store, to, alpha=alpha, quiet=quiet)
-    click.echo(f"wrote {n} frames to {to}", err=True)
+    n = run_export(store, to, alpha=alpha, what=what, quiet=quiet)
+    click.echo(f"wrote {to} ({n} {'rows' if to.suffix.lower() in ('.tif', '.tiff') else 'frames'})", err=True)

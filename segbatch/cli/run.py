@@ -1,4 +1,4 @@
-"""`segbatch run`: segment a video into a Zarr store on a pool of Ray actors."""
+"""`segbatch run`: segment a video or a raster into a Zarr store on a pool of Ray actors."""
 
 from __future__ import annotations
 
@@ -30,8 +30,21 @@ def _parse_outputs(ctx: click.Context, param: click.Parameter, value: str | None
     return names
 
 
+def _parse_bands(ctx: click.Context, param: click.Parameter, value: str | None) -> tuple[int, ...] | None:
+    """1-based band numbers, comma-separated."""
+    if not value:
+        return None
+    try:
+        bands = tuple(int(v) for v in value.split(","))
+    except ValueError:
+        raise click.BadParameter(f"{value!r} is not a list of band numbers like 3,2,1") from None
+    if any(b < 1 for b in bands):
+        raise click.BadParameter(f"{value!r}: bands are numbered from 1")
+    return bands
+
+
 @click.command()
-@click.option("--input", "input_path", type=click.Path(path_type=Path), required=True, help="Video file (MP4, MKV, MOV, AVI, ...).")
+@click.option("--input", "input_path", type=click.Path(path_type=Path), required=True, help="Video (MP4, MKV, MOV, AVI, ...) or raster (GeoTIFF, ...).")
 @click.option("--out", type=click.Path(path_type=Path), required=True, help="Zarr store to write (a folder).")
 @click.option("--model", type=click.Path(path_type=Path), help="Checkpoint (default: the built-in demo model).")
 @click.option("--samples", type=click.IntRange(min=0), default=8, show_default=True, help="MC dropout samples; 0 = one pass with dropout off.")
@@ -45,22 +58,38 @@ def _parse_outputs(ctx: click.Context, param: click.Parameter, value: str | None
 @click.option("--resize", callback=parse_size, help="Run the model at HxW; outputs are resampled back to the source size.")
 @click.option("--outputs", "extra_outputs", callback=_parse_outputs, help="Extra arrays: mutual_information, probs (comma-separated).")
 @click.option("--float32", is_flag=True, help="Store uncertainty/entropy as float32 (default float16).")
+@click.option("--tile", type=click.IntRange(min=2), default=512, show_default=True, help="Rasters: tile side in pixels (core + 2 x overlap).")
+@click.option("--overlap", type=click.IntRange(min=0), default=64, show_default=True, help="Rasters: context margin around each tile's core (cover the model's receptive field).")
+@click.option("--bands", callback=_parse_bands, help="Rasters: 1-based bands for the model, in order (e.g. 3,2,1).")
+@click.option("--keep-tiles", is_flag=True, help="Rasters: keep tiles/ after stitching (for segbatch stitch).")
 @click.option("--resume", is_flag=True, help="Finish an interrupted run in STORE (same input, model and settings).")
 @overwrite_opt
 @quiet_opt
 def run(input_path: Path, out: Path, model: Path | None, samples: int, seed: int, batch_size: int, actors: int | None, gpus_per_actor: float | None,
         cpus_per_actor: float, address: str | None, frames: tuple[int | None, int | None] | None, resize: tuple[int, int] | None,
-        extra_outputs: tuple[str, ...], float32: bool, resume: bool, overwrite: bool, quiet: bool) -> None:
-    """Segment a video into a Zarr store: labels, uncertainty, entropy per frame."""
-    from segbatch.engine.driver import run_video
+        extra_outputs: tuple[str, ...], float32: bool, tile: int, overlap: int, bands: tuple[int, ...] | None, keep_tiles: bool,
+        resume: bool, overwrite: bool, quiet: bool) -> None:
+    """Segment a video or a georeferenced raster into a Zarr store: labels, uncertainty, entropy."""
     from segbatch.engine.job import RunConfig
+    from segbatch.errors import InputError
+    from segbatch.sources import source_kind
 
     cfg = RunConfig(
         input=input_path, out=out, model=model, samples=samples, seed=seed, batch_size=batch_size, actors=actors,
         gpus_per_actor=gpus_per_actor, cpus_per_actor=cpus_per_actor, address=address, frames=frames, resize=resize,
         extra_outputs=extra_outputs, float_dtype="float32" if float32 else "float16", resume=resume, overwrite=overwrite, quiet=quiet,
+        bands=bands, tile=tile, overlap=overlap, keep_tiles=keep_tiles,
     )
-    summary = run_video(cfg)
+    if input_path.is_dir():
+        raise InputError(f"{input_path} is a folder; image-folder input is not supported yet (give a video or a raster file)")
+    if source_kind(input_path) == "video":
+        from segbatch.engine.driver import run_video
+
+        summary = run_video(cfg)
+    else:
+        from segbatch.engine.raster import run_raster
+
+        summary = run_raster(cfg)
     click.echo(summary.line(out), err=True)
     for p in summary.problems:
         parts = [f"frames {a}:{b} missing" for a, b in p["missing"]] + [f"frames {a}:{b} decoded with errors" for a, b in p["damaged"]]

@@ -52,11 +52,15 @@ class RunSummary:
     actors: int = 0
     device: str = ""
     problems: list[dict[str, Any]] = field(default_factory=list)
+    noun: str = "frame"
+    stitch_seconds: float | None = None
 
     def line(self, out: Path) -> str:
         rate = self.frames / self.seconds if self.seconds > 0 else 0.0
         resumed = f", {self.skipped_units} units already done" if self.skipped_units else ""
-        return f"segmented {self.frames} frames in {self.seconds:.1f} s ({rate:.2f} frames/s) on {self.actors} actor(s) [{self.device}]{resumed} -> {out}"
+        stitched = f", stitched in {self.stitch_seconds:.1f} s" if self.stitch_seconds is not None else ""
+        return (f"segmented {self.frames} {self.noun}s in {self.seconds:.1f} s ({rate:.2f} {self.noun}s/s) on {self.actors} actor(s) "
+                f"[{self.device}]{resumed}{stitched} -> {out}")
 
 
 def chunk_frames_for(height: int, width: int) -> int:

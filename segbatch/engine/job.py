@@ -13,7 +13,7 @@ from segbatch.sources.video import VideoPlan
 
 @dataclass(frozen=True)
 class RunConfig:
-    """The options of `segbatch run` (video for now)."""
+    """The options of `segbatch run`."""
 
     input: Path
     out: Path
@@ -32,6 +32,10 @@ class RunConfig:
     resume: bool = False
     overwrite: bool = False
     quiet: bool = False
+    bands: tuple[int, ...] | None = None  # rasters: 1-based bands for the model, in order
+    tile: int = 512  # rasters: tile side (core + 2 x overlap)
+    overlap: int = 64  # rasters: margin of context on each side of a tile's core
+    keep_tiles: bool = False
 
 
 @dataclass(frozen=True)

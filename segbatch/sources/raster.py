@@ -99,7 +99,8 @@ def read_window(plan: RasterPlan, window: Window) -> tuple[np.ndarray, np.ndarra
     with _open(plan.path) as ds:
         win = RioWindow(window.col, window.row, window.width, window.height)
         data = ds.read(list(plan.bands), window=win)
-        valid = np.all(ds.read_masks(list(plan.bands), window=win) > 0, axis=0)
+        # GDAL's dataset-mask rule: a pixel is data if any of its bands is (a 0 in one band of a dark pixel is not nodata)
+        valid = np.any(ds.read_masks(list(plan.bands), window=win) > 0, axis=0)
     return scale_to_unit(data, plan), valid
 
 

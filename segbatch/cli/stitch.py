@@ -1,0 +1,20 @@
+"""`segbatch stitch`: blend a raster store's kept tiles into its final arrays again."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from segbatch.cli.options import quiet_opt
+
+
+@click.command()
+@click.argument("store", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@quiet_opt
+def stitch(store: Path, quiet: bool) -> None:
+    """Re-run the stitch of a raster store (its tiles/ must have been kept: run --keep-tiles)."""
+    from segbatch.engine.raster import restitch
+
+    summary = restitch(store, quiet)
+    click.echo(f"stitched {summary.units} tiles in {summary.stitch_seconds or 0:.1f} s -> {store}", err=True)

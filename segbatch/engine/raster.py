@@ -1,0 +1,212 @@
+"""The raster driver: plan tiles, create the store (tiles/ included), run tiles on actors, stitch, finalise.
+
+Same engine, ledger and resume as video: one unit per tile, workers write
+their own shards of tiles/, the stitcher writes each output chunk once. After
+a successful stitch tiles/ is removed unless --keep-tiles; `segbatch stitch`
+re-runs the stitch alone from a kept tiles/.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from segbatch.engine.driver import (
+    RunSummary,
+    _check_target,
+    _ensure_ray,
+    _first_line,
+    _pool_size,
+    resolve_model,
+    run_pool,
+)
+from segbatch.engine.job import RunConfig, config_digest, software_versions, source_identity
+from segbatch.engine.tiles import INNER_CHUNK, PROB_NODATA, RasterJob, TileWorker, tile_side
+from segbatch.errors import InputError, Interrupted, RunError
+from segbatch.progress import note
+from segbatch.sources.raster import georeference, probe_raster
+from segbatch.store import (
+    ArraySpec,
+    StoreLayout,
+    _consolidate,
+    base_attrs,
+    check_resumable,
+    create_store,
+    finished_units,
+    open_store,
+    remove_store,
+    store_attrs,
+    update_attrs,
+)
+from segbatch.tiling import plan_tiles
+
+
+def run_raster(cfg: RunConfig) -> RunSummary:
+    """Segment a georeferenced raster into a Zarr store: tiles on actors, then a blended stitch."""
+    from segbatch.model.checkpoint import load_checkpoint
+
+    if cfg.resume and cfg.overwrite:
+        raise InputError("--resume and --overwrite exclude each other")
+    if cfg.extra_outputs or cfg.resize or cfg.frames:
+        raise InputError("--outputs, --resize and --frames are for video; rasters run at their own resolution")
+    ckpt = load_checkpoint(resolve_model(cfg.model, cfg.quiet))
+    plan = probe_raster(cfg.input, cfg.bands, ckpt.spec.in_channels)
+    if plan.crs_wkt is None:
+        note(f"warning: {cfg.input} has no CRS; the store will have pixel coordinates only", cfg.quiet)
+    tiles = plan_tiles(plan.height, plan.width, cfg.tile, cfg.overlap)
+    job = RasterJob(
+        store=str(cfg.out.resolve()), checkpoint=str(Path(ckpt.path).resolve()), plan=plan, tiles=tiles, samples=cfg.samples,
+        seed=cfg.seed, float_dtype=cfg.float_dtype, threads=max(1, int(cfg.cpus_per_actor)), tile_side=tile_side(tiles),
+    )
+    config = {
+        "source": source_identity(cfg.input), "model_sha256": ckpt.sha256, "samples": cfg.samples, "seed": cfg.seed,
+        "bands": list(plan.bands), "tile": cfg.tile, "overlap": cfg.overlap, "float_dtype": cfg.float_dtype, "software": software_versions(),
+    }
+    _check_target(cfg)
+    started_ray = _ensure_ray(cfg.address)
+    try:
+        n_actors, gpus = _pool_size(cfg, len(tiles))
+        root, done = _prepare_raster_store(cfg, job, ckpt, config)
+        pending = [t for t in range(len(tiles)) if t not in done]
+        summary = RunSummary(units=len(tiles), skipped_units=len(tiles) - len(pending), noun="tile")
+        started = time.perf_counter()
+        try:
+            if pending:
+                summary.frames += run_pool(
+                    TileWorker, job, pending, cfg, n_actors, gpus, size=lambda t: 1,
+                    describe=lambda t: f"tile {t} (window {tiles[t].window})", noun="tile", summary=summary,
+                )
+            summary.seconds = time.perf_counter() - started
+            stitch_store(root, job, cfg.keep_tiles, cfg.quiet, summary)
+        except KeyboardInterrupt:
+            left = len(tiles) - len(finished_units(root))
+            raise Interrupted(f"interrupted with {left} of {len(tiles)} tiles left; finish with the same command and --resume") from None
+        except Exception as exc:
+            update_attrs(root, status="failed", error=_first_line(exc))
+            raise
+        return summary
+    finally:
+        if started_ray:
+            import ray
+
+            ray.shutdown()
+
+
+def _prepare_raster_store(cfg: RunConfig, job: RasterJob, ckpt: Any, config: dict[str, Any]) -> tuple[Any, dict[int, Any]]:
+    if cfg.out.exists() and cfg.resume:
+        root = open_store(cfg.out, mode="r+")
+        check_resumable(store_attrs(root), config)
+        if "tiles" not in root:
+            raise InputError(f"{cfg.out} has no tiles/ left to resume from (it was stitched already); use --overwrite to run again")
+        update_attrs(root, status="running")
+        return root, finished_units(root)
+    if cfg.out.exists() and cfg.overwrite:
+        remove_store(cfg.out)
+    plan, tiles = job.plan, job.tiles
+    geo = georeference(plan)
+    k = ckpt.spec.num_classes
+    side_h, side_w = job.tile_side
+    n = len(tiles)
+    extra = [ArraySpec("tiles/probs", (n, k, side_h, side_w), (1, k, INNER_CHUNK, INNER_CHUNK), "uint8", PROB_NODATA, ("tile", "class", "ty", "tx"),
+                       shards=(1, k, side_h, side_w))]
+    if cfg.samples > 0:
+        extra.append(ArraySpec("tiles/uncertainty", (n, side_h, side_w), (1, INNER_CHUNK, INNER_CHUNK), job.float_dtype, np.nan, ("tile", "ty", "tx"),
+                               shards=(1, side_h, side_w)))
+    layout = StoreLayout(
+        dims=("y", "x"),
+        shape=(plan.height, plan.width),
+        chunks=(tiles.core, tiles.core),
+        num_classes=k,
+        units=n,
+        outputs=("labels", "entropy", *(("uncertainty",) if cfg.samples > 0 else ())),
+        float_dtype=job.float_dtype,
+        coords={
+            "x": (("x",), geo["x"], {"standard_name": "projection_x_coordinate", "long_name": "x at pixel centres"}),
+            "y": (("y",), geo["y"], {"standard_name": "projection_y_coordinate", "long_name": "y at pixel centres"}),
+            "spatial_ref": ((), np.array(0, np.int64), geo["spatial_ref"]),
+        },
+        array_attrs={"grid_mapping": "spatial_ref"},
+        extra=tuple(extra),
+    )
+    source = {
+        "path": str(cfg.input.resolve()), "kind": "raster", "height": plan.height, "width": plan.width, "bands": list(plan.bands),
+        "dtype": plan.dtype, "nodata": plan.nodata, "stretch": [list(s) for s in plan.stretch] if plan.stretch else None,
+        "tile": tiles.tile, "overlap": tiles.overlap,
+    }
+    model = {
+        "arch": ckpt.spec.arch, "classes": list(ckpt.spec.class_names), "palette": [list(c) for c in ckpt.spec.palette],
+        "sha256": ckpt.sha256, "path": str(ckpt.path), "dropout": ckpt.spec.dropout, "width": ckpt.spec.width,
+    }
+    attrs = base_attrs(source, model, cfg.samples, cfg.seed, config) | {"fingerprint": config_digest(config), "geozarr": _geozarr(plan)}
+    return create_store(cfg.out, layout, attrs), {}
+
+
+def _geozarr(plan: Any) -> dict[str, Any]:
+    """GeoZarr proj:/spatial: attributes (the CF grid mapping carries the same facts for rioxarray)."""
+    x0, dx, _, y0, _, dy = plan.transform
+    out: dict[str, Any] = {"spatial:dimensions": ["y", "x"], "spatial:transform": [dx, 0.0, x0, 0.0, dy, y0], "spatial:shape": [plan.height, plan.width]}
+    if plan.crs_wkt:
+        out["proj:wkt2"] = plan.crs_wkt
+    return out
+
+
+def stitch_store(root: Any, job: RasterJob, keep_tiles: bool, quiet: bool, summary: RunSummary) -> None:
+    """Stitch a store whose tiles are all done, then drop tiles/ (unless kept) and mark it complete."""
+    from segbatch.stitch import run_stitch
+
+    ledger = finished_units(root)
+    missing = [t for t in range(len(job.tiles)) if t not in ledger]
+    if missing:
+        raise RunError(f"{len(missing)} tiles never finished (first: {missing[0]}); finish with --resume")
+    skipped = frozenset(t for t, stats in ledger.items() if stats.get("skipped"))
+    update_attrs(root, status="stitching")
+    stitch_seconds = run_stitch(job, skipped, quiet)
+    if not keep_tiles:
+        shutil.rmtree(Path(job.store) / "tiles", ignore_errors=True)
+        _consolidate(root)
+    summary.stitch_seconds = stitch_seconds
+    update_attrs(
+        root, drop=("error",), status="complete",
+        summary={"tiles": len(job.tiles), "skipped_tiles": len(skipped), "inference_seconds": round(summary.seconds, 3),
+                 "stitch_seconds": round(stitch_seconds, 3), "actors": summary.actors, "device": summary.device,
+                 "tiles_kept": keep_tiles},
+    )
+
+
+def restitch(path: Path, quiet: bool) -> RunSummary:
+    """`segbatch stitch STORE`: blend a store's kept tiles again."""
+    from segbatch.sources.raster import RasterPlan
+
+    root = open_store(path, mode="r+")
+    attrs = store_attrs(root)
+    if attrs.get("source", {}).get("kind") != "raster":
+        raise InputError(f"{path} is a {attrs.get('source', {}).get('kind')} store; only raster stores are stitched")
+    if "tiles" not in root:
+        raise InputError(f"{path} has no tiles/ (they are removed after a stitch unless the run had --keep-tiles)")
+    job = _job_from_store(path, root, attrs, RasterPlan)
+    summary = RunSummary(units=len(job.tiles), noun="tile")
+    started_ray = _ensure_ray(None)
+    try:
+        stitch_store(root, job, keep_tiles=True, quiet=quiet, summary=summary)
+    finally:
+        if started_ray:
+            import ray
+
+            ray.shutdown()
+    return summary
+
+
+def _job_from_store(path: Path, root: Any, attrs: dict[str, Any], plan_cls: type) -> RasterJob:
+    src = attrs["source"]
+    ref = root["spatial_ref"].attrs
+    transform = tuple(float(v) for v in ref["GeoTransform"].split())
+    plan = plan_cls(path=src["path"], height=src["height"], width=src["width"], bands=tuple(src["bands"]), dtype=src["dtype"],
+                    crs_wkt=ref.get("crs_wkt"), transform=transform, nodata=src["nodata"],
+                    stretch=tuple(tuple(s) for s in src["stretch"]) if src["stretch"] else None)
+    tiles = plan_tiles(plan.height, plan.width, src["tile"], src["overlap"])
+    return RasterJob(store=str(path.resolve()), checkpoint="", plan=plan, tiles=tiles, samples=attrs["samples"], seed=attrs["seed"],
+                     float_dtype=str(root["entropy"].dtype), threads=1, tile_side=tile_side(tiles))

@@ -1,0 +1,94 @@
+"""Raster work units: a tile's window in, its outputs into the tile store (tiles/ in the store).
+
+Each tile owns one shard of every tiles/ array (written whole, by its worker
+alone). Mean class probabilities are stored compactly as uint8 (p x 254; 255
+marks nodata), which is what the stitcher blends. A tile with no valid pixel
+is skipped without running the model.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from segbatch.mc import derive_seed, mc_predict
+from segbatch.sources.raster import RasterPlan, read_window
+from segbatch.store import open_store, record_unit
+from segbatch.tiling import TilePlan, padded_side
+
+PROB_SCALE = 254  # uint8 probabilities: round(p * 254); 255 is nodata
+PROB_NODATA = 255
+INNER_CHUNK = 32  # tiles/ shards are read back in 32-pixel blocks: the stitcher reads only the strips it blends
+
+
+@dataclass(frozen=True)
+class RasterJob:
+    """Everything a tile worker (and a stitch task) needs besides the tile id."""
+
+    store: str
+    checkpoint: str
+    plan: RasterPlan
+    tiles: TilePlan
+    samples: int
+    seed: int
+    float_dtype: str
+    threads: int
+    tile_side: tuple[int, int]  # (height, width) of the tiles/ arrays: the largest window, padded to INNER_CHUNK
+
+
+def tile_side(tiles: TilePlan) -> tuple[int, int]:
+    return padded_side(min(tiles.tile, tiles.height), INNER_CHUNK), padded_side(min(tiles.tile, tiles.width), INNER_CHUNK)
+
+
+class TileWorker:
+    """Segments tiles of a raster job; one per Ray actor, model loaded once."""
+
+    def __init__(self, job: RasterJob) -> None:
+        import torch
+
+        from segbatch.engine.worker import _ray_gave_gpu
+        from segbatch.model.checkpoint import load_checkpoint
+
+        torch.set_num_threads(max(1, job.threads))
+        self.job = job
+        self.device = torch.device("cuda" if torch.cuda.is_available() and _ray_gave_gpu() else "cpu")
+        self.model = load_checkpoint(job.checkpoint).model.to(self.device).eval()
+        self.pool = 2 ** (len(self.model.encoders))  # each pooling level halves the side
+        self.root = open_store(Path(job.store), mode="r+")
+
+    def device_name(self) -> str:
+        return str(self.device)
+
+    def process(self, tile_id: int) -> dict[str, Any]:
+        """Run one tile (or skip it when it is all nodata), write its shards, then its ledger entry."""
+        import torch
+
+        started = time.perf_counter()
+        job = self.job
+        tile = job.tiles[tile_id]
+        data, valid = read_window(job.plan, tile.window)
+        stats: dict[str, Any] = {"unit": tile_id, "skipped": not valid.any()}
+        if valid.any():
+            h, w = valid.shape
+            # reflect-pad to a side every pooling level halves exactly (a raster smaller than a tile, say)
+            ph, pw = padded_side(h, self.pool) - h, padded_side(w, self.pool) - w
+            x = torch.from_numpy(data)[None].to(self.device)
+            if ph or pw:
+                x = torch.nn.functional.pad(x, (0, pw, 0, ph), mode="reflect" if min(h, w) > max(ph, pw) else "replicate")
+            res = mc_predict(self.model, x, samples=job.samples, seed=derive_seed(job.seed, tile_id))
+            probs = res["probs"][0, :, :h, :w].cpu().numpy()
+            side_h, side_w = job.tile_side
+            q = np.full((probs.shape[0], side_h, side_w), PROB_NODATA, np.uint8)
+            q[:, :h, :w] = np.where(valid, np.rint(probs * PROB_SCALE), PROB_NODATA).astype(np.uint8)
+            self.root["tiles/probs"][tile_id] = q
+            if "uncertainty" in res:
+                unc = np.full((side_h, side_w), np.nan, job.float_dtype)
+                unc[:h, :w] = np.where(valid, res["uncertainty"][0, :h, :w].cpu().numpy(), np.nan)
+                self.root["tiles/uncertainty"][tile_id] = unc
+        stats["seconds"] = round(time.perf_counter() - started, 3)
+        record_unit(self.root, tile_id, stats)
+        return stats
