@@ -1,14 +1,16 @@
 """The stitcher: blend overlapping tiles back into full-resolution rasters, one output chunk per task.
 
-Each output chunk is one tile's core; a task reads, from every tile whose
-weights reach that core, only the blocks it needs, blends the probabilities
-with the border-aware weights of `segbatch.tiling`, takes the argmax after
-blending, and writes the chunk: one writer per chunk, memory bounded by a few
-tiles, so a raster of any size stitches in streaming fashion.
+Each output chunk is one tile's core; a task takes a run of consecutive
+chunks, reads every tile whose weights reach them once (neighbouring chunks
+share most of their tiles), blends the probabilities with the border-aware
+weights of `segbatch.tiling`, takes the argmax after blending, and writes
+each chunk: one writer per chunk, memory bounded by the tiles of one run, so
+a raster of any size stitches in streaming fashion.
 """
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Sequence
 from typing import Any
 
@@ -18,7 +20,8 @@ from segbatch.engine.tiles import PROB_NODATA, PROB_SCALE, RasterJob
 from segbatch.store import NODATA_LABEL, open_store
 from segbatch.tiling import blend_weights
 
-CHUNKS_PER_TASK = 8
+CHUNKS_PER_TASK = 16  # a run of consecutive chunks (row-major) shares most of its tiles
+TILE_CACHE = 12  # tiles kept decoded per task: the 3x3 around a chunk plus the next column
 TASKS_IN_FLIGHT_PER_CPU = 2
 
 
@@ -27,12 +30,33 @@ def stitch_chunks(job: RasterJob, chunk_ids: Sequence[int], skipped: frozenset[i
     from pathlib import Path
 
     root = open_store(Path(job.store), mode="r+")
+    cache = _TileCache(root, "uncertainty" in root)
     for cid in chunk_ids:
-        _stitch_one(root, job, cid, skipped)
+        _stitch_one(root, job, cid, skipped, cache)
     return len(chunk_ids)
 
 
-def _stitch_one(root: Any, job: RasterJob, cid: int, skipped: frozenset[int]) -> None:
+class _TileCache:
+    """The last few decoded tiles (probabilities, uncertainty, weights): in row-major order a chunk's
+    neighbours were mostly read for the chunk before it, so each tile is decoded about 3 times, not 9."""
+
+    def __init__(self, root: Any, has_unc: bool, size: int = TILE_CACHE) -> None:
+        self.root, self.has_unc, self.size = root, has_unc, size
+        self.tiles: OrderedDict[int, tuple[np.ndarray, np.ndarray | None, np.ndarray]] = OrderedDict()
+
+    def get(self, job: RasterJob, tid: int) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
+        if tid in self.tiles:
+            self.tiles.move_to_end(tid)
+            return self.tiles[tid]
+        probs = self.root["tiles/probs"][tid]
+        unc = self.root["tiles/uncertainty"][tid] if self.has_unc else None
+        self.tiles[tid] = (probs, unc, blend_weights(job.tiles[tid], job.tiles.overlap))
+        if len(self.tiles) > self.size:
+            self.tiles.popitem(last=False)
+        return self.tiles[tid]
+
+
+def _stitch_one(root: Any, job: RasterJob, cid: int, skipped: frozenset[int], cache: _TileCache) -> None:
     tiles = job.tiles
     core = tiles[cid].core
     probs_sum: np.ndarray | None = None
@@ -47,10 +71,12 @@ def _stitch_one(root: Any, job: RasterJob, cid: int, skipped: frozenset[int]) ->
         if inter is None:
             continue
         ty, tx = inter.row - tile.window.row, inter.col - tile.window.col
-        w = blend_weights(tile, tiles.overlap)[ty : ty + inter.height, tx : tx + inter.width]
+        ys, xs = slice(ty, ty + inter.height), slice(tx, tx + inter.width)
+        tile_probs, tile_unc, tile_w = cache.get(job, tid)
+        w = tile_w[ys, xs]
         if not w.any():
             continue
-        q = root["tiles/probs"][tid, :, ty : ty + inter.height, tx : tx + inter.width]
+        q = tile_probs[:, ys, xs]
         w = w * (q[0] != PROB_NODATA)
         oy, ox = inter.row - core.row, inter.col - core.col
         region = (slice(oy, oy + inter.height), slice(ox, ox + inter.width))
@@ -58,9 +84,8 @@ def _stitch_one(root: Any, job: RasterJob, cid: int, skipped: frozenset[int]) ->
             probs_sum = np.zeros((q.shape[0], core.height, core.width), np.float32)
         probs_sum[(slice(None), *region)] += w * (q.astype(np.float32) / PROB_SCALE)
         weight_sum[region] += w
-        if has_unc:
-            unc = root["tiles/uncertainty"][tid, ty : ty + inter.height, tx : tx + inter.width].astype(np.float32)
-            unc_sum[region] += w * np.nan_to_num(unc)
+        if tile_unc is not None:
+            unc_sum[region] += w * np.nan_to_num(tile_unc[ys, xs].astype(np.float32))
     valid = weight_sum > 0
     out_dtype = root["entropy"].dtype
     labels = np.full(weight_sum.shape, NODATA_LABEL, np.uint8)

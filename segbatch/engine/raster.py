@@ -25,7 +25,7 @@ from segbatch.engine.driver import (
     run_pool,
 )
 from segbatch.engine.job import RunConfig, config_digest, software_versions, source_identity
-from segbatch.engine.tiles import INNER_CHUNK, PROB_NODATA, RasterJob, TileWorker, tile_side
+from segbatch.engine.tiles import PROB_NODATA, RasterJob, TileWorker, tile_side
 from segbatch.errors import InputError, Interrupted, RunError
 from segbatch.progress import note
 from segbatch.sources.raster import georeference, probe_raster
@@ -111,11 +111,9 @@ def _prepare_raster_store(cfg: RunConfig, job: RasterJob, ckpt: Any, config: dic
     k = ckpt.spec.num_classes
     side_h, side_w = job.tile_side
     n = len(tiles)
-    extra = [ArraySpec("tiles/probs", (n, k, side_h, side_w), (1, k, INNER_CHUNK, INNER_CHUNK), "uint8", PROB_NODATA, ("tile", "class", "ty", "tx"),
-                       shards=(1, k, side_h, side_w))]
+    extra = [ArraySpec("tiles/probs", (n, k, side_h, side_w), (1, k, side_h, side_w), "uint8", PROB_NODATA, ("tile", "class", "ty", "tx"))]
     if cfg.samples > 0:
-        extra.append(ArraySpec("tiles/uncertainty", (n, side_h, side_w), (1, INNER_CHUNK, INNER_CHUNK), job.float_dtype, np.nan, ("tile", "ty", "tx"),
-                               shards=(1, side_h, side_w)))
+        extra.append(ArraySpec("tiles/uncertainty", (n, side_h, side_w), (1, side_h, side_w), job.float_dtype, np.nan, ("tile", "ty", "tx")))
     layout = StoreLayout(
         dims=("y", "x"),
         shape=(plan.height, plan.width),

@@ -1,6 +1,6 @@
 """Raster work units: a tile's window in, its outputs into the tile store (tiles/ in the store).
 
-Each tile owns one shard of every tiles/ array (written whole, by its worker
+Each tile owns one chunk of every tiles/ array (written whole, by its worker
 alone). Mean class probabilities are stored compactly as uint8 (p x 254; 255
 marks nodata), which is what the stitcher blends. A tile with no valid pixel
 is skipped without running the model.
@@ -22,7 +22,7 @@ from segbatch.tiling import TilePlan, padded_side
 
 PROB_SCALE = 254  # uint8 probabilities: round(p * 254); 255 is nodata
 PROB_NODATA = 255
-INNER_CHUNK = 32  # tiles/ shards are read back in 32-pixel blocks: the stitcher reads only the strips it blends
+PAD_TO = 32  # tiles/ sides: the largest window rounded up
 
 
 @dataclass(frozen=True)
@@ -37,11 +37,11 @@ class RasterJob:
     seed: int
     float_dtype: str
     threads: int
-    tile_side: tuple[int, int]  # (height, width) of the tiles/ arrays: the largest window, padded to INNER_CHUNK
+    tile_side: tuple[int, int]  # (height, width) of the tiles/ arrays: the largest window, padded to PAD_TO
 
 
 def tile_side(tiles: TilePlan) -> tuple[int, int]:
-    return padded_side(min(tiles.tile, tiles.height), INNER_CHUNK), padded_side(min(tiles.tile, tiles.width), INNER_CHUNK)
+    return padded_side(min(tiles.tile, tiles.height), PAD_TO), padded_side(min(tiles.tile, tiles.width), PAD_TO)
 
 
 class TileWorker:
@@ -64,7 +64,7 @@ class TileWorker:
         return str(self.device)
 
     def process(self, tile_id: int) -> dict[str, Any]:
-        """Run one tile (or skip it when it is all nodata), write its shards, then its ledger entry."""
+        """Run one tile (or skip it when it is all nodata), write its chunks, then its ledger entry."""
         import torch
 
         started = time.perf_counter()
