@@ -52,7 +52,9 @@ def format_store(s: dict[str, Any]) -> str:
     if summary.get("wall_seconds"):
         rows.append(("run", f"{summary['frames']} frames in {summary['wall_seconds']:.1f} s on {summary['actors']} actor(s) [{summary['device']}]"))
     problems = s.get("problems") or []
-    rows.append(("problems", "none" if not problems else f"{len(problems)}"))
+    rows.append(("problems", "none" if not (problems or src.get("demux_error")) else f"{len(problems)} unit(s)"))
+    if src.get("demux_error"):
+        rows.append(("", f"the file ends early: {src['demux_error']}"))
     for p in problems:
         parts = [f"missing {a}:{b}" for a, b in p.get("missing", [])] + [f"decode errors {a}:{b}" for a, b in p.get("damaged", [])]
         rows.append(("", f"frames {', '.join(parts)}" + (f" - {p['messages'][0]}" if p.get("messages") else "")))

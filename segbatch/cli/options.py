@@ -8,7 +8,7 @@ import click
 
 from segbatch.model.catalog import ARCHS, PLACEMENTS
 
-quiet_opt = click.option("--quiet", "-q", is_flag=True, help="No progress bar or status lines.")
+quiet_opt = click.option("--quiet", "-q", is_flag=True, help="No progress bar or notes (the one-line summary and warnings stay).")
 json_opt = click.option("--json", "as_json", is_flag=True, help="Machine-readable JSON on stdout.")
 seed_opt = click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True, help="Random seed (dropout masks, shuffles).")
 overwrite_opt = click.option("--overwrite", is_flag=True, help="Replace an existing output.")

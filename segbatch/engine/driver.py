@@ -118,6 +118,8 @@ def run_video(cfg: RunConfig) -> RunSummary:
     if ckpt.spec.in_channels != 3:
         raise InputError(f"the model takes {ckpt.spec.in_channels} input bands; video frames have 3 (RGB)")
     plan = probe_video(cfg.input)
+    if plan.demux_error:
+        note(f"warning: {cfg.input}: {plan.demux_error}; segmenting the frames before it", cfg.quiet)
     first, stop = frame_range(plan, cfg.frames)
     if cfg.samples == 0 and set(cfg.extra_outputs) & {"mutual_information"}:
         raise InputError("mutual_information needs --samples >= 1")
@@ -222,7 +224,7 @@ def _prepare_store(cfg: RunConfig, job: VideoJob, ckpt: Any, config: dict[str, A
     source = {
         "path": str(cfg.input.resolve()), "kind": "video", "codec": plan.codec, "frames": plan.frames,
         "height": plan.height, "width": plan.width, "rotation": plan.rotation, "time_base": str(plan.time_base),
-        "frame_range": [job.first_frame, job.stop_frame],
+        "frame_range": [job.first_frame, job.stop_frame], "demux_error": plan.demux_error,
     }
     model = {
         "arch": ckpt.spec.arch, "classes": list(ckpt.spec.class_names), "palette": [list(c) for c in ckpt.spec.palette],
