@@ -96,6 +96,14 @@ def frame_range(plan: VideoPlan, frames: tuple[int | None, int | None] | None) -
     return first, stop
 
 
+def model_attrs(ckpt: Any) -> dict[str, Any]:
+    """The store's `model` attribute: what labelled it, and how to colour its classes."""
+    return {
+        "arch": ckpt.spec.arch, "classes": list(ckpt.spec.class_names), "palette": [list(c) for c in ckpt.spec.palette],
+        "sha256": ckpt.sha256, "path": str(ckpt.path), "dropout": ckpt.spec.dropout, "width": ckpt.spec.width,
+    }
+
+
 def resolve_model(model: Path | None, quiet: bool) -> Path:
     """The checkpoint to use: the user's, or the built-in demo model (with a notice)."""
     if model is not None:
@@ -226,11 +234,7 @@ def _prepare_store(cfg: RunConfig, job: VideoJob, ckpt: Any, config: dict[str, A
         "height": plan.height, "width": plan.width, "rotation": plan.rotation, "time_base": str(plan.time_base),
         "frame_range": [job.first_frame, job.stop_frame], "demux_error": plan.demux_error,
     }
-    model = {
-        "arch": ckpt.spec.arch, "classes": list(ckpt.spec.class_names), "palette": [list(c) for c in ckpt.spec.palette],
-        "sha256": ckpt.sha256, "path": str(ckpt.path), "dropout": ckpt.spec.dropout, "width": ckpt.spec.width,
-    }
-    attrs = base_attrs(source, model, cfg.samples, cfg.seed, config) | {
+    attrs = base_attrs(source, model_attrs(ckpt), cfg.samples, cfg.seed, config) | {
         "fingerprint": config_digest(config), "resize": list(cfg.resize) if cfg.resize else None, "unit_frames": unit_frames,
     }
     return create_store(cfg.out, layout, attrs), units, {}

@@ -21,6 +21,7 @@ from segbatch.engine.driver import (
     _ensure_ray,
     _first_line,
     _pool_size,
+    model_attrs,
     resolve_model,
     run_pool,
 )
@@ -135,11 +136,7 @@ def _prepare_raster_store(cfg: RunConfig, job: RasterJob, ckpt: Any, config: dic
         "dtype": plan.dtype, "nodata": plan.nodata, "stretch": [list(s) for s in plan.stretch] if plan.stretch else None,
         "tile": tiles.tile, "overlap": tiles.overlap,
     }
-    model = {
-        "arch": ckpt.spec.arch, "classes": list(ckpt.spec.class_names), "palette": [list(c) for c in ckpt.spec.palette],
-        "sha256": ckpt.sha256, "path": str(ckpt.path), "dropout": ckpt.spec.dropout, "width": ckpt.spec.width,
-    }
-    attrs = base_attrs(source, model, cfg.samples, cfg.seed, config) | {"fingerprint": config_digest(config), "geozarr": _geozarr(plan)}
+    attrs = base_attrs(source, model_attrs(ckpt), cfg.samples, cfg.seed, config) | {"fingerprint": config_digest(config), "geozarr": _geozarr(plan)}
     return create_store(cfg.out, layout, attrs), {}
 
 

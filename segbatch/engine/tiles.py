@@ -10,14 +10,14 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from segbatch.mc import derive_seed, mc_predict
 from segbatch.sources.raster import RasterPlan, read_window
-from segbatch.store import open_store, record_unit
+from segbatch.engine.worker import ModelWorker
+from segbatch.store import record_unit
 from segbatch.tiling import TilePlan, padded_side
 
 PROB_SCALE = 254  # uint8 probabilities: round(p * 254); 255 is nodata
@@ -44,24 +44,13 @@ def tile_side(tiles: TilePlan) -> tuple[int, int]:
     return padded_side(min(tiles.tile, tiles.height), PAD_TO), padded_side(min(tiles.tile, tiles.width), PAD_TO)
 
 
-class TileWorker:
+class TileWorker(ModelWorker):
     """Segments tiles of a raster job; one per Ray actor, model loaded once."""
 
     def __init__(self, job: RasterJob) -> None:
-        import torch
-
-        from segbatch.engine.worker import _ray_gave_gpu
-        from segbatch.model.checkpoint import load_checkpoint
-
-        torch.set_num_threads(max(1, job.threads))
+        super().__init__(job.checkpoint, job.store, job.threads)
         self.job = job
-        self.device = torch.device("cuda" if torch.cuda.is_available() and _ray_gave_gpu() else "cpu")
-        self.model = load_checkpoint(job.checkpoint).model.to(self.device).eval()
         self.pool = 2 ** (len(self.model.encoders))  # each pooling level halves the side
-        self.root = open_store(Path(job.store), mode="r+")
-
-    def device_name(self) -> str:
-        return str(self.device)
 
     def process(self, tile_id: int) -> dict[str, Any]:
         """Run one tile (or skip it when it is all nodata), write its chunks, then its ledger entry."""

@@ -22,22 +22,29 @@ from segbatch.store import NODATA_LABEL, open_store, record_unit, write_region
 MAX_MESSAGES = 5
 
 
-class UnitWorker:
-    """Segments units of a video job; one per Ray actor, model loaded once."""
+class ModelWorker:
+    """What every actor holds: its torch threads, its device (the GPU Ray gave it, else CPU), the model, the store."""
 
-    def __init__(self, job: VideoJob) -> None:
+    def __init__(self, checkpoint: str, store: str, threads: int) -> None:
         import torch
 
         from segbatch.model.checkpoint import load_checkpoint
 
-        torch.set_num_threads(max(1, job.threads))
-        self.job = job
+        torch.set_num_threads(max(1, threads))
         self.device = torch.device("cuda" if torch.cuda.is_available() and _ray_gave_gpu() else "cpu")
-        self.model = load_checkpoint(job.checkpoint).model.to(self.device).eval()
-        self.root = open_store(Path(job.store), mode="r+")
+        self.model = load_checkpoint(checkpoint).model.to(self.device).eval()
+        self.root = open_store(Path(store), mode="r+")
 
     def device_name(self) -> str:
         return str(self.device)
+
+
+class UnitWorker(ModelWorker):
+    """Segments units of a video job; one per Ray actor, model loaded once."""
+
+    def __init__(self, job: VideoJob) -> None:
+        super().__init__(job.checkpoint, job.store, job.threads)
+        self.job = job
 
     def process(self, unit: FrameUnit) -> dict[str, Any]:
         """Segment frames [unit.start, unit.stop), write each of its chunks when full, then the unit's ledger entry.
