@@ -43,8 +43,10 @@ def main() -> None:
     args = ap.parse_args()
     h, w = (int(v) for v in args.size.split("x"))
     device = torch.device(args.device)
-    print(f"device {device} ({torch.cuda.get_device_name(device) if device.type == 'cuda' else f'{torch.get_num_threads()} CPU threads'}), "
-          f"{h}x{w}, {args.samples} samples, best of {args.repeats}")
+    print(
+        f"device {device} ({torch.cuda.get_device_name(device) if device.type == 'cuda' else f'{torch.get_num_threads()} CPU threads'}), "
+        f"{h}x{w}, {args.samples} samples, best of {args.repeats}"
+    )
     for arch in args.arch or ["segnet", "segnet-basic"]:
         model = build_model(arch, 11, dropout="central").to(device).eval()
         x = torch.rand(1, 3, h, w, device=device)

@@ -31,9 +31,23 @@ from run_video import measure  # noqa: E402
 def make_raster(path: Path, side: int, block: int = 1024) -> Path:
     """Smooth fields plus noise, written block by block (never the whole raster in memory)."""
     rng = np.random.default_rng(0)
-    with rasterio.open(path, "w", driver="GTiff", height=side, width=side, count=3, dtype="uint8", crs="EPSG:32633",
-                       transform=Affine(10, 0, 300000, 0, -10, 5000000), nodata=0, tiled=True, blockxsize=512, blockysize=512,
-                       compress="deflate", BIGTIFF="YES") as ds:
+    with rasterio.open(
+        path,
+        "w",
+        driver="GTiff",
+        height=side,
+        width=side,
+        count=3,
+        dtype="uint8",
+        crs="EPSG:32633",
+        transform=Affine(10, 0, 300000, 0, -10, 5000000),
+        nodata=0,
+        tiled=True,
+        blockxsize=512,
+        blockysize=512,
+        compress="deflate",
+        BIGTIFF="YES",
+    ) as ds:
         for r in range(0, side, block):
             for c in range(0, side, block):
                 h, w = min(block, side - r), min(block, side - c)
@@ -55,17 +69,41 @@ def main() -> None:
     with tempfile.TemporaryDirectory(dir=".") as tmp:
         d = Path(tmp)
         ckpt = d / "small.pt"
-        subprocess.run([sys.executable, "-m", "segbatch", "model", "init", "--arch", "segnet-basic", "--classes", "11", "--width", str(args.width),
-                        "--out", str(ckpt)], check=True, capture_output=True)
+        subprocess.run(
+            [sys.executable, "-m", "segbatch", "model", "init", "--arch", "segnet-basic", "--classes", "11", "--width", str(args.width), "--out", str(ckpt)],
+            check=True,
+            capture_output=True,
+        )
         for side in (int(s) for s in args.sizes.split(",")):
             raster = make_raster(d / f"r{side}.tif", side)
             out = d / f"r{side}.zarr"
-            seconds, peak = measure([sys.executable, "-m", "segbatch", "run", "--input", str(raster), "--out", str(out), "--model", str(ckpt),
-                                     "--samples", str(args.samples), "--tile", str(args.tile), "--overlap", str(args.overlap), "--quiet"])
+            seconds, peak = measure(
+                [
+                    sys.executable,
+                    "-m",
+                    "segbatch",
+                    "run",
+                    "--input",
+                    str(raster),
+                    "--out",
+                    str(out),
+                    "--model",
+                    str(ckpt),
+                    "--samples",
+                    str(args.samples),
+                    "--tile",
+                    str(args.tile),
+                    "--overlap",
+                    str(args.overlap),
+                    "--quiet",
+                ]
+            )
             summary = zarr.open_group(str(out), mode="r").attrs["segbatch"]["summary"]
             share = summary["stitch_seconds"] / summary["inference_seconds"]
-            print(f"{side}x{side}: {seconds:.0f} s end to end, {summary['tiles']} tiles, inference {summary['inference_seconds']:.0f} s, "
-                  f"stitch {summary['stitch_seconds']:.0f} s ({100 * share:.1f}% of inference), peak RSS of all processes {peak / 2**20:.0f} MiB")
+            print(
+                f"{side}x{side}: {seconds:.0f} s end to end, {summary['tiles']} tiles, inference {summary['inference_seconds']:.0f} s, "
+                f"stitch {summary['stitch_seconds']:.0f} s ({100 * share:.1f}% of inference), peak RSS of all processes {peak / 2**20:.0f} MiB"
+            )
             print(json.dumps({"side": side, "seconds": round(seconds, 1), "peak_mib": round(peak / 2**20), **summary}))
             raster.unlink()
 

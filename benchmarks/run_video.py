@@ -97,8 +97,25 @@ def measure(cmd: list[str]) -> tuple[float, int]:
 
 def run_segbatch(video: Path, out: Path, ckpt: Path, samples: int, batch: int) -> tuple[float, int]:
     """Wall seconds and peak tree RSS of one `segbatch run` subprocess."""
-    return measure([sys.executable, "-m", "segbatch", "run", "--input", str(video), "--out", str(out), "--model", str(ckpt),
-                    "--samples", str(samples), "--batch-size", str(batch), "--quiet"])
+    return measure(
+        [
+            sys.executable,
+            "-m",
+            "segbatch",
+            "run",
+            "--input",
+            str(video),
+            "--out",
+            str(out),
+            "--model",
+            str(ckpt),
+            "--samples",
+            str(samples),
+            "--batch-size",
+            str(batch),
+            "--quiet",
+        ]
+    )
 
 
 def main() -> None:

@@ -59,7 +59,10 @@ def _panels(root: Any, attrs: dict[str, Any], alpha: float) -> Iterator[np.ndarr
         raise InputError(f"the source video {path} is gone; the overlay needs it")
     plan = probe_video(path)
     if plan.frames != source["frames"] or (plan.height, plan.width) != (source["height"], source["width"]):
-        raise InputError(f"{path} changed since the run ({plan.frames} frames {plan.width}x{plan.height}, store says {source['frames']} {source['width']}x{source['height']})")
+        raise InputError(
+            f"{path} changed since the run ({plan.frames} frames {plan.width}x{plan.height}, "
+            f"store says {source['frames']} {source['width']}x{source['height']})"
+        )
     first, stop = source["frame_range"]
     heat_name = "uncertainty" if "uncertainty" in root else "entropy"
     labels, heat = root["labels"], root[heat_name]
@@ -158,16 +161,27 @@ def export_cog(root: Any, attrs: dict[str, Any], to: Path, what: str, quiet: boo
     transform = Affine.from_gdal(*(float(v) for v in ref["GeoTransform"].split()))
     is_labels = what == "labels"
     profile = {
-        "driver": "GTiff", "height": arr.shape[0], "width": arr.shape[1], "count": 1, "dtype": "uint8" if is_labels else "float32",
-        "crs": ref.get("crs_wkt"), "transform": transform, "nodata": 255 if is_labels else float("nan"),
-        "tiled": True, "blockxsize": 512, "blockysize": 512, "compress": "deflate", "BIGTIFF": "IF_SAFER",
+        "driver": "GTiff",
+        "height": arr.shape[0],
+        "width": arr.shape[1],
+        "count": 1,
+        "dtype": "uint8" if is_labels else "float32",
+        "crs": ref.get("crs_wkt"),
+        "transform": transform,
+        "nodata": 255 if is_labels else float("nan"),
+        "tiled": True,
+        "blockxsize": 512,
+        "blockysize": 512,
+        "compress": "deflate",
+        "BIGTIFF": "IF_SAFER",
     }
     with atomic_path(to) as final:
         plain = final.with_name(final.stem + ".plain.tif")  # a hidden temporary beside the target
         try:
             _write_plain(arr, plain, profile, attrs if is_labels else None, quiet)
-            rasterio.shutil.copy(plain, final, driver="COG", compress="DEFLATE", overview_resampling="nearest" if is_labels else "average",
-                                 blocksize=512, bigtiff="IF_SAFER")
+            rasterio.shutil.copy(
+                plain, final, driver="COG", compress="DEFLATE", overview_resampling="nearest" if is_labels else "average", blocksize=512, bigtiff="IF_SAFER"
+            )
         finally:
             plain.unlink(missing_ok=True)
     return int(arr.shape[0])

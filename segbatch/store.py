@@ -73,7 +73,7 @@ def create_store(path: Path, layout: StoreLayout, attrs: dict[str, Any]) -> Any:
     try:
         root = zarr.open_group(str(building), mode="w-", zarr_format=3, attributes={"segbatch": {**attrs, "status": "running"}})
         _create_arrays(root, layout)
-        _consolidate(root)
+        consolidate(root)
         os.rename(building, path)
     except OSError as exc:
         shutil.rmtree(building, ignore_errors=True)
@@ -89,27 +89,59 @@ def _create_arrays(root: Any, layout: StoreLayout) -> None:
     common = ({"coordinates": coord_names} if coord_names else {}) | dict(layout.array_attrs)
     for name in layout.outputs:
         if name == "labels":
-            root.create_array(name, shape=layout.shape, chunks=layout.chunks, dtype="uint8", fill_value=NODATA_LABEL,
-                              dimension_names=list(layout.dims), attributes={**common, "long_name": "class label (argmax of the mean softmax)",
-                                                                             "flag_values": NODATA_LABEL, "flag_meanings": "nodata_or_not_computed"})
+            root.create_array(
+                name,
+                shape=layout.shape,
+                chunks=layout.chunks,
+                dtype="uint8",
+                fill_value=NODATA_LABEL,
+                dimension_names=list(layout.dims),
+                attributes={
+                    **common,
+                    "long_name": "class label (argmax of the mean softmax)",
+                    "flag_values": NODATA_LABEL,
+                    "flag_meanings": "nodata_or_not_computed",
+                },
+            )
         elif name == "probs":
-            root.create_array(name, shape=(*layout.shape, layout.num_classes), chunks=(*layout.chunks, layout.num_classes),
-                              dtype=layout.float_dtype, fill_value=np.nan, dimension_names=[*layout.dims, "class"],
-                              attributes={**common, "long_name": "mean class probabilities"})
+            root.create_array(
+                name,
+                shape=(*layout.shape, layout.num_classes),
+                chunks=(*layout.chunks, layout.num_classes),
+                dtype=layout.float_dtype,
+                fill_value=np.nan,
+                dimension_names=[*layout.dims, "class"],
+                attributes={**common, "long_name": "mean class probabilities"},
+            )
         else:
-            root.create_array(name, shape=layout.shape, chunks=layout.chunks, dtype=layout.float_dtype, fill_value=np.nan,
-                              dimension_names=list(layout.dims), attributes={**common, "long_name": _LONG_NAMES[name]})
+            root.create_array(
+                name,
+                shape=layout.shape,
+                chunks=layout.chunks,
+                dtype=layout.float_dtype,
+                fill_value=np.nan,
+                dimension_names=list(layout.dims),
+                attributes={**common, "long_name": _LONG_NAMES[name]},
+            )
     for name, (dims, values, coord_attrs) in layout.coords.items():
         arr = root.create_array(name, shape=values.shape, chunks=values.shape, dtype=values.dtype, dimension_names=list(dims), attributes=coord_attrs)
         arr[...] = values
     for spec in layout.extra:
-        root.create_array(spec.name, shape=spec.shape, chunks=spec.chunks, shards=spec.shards, dtype=spec.dtype, fill_value=spec.fill_value,
-                          dimension_names=list(spec.dims))
-    root.create_array("ledger", shape=(layout.units,), chunks=(1,), dtype=str, fill_value="", dimension_names=["unit"],
-                      attributes={"long_name": "finished work units (JSON per unit; empty = not finished)"})
+        root.create_array(
+            spec.name, shape=spec.shape, chunks=spec.chunks, shards=spec.shards, dtype=spec.dtype, fill_value=spec.fill_value, dimension_names=list(spec.dims)
+        )
+    root.create_array(
+        "ledger",
+        shape=(layout.units,),
+        chunks=(1,),
+        dtype=str,
+        fill_value="",
+        dimension_names=["unit"],
+        attributes={"long_name": "finished work units (JSON per unit; empty = not finished)"},
+    )
 
 
-def _consolidate(root: Any) -> Any:
+def consolidate(root: Any) -> Any:
     """Refresh the consolidated metadata, so readers (xarray) open the store in one read and see current attributes.
 
     zarr warns that consolidation is not yet in the v3 spec; xarray and
@@ -153,7 +185,7 @@ def store_attrs(root: Any) -> dict[str, Any]:
 def update_attrs(root: Any, drop: tuple[str, ...] = (), **changes: Any) -> None:
     """Driver-only: change root attributes (status, problems, summary), removing the keys in `drop`."""
     root.attrs["segbatch"] = {k: v for k, v in {**store_attrs(root), **changes}.items() if k not in drop}
-    _consolidate(root)
+    consolidate(root)
 
 
 def remove_store(path: Path) -> None:

@@ -46,9 +46,29 @@ def test_training_lowers_the_loss_and_beats_chance(runner, cli, tmp_path):
     out = tmp_path / "m.pt"
     r = runner.invoke(
         cli,
-        ["train", "--images", str(tmp_path / "data/images"), "--masks", str(tmp_path / "data/masks"), "--out", str(out),
-         "--width", "0.25", "--epochs", "12", "--batch-size", "4", "--lr", "0.05", "--val-fraction", "0.25", "--class-names", "bg,red,blue",
-         "--dropout", "none"],  # a 16-channel net at 32x32 learns slowly through 0.5 dropout; keep the test short
+        [
+            "train",
+            "--images",
+            str(tmp_path / "data/images"),
+            "--masks",
+            str(tmp_path / "data/masks"),
+            "--out",
+            str(out),
+            "--width",
+            "0.25",
+            "--epochs",
+            "12",
+            "--batch-size",
+            "4",
+            "--lr",
+            "0.05",
+            "--val-fraction",
+            "0.25",
+            "--class-names",
+            "bg,red,blue",
+            "--dropout",
+            "none",
+        ],  # a 16-channel net at 32x32 learns slowly through 0.5 dropout; keep the test short
     )
     assert r.exit_code == 0, r.output
     epochs = [line for line in r.output.splitlines() if line.startswith("epoch ")]
@@ -76,7 +96,9 @@ def test_class_id_out_of_range_names_the_file(runner, cli, tmp_path):
     bad = np.zeros((32, 32), np.uint8)
     bad[0, 0] = 7
     Image.fromarray(bad).save(tmp_path / "data/masks/002.png")
-    r = runner.invoke(cli, ["train", "--images", str(tmp_path / "data/images"), "--masks", str(tmp_path / "data/masks"), "--out", str(tmp_path / "m.pt"), "--classes", "3"])
+    r = runner.invoke(
+        cli, ["train", "--images", str(tmp_path / "data/images"), "--masks", str(tmp_path / "data/masks"), "--out", str(tmp_path / "m.pt"), "--classes", "3"]
+    )
     assert r.exit_code == 2
     assert "002.png" in r.output and "class id 7" in r.output
 
@@ -102,8 +124,28 @@ def test_crops_with_only_ignored_pixels_are_skipped_not_fatal(runner, cli, tmp_p
     _blobs(tmp_path / "data", 8)
     for k in range(3):  # three masks are all "ignore"; at least three labelled images remain for training
         Image.fromarray(np.full((32, 32), 255, np.uint8)).save(tmp_path / f"data/masks/{k:03d}.png")
-    r = runner.invoke(cli, ["train", "--images", str(tmp_path / "data/images"), "--masks", str(tmp_path / "data/masks"), "--out", str(tmp_path / "m.pt"),
-                            "--width", "0.25", "--epochs", "2", "--batch-size", "1", "--classes", "3", "--val-fraction", "0.25"])
+    r = runner.invoke(
+        cli,
+        [
+            "train",
+            "--images",
+            str(tmp_path / "data/images"),
+            "--masks",
+            str(tmp_path / "data/masks"),
+            "--out",
+            str(tmp_path / "m.pt"),
+            "--width",
+            "0.25",
+            "--epochs",
+            "2",
+            "--batch-size",
+            "1",
+            "--classes",
+            "3",
+            "--val-fraction",
+            "0.25",
+        ],
+    )
     assert r.exit_code == 0, r.output
     assert (tmp_path / "m.pt").exists()
 

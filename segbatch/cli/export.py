@@ -13,7 +13,9 @@ from segbatch.cli.options import overwrite_opt, quiet_opt, refuse_existing
 @click.argument("store", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.option("--to", type=click.Path(path_type=Path), required=True, help="overlay.mp4 (or .mkv/.mov), or a folder for PNG frames.")
 @click.option("--alpha", type=click.FloatRange(0, 1), default=0.5, show_default=True, help="Video: opacity of the label colours.")
-@click.option("--what", type=click.Choice(["labels", "uncertainty", "entropy"]), default="labels", show_default=True, help="Raster: the array to export as a COG.")
+@click.option(
+    "--what", type=click.Choice(["labels", "uncertainty", "entropy"]), default="labels", show_default=True, help="Raster: the array to export as a COG."
+)
 @overwrite_opt
 @quiet_opt
 def export(store: Path, to: Path, alpha: float, what: str, overwrite: bool, quiet: bool) -> None:

@@ -42,13 +42,24 @@ def format_store(s: dict[str, Any]) -> str:
     if src.get("kind") == "raster":
         rows.append(("raster", f"{src['width']}x{src['height']} {src['dtype']}, bands {src['bands']}, tile {src['tile']} overlap {src['overlap']}"))
     if src.get("kind") == "video":
-        rows.append(("frames", f"{src['frame_range'][0]}:{src['frame_range'][1]} of {src['frames']} ({src['codec']}, {src['width']}x{src['height']}, rotation {src['rotation']})"))
+        rows.append(
+            (
+                "frames",
+                f"{src['frame_range'][0]}:{src['frame_range'][1]} of {src['frames']} "
+                f"({src['codec']}, {src['width']}x{src['height']}, rotation {src['rotation']})",
+            )
+        )
     for name, a in s["arrays"].items():
         rows.append((name, f"{a['dtype']} ({', '.join(f'{d}={n}' for d, n in zip(a['dims'], a['shape']))}) chunks {a['chunks']}"))
     summary = s.get("summary") or {}
     if summary.get("inference_seconds") is not None:
-        rows.append(("run", f"{summary['tiles']} tiles ({summary['skipped_tiles']} all nodata) in {summary['inference_seconds']:.1f} s, "
-                            f"stitched in {summary['stitch_seconds']:.1f} s on {summary['actors']} actor(s) [{summary['device']}]"))
+        rows.append(
+            (
+                "run",
+                f"{summary['tiles']} tiles ({summary['skipped_tiles']} all nodata) in {summary['inference_seconds']:.1f} s, "
+                f"stitched in {summary['stitch_seconds']:.1f} s on {summary['actors']} actor(s) [{summary['device']}]",
+            )
+        )
     if summary.get("wall_seconds"):
         rows.append(("run", f"{summary['frames']} frames in {summary['wall_seconds']:.1f} s on {summary['actors']} actor(s) [{summary['device']}]"))
     problems = s.get("problems") or []

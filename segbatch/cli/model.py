@@ -28,7 +28,20 @@ def model() -> None:
 @seed_opt
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), required=True, help="Checkpoint file to write.")
 @overwrite_opt
-def init(arch: str, num_classes: int | None, width: float, in_channels: int, dropout: str, p: float, class_names: tuple[str, ...], classes_file: dict[str, Any] | None, vgg16: Path | None, seed: int, out: Path, overwrite: bool) -> None:
+def init(
+    arch: str,
+    num_classes: int | None,
+    width: float,
+    in_channels: int,
+    dropout: str,
+    p: float,
+    class_names: tuple[str, ...],
+    classes_file: dict[str, Any] | None,
+    vgg16: Path | None,
+    seed: int,
+    out: Path,
+    overwrite: bool,
+) -> None:
     """Write an untrained checkpoint (weights from --seed)."""
     import torch
 

@@ -12,7 +12,9 @@ quiet_opt = click.option("--quiet", "-q", is_flag=True, help="No progress bar or
 json_opt = click.option("--json", "as_json", is_flag=True, help="Machine-readable JSON on stdout.")
 seed_opt = click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True, help="Random seed (dropout masks, shuffles).")
 overwrite_opt = click.option("--overwrite", is_flag=True, help="Replace an existing output.")
-width_opt = click.option("--width", type=click.FloatRange(min=0, min_open=True), default=1.0, show_default=True, help="Channel-width multiplier (e.g. 0.25 for a small CPU model).")
+width_opt = click.option(
+    "--width", type=click.FloatRange(min=0, min_open=True), default=1.0, show_default=True, help="Channel-width multiplier (e.g. 0.25 for a small CPU model)."
+)
 
 
 arch_opt = click.option("--arch", type=click.Choice(ARCHS), default="segnet-basic", show_default=True, help="Model architecture.")
@@ -82,7 +84,9 @@ classes_file_opt = click.option(
 )
 
 
-def resolve_classes(names: tuple[str, ...], classes_file: dict[str, Any] | None, num_classes: int | None) -> tuple[tuple[str, ...], tuple[tuple[int, int, int], ...]]:
+def resolve_classes(
+    names: tuple[str, ...], classes_file: dict[str, Any] | None, num_classes: int | None
+) -> tuple[tuple[str, ...], tuple[tuple[int, int, int], ...]]:
     """Class names and palette from --class-names or --classes-file (not both), checked against --classes."""
     if names and classes_file:
         raise click.UsageError("give --class-names or --classes-file, not both")

@@ -59,26 +59,68 @@ def _parse_bands(ctx: click.Context, param: click.Parameter, value: str | None) 
 @click.option("--outputs", "extra_outputs", callback=_parse_outputs, help="Extra arrays: mutual_information, probs (comma-separated).")
 @click.option("--float32", is_flag=True, help="Store uncertainty/entropy as float32 (default float16).")
 @click.option("--tile", type=click.IntRange(min=2), default=512, show_default=True, help="Rasters: tile side in pixels (core + 2 x overlap).")
-@click.option("--overlap", type=click.IntRange(min=0), default=64, show_default=True, help="Rasters: context margin around each tile's core (cover the model's receptive field).")
+@click.option(
+    "--overlap",
+    type=click.IntRange(min=0),
+    default=64,
+    show_default=True,
+    help="Rasters: context margin around each tile's core (cover the model's receptive field).",
+)
 @click.option("--bands", callback=_parse_bands, help="Rasters: 1-based bands for the model, in order (e.g. 3,2,1).")
 @click.option("--keep-tiles", is_flag=True, help="Rasters: keep tiles/ after stitching (for segbatch stitch).")
 @click.option("--resume", is_flag=True, help="Finish an interrupted run in STORE (same input, model and settings).")
 @overwrite_opt
 @quiet_opt
-def run(input_path: Path, out: Path, model: Path | None, samples: int, seed: int, batch_size: int, actors: int | None, gpus_per_actor: float | None,
-        cpus_per_actor: float, address: str | None, frames: tuple[int | None, int | None] | None, resize: tuple[int, int] | None,
-        extra_outputs: tuple[str, ...], float32: bool, tile: int, overlap: int, bands: tuple[int, ...] | None, keep_tiles: bool,
-        resume: bool, overwrite: bool, quiet: bool) -> None:
+def run(
+    input_path: Path,
+    out: Path,
+    model: Path | None,
+    samples: int,
+    seed: int,
+    batch_size: int,
+    actors: int | None,
+    gpus_per_actor: float | None,
+    cpus_per_actor: float,
+    address: str | None,
+    frames: tuple[int | None, int | None] | None,
+    resize: tuple[int, int] | None,
+    extra_outputs: tuple[str, ...],
+    float32: bool,
+    tile: int,
+    overlap: int,
+    bands: tuple[int, ...] | None,
+    keep_tiles: bool,
+    resume: bool,
+    overwrite: bool,
+    quiet: bool,
+) -> None:
     """Segment a video or a georeferenced raster into a Zarr store: labels, uncertainty, entropy."""
     from segbatch.engine.job import RunConfig
     from segbatch.errors import InputError
     from segbatch.sources import source_kind
 
     cfg = RunConfig(
-        input=input_path, out=out, model=model, samples=samples, seed=seed, batch_size=batch_size, actors=actors,
-        gpus_per_actor=gpus_per_actor, cpus_per_actor=cpus_per_actor, address=address, frames=frames, resize=resize,
-        extra_outputs=extra_outputs, float_dtype="float32" if float32 else "float16", resume=resume, overwrite=overwrite, quiet=quiet,
-        bands=bands, tile=tile, overlap=overlap, keep_tiles=keep_tiles,
+        input=input_path,
+        out=out,
+        model=model,
+        samples=samples,
+        seed=seed,
+        batch_size=batch_size,
+        actors=actors,
+        gpus_per_actor=gpus_per_actor,
+        cpus_per_actor=cpus_per_actor,
+        address=address,
+        frames=frames,
+        resize=resize,
+        extra_outputs=extra_outputs,
+        float_dtype="float32" if float32 else "float16",
+        resume=resume,
+        overwrite=overwrite,
+        quiet=quiet,
+        bands=bands,
+        tile=tile,
+        overlap=overlap,
+        keep_tiles=keep_tiles,
     )
     if input_path.is_dir():
         raise InputError(f"{input_path} is a folder; image-folder input is not supported yet (give a video or a raster file)")

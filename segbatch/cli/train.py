@@ -7,7 +7,20 @@ from typing import Any
 
 import click
 
-from segbatch.cli.options import arch_opt, classes_file_opt, dropout_opt, overwrite_opt, parse_names, parse_size, quiet_opt, refuse_existing, resolve_classes, check_writable, seed_opt, width_opt
+from segbatch.cli.options import (
+    arch_opt,
+    check_writable,
+    classes_file_opt,
+    dropout_opt,
+    overwrite_opt,
+    parse_names,
+    parse_size,
+    quiet_opt,
+    refuse_existing,
+    resolve_classes,
+    seed_opt,
+    width_opt,
+)
 
 _dir = click.Path(exists=True, file_okay=False, path_type=Path)
 
@@ -32,12 +45,42 @@ _dir = click.Path(exists=True, file_okay=False, path_type=Path)
 @click.option("--crop", callback=parse_size, help="Train on random HxW crops (needed when image sizes differ).")
 @click.option("--no-flip", is_flag=True, help="No random horizontal flips.")
 @click.option("--no-balance", is_flag=True, help="No median-frequency class weights.")
-@click.option("--init", "init_ckpt", type=click.Path(exists=True, dir_okay=False, path_type=Path), help="Start from this checkpoint (its architecture, classes and normalisation win over --arch/--width/--dropout).")
+@click.option(
+    "--init",
+    "init_ckpt",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="Start from this checkpoint (its architecture, classes and normalisation win over --arch/--width/--dropout).",
+)
 @click.option("--vgg16", type=click.Path(exists=True, dir_okay=False, path_type=Path), help="torchvision VGG16 state dict for the encoder (segnet only).")
 @seed_opt
 @overwrite_opt
 @quiet_opt
-def train(images: Path, masks: Path, out: Path, arch: str, width: float, dropout: str, num_classes: int | None, class_names: tuple[str, ...], classes_file: dict[str, Any] | None, epochs: int, batch_size: int, lr: float, momentum: float, weight_decay: float, ignore_index: int, val_fraction: float, crop: tuple[int, int] | None, no_flip: bool, no_balance: bool, init_ckpt: Path | None, vgg16: Path | None, seed: int, overwrite: bool, quiet: bool) -> None:
+def train(
+    images: Path,
+    masks: Path,
+    out: Path,
+    arch: str,
+    width: float,
+    dropout: str,
+    num_classes: int | None,
+    class_names: tuple[str, ...],
+    classes_file: dict[str, Any] | None,
+    epochs: int,
+    batch_size: int,
+    lr: float,
+    momentum: float,
+    weight_decay: float,
+    ignore_index: int,
+    val_fraction: float,
+    crop: tuple[int, int] | None,
+    no_flip: bool,
+    no_balance: bool,
+    init_ckpt: Path | None,
+    vgg16: Path | None,
+    seed: int,
+    overwrite: bool,
+    quiet: bool,
+) -> None:
     """Train on image/mask pairs (SGD, median-frequency class weights); keep the best checkpoint."""
     from segbatch.train import TrainConfig
     from segbatch.train import train as run_training
@@ -46,10 +89,25 @@ def train(images: Path, masks: Path, out: Path, arch: str, width: float, dropout
     check_writable(out)
     class_names, palette = resolve_classes(class_names, classes_file, num_classes)
     cfg = TrainConfig(
-        arch=arch, width=width, dropout=dropout, num_classes=num_classes or (len(class_names) or None),
-        class_names=class_names, palette=palette, epochs=epochs, batch_size=batch_size, lr=lr,
-        momentum=momentum, weight_decay=weight_decay, ignore_index=ignore_index, val_fraction=val_fraction,
-        crop=crop, flip=not no_flip, balance=not no_balance, seed=seed, init=init_ckpt, vgg16=vgg16,
+        arch=arch,
+        width=width,
+        dropout=dropout,
+        num_classes=num_classes or (len(class_names) or None),
+        class_names=class_names,
+        palette=palette,
+        epochs=epochs,
+        batch_size=batch_size,
+        lr=lr,
+        momentum=momentum,
+        weight_decay=weight_decay,
+        ignore_index=ignore_index,
+        val_fraction=val_fraction,
+        crop=crop,
+        flip=not no_flip,
+        balance=not no_balance,
+        seed=seed,
+        init=init_ckpt,
+        vgg16=vgg16,
     )
     result = run_training(images, masks, out, cfg, quiet=quiet)
     best = result.val_miou[result.best_epoch - 1]

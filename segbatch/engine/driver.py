@@ -59,8 +59,10 @@ class RunSummary:
         rate = self.frames / self.seconds if self.seconds > 0 else 0.0
         resumed = f", {self.skipped_units} units already done" if self.skipped_units else ""
         stitched = f", stitched in {self.stitch_seconds:.1f} s" if self.stitch_seconds is not None else ""
-        return (f"segmented {self.frames} {self.noun}s in {self.seconds:.1f} s ({rate:.2f} {self.noun}s/s) on {self.actors} actor(s) "
-                f"[{self.device}]{resumed}{stitched} -> {out}")
+        return (
+            f"segmented {self.frames} {self.noun}s in {self.seconds:.1f} s ({rate:.2f} {self.noun}s/s) on {self.actors} actor(s) "
+            f"[{self.device}]{resumed}{stitched} -> {out}"
+        )
 
 
 def chunk_frames_for(height: int, width: int) -> int:
@@ -99,8 +101,13 @@ def frame_range(plan: VideoPlan, frames: tuple[int | None, int | None] | None) -
 def model_attrs(ckpt: Any) -> dict[str, Any]:
     """The store's `model` attribute: what labelled it, and how to colour its classes."""
     return {
-        "arch": ckpt.spec.arch, "classes": list(ckpt.spec.class_names), "palette": [list(c) for c in ckpt.spec.palette],
-        "sha256": ckpt.sha256, "path": str(ckpt.path), "dropout": ckpt.spec.dropout, "width": ckpt.spec.width,
+        "arch": ckpt.spec.arch,
+        "classes": list(ckpt.spec.class_names),
+        "palette": [list(c) for c in ckpt.spec.palette],
+        "sha256": ckpt.sha256,
+        "path": str(ckpt.path),
+        "dropout": ckpt.spec.dropout,
+        "width": ckpt.spec.width,
     }
 
 
@@ -134,15 +141,25 @@ def run_video(cfg: RunConfig) -> RunSummary:
     outputs = ("labels", "entropy", *(("uncertainty",) if cfg.samples > 0 else ()), *(o for o in OPTIONAL_OUTPUTS if o in cfg.extra_outputs))
     chunk = chunk_frames_for(plan.height, plan.width)
     job = VideoJob(
-        store=str(cfg.out.resolve()), checkpoint=str(Path(ckpt.path).resolve()), plan=plan, first_frame=first, stop_frame=stop,
-        samples=cfg.samples, seed=cfg.seed, batch_size=cfg.batch_size, resize=cfg.resize, outputs=outputs,
-        float_dtype=cfg.float_dtype, threads=max(1, int(cfg.cpus_per_actor)), chunk_frames=chunk,
+        store=str(cfg.out.resolve()),
+        checkpoint=str(Path(ckpt.path).resolve()),
+        plan=plan,
+        first_frame=first,
+        stop_frame=stop,
+        samples=cfg.samples,
+        seed=cfg.seed,
+        batch_size=cfg.batch_size,
+        resize=cfg.resize,
+        outputs=outputs,
+        float_dtype=cfg.float_dtype,
+        threads=max(1, int(cfg.cpus_per_actor)),
+        chunk_frames=chunk,
     )
     config = fingerprint(job, ckpt.sha256, source_identity(cfg.input))
-    _check_target(cfg)
-    started_ray = _ensure_ray(cfg.address)
+    check_target(cfg)
+    started_ray = ensure_ray(cfg.address)
     try:
-        pool = _pool_size(cfg, -(-(stop - first) // chunk))  # refuses an impossible pool before a store exists
+        pool = pool_size(cfg, -(-(stop - first) // chunk))  # refuses an impossible pool before a store exists
         root, units, done = _prepare_store(cfg, job, ckpt, config, pool[0])
         pending = [u for u in units if u.id not in done]
         summary = RunSummary(units=len(units), skipped_units=len(units) - len(pending))
@@ -154,7 +171,7 @@ def run_video(cfg: RunConfig) -> RunSummary:
             left = len(units) - len(finished_units(root))
             raise Interrupted(f"interrupted with {left} of {len(units)} units left; finish with the same command and --resume") from None
         except Exception as exc:
-            update_attrs(root, status="failed", error=_first_line(exc))
+            update_attrs(root, status="failed", error=first_line(exc))
             raise
         summary.seconds = time.perf_counter() - started
         _finalise(root, units, summary)
@@ -166,7 +183,7 @@ def run_video(cfg: RunConfig) -> RunSummary:
             ray.shutdown()
 
 
-def _check_target(cfg: RunConfig) -> None:
+def check_target(cfg: RunConfig) -> None:
     """Before any work: the store must be new, or be replaced (--overwrite) or finished (--resume)."""
     if cfg.out.exists() and not (cfg.resume or cfg.overwrite):
         raise InputError(f"{cfg.out} exists; pass --resume to finish it or --overwrite to replace it")
@@ -179,7 +196,7 @@ def _check_target(cfg: RunConfig) -> None:
         raise InputError(f"cannot create {cfg.out}: folder {parent} is not writable")
 
 
-def _pool_size(cfg: RunConfig, units: int) -> tuple[int, float]:
+def pool_size(cfg: RunConfig, units: int) -> tuple[int, float]:
     """(actors, GPUs per actor): one per GPU (or per --cpus-per-actor CPUs) unless --actors says, never more than units."""
     import ray
 
@@ -230,12 +247,21 @@ def _prepare_store(cfg: RunConfig, job: VideoJob, ckpt: Any, config: dict[str, A
         coords={"time": (("frame",), np.asarray(times, dtype=np.float64), {"units": "s", "long_name": "presentation time from the stream's pts"})},
     )
     source = {
-        "path": str(cfg.input.resolve()), "kind": "video", "codec": plan.codec, "frames": plan.frames,
-        "height": plan.height, "width": plan.width, "rotation": plan.rotation, "time_base": str(plan.time_base),
-        "frame_range": [job.first_frame, job.stop_frame], "demux_error": plan.demux_error,
+        "path": str(cfg.input.resolve()),
+        "kind": "video",
+        "codec": plan.codec,
+        "frames": plan.frames,
+        "height": plan.height,
+        "width": plan.width,
+        "rotation": plan.rotation,
+        "time_base": str(plan.time_base),
+        "frame_range": [job.first_frame, job.stop_frame],
+        "demux_error": plan.demux_error,
     }
     attrs = base_attrs(source, model_attrs(ckpt), cfg.samples, cfg.seed, config) | {
-        "fingerprint": config_digest(config), "resize": list(cfg.resize) if cfg.resize else None, "unit_frames": unit_frames,
+        "fingerprint": config_digest(config),
+        "resize": list(cfg.resize) if cfg.resize else None,
+        "unit_frames": unit_frames,
     }
     return create_store(cfg.out, layout, attrs), units, {}
 
@@ -244,13 +270,31 @@ def _run_units(cfg: RunConfig, job: VideoJob, pending: list[FrameUnit], summary:
     from segbatch.engine.worker import UnitWorker
 
     summary.frames += run_pool(
-        UnitWorker, job, pending, cfg, n_actors, gpus,
-        size=lambda u: u.stop - u.start, describe=lambda u: f"unit {u.id} (frames {u.start}:{u.stop})", noun="frame", summary=summary,
+        UnitWorker,
+        job,
+        pending,
+        cfg,
+        n_actors,
+        gpus,
+        size=lambda u: u.stop - u.start,
+        describe=lambda u: f"unit {u.id} (frames {u.start}:{u.stop})",
+        noun="frame",
+        summary=summary,
     )
 
 
-def run_pool(worker: type, job: Any, pending: Sequence[Any], cfg: RunConfig, n_actors: int, gpus: float,
-             size: Callable[[Any], int], describe: Callable[[Any], str], noun: str, summary: RunSummary) -> int:
+def run_pool(
+    worker: type,
+    job: Any,
+    pending: Sequence[Any],
+    cfg: RunConfig,
+    n_actors: int,
+    gpus: float,
+    size: Callable[[Any], int],
+    describe: Callable[[Any], str],
+    noun: str,
+    summary: RunSummary,
+) -> int:
     """Run `worker(job).process(unit)` for every pending unit on a pool of Ray actors; returns the items done.
 
     Ray restarts a dead actor (any number of times) and re-sends its unit
@@ -289,10 +333,11 @@ def run_pool(worker: type, job: Any, pending: Sequence[Any], cfg: RunConfig, n_a
                     cause = exc.cause if isinstance(getattr(exc, "cause", None), BaseException) else None
                     if isinstance(cause, SegbatchError):
                         raise cause from None
-                    raise RunError(f"{describe(unit)} failed: {_first_line(cause or exc)}") from None
+                    raise RunError(f"{describe(unit)} failed: {first_line(cause or exc)}") from None
                 except RayActorError:
-                    raise RunError(f"{describe(unit)} killed its worker {UNIT_RETRIES + 1} times (out of memory?); "
-                                   "lower --batch-size and finish with --resume") from None
+                    raise RunError(
+                        f"{describe(unit)} killed its worker {UNIT_RETRIES + 1} times (out of memory?); lower --batch-size and finish with --resume"
+                    ) from None
                 done += size(unit)
                 bar.update(size(unit))
                 busy = sum(1 for j, _ in in_flight.values() if j == k)
@@ -317,10 +362,10 @@ def _first_device(actors: list[Any], n_actors: int, cfg: RunConfig) -> str:
     try:
         return str(ray.get(ref))
     except (RayActorError, RayTaskError) as exc:
-        raise RunError(f"a worker could not start: {_first_line(exc)}") from None
+        raise RunError(f"a worker could not start: {first_line(exc)}") from None
 
 
-def _ensure_ray(address: str | None) -> bool:
+def ensure_ray(address: str | None) -> bool:
     """Join the given cluster, or start a local Ray runtime; True when this call started it."""
     import logging
 
@@ -331,11 +376,11 @@ def _ensure_ray(address: str | None) -> bool:
     try:
         ray.init(address=address, include_dashboard=False, log_to_driver=False, logging_level=logging.ERROR, configure_logging=True)
     except (ConnectionError, ValueError, RuntimeError) as exc:
-        raise InputError(f"cannot reach the Ray cluster at {address}: {_first_line(exc)}") from None
+        raise InputError(f"cannot reach the Ray cluster at {address}: {first_line(exc)}") from None
     return True
 
 
-def _first_line(exc: BaseException) -> str:
+def first_line(exc: BaseException) -> str:
     text = str(exc).strip()
     return text.splitlines()[0] if text else type(exc).__name__
 
@@ -359,6 +404,11 @@ def _finalise(root: Any, units: list[FrameUnit], summary: RunSummary) -> None:
         drop=("error",),
         status="complete",
         problems=problems,
-        summary={"frames": sum(s["frames"][1] - s["frames"][0] for s in ledger.values()), "worker_seconds": round(seconds, 3), "wall_seconds": round(summary.seconds, 3),
-                 "actors": summary.actors, "device": summary.device},
+        summary={
+            "frames": sum(s["frames"][1] - s["frames"][0] for s in ledger.values()),
+            "worker_seconds": round(seconds, 3),
+            "wall_seconds": round(summary.seconds, 3),
+            "actors": summary.actors,
+            "device": summary.device,
+        },
     )

@@ -17,11 +17,11 @@ import numpy as np
 
 from segbatch.engine.driver import (
     RunSummary,
-    _check_target,
-    _ensure_ray,
-    _first_line,
-    _pool_size,
+    check_target,
+    ensure_ray,
+    first_line,
     model_attrs,
+    pool_size,
     resolve_model,
     run_pool,
 )
@@ -33,9 +33,9 @@ from segbatch.sources.raster import georeference, probe_raster
 from segbatch.store import (
     ArraySpec,
     StoreLayout,
-    _consolidate,
     base_attrs,
     check_resumable,
+    consolidate,
     create_store,
     finished_units,
     open_store,
@@ -60,17 +60,31 @@ def run_raster(cfg: RunConfig) -> RunSummary:
         note(f"warning: {cfg.input} has no CRS; the store will have pixel coordinates only", cfg.quiet)
     tiles = plan_tiles(plan.height, plan.width, cfg.tile, cfg.overlap)
     job = RasterJob(
-        store=str(cfg.out.resolve()), checkpoint=str(Path(ckpt.path).resolve()), plan=plan, tiles=tiles, samples=cfg.samples,
-        seed=cfg.seed, float_dtype=cfg.float_dtype, threads=max(1, int(cfg.cpus_per_actor)), tile_side=tile_side(tiles),
+        store=str(cfg.out.resolve()),
+        checkpoint=str(Path(ckpt.path).resolve()),
+        plan=plan,
+        tiles=tiles,
+        samples=cfg.samples,
+        seed=cfg.seed,
+        float_dtype=cfg.float_dtype,
+        threads=max(1, int(cfg.cpus_per_actor)),
+        tile_side=tile_side(tiles),
     )
     config = {
-        "source": source_identity(cfg.input), "model_sha256": ckpt.sha256, "samples": cfg.samples, "seed": cfg.seed,
-        "bands": list(plan.bands), "tile": cfg.tile, "overlap": cfg.overlap, "float_dtype": cfg.float_dtype, "software": software_versions(),
+        "source": source_identity(cfg.input),
+        "model_sha256": ckpt.sha256,
+        "samples": cfg.samples,
+        "seed": cfg.seed,
+        "bands": list(plan.bands),
+        "tile": cfg.tile,
+        "overlap": cfg.overlap,
+        "float_dtype": cfg.float_dtype,
+        "software": software_versions(),
     }
-    _check_target(cfg)
-    started_ray = _ensure_ray(cfg.address)
+    check_target(cfg)
+    started_ray = ensure_ray(cfg.address)
     try:
-        n_actors, gpus = _pool_size(cfg, len(tiles))
+        n_actors, gpus = pool_size(cfg, len(tiles))
         root, done = _prepare_raster_store(cfg, job, ckpt, config)
         pending = [t for t in range(len(tiles)) if t not in done]
         summary = RunSummary(units=len(tiles), skipped_units=len(tiles) - len(pending), noun="tile")
@@ -78,8 +92,16 @@ def run_raster(cfg: RunConfig) -> RunSummary:
         try:
             if pending:
                 summary.frames += run_pool(
-                    TileWorker, job, pending, cfg, n_actors, gpus, size=lambda t: 1,
-                    describe=lambda t: f"tile {t} (window {tiles[t].window})", noun="tile", summary=summary,
+                    TileWorker,
+                    job,
+                    pending,
+                    cfg,
+                    n_actors,
+                    gpus,
+                    size=lambda t: 1,
+                    describe=lambda t: f"tile {t} (window {tiles[t].window})",
+                    noun="tile",
+                    summary=summary,
                 )
             summary.seconds = time.perf_counter() - started
             stitch_store(root, job, cfg.keep_tiles, cfg.quiet, summary)
@@ -87,7 +109,7 @@ def run_raster(cfg: RunConfig) -> RunSummary:
             left = len(tiles) - len(finished_units(root))
             raise Interrupted(f"interrupted with {left} of {len(tiles)} tiles left; finish with the same command and --resume") from None
         except Exception as exc:
-            update_attrs(root, status="failed", error=_first_line(exc))
+            update_attrs(root, status="failed", error=first_line(exc))
             raise
         return summary
     finally:
@@ -132,9 +154,16 @@ def _prepare_raster_store(cfg: RunConfig, job: RasterJob, ckpt: Any, config: dic
         extra=tuple(extra),
     )
     source = {
-        "path": str(cfg.input.resolve()), "kind": "raster", "height": plan.height, "width": plan.width, "bands": list(plan.bands),
-        "dtype": plan.dtype, "nodata": plan.nodata, "stretch": [list(s) for s in plan.stretch] if plan.stretch else None,
-        "tile": tiles.tile, "overlap": tiles.overlap,
+        "path": str(cfg.input.resolve()),
+        "kind": "raster",
+        "height": plan.height,
+        "width": plan.width,
+        "bands": list(plan.bands),
+        "dtype": plan.dtype,
+        "nodata": plan.nodata,
+        "stretch": [list(s) for s in plan.stretch] if plan.stretch else None,
+        "tile": tiles.tile,
+        "overlap": tiles.overlap,
     }
     attrs = base_attrs(source, model_attrs(ckpt), cfg.samples, cfg.seed, config) | {"fingerprint": config_digest(config), "geozarr": _geozarr(plan)}
     return create_store(cfg.out, layout, attrs), {}
@@ -162,13 +191,21 @@ def stitch_store(root: Any, job: RasterJob, keep_tiles: bool, quiet: bool, summa
     stitch_seconds = run_stitch(job, skipped, quiet)
     if not keep_tiles:
         shutil.rmtree(Path(job.store) / "tiles", ignore_errors=True)
-        _consolidate(root)
+        consolidate(root)
     summary.stitch_seconds = stitch_seconds
     update_attrs(
-        root, drop=("error",), status="complete",
-        summary={"tiles": len(job.tiles), "skipped_tiles": len(skipped), "inference_seconds": round(summary.seconds, 3),
-                 "stitch_seconds": round(stitch_seconds, 3), "actors": summary.actors, "device": summary.device,
-                 "tiles_kept": keep_tiles},
+        root,
+        drop=("error",),
+        status="complete",
+        summary={
+            "tiles": len(job.tiles),
+            "skipped_tiles": len(skipped),
+            "inference_seconds": round(summary.seconds, 3),
+            "stitch_seconds": round(stitch_seconds, 3),
+            "actors": summary.actors,
+            "device": summary.device,
+            "tiles_kept": keep_tiles,
+        },
     )
 
 
@@ -184,7 +221,7 @@ def restitch(path: Path, quiet: bool) -> RunSummary:
         raise InputError(f"{path} has no tiles/ (they are removed after a stitch unless the run had --keep-tiles)")
     job = _job_from_store(path, root, attrs, RasterPlan)
     summary = RunSummary(units=len(job.tiles), noun="tile")
-    started_ray = _ensure_ray(None)
+    started_ray = ensure_ray(None)
     try:
         stitch_store(root, job, keep_tiles=True, quiet=quiet, summary=summary)
     finally:
@@ -199,9 +236,26 @@ def _job_from_store(path: Path, root: Any, attrs: dict[str, Any], plan_cls: type
     src = attrs["source"]
     ref = root["spatial_ref"].attrs
     transform = tuple(float(v) for v in ref["GeoTransform"].split())
-    plan = plan_cls(path=src["path"], height=src["height"], width=src["width"], bands=tuple(src["bands"]), dtype=src["dtype"],
-                    crs_wkt=ref.get("crs_wkt"), transform=transform, nodata=src["nodata"],
-                    stretch=tuple(tuple(s) for s in src["stretch"]) if src["stretch"] else None)
+    plan = plan_cls(
+        path=src["path"],
+        height=src["height"],
+        width=src["width"],
+        bands=tuple(src["bands"]),
+        dtype=src["dtype"],
+        crs_wkt=ref.get("crs_wkt"),
+        transform=transform,
+        nodata=src["nodata"],
+        stretch=tuple(tuple(s) for s in src["stretch"]) if src["stretch"] else None,
+    )
     tiles = plan_tiles(plan.height, plan.width, src["tile"], src["overlap"])
-    return RasterJob(store=str(path.resolve()), checkpoint="", plan=plan, tiles=tiles, samples=attrs["samples"], seed=attrs["seed"],
-                     float_dtype=str(root["entropy"].dtype), threads=1, tile_side=tile_side(tiles))
+    return RasterJob(
+        store=str(path.resolve()),
+        checkpoint="",
+        plan=plan,
+        tiles=tiles,
+        samples=attrs["samples"],
+        seed=attrs["seed"],
+        float_dtype=str(root["entropy"].dtype),
+        threads=1,
+        tile_side=tile_side(tiles),
+    )

@@ -14,9 +14,9 @@ from typing import Any
 
 import numpy as np
 
+from segbatch.engine.worker import ModelWorker
 from segbatch.mc import derive_seed, mc_predict
 from segbatch.sources.raster import RasterPlan, read_window
-from segbatch.engine.worker import ModelWorker
 from segbatch.store import record_unit
 from segbatch.tiling import TilePlan, padded_side
 

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 
 from segbatch.atomic import atomic_path
-from segbatch.errors import CheckpointError, InputError
+from segbatch.errors import CheckpointError
 from segbatch.model.segnet import SegNet, build_model, count_parameters
 
 FORMAT = "segbatch-checkpoint"

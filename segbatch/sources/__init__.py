@@ -6,7 +6,7 @@ RASTER_SUFFIXES = (".tif", ".tiff", ".vrt", ".jp2", ".img", ".png", ".jpg", ".jp
 
 
 def source_kind(path: Path) -> str:
-    """"video" or "raster": by suffix when it says, else by whether FFmpeg can open the file."""
+    """Say "video" or "raster": by suffix when it says, else by whether FFmpeg can open the file."""
     from segbatch.sources.video import VIDEO_SUFFIXES
 
     suffix = path.suffix.lower()

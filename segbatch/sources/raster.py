@@ -69,8 +69,15 @@ def probe_raster(path: str | Path, bands: Sequence[int] | None, in_channels: int
         dtype = ds.dtypes[bands[0] - 1]
         stretch = None if dtype == "uint8" else _percentile_stretch(ds, bands)
         return RasterPlan(
-            path=str(path), height=ds.height, width=ds.width, bands=tuple(bands), dtype=dtype,
-            crs_wkt=ds.crs.to_wkt() if ds.crs else None, transform=tuple(t.to_gdal()), nodata=ds.nodata, stretch=stretch,
+            path=str(path),
+            height=ds.height,
+            width=ds.width,
+            bands=tuple(bands),
+            dtype=dtype,
+            crs_wkt=ds.crs.to_wkt() if ds.crs else None,
+            transform=tuple(t.to_gdal()),
+            nodata=ds.nodata,
+            stretch=stretch,
         )
 
 

@@ -108,8 +108,25 @@ def test_same_seed_same_arrays_with_1_or_3_actors(ray_address, runner, cli, vide
 
 def test_frames_range_resize_and_extra_outputs(ray_address, runner, cli, video, tiny_model, tmp_path):
     out = tmp_path / "part.zarr"
-    r = run(runner, cli, "--input", video, "--out", out, "--model", tiny_model, "--samples", 2, "--frames", "10:30",
-            "--resize", "32x40", "--outputs", "mutual_information,probs", "--float32")
+    r = run(
+        runner,
+        cli,
+        "--input",
+        video,
+        "--out",
+        out,
+        "--model",
+        tiny_model,
+        "--samples",
+        2,
+        "--frames",
+        "10:30",
+        "--resize",
+        "32x40",
+        "--outputs",
+        "mutual_information,probs",
+        "--float32",
+    )
     assert r.exit_code == 0, r.output
     ds = xr.open_zarr(out)
     assert ds.labels.shape == (20, 48, 64) and ds.probs.shape == (20, 48, 64, 11) and ds.probs.dims[-1] == "class"
@@ -171,8 +188,25 @@ def test_a_killed_actor_is_replaced_and_the_result_unchanged(ray_address, runner
 
 def test_a_killed_driver_is_finished_by_resume(ray_address, runner, cli, long_video, tiny_model, tmp_path, clean_long):
     out = tmp_path / "resumed.zarr"
-    cmd = [sys.executable, "-m", "segbatch", "run", "--input", str(long_video), "--out", str(out), "--model", str(tiny_model),
-           "--samples", "2", "--actors", "1", "--address", ray_address, "--quiet"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "segbatch",
+        "run",
+        "--input",
+        str(long_video),
+        "--out",
+        str(out),
+        "--model",
+        str(tiny_model),
+        "--samples",
+        "2",
+        "--actors",
+        "1",
+        "--address",
+        ray_address,
+        "--quiet",
+    ]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.time() + 120
     while _finished(out) < 1 and time.time() < deadline and proc.poll() is None:
@@ -193,8 +227,25 @@ def test_a_killed_driver_is_finished_by_resume(ray_address, runner, cli, long_vi
 
 def test_ctrl_c_exits_130_and_resume_finishes(ray_address, runner, cli, long_video, tiny_model, tmp_path, clean_long):
     out = tmp_path / "interrupted.zarr"
-    cmd = [sys.executable, "-m", "segbatch", "run", "--input", str(long_video), "--out", str(out), "--model", str(tiny_model),
-           "--samples", "2", "--actors", "1", "--address", ray_address, "--quiet"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "segbatch",
+        "run",
+        "--input",
+        str(long_video),
+        "--out",
+        str(out),
+        "--model",
+        str(tiny_model),
+        "--samples",
+        "2",
+        "--actors",
+        "1",
+        "--address",
+        ray_address,
+        "--quiet",
+    ]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 120
     while _finished(out) < 1 and time.time() < deadline and proc.poll() is None:

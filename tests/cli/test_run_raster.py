@@ -44,7 +44,9 @@ def clean(ray_address, scene, tiny_model, tmp_path_factory):
     from segbatch.cli.main import cli
 
     out = tmp_path_factory.mktemp("clean") / "clean.zarr"
-    r = run(CliRunner(), cli, "--input", scene, "--out", out, "--model", tiny_model, "--samples", 2, "--tile", 256, "--overlap", 64, "--actors", 2, "--keep-tiles")
+    r = run(
+        CliRunner(), cli, "--input", scene, "--out", out, "--model", tiny_model, "--samples", 2, "--tile", 256, "--overlap", 64, "--actors", 2, "--keep-tiles"
+    )
     assert r.exit_code == 0, r.output
     return out
 
@@ -106,8 +108,9 @@ def test_tiled_inference_matches_whole_image_inference(ray_address, runner, cli,
 
     image, _ = render_image(424242, 544, 736)
     path = tmp_path / "street.tif"
-    with rasterio.open(path, "w", driver="GTiff", height=544, width=736, count=3, dtype="uint8", crs="EPSG:3857",
-                       transform=Affine(0.5, 0, 0, 0, -0.5, 0)) as ds:
+    with rasterio.open(
+        path, "w", driver="GTiff", height=544, width=736, count=3, dtype="uint8", crs="EPSG:3857", transform=Affine(0.5, 0, 0, 0, -0.5, 0)
+    ) as ds:
         ds.write(np.moveaxis(image, -1, 0))
     out = tmp_path / "street.zarr"
     r = run(runner, cli, "--input", path, "--out", out, "--samples", 0, "--tile", 256, "--overlap", 64)
@@ -147,8 +150,29 @@ def test_cog_export(runner, cli, clean, scene, tmp_path):
 
 def test_killed_driver_then_resume_is_identical(ray_address, runner, cli, scene, tiny_model, clean, tmp_path):
     out = tmp_path / "resumed.zarr"
-    cmd = [sys.executable, "-m", "segbatch", "run", "--input", str(scene), "--out", str(out), "--model", str(tiny_model), "--samples", "2",
-           "--tile", "256", "--overlap", "64", "--actors", "1", "--address", ray_address, "--quiet"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "segbatch",
+        "run",
+        "--input",
+        str(scene),
+        "--out",
+        str(out),
+        "--model",
+        str(tiny_model),
+        "--samples",
+        "2",
+        "--tile",
+        "256",
+        "--overlap",
+        "64",
+        "--actors",
+        "1",
+        "--address",
+        ray_address,
+        "--quiet",
+    ]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 120
 

@@ -9,8 +9,18 @@ import rasterio
 from rasterio.transform import Affine
 
 
-def write_geotiff(path: Path, height: int = 96, width: int = 128, bands: int = 3, dtype: str = "uint8", nodata: float | None = 0,
-                  crs: str | None = "EPSG:32618", transform: Affine | None = None, seed: int = 0, hole: bool = True) -> Path:
+def write_geotiff(
+    path: Path,
+    height: int = 96,
+    width: int = 128,
+    bands: int = 3,
+    dtype: str = "uint8",
+    nodata: float | None = 0,
+    crs: str | None = "EPSG:32618",
+    transform: Affine | None = None,
+    seed: int = 0,
+    hole: bool = True,
+) -> Path:
     """Band b holds a ramp scaled by b plus noise; with `hole`, a nodata square at the top-left corner."""
     rng = np.random.default_rng(seed)
     yy, xx = np.mgrid[:height, :width]
@@ -20,8 +30,20 @@ def write_geotiff(path: Path, height: int = 96, width: int = 128, bands: int = 3
     data = np.clip(data, 1, None).astype(dtype)
     if hole:
         data[:, :16, :16] = nodata if nodata is not None else 0
-    with rasterio.open(path, "w", driver="GTiff", height=height, width=width, count=bands, dtype=dtype, crs=crs,
-                       transform=transform or Affine(30.0, 0, 500000.0, 0, -30.0, 2700000.0), nodata=nodata, tiled=True,
-                       blockxsize=64, blockysize=64) as ds:
+    with rasterio.open(
+        path,
+        "w",
+        driver="GTiff",
+        height=height,
+        width=width,
+        count=bands,
+        dtype=dtype,
+        crs=crs,
+        transform=transform or Affine(30.0, 0, 500000.0, 0, -30.0, 2700000.0),
+        nodata=nodata,
+        tiled=True,
+        blockxsize=64,
+        blockysize=64,
+    ) as ds:
         ds.write(data)
     return path

@@ -64,8 +64,15 @@ def test_rotated_video_comes_out_upright(tmp_path):
 
 @pytest.mark.parametrize(
     ("name", "codec"),
-    [("a.mkv", "libx265"), ("a.avi", "mpeg4"), ("a.mov", "mpeg4"), ("a.webm", "libvpx-vp9"), ("a.mkv", "libx264"),
-     ("a.ts", "libx264"), ("a.mpg", "mpeg2video")],  # no exact index: seeks may overshoot
+    [
+        ("a.mkv", "libx265"),
+        ("a.avi", "mpeg4"),
+        ("a.mov", "mpeg4"),
+        ("a.webm", "libvpx-vp9"),
+        ("a.mkv", "libx264"),
+        ("a.ts", "libx264"),
+        ("a.mpg", "mpeg2video"),
+    ],  # no exact index: seeks may overshoot
 )
 def test_containers_and_codecs(tmp_path, name, codec):
     path = write_video(tmp_path / name, 40, codec=codec, gop=10)
