@@ -39,6 +39,7 @@ MAX_UNIT_CHUNKS = 16
 UNITS_PER_ACTOR = 8
 UNIT_RETRIES = 3  # a unit whose worker dies is redone on a fresh one this many times
 PLACEMENT_NOTE_AFTER_S = 30.0
+PROBE_TIMEOUT_S = 5.0
 
 
 @dataclass
@@ -373,11 +374,28 @@ def ensure_ray(address: str | None) -> bool:
 
     if ray.is_initialized():
         return False
+    if address and address != "auto":
+        _probe(address)
     try:
         ray.init(address=address, include_dashboard=False, log_to_driver=False, logging_level=logging.ERROR, configure_logging=True)
     except (ConnectionError, ValueError, RuntimeError) as exc:
         raise InputError(f"cannot reach the Ray cluster at {address}: {first_line(exc)}") from None
     return True
+
+
+def _probe(address: str) -> None:
+    """Fail in seconds, with one line, when nothing listens at HOST:PORT (ray.init would retry for minutes)."""
+    import socket
+
+    hostport = address.split("://", 1)[-1]
+    host, _, port = hostport.rpartition(":")
+    if not host or not port.isdigit():
+        raise InputError(f"--address {address!r} is not auto, HOST:PORT or ray://HOST:PORT")
+    try:
+        with socket.create_connection((host, int(port)), timeout=PROBE_TIMEOUT_S):
+            pass
+    except OSError as exc:
+        raise InputError(f"cannot reach the Ray cluster at {address}: {exc.strerror or exc}") from None
 
 
 def first_line(exc: BaseException) -> str:

@@ -374,3 +374,29 @@ def test_info_summarises_a_store(ray_address, runner, cli, video, tiny_model, tm
     assert re.search(r"complete \((\d+)/\1 units finished\)", text) and "labels       uint8 (frame=16, y=48, x=64)" in text
     data = json.loads(runner.invoke(cli, ["info", str(out), "--json"]).output)
     assert data["status"] == "complete" and data["arrays"]["uncertainty"]["dims"] == ["frame", "y", "x"]
+
+
+def test_unreachable_cluster_is_one_line_and_exit_2(runner, cli, video, tiny_model, tmp_path):
+    import socket
+
+    with socket.socket() as s:  # a loopback port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    cmd = [
+        sys.executable,
+        "-m",
+        "segbatch",
+        "run",
+        "--input",
+        str(video),
+        "--out",
+        str(tmp_path / "x.zarr"),
+        "--model",
+        str(tiny_model),
+        "--address",
+        f"127.0.0.1:{port}",
+    ]
+    p = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+    assert p.returncode == 2, p.stderr
+    assert "cannot reach the Ray cluster" in p.stderr and len(p.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "x.zarr").exists()
