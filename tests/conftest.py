@@ -33,17 +33,12 @@ def ray_address():
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory):
     """An untrained 11-class SegNet-Basic at width 0.25 with random BatchNorm statistics (non-trivial outputs)."""
-    import torch
+    from models import tiny_segnet_basic
 
-    from segbatch.model import build_model, save_checkpoint
+    from segbatch.model import save_checkpoint
     from segbatch.model.checkpoint import ModelSpec
 
-    torch.manual_seed(0)
-    model = build_model("segnet-basic", 11, width=0.25)
-    for bn in model.modules():
-        if isinstance(bn, torch.nn.BatchNorm2d):
-            bn.running_mean.normal_(0, 0.5)
-            bn.running_var.uniform_(0.5, 2.0)
+    model = tiny_segnet_basic(11)
     path = tmp_path_factory.mktemp("models") / "tiny.pt"
     save_checkpoint(model, path, ModelSpec.of(model))
     return path

@@ -1,5 +1,6 @@
 import pytest
 import torch
+from models import tiny_segnet_basic
 
 from segbatch.errors import InputError
 from segbatch.mc import derive_seed, mc_predict
@@ -8,14 +9,7 @@ from segbatch.model import build_model
 
 @pytest.fixture(scope="module")
 def model():
-    torch.manual_seed(0)
-    m = build_model("segnet-basic", 5, width=0.25)
-    # random BatchNorm statistics, so eval-mode BN is not the identity
-    for bn in m.modules():
-        if isinstance(bn, torch.nn.BatchNorm2d):
-            bn.running_mean.normal_(0, 0.5)
-            bn.running_var.uniform_(0.5, 2.0)
-    return m.eval()
+    return tiny_segnet_basic(5)
 
 
 @pytest.fixture(scope="module")

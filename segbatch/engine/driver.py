@@ -10,7 +10,8 @@ from __future__ import annotations
 import os
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -46,7 +47,7 @@ PROBE_TIMEOUT_S = 5.0
 class RunSummary:
     """What the run did, for the closing line and the store's attributes."""
 
-    frames: int = 0
+    items: int = 0  # frames or tiles done by this run
     units: int = 0
     skipped_units: int = 0
     seconds: float = 0.0
@@ -57,11 +58,11 @@ class RunSummary:
     stitch_seconds: float | None = None
 
     def line(self, out: Path) -> str:
-        rate = self.frames / self.seconds if self.seconds > 0 else 0.0
+        rate = self.items / self.seconds if self.seconds > 0 else 0.0
         resumed = f", {self.skipped_units} units already done" if self.skipped_units else ""
         stitched = f", stitched in {self.stitch_seconds:.1f} s" if self.stitch_seconds is not None else ""
         return (
-            f"segmented {self.frames} {self.noun}s in {self.seconds:.1f} s ({rate:.2f} {self.noun}s/s) on {self.actors} actor(s) "
+            f"segmented {self.items} {self.noun}s in {self.seconds:.1f} s ({rate:.2f} {self.noun}s/s) on {self.actors} actor(s) "
             f"[{self.device}]{resumed}{stitched} -> {out}"
         )
 
@@ -158,30 +159,44 @@ def run_video(cfg: RunConfig) -> RunSummary:
     )
     config = fingerprint(job, ckpt.sha256, source_identity(cfg.input))
     check_target(cfg)
-    started_ray = ensure_ray(cfg.address)
-    try:
+    with ray_session(cfg.address):
         pool = pool_size(cfg, -(-(stop - first) // chunk))  # refuses an impossible pool before a store exists
         root, units, done = _prepare_store(cfg, job, ckpt, config, pool[0])
         pending = [u for u in units if u.id not in done]
         summary = RunSummary(units=len(units), skipped_units=len(units) - len(pending))
         started = time.perf_counter()
-        try:
+        with recorded_outcome(root, len(units), "units"):
             if pending:
                 _run_units(cfg, job, pending, summary, *pool)
-        except KeyboardInterrupt:
-            left = len(units) - len(finished_units(root))
-            raise Interrupted(f"interrupted with {left} of {len(units)} units left; finish with the same command and --resume") from None
-        except Exception as exc:
-            update_attrs(root, status="failed", error=first_line(exc))
-            raise
         summary.seconds = time.perf_counter() - started
         _finalise(root, units, summary)
         return summary
+
+
+@contextmanager
+def ray_session(address: str | None) -> Iterator[None]:
+    """Ray for the length of a command: joined or started on entry, shut down on exit if this started it."""
+    started = ensure_ray(address)
+    try:
+        yield
     finally:
-        if started_ray:
+        if started:
             import ray
 
             ray.shutdown()
+
+
+@contextmanager
+def recorded_outcome(root: Any, total: int, what: str) -> Iterator[None]:
+    """Make a run's end visible in the store: Ctrl-C leaves it resumable (exit 130), any failure marks it failed."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        left = total - len(finished_units(root))
+        raise Interrupted(f"interrupted with {left} of {total} {what} left; finish with the same command and --resume") from None
+    except Exception as exc:
+        update_attrs(root, status="failed", error=first_line(exc))
+        raise
 
 
 def check_target(cfg: RunConfig) -> None:
@@ -270,7 +285,7 @@ def _prepare_store(cfg: RunConfig, job: VideoJob, ckpt: Any, config: dict[str, A
 def _run_units(cfg: RunConfig, job: VideoJob, pending: list[FrameUnit], summary: RunSummary, n_actors: int, gpus: float) -> None:
     from segbatch.engine.worker import UnitWorker
 
-    summary.frames += run_pool(
+    summary.items += run_pool(
         UnitWorker,
         job,
         pending,

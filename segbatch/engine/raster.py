@@ -18,16 +18,16 @@ import numpy as np
 from segbatch.engine.driver import (
     RunSummary,
     check_target,
-    ensure_ray,
-    first_line,
     model_attrs,
     pool_size,
+    ray_session,
+    recorded_outcome,
     resolve_model,
     run_pool,
 )
 from segbatch.engine.job import RunConfig, config_digest, software_versions, source_identity
 from segbatch.engine.tiles import PROB_NODATA, RasterJob, TileWorker, tile_side
-from segbatch.errors import InputError, Interrupted, RunError
+from segbatch.errors import InputError, RunError
 from segbatch.progress import note
 from segbatch.sources.raster import georeference, probe_raster
 from segbatch.store import (
@@ -82,16 +82,15 @@ def run_raster(cfg: RunConfig) -> RunSummary:
         "software": software_versions(),
     }
     check_target(cfg)
-    started_ray = ensure_ray(cfg.address)
-    try:
+    with ray_session(cfg.address):
         n_actors, gpus = pool_size(cfg, len(tiles))
         root, done = _prepare_raster_store(cfg, job, ckpt, config)
         pending = [t for t in range(len(tiles)) if t not in done]
         summary = RunSummary(units=len(tiles), skipped_units=len(tiles) - len(pending), noun="tile")
         started = time.perf_counter()
-        try:
+        with recorded_outcome(root, len(tiles), "tiles"):
             if pending:
-                summary.frames += run_pool(
+                summary.items += run_pool(
                     TileWorker,
                     job,
                     pending,
@@ -105,18 +104,7 @@ def run_raster(cfg: RunConfig) -> RunSummary:
                 )
             summary.seconds = time.perf_counter() - started
             stitch_store(root, job, cfg.keep_tiles, cfg.quiet, summary)
-        except KeyboardInterrupt:
-            left = len(tiles) - len(finished_units(root))
-            raise Interrupted(f"interrupted with {left} of {len(tiles)} tiles left; finish with the same command and --resume") from None
-        except Exception as exc:
-            update_attrs(root, status="failed", error=first_line(exc))
-            raise
         return summary
-    finally:
-        if started_ray:
-            import ray
-
-            ray.shutdown()
 
 
 def _prepare_raster_store(cfg: RunConfig, job: RasterJob, ckpt: Any, config: dict[str, Any]) -> tuple[Any, dict[int, Any]]:
@@ -221,14 +209,8 @@ def restitch(path: Path, quiet: bool) -> RunSummary:
         raise InputError(f"{path} has no tiles/ (they are removed after a stitch unless the run had --keep-tiles)")
     job = _job_from_store(path, root, attrs, RasterPlan)
     summary = RunSummary(units=len(job.tiles), noun="tile")
-    started_ray = ensure_ray(None)
-    try:
+    with ray_session(None):
         stitch_store(root, job, keep_tiles=True, quiet=quiet, summary=summary)
-    finally:
-        if started_ray:
-            import ray
-
-            ray.shutdown()
     return summary
 
 

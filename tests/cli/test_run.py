@@ -18,6 +18,7 @@ import xarray as xr
 import zarr
 
 sys.path.insert(0, str(Path(__file__).parents[1] / "sources"))
+from drivers import finished_units, start_driver, total_units, wait_for_units  # noqa: E402
 from videos import corrupt, frame_index, write_audio_only, write_video  # noqa: E402
 
 SAMPLES_DIR = Path(__file__).parents[3] / "shared" / "samples"
@@ -171,7 +172,7 @@ def test_a_killed_actor_is_replaced_and_the_result_unchanged(ray_address, runner
         deadline = time.time() + 60
         while time.time() < deadline and not killed:
             names = [a["name"] for a in ray.util.list_named_actors(all_namespaces=True) if a["name"].startswith("segbatch-worker")] if out.exists() else []
-            done = _finished(out)
+            done = finished_units(out)
             if names and done >= 1:
                 ray.kill(ray.get_actor(names[0], namespace=_namespace(names[0])), no_restart=False)
                 killed.append((names[0], done))
@@ -182,39 +183,18 @@ def test_a_killed_actor_is_replaced_and_the_result_unchanged(ray_address, runner
     r = run(runner, cli, "--input", long_video, "--out", out, "--model", tiny_model, "--samples", 2, "--actors", 2)
     t.join()
     assert r.exit_code == 0, r.output
-    assert killed and killed[0][1] < _units(out), "the kill did not land mid-run"
+    assert killed and killed[0][1] < total_units(out), "the kill did not land mid-run"
     assert_same(arrays(out), clean_long)
 
 
 def test_a_killed_driver_is_finished_by_resume(ray_address, runner, cli, long_video, tiny_model, tmp_path, clean_long):
     out = tmp_path / "resumed.zarr"
-    cmd = [
-        sys.executable,
-        "-m",
-        "segbatch",
-        "run",
-        "--input",
-        str(long_video),
-        "--out",
-        str(out),
-        "--model",
-        str(tiny_model),
-        "--samples",
-        "2",
-        "--actors",
-        "1",
-        "--address",
-        ray_address,
-        "--quiet",
-    ]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    deadline = time.time() + 120
-    while _finished(out) < 1 and time.time() < deadline and proc.poll() is None:
-        time.sleep(0.05)
+    proc = start_driver(ray_address, "--input", long_video, "--out", out, "--model", tiny_model, "--samples", 2, "--actors", 1)
+    wait_for_units(out, proc)
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
-    done = _finished(out)
-    assert 1 <= done < _units(out), f"the driver was not killed mid-run ({done} of {_units(out)} units done)"
+    done = finished_units(out)
+    assert 1 <= done < total_units(out), f"the driver was not killed mid-run ({done} of {total_units(out)} units done)"
     assert zarr.open_group(str(out)).attrs["segbatch"]["status"] == "running"
     r = run(runner, cli, "--input", long_video, "--out", out, "--model", tiny_model, "--samples", 2, "--actors", 2, "--resume")
     assert r.exit_code == 0, r.output
@@ -227,29 +207,8 @@ def test_a_killed_driver_is_finished_by_resume(ray_address, runner, cli, long_vi
 
 def test_ctrl_c_exits_130_and_resume_finishes(ray_address, runner, cli, long_video, tiny_model, tmp_path, clean_long):
     out = tmp_path / "interrupted.zarr"
-    cmd = [
-        sys.executable,
-        "-m",
-        "segbatch",
-        "run",
-        "--input",
-        str(long_video),
-        "--out",
-        str(out),
-        "--model",
-        str(tiny_model),
-        "--samples",
-        "2",
-        "--actors",
-        "1",
-        "--address",
-        ray_address,
-        "--quiet",
-    ]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    deadline = time.time() + 120
-    while _finished(out) < 1 and time.time() < deadline and proc.poll() is None:
-        time.sleep(0.05)
+    proc = start_driver(ray_address, "--input", long_video, "--out", out, "--model", tiny_model, "--samples", 2, "--actors", 1)
+    wait_for_units(out, proc)
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 130, err
@@ -326,17 +285,6 @@ def test_real_sample_videos(ray_address, runner, cli, tiny_model, tmp_path, name
     ds = xr.open_zarr(out)
     assert ds.labels.shape[0] == 20 and not ds.attrs["segbatch"]["problems"]
     assert (ds.labels.values != 255).all()
-
-
-def _finished(store):
-    try:
-        return int((zarr.open_group(str(store), mode="r")["ledger"][...] != "").sum())
-    except Exception:
-        return 0
-
-
-def _units(store):
-    return zarr.open_group(str(store), mode="r")["ledger"].shape[0]
 
 
 def _namespace(name):

@@ -3,9 +3,7 @@
 import json
 import os
 import signal
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +15,7 @@ import zarr
 from rasterio.transform import Affine
 
 sys.path.insert(0, str(Path(__file__).parents[1] / "sources"))
+from drivers import finished_units, start_driver, total_units, wait_for_units  # noqa: E402
 from rasters import write_geotiff  # noqa: E402
 
 SAMPLES = Path(__file__).parents[3] / "shared" / "samples"
@@ -150,43 +149,11 @@ def test_cog_export(runner, cli, clean, scene, tmp_path):
 
 def test_killed_driver_then_resume_is_identical(ray_address, runner, cli, scene, tiny_model, clean, tmp_path):
     out = tmp_path / "resumed.zarr"
-    cmd = [
-        sys.executable,
-        "-m",
-        "segbatch",
-        "run",
-        "--input",
-        str(scene),
-        "--out",
-        str(out),
-        "--model",
-        str(tiny_model),
-        "--samples",
-        "2",
-        "--tile",
-        "256",
-        "--overlap",
-        "64",
-        "--actors",
-        "1",
-        "--address",
-        ray_address,
-        "--quiet",
-    ]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 120
-
-    def finished():
-        try:
-            return int((zarr.open_group(str(out), mode="r")["ledger"][...] != "").sum())
-        except Exception:
-            return 0
-
-    while finished() < 1 and time.time() < deadline and proc.poll() is None:
-        time.sleep(0.05)
+    proc = start_driver(ray_address, "--input", scene, "--out", out, "--model", tiny_model, "--samples", 2, "--tile", 256, "--overlap", 64, "--actors", 1)
+    wait_for_units(out, proc)
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
-    assert 1 <= finished() < 30
+    assert 1 <= finished_units(out) < total_units(out), "the driver was not killed mid-run"
     r = run(runner, cli, "--input", scene, "--out", out, "--model", tiny_model, "--samples", 2, "--tile", 256, "--overlap", 64, "--resume")
     assert r.exit_code == 0, r.output
     for name, values in arrays(clean).items():

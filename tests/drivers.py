@@ -1,0 +1,35 @@
+"""Running `segbatch run` as a separate driver process, to kill or interrupt it mid-run."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import zarr
+
+
+def finished_units(store: Path) -> int:
+    """Ledger entries written so far (0 while the store does not exist yet)."""
+    try:
+        return int((zarr.open_group(str(store), mode="r")["ledger"][...] != "").sum())
+    except Exception:
+        return 0
+
+
+def total_units(store: Path) -> int:
+    return zarr.open_group(str(store), mode="r")["ledger"].shape[0]
+
+
+def start_driver(ray_address: str, *args: object) -> subprocess.Popen:
+    """`segbatch run ARGS` in its own process, joined to the test session's Ray cluster (its actors die with it)."""
+    cmd = [sys.executable, "-m", "segbatch", "run", *map(str, args), "--address", ray_address, "--quiet"]
+    return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+
+
+def wait_for_units(store: Path, proc: subprocess.Popen, count: int = 1, timeout: float = 120) -> None:
+    """Return once `count` units are in the ledger (or the driver ended, or time ran out)."""
+    deadline = time.time() + timeout
+    while finished_units(store) < count and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.05)
