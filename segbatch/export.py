@@ -153,7 +153,7 @@ def export_cog(root: Any, attrs: dict[str, Any], to: Path, what: str, quiet: boo
     from rasterio.transform import Affine
 
     if what not in root or what == "ledger":
-        raise InputError(f"the store has no {what!r} array (choose labels, uncertainty or entropy)")
+        raise InputError(f"the store has no {what!r} array (choose labels, uncertainty, entropy or confidence)")
     if attrs.get("status") != "complete":
         raise InputError(f"the store is not complete (status {attrs.get('status')}); finish it with segbatch run --resume first")
     arr = root[what]

@@ -90,14 +90,18 @@ def _stitch_one(root: Any, job: RasterJob, cid: int, skipped: frozenset[int], ca
     out_dtype = root["entropy"].dtype
     labels = np.full(weight_sum.shape, NODATA_LABEL, np.uint8)
     entropy = np.full(weight_sum.shape, np.nan, out_dtype)
+    confidence = np.full(weight_sum.shape, np.nan, out_dtype)
     if probs_sum is not None and valid.any():
         p = probs_sum[:, valid] / weight_sum[valid]
         p /= np.maximum(p.sum(axis=0, keepdims=True), 1e-12)  # undo the uint8 rounding drift
         labels[valid] = p.argmax(axis=0)
+        confidence[valid] = p.max(axis=0)
         with np.errstate(divide="ignore", invalid="ignore"):
             entropy[valid] = -(p * np.where(p > 0, np.log(p), 0.0)).sum(axis=0)
     root["labels"][core.slices] = labels
     root["entropy"][core.slices] = entropy
+    if "confidence" in root:  # stores made before it existed are still stitched
+        root["confidence"][core.slices] = confidence
     if has_unc:
         unc = np.full(weight_sum.shape, np.nan, out_dtype)
         unc[valid] = unc_sum[valid] / weight_sum[valid]

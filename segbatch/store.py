@@ -24,7 +24,7 @@ import numpy as np
 from segbatch import __version__
 from segbatch.errors import InputError, RunError
 
-PER_PIXEL = ("uncertainty", "entropy", "mutual_information")
+PER_PIXEL = ("uncertainty", "entropy", "confidence", "mutual_information")
 OPTIONAL_OUTPUTS = ("mutual_information", "probs")
 NODATA_LABEL = 255
 
@@ -38,7 +38,7 @@ class StoreLayout:
     chunks: tuple[int, ...]
     num_classes: int
     units: int
-    outputs: tuple[str, ...] = ("labels", "uncertainty", "entropy")
+    outputs: tuple[str, ...] = ("labels", "uncertainty", "entropy", "confidence")
     float_dtype: str = "float16"
     coords: Mapping[str, tuple[tuple[str, ...], np.ndarray, dict[str, Any]]] = field(default_factory=dict)  # name -> (dims, values, attrs)
     array_attrs: Mapping[str, Any] = field(default_factory=dict)  # added to every output array (e.g. grid_mapping)
@@ -159,6 +159,7 @@ def consolidate(root: Any) -> Any:
 _LONG_NAMES = {
     "uncertainty": "Bayesian SegNet uncertainty: variance of the softmax samples, mean over classes",
     "entropy": "predictive entropy of the mean softmax (nats)",
+    "confidence": "probability of the chosen label (max of the mean softmax), for calibration",
     "mutual_information": "BALD mutual information between prediction and weights (nats)",
 }
 

@@ -14,7 +14,11 @@ from segbatch.cli.options import overwrite_opt, quiet_opt, refuse_existing
 @click.option("--to", type=click.Path(path_type=Path), required=True, help="overlay.mp4 (or .mkv/.mov), or a folder for PNG frames.")
 @click.option("--alpha", type=click.FloatRange(0, 1), default=0.5, show_default=True, help="Video: opacity of the label colours.")
 @click.option(
-    "--what", type=click.Choice(["labels", "uncertainty", "entropy"]), default="labels", show_default=True, help="Raster: the array to export as a COG."
+    "--what",
+    type=click.Choice(["labels", "uncertainty", "entropy", "confidence"]),
+    default="labels",
+    show_default=True,
+    help="Raster: the array to export as a COG.",
 )
 @overwrite_opt
 @quiet_opt

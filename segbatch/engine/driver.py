@@ -140,7 +140,7 @@ def run_video(cfg: RunConfig) -> RunSummary:
     first, stop = frame_range(plan, cfg.frames)
     if cfg.samples == 0 and set(cfg.extra_outputs) & {"mutual_information"}:
         raise InputError("mutual_information needs --samples >= 1")
-    outputs = ("labels", "entropy", *(("uncertainty",) if cfg.samples > 0 else ()), *(o for o in OPTIONAL_OUTPUTS if o in cfg.extra_outputs))
+    outputs = ("labels", "entropy", "confidence", *(("uncertainty",) if cfg.samples > 0 else ()), *(o for o in OPTIONAL_OUTPUTS if o in cfg.extra_outputs))
     chunk = chunk_frames_for(plan.height, plan.width)
     job = VideoJob(
         store=str(cfg.out.resolve()),

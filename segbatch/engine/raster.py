@@ -131,7 +131,7 @@ def _prepare_raster_store(cfg: RunConfig, job: RasterJob, ckpt: Any, config: dic
         chunks=(tiles.core, tiles.core),
         num_classes=k,
         units=n,
-        outputs=("labels", "entropy", *(("uncertainty",) if cfg.samples > 0 else ())),
+        outputs=("labels", "entropy", "confidence", *(("uncertainty",) if cfg.samples > 0 else ())),
         float_dtype=job.float_dtype,
         coords={
             "x": (("x",), geo["x"], {"standard_name": "projection_x_coordinate", "long_name": "x at pixel centres"}),

@@ -105,6 +105,8 @@ class UnitWorker(ModelWorker):
         for name in job.outputs:
             if name == "probs":
                 out[name] = res["probs"].permute(0, 2, 3, 1).cpu().numpy().astype(job.float_dtype)
+            elif name == "confidence":
+                out[name] = res["probs"].amax(1).cpu().numpy().astype(job.float_dtype)
             elif name in res and name != "labels":
                 out[name] = res[name].cpu().numpy().astype(job.float_dtype)
         return out

@@ -22,7 +22,7 @@ from drivers import finished_units, start_driver, total_units, wait_for_units  #
 from videos import corrupt, frame_index, write_audio_only, write_video  # noqa: E402
 
 SAMPLES_DIR = Path(__file__).parents[3] / "shared" / "samples"
-ARRAYS = ("labels", "uncertainty", "entropy")
+ARRAYS = ("labels", "uncertainty", "entropy", "confidence")
 
 
 @pytest.fixture(scope="module")

@@ -19,7 +19,7 @@ from drivers import finished_units, start_driver, total_units, wait_for_units  #
 from rasters import write_geotiff  # noqa: E402
 
 SAMPLES = Path(__file__).parents[3] / "shared" / "samples"
-ARRAYS = ("labels", "uncertainty", "entropy")
+ARRAYS = ("labels", "uncertainty", "entropy", "confidence")
 
 
 @pytest.fixture(scope="module")
