@@ -17,7 +17,7 @@ from segbatch.atomic import atomic_path
 from segbatch.colour import blend, colourise, heatmap
 from segbatch.errors import InputError
 from segbatch.progress import progress_bar
-from segbatch.store import open_store, store_attrs
+from segbatch.store import open_store, sample_values, store_attrs
 
 VIDEO_OUT_SUFFIXES = (".mp4", ".mkv", ".mov")
 _HEAT_SAMPLE_CHUNKS = 16
@@ -66,7 +66,7 @@ def _panels(root: Any, attrs: dict[str, Any], alpha: float) -> Iterator[np.ndarr
     first, stop = source["frame_range"]
     heat_name = "uncertainty" if "uncertainty" in root else "entropy"
     labels, heat = root["labels"], root[heat_name]
-    vmax = _heat_scale(heat)
+    vmax = heat_scale(heat)
     palette = attrs["model"]["palette"]
     chunk = labels.chunks[0]
     frames = read_frames(plan, first, stop)
@@ -83,12 +83,9 @@ def _panels(root: Any, attrs: dict[str, Any], alpha: float) -> Iterator[np.ndarr
             yield np.concatenate([blend(rgb, colourise(lab[k], palette), alpha), heatmap(unc[k], vmax)], axis=1)
 
 
-def _heat_scale(arr: Any) -> float:
-    """One colour scale for the whole video: the 99th percentile over up to 16 chunks spread along it."""
-    chunk = arr.chunks[0]
-    starts = np.unique(np.linspace(0, max(0, arr.shape[0] - 1), _HEAT_SAMPLE_CHUNKS).astype(int) // chunk * chunk)
-    values = np.concatenate([np.asarray(arr[s : s + chunk], np.float32).ravel() for s in starts])
-    values = values[np.isfinite(values)]
+def heat_scale(arr: Any) -> float:
+    """One colour scale for a whole store: the 99th percentile over up to 16 chunks spread across it."""
+    values = sample_values(arr, _HEAT_SAMPLE_CHUNKS)
     return float(np.quantile(values, 0.99)) if values.size and values.max() > 0 else 1.0
 
 

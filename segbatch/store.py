@@ -225,6 +225,25 @@ def write_region(root: Any, region: Sequence[slice], outputs: Mapping[str, np.nd
         raise RunError(f"writing the store failed: {exc.strerror or exc}") from None
 
 
+def sample_values(arr: Any, count: int = 16) -> np.ndarray:
+    """Finite values of up to `count` chunks spread evenly over an array: a cheap, deterministic look at its distribution.
+
+    Frame and image stacks are sampled along their first axis (each sample the
+    chunk at the origin of a frame or image, which always holds pixels); a 2-D
+    raster over its whole chunk grid, so a mosaic's nodata margins do not
+    decide the sample.
+    """
+    grid = tuple(-(-n // c) for n, c in zip(arr.shape, arr.chunks))
+    total = int(np.prod(grid[:1] if arr.ndim == 3 else grid))
+    values = []
+    for flat in np.unique(np.linspace(0, max(0, total - 1), count).astype(np.int64)):
+        index = (int(flat), *([0] * (arr.ndim - 1))) if arr.ndim == 3 else np.unravel_index(int(flat), grid)
+        region = tuple(slice(int(i) * c, (int(i) + 1) * c) for i, c in zip(index, arr.chunks))
+        block = np.asarray(arr[region], np.float32).ravel()
+        values.append(block[np.isfinite(block)])
+    return np.concatenate(values) if values else np.zeros(0, np.float32)
+
+
 def describe_store(path: Path) -> dict[str, Any]:
     """The summary `segbatch info STORE` prints (and `--json` emits)."""
     root = open_store(path)

@@ -2,8 +2,11 @@
 
 Everything is accumulated in fixed histograms, chunk by chunk, so a store of
 any size is measured in bounded memory; the only approximation is the
-histogram's bin width (4,096 bins by default), which bounds how finely ties
-between nearly equal uncertainties are broken.
+histogram's bin width, which bounds how finely ties between nearly equal
+uncertainties are broken. Bins are spaced on a square-root scale: most pixels
+have an uncertainty near 0 (samples that agree), where linear bins would lump
+a fifth of a store into one bin; with 4,096 bins over [0, 0.25] the first bin
+ends at 1.5e-8.
 """
 
 from __future__ import annotations
@@ -13,6 +16,16 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from segbatch.errors import InputError
+
+
+def value_bins(values: np.ndarray, top: float, bins: int) -> np.ndarray:
+    """Bin indexes of non-negative values on a square-root scale over [0, top] (larger values go to the last bin)."""
+    return np.clip((np.sqrt(np.maximum(values, 0.0) / top) * bins).astype(np.int64), 0, bins - 1)
+
+
+def bin_edges(top: float, bins: int) -> np.ndarray:
+    """The bins + 1 edges of `value_bins`, in the values' units."""
+    return (np.arange(bins + 1) / bins) ** 2 * top
 
 
 @dataclass
@@ -44,16 +57,22 @@ class HonestyAccumulator:
         self.conf_sum = np.zeros(self.confidence_bins, np.float64)
         self.conf_correct = np.zeros(self.confidence_bins, np.int64)
 
-    def update(self, uncertainty: np.ndarray, confidence: np.ndarray, correct: np.ndarray) -> None:
-        """Add pixels: their uncertainty, their confidence (the winning class's mean probability), and whether the label was right."""
+    def update(self, uncertainty: np.ndarray, confidence: np.ndarray | None, correct: np.ndarray) -> None:
+        """Add pixels: their uncertainty, their confidence (the winning class's mean probability; None when the store
+        has none, which leaves the reliability diagram empty), and whether the label was right."""
         u = np.asarray(uncertainty, np.float64).ravel()
-        c = np.asarray(confidence, np.float64).ravel()
         ok = np.asarray(correct, bool).ravel()
-        keep = np.isfinite(u) & np.isfinite(c)
-        u, c, ok = u[keep], c[keep], ok[keep]
-        ub = np.clip((u / self.max_uncertainty * self.uncertainty_bins).astype(np.int64), 0, self.uncertainty_bins - 1)
+        keep = np.isfinite(u)
+        if confidence is not None:
+            c = np.asarray(confidence, np.float64).ravel()
+            keep &= np.isfinite(c)
+            c = c[keep]
+        u, ok = u[keep], ok[keep]
+        ub = value_bins(u, self.max_uncertainty, self.uncertainty_bins)
         self.right += np.bincount(ub[ok], minlength=self.uncertainty_bins)
         self.wrong += np.bincount(ub[~ok], minlength=self.uncertainty_bins)
+        if confidence is None:
+            return
         cb = np.clip((c * self.confidence_bins).astype(np.int64), 0, self.confidence_bins - 1)
         self.conf_count += np.bincount(cb, minlength=self.confidence_bins)
         self.conf_sum += np.bincount(cb, weights=c, minlength=self.confidence_bins)

@@ -1,0 +1,138 @@
+"""index.html of an audit report: one page, inline styles, no scripts, no network; pictures are files beside it."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from html import escape
+from typing import Any
+
+from segbatch.audit.scan import ScanResult
+
+STYLE = """
+body{font:14px/1.45 system-ui,sans-serif;margin:24px auto;max-width:1280px;padding:0 16px;color:#222}
+h1{font-size:22px}h2{font-size:17px;margin-top:28px;border-bottom:1px solid #ddd}
+table{border-collapse:collapse}td,th{padding:4px 8px;border-bottom:1px solid #eee;text-align:left;vertical-align:top}
+th{background:#f6f6f6}.num{text-align:right;font-variant-numeric:tabular-nums}
+.sw{display:inline-block;width:12px;height:12px;border:1px solid #555;margin-right:6px;vertical-align:-1px}
+.thumbs img{max-height:160px;margin-right:4px;border:1px solid #ccc}.plots img{max-width:100%;margin:6px 0}
+.warn{color:#a94442}.muted{color:#777}
+"""
+
+
+def _num(v: Any, digits: int = 4) -> str:
+    if v is None:
+        return "–"
+    if isinstance(v, float):
+        return f"{v:.{digits}g}"
+    return f"{v:,}" if isinstance(v, int) else escape(str(v))
+
+
+def _pct(v: Any) -> str:
+    return "–" if v is None else f"{v * 100:.1f}%"
+
+
+def _table(rows: Sequence[tuple[str, str]]) -> str:
+    return "<table>" + "".join(f"<tr><th>{escape(k)}</th><td>{v}</td></tr>" for k, v in rows) + "</table>"
+
+
+def render_index(summary: dict[str, Any], result: ScanResult, thumbs: list[dict[str, str]], figures: dict[str, str]) -> str:
+    """The page: key figures, problems, plots, classes, and the top items with their thumbnails."""
+    m = summary["measure"]
+    figures_rows = [
+        ("store", escape(summary["store"])),
+        ("source", f"{escape(summary['kind'])} {escape(str(summary['source']))}"),
+        ("model", f"{escape(str(summary['model']['arch']))}, sha256 {escape(str(summary['model']['sha256'])[:12])}, {summary['samples']} MC samples"),
+        (f"{summary['item']}s", f"{summary['items']:,} ({summary['items_with_pixels']:,} with pixels)"),
+        ("pixels", f"{summary['pixels']:,}"),
+        (f"{m}", f"mean {_num(summary[m]['mean'])}, median {_num(summary[m]['p50'])}, 95th pct {_num(summary[m]['p95'])}, 99th pct {_num(summary[m]['p99'])}"),
+        ("threshold", f"{_num(summary['threshold'])} ({escape(summary['threshold_source'])}): {_pct(summary['above_threshold'])} of pixels above"),
+    ]
+    if m != "entropy" and "entropy" in summary:
+        e = summary["entropy"]
+        figures_rows.append(("entropy", f"mean {_num(e['mean'])}, 95th pct {_num(e['p95'])} nats"))
+    truth = summary["truth"]
+    if truth:
+        figures_rows += [
+            ("truth", f"{escape(truth['source'])}: {truth['items_with_truth']:,} {summary['item']}s with truth, {truth['items_without_truth']:,} without"),
+            ("accuracy / mIoU", f"{_pct(truth['accuracy'])} / {_num(truth['miou'], 3)} over {truth['pixels']:,} labelled pixels"),
+            ("AUROC (errors)", ", ".join(f"{escape(k)} {_num(v, 3)}" for k, v in truth["auroc"].items()) or "–"),
+            ("ECE", _num(truth["ece"], 3) if truth["ece"] is not None else "– (the store has no confidence or probs array)"),
+        ]
+    parts = [
+        "<!doctype html><html lang='en'><head><meta charset='utf-8'>",
+        f"<title>segbatch audit: {escape(summary['store'])}</title><style>{STYLE}</style></head><body>",
+        f"<h1>Uncertainty audit of {escape(summary['store'])}</h1>",
+        _table(figures_rows),
+        "<p class='muted'>Every item is a row of <a href='items.csv'>items.csv</a>; all figures are in <a href='summary.json'>summary.json</a>.</p>",
+        _problems(summary),
+    ]
+    if truth:
+        parts.append(
+            "<p>AUROC is the probability that a misclassified pixel is more uncertain than a correct one (0.5: the uncertainty says nothing "
+            "about errors). ECE is the pixel-weighted gap between confidence and accuracy (0: calibrated).</p>"
+        )
+        if truth["without_truth"]:
+            listed = ", ".join(escape(n) for n in truth["without_truth"][:20])
+            more = truth["items_without_truth"] - min(20, len(truth["without_truth"]))
+            tail = f" and {more:,} more" if more > 0 else ""
+            parts.append(f"<p class='warn'>No truth for {truth['items_without_truth']:,} {summary['item']}(s): {listed}{tail}.</p>")
+        if truth["errors"]:
+            parts.append("<p class='warn'>Truth that could not be used: " + "; ".join(escape(e) for e in truth["errors"][:10]) + "</p>")
+    parts.append("<h2>Plots</h2><div class='plots'>" + "".join(f"<img src='{escape(f)}' alt='{escape(k)}'>" for k, f in figures.items()) + "</div>")
+    parts.append(_classes(summary, result))
+    parts.append(_top(summary, thumbs))
+    parts.append("</body></html>")
+    return "\n".join(parts)
+
+
+def _problems(summary: dict[str, Any]) -> str:
+    problems = summary.get("problems") or []
+    notes = []
+    if summary.get("input_thumbnails", "ok") != "ok":
+        notes.append(escape(summary["input_thumbnails"]))
+    for p in problems[:20]:
+        notes.append(escape(", ".join(f"{k}: {v}" for k, v in p.items())))
+    if len(problems) > 20:
+        notes.append(f"and {len(problems) - 20} more (summary.json)")
+    if not notes:
+        return "<p>Store problems: none.</p>"
+    return "<h2>Problems</h2><ul class='warn'>" + "".join(f"<li>{n}</li>" for n in notes) + "</ul>"
+
+
+def _classes(summary: dict[str, Any], result: ScanResult) -> str:
+    m = summary["measure"]
+    has_iou = bool(summary["truth"])
+    iou_head = "<th class='num'>IoU</th>" if has_iou else ""
+    head = f"<tr><th>class</th><th class='num'>pixels</th><th class='num'>share</th><th class='num'>mean {escape(m)}</th>{iou_head}</tr>"
+    rows = []
+    for c in summary["classes"]:
+        colour = result.palette[c["class"]] if c["class"] < len(result.palette) else [128, 128, 128]
+        swatch = f"<span class='sw' style='background:rgb({colour[0]},{colour[1]},{colour[2]})'></span>"
+        iou = f"<td class='num'>{_num(c.get('iou'), 3)}</td>" if has_iou else ""
+        rows.append(
+            f"<tr><td>{swatch}{escape(c['name'])}</td><td class='num'>{c['pixels']:,}</td><td class='num'>{_pct(c['share'])}</td>"
+            f"<td class='num'>{_num(c[f'mean_{m}'])}</td>{iou}</tr>"
+        )
+    return f"<h2>Classes</h2><table>{head}{''.join(rows)}</table>"
+
+
+def _top(summary: dict[str, Any], thumbs: list[dict[str, str]]) -> str:
+    m = summary["measure"]
+    truth = bool(summary["truth"])
+    head = (
+        f"<tr><th>#</th><th>{escape(summary['item'])}</th><th class='num'>mean {escape(m)}</th><th class='num'>95th pct</th>"
+        f"<th class='num'>above threshold</th>{'<th class=num>mIoU</th><th class=num>accuracy</th>' if truth else ''}<th>input · labels · uncertainty"
+        f"{' · errors' if truth else ''}</th></tr>"
+    )
+    rows = []
+    for row, pics in zip(summary["top"], thumbs):
+        images = "".join(f"<img src='{escape(path)}' alt='{escape(what)}' title='{escape(what)}'>" for what, path in pics.items())
+        extra = f"<td class='num'>{_num(row.get('miou'), 3)}</td><td class='num'>{_pct(row.get('accuracy'))}</td>" if truth else ""
+        rows.append(
+            f"<tr><td>{row['rank']}</td><td>{escape(row['name'])}</td><td class='num'>{_num(row[f'{m}_mean'])}</td>"
+            f"<td class='num'>{_num(row[f'{m}_p95'])}</td><td class='num'>{_pct(row['above_threshold'])}</td>{extra}"
+            f"<td class='thumbs'>{images}</td></tr>"
+        )
+    if not rows:
+        return f"<h2>Most uncertain {escape(summary['item'])}s</h2><p>No {escape(summary['item'])} has pixels.</p>"
+    return f"<h2>Most uncertain {escape(summary['item'])}s (top {len(rows)})</h2><table>{head}{''.join(rows)}</table>"

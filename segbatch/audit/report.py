@@ -1,0 +1,252 @@
+"""`segbatch audit`: one pass over a store, then items.csv, summary.json, plots, thumbnails and index.html.
+
+The report folder is built beside its final place and renamed into it, so a
+report is whole or absent; --overwrite only ever replaces an earlier report.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import shutil
+import uuid
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from segbatch import __version__
+from segbatch.audit import plots
+from segbatch.audit.html import render_index
+from segbatch.audit.metrics import bin_edges
+from segbatch.audit.scan import AuditOptions, ScanResult, scan_store
+from segbatch.audit.thumbnails import InputReader, write_thumbnails
+from segbatch.errors import InputError
+from segbatch.store import open_store, store_attrs
+
+REPORT_MARK = "segbatch_audit"  # key of summary.json that says "this folder is an audit report"
+
+
+def audit(store: Path, report: Path, opts: AuditOptions, overwrite: bool = False) -> dict[str, Any]:
+    """Audit `store` into the folder `report`; returns the summary (also written as summary.json)."""
+    root = open_store(store)
+    attrs = store_attrs(root)
+    if attrs.get("status") != "complete":
+        raise InputError(f"{store} is not complete (status {attrs.get('status')}); finish it with segbatch run --resume first")
+    _check_target(report, overwrite)
+    building = report.parent / f".{report.name}.building-{uuid.uuid4().hex[:8]}"
+    building.mkdir()
+    try:
+        summary = _write(root, attrs, store, building, opts)
+        _put_in_place(building, report)
+    except BaseException:
+        shutil.rmtree(building, ignore_errors=True)
+        raise
+    return summary
+
+
+def _check_target(report: Path, overwrite: bool) -> None:
+    parent = report.parent if str(report.parent) else Path(".")
+    if not parent.is_dir():
+        raise InputError(f"cannot write {report}: folder {parent} does not exist")
+    if not os.access(parent, os.W_OK):
+        raise InputError(f"cannot write {report}: folder {parent} is not writable")
+    if report.exists() and not report.is_dir():
+        raise InputError(f"{report} is a file; the report is a folder")
+    if report.is_dir() and any(report.iterdir()):
+        if not overwrite:
+            raise InputError(f"{report} exists and is not empty; pass --overwrite to replace it")
+        if not _is_report(report):
+            raise InputError(f"{report} is not a segbatch audit report; refusing to replace it")
+
+
+def _is_report(folder: Path) -> bool:
+    try:
+        return REPORT_MARK in json.loads((folder / "summary.json").read_text())
+    except (OSError, ValueError, TypeError):
+        return False
+
+
+def _put_in_place(building: Path, report: Path) -> None:
+    old = None
+    if report.exists():
+        old = report.parent / f".{report.name}.old-{uuid.uuid4().hex[:8]}"
+        os.rename(report, old)
+    os.rename(building, report)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+class _RowWriter:
+    """items.csv, written row by row as the scan goes (header from the first row; NaN as an empty cell)."""
+
+    def __init__(self, path: Path) -> None:
+        self.file = path.open("w", newline="")
+        self.writer: csv.DictWriter[str] | None = None
+
+    def __call__(self, row: dict[str, Any]) -> None:
+        if self.writer is None:
+            self.writer = csv.DictWriter(self.file, fieldnames=list(row))
+            self.writer.writeheader()
+        self.writer.writerow({k: "" if isinstance(v, float) and not math.isfinite(v) else (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})
+
+    def close(self) -> None:
+        self.file.close()
+
+
+def _write(root: Any, attrs: dict[str, Any], store: Path, folder: Path, opts: AuditOptions) -> dict[str, Any]:
+    rows = _RowWriter(folder / "items.csv")
+    try:
+        result = scan_store(root, attrs, opts, rows)
+    finally:
+        rows.close()
+    summary = summarise(result, attrs, store, opts)
+    figures = _plots(result, summary, folder)
+    summary["files"] = {"items": "items.csv", "summary": "summary.json", "index": "index.html", "plots": figures}
+    reader = InputReader(attrs, root)
+    vmax = summary[result.measure]["p99"] or result.hist_max[result.measure]
+    truth_source = result.truth.truth if result.truth is not None else None
+    thumbs = write_thumbnails(
+        root,
+        [r.item for r in result.top],
+        folder / "thumbs",
+        reader,
+        result.palette,
+        result.measure,
+        vmax,
+        truth_source,
+        len(result.classes),
+        opts.ignore_index,
+    )
+    summary["input_thumbnails"] = reader.problem or "ok"
+    (folder / "summary.json").write_text(json.dumps(summary, indent=2, allow_nan=False, default=_json_default))
+    (folder / "index.html").write_text(render_index(summary, result, thumbs, figures))
+    return summary
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, np.integer):
+        return int(value)
+    if isinstance(value, np.floating):
+        return _finite(float(value))
+    raise TypeError(type(value).__name__)
+
+
+def _finite(v: float) -> float | None:
+    """JSON has no NaN: a figure that does not exist (no pixels, no truth) is null."""
+    return v if math.isfinite(v) else None
+
+
+def _clean(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        return {k: _clean(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_clean(v) for v in obj]
+    if isinstance(obj, float | np.floating):
+        return _finite(float(obj))
+    if isinstance(obj, np.integer):
+        return int(obj)
+    return obj
+
+
+def quantile_from_histogram(counts: np.ndarray, top: float, q: float) -> float:
+    """The q-quantile of values binned in `counts` (metrics.value_bins over [0, top]), to within its bin."""
+    total = counts.sum()
+    if total == 0:
+        return float("nan")
+    i = min(int(np.searchsorted(np.cumsum(counts), q * total, side="left")), len(counts) - 1)
+    edges = bin_edges(top, len(counts))
+    return float((edges[i] + edges[i + 1]) / 2)
+
+
+def summarise(result: ScanResult, attrs: dict[str, Any], store: Path, opts: AuditOptions) -> dict[str, Any]:
+    """summary.json: the store's figures, ranking, problems and (with truth) the honesty measures."""
+    from segbatch.train import mean_iou
+
+    measures = {}
+    for m, counts in result.histograms.items():
+        total = counts.sum()
+        measures[m] = {
+            "mean": result.sums[m] / total if total else float("nan"),
+            **{f"p{q}": quantile_from_histogram(counts, result.hist_max[m], q / 100) for q in (50, 90, 95, 99)},
+        }
+    with np.errstate(invalid="ignore", divide="ignore"):
+        class_mean = result.class_measure_sum / result.class_pixels
+    share = result.class_pixels / max(1, result.pixels)
+    classes = [
+        {"class": i, "name": n, "pixels": int(result.class_pixels[i]), "share": float(share[i]), f"mean_{result.measure}": float(class_mean[i])}
+        for i, n in enumerate(result.classes)
+    ]
+    summary: dict[str, Any] = {
+        REPORT_MARK: __version__,
+        "store": str(store.resolve()),
+        "kind": result.kind,
+        "item": result.noun,
+        "source": attrs["source"].get("path"),
+        "model": {k: attrs["model"].get(k) for k in ("arch", "sha256", "classes")},
+        "samples": attrs.get("samples"),
+        "items": result.items,
+        "items_with_pixels": result.items_with_pixels,
+        "pixels": result.pixels,
+        "measure": result.measure,
+        "threshold": result.threshold,
+        "threshold_source": result.threshold_source,
+        "above_threshold": result.above / result.pixels if result.pixels else float("nan"),
+        **measures,
+        "classes": classes,
+        "top": [{"rank": k + 1, **r.row} for k, r in enumerate(result.top)],
+        "timeline": result.timeline,
+        "problems": attrs.get("problems", []),
+        "truth": None,
+    }
+    t = result.truth
+    if t is not None:
+        conf = t.confusion
+        tp = np.diag(conf).astype(float)
+        union = conf.sum(0) + conf.sum(1) - tp
+        labelled = int(conf.sum())
+        for i, c in enumerate(classes):
+            c["iou"] = float(tp[i] / union[i]) if union[i] else float("nan")
+            c["truth_pixels"] = int(conf[i].sum())
+        first = next(iter(t.honesty.values()), None)
+        summary["truth"] = {
+            "source": t.description,
+            "ignore_index": opts.ignore_index,
+            "items_with_truth": t.with_truth,
+            "items_without_truth": t.without_truth_count,
+            "without_truth": t.without_truth,
+            "errors": t.errors[:100],
+            "pixels": labelled,
+            "accuracy": float(tp.sum() / labelled) if labelled else float("nan"),
+            "miou": mean_iou(conf) if labelled else float("nan"),
+            "confusion": conf.tolist(),
+            "confidence": t.confidence_source,
+            "ece": (first.ece() if first is not None and t.confidence_source else None),
+            "reliability": first.reliability() if first is not None and t.confidence_source else [],
+            "auroc": {m: acc.auroc() for m, acc in t.honesty.items()},
+            "accuracy_vs_coverage": {m: acc.accuracy_vs_coverage() for m, acc in t.honesty.items()},
+        }
+    return _clean(summary)
+
+
+def _class_means(summary: dict[str, Any], measure: str) -> np.ndarray:
+    return np.array([np.nan if c[f"mean_{measure}"] is None else c[f"mean_{measure}"] for c in summary["classes"]], float)
+
+
+def _plots(result: ScanResult, summary: dict[str, Any], folder: Path) -> dict[str, str]:
+    m = result.measure
+    out = {
+        "histogram": plots.histogram(folder / "histogram.png", result.histograms[m], result.hist_max[m], m, result.threshold),
+        "classes": plots.classes(folder / "classes.png", result.classes, result.palette, result.class_pixels, _class_means(summary, m), m),
+    }
+    if result.timeline and result.timeline["time"]:
+        out["timeline"] = plots.timeline(folder / "timeline.png", result.timeline, m)
+    truth = summary["truth"]
+    if truth and truth["pixels"]:
+        if truth["ece"] is not None:
+            out["reliability"] = plots.reliability(folder / "reliability.png", truth["reliability"], truth["ece"])
+        out["coverage"] = plots.coverage(folder / "coverage.png", truth["accuracy_vs_coverage"])
+        out["confusion"] = plots.confusion(folder / "confusion.png", np.asarray(truth["confusion"]), result.classes)
+    return out

@@ -1,0 +1,296 @@
+"""The audit's one pass over a store: per-item rows out as they are computed, fixed-size summaries kept.
+
+Memory is bounded whatever the store's size: blocks of whole chunks are read
+a few at a time (read-ahead on threads, which decompress while numpy works),
+rows go straight to items.csv, the ranking keeps only the top K, histograms
+have fixed bins, and a video's timeline is averaged into at most
+TIMELINE_POINTS points.
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+from collections import deque
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from segbatch.audit.items import Block, Item, item_count, item_noun, item_stats, iter_blocks, squeeze_item
+from segbatch.audit.metrics import HonestyAccumulator, value_bins
+from segbatch.audit.truth import TruthSource, open_truth
+from segbatch.errors import DataError
+from segbatch.progress import progress_bar
+from segbatch.store import NODATA_LABEL, sample_values
+
+HIST_BINS = 4096
+TIMELINE_POINTS = 2000
+READ_AHEAD = 4
+THRESHOLD_QUANTILE = 0.9  # default threshold: the store's 90th percentile (sampled), "the most uncertain tenth"
+VARIANCE_MAX = 0.25  # the variance of a probability is at most 1/4
+
+
+@dataclass(frozen=True)
+class AuditOptions:
+    top: int = 20
+    threshold: float | None = None  # None: the 90th percentile of the measure over a sample of the store's chunks
+    truth: Path | None = None
+    ignore_index: int | None = None
+    quiet: bool = False
+
+
+@dataclass
+class Ranked:
+    """An item in the top-K ranking, with what its thumbnails need."""
+
+    score: float
+    item: Item
+    row: dict[str, Any]
+
+
+@dataclass
+class ScanResult:
+    """Everything the report needs besides items.csv (already written)."""
+
+    kind: str
+    noun: str
+    items: int
+    classes: list[str]
+    palette: list[list[int]]
+    measure: str  # "uncertainty", or "entropy" for stores run with --samples 0
+    threshold: float
+    threshold_source: str
+    columns: list[str]
+    histograms: dict[str, np.ndarray]  # square-root-spaced bins over [0, hist_max] (metrics.value_bins)
+    sums: dict[str, float]
+    hist_max: dict[str, float]
+    class_pixels: np.ndarray
+    class_measure_sum: np.ndarray
+    pixels: int = 0
+    items_with_pixels: int = 0
+    above: int = 0
+    top: list[Ranked] = field(default_factory=list)
+    timeline: dict[str, list[float]] | None = None
+    truth: TruthSummary | None = None
+
+
+@dataclass
+class TruthSummary:
+    """Accumulated comparison with ground truth."""
+
+    description: str
+    confusion: np.ndarray
+    honesty: dict[str, HonestyAccumulator]
+    confidence_source: str | None
+    with_truth: int = 0
+    without_truth: list[str] = field(default_factory=list)
+    without_truth_count: int = 0
+    errors: list[str] = field(default_factory=list)
+    truth: TruthSource | None = None
+
+
+def scan_store(root: Any, attrs: dict[str, Any], opts: AuditOptions, write_row: Callable[[dict[str, Any]], None]) -> ScanResult:
+    """Read every item once, writing its row; return the summaries."""
+    kind = attrs["source"]["kind"]
+    classes = list(attrs["model"]["classes"])
+    k = len(classes)
+    measure = "uncertainty" if "uncertainty" in root else "entropy"
+    measures = [m for m in ("uncertainty", "entropy") if m in root]
+    if opts.threshold is not None:
+        threshold, source = float(opts.threshold), "--threshold"
+    else:
+        sample = sample_values(root[measure])
+        threshold = float(np.quantile(sample, THRESHOLD_QUANTILE)) if sample.size else 0.0
+        source = f"{THRESHOLD_QUANTILE:.0%} quantile of {measure} over a sample of the store's chunks"
+    hist_max = {m: VARIANCE_MAX if m == "uncertainty" else math.log(k) for m in measures}
+    n_items = item_count(root, kind)
+    result = ScanResult(
+        kind=kind,
+        noun=item_noun(kind),
+        items=n_items,
+        classes=classes,
+        palette=[list(c) for c in attrs["model"]["palette"]],
+        measure=measure,
+        threshold=threshold,
+        threshold_source=source,
+        columns=[],
+        histograms={m: np.zeros(HIST_BINS, np.int64) for m in measures},
+        sums=dict.fromkeys(measures, 0.0),
+        hist_max=hist_max,
+        class_pixels=np.zeros(k, np.int64),
+        class_measure_sum=np.zeros(k, np.float64),
+    )
+    truth = _open_truth_summary(opts, root, attrs, k) if opts.truth else None
+    result.truth = truth
+    timeline = _Timeline(n_items) if kind == "video" else None
+    heap: list[tuple[float, int, Ranked]] = []
+    needed = ["labels", *measures]
+    if truth is not None:
+        needed += [m for m in truth.honesty if m not in needed]
+        if truth.confidence_source:
+            needed.append(truth.confidence_source)
+    with progress_bar(n_items, "auditing", result.noun, opts.quiet) as bar:
+        for block, arrays in _read_ahead(root, iter_blocks(root, attrs), needed):
+            if truth is not None and truth.confidence_source == "probs":
+                arrays["confidence"] = arrays.pop("probs").max(axis=-1)
+            for item, local in block.items:
+                values = {name: squeeze_item(a, local) for name, a in arrays.items()}
+                row = _item_row(result, item, values, measures, k)
+                if truth is not None:
+                    row |= _truth_row(truth, item, values, k, opts.ignore_index)
+                if not result.columns:
+                    result.columns = list(row)
+                write_row(row)
+                score = row[f"{measure}_mean"]
+                if row["valid_pixels"] and opts.top > 0 and np.isfinite(score):
+                    entry = (score, -item.index, Ranked(score, item, row))
+                    if len(heap) < opts.top:
+                        heapq.heappush(heap, entry)
+                    elif entry[:2] > heap[0][:2]:
+                        heapq.heapreplace(heap, entry)
+                if timeline is not None:
+                    timeline.add(item, row, measure)
+                bar.update(1)
+    result.top = [r for _, _, r in sorted(heap, key=lambda e: e[:2], reverse=True)]
+    result.timeline = timeline.points() if timeline is not None else None
+    return result
+
+
+def _item_row(result: ScanResult, item: Item, values: dict[str, np.ndarray], measures: list[str], k: int) -> dict[str, Any]:
+    """One item's row, and its pixels added to the store-wide histograms and class totals."""
+    labels = values["labels"]
+    stats = item_stats(labels, {m: values[m] for m in measures}, result.measure, result.threshold, k)
+    valid = labels != NODATA_LABEL
+    for m in measures:
+        v = values[m][valid].astype(np.float64)
+        v = v[np.isfinite(v)]
+        result.histograms[m] += np.bincount(value_bins(v, result.hist_max[m], HIST_BINS), minlength=HIST_BINS)
+        result.sums[m] += float(v.sum())
+    result.pixels += stats.valid_pixels
+    result.items_with_pixels += stats.valid_pixels > 0
+    result.above += round(stats.above_threshold * stats.valid_pixels) if stats.valid_pixels else 0
+    result.class_pixels += stats.class_pixels
+    result.class_measure_sum += np.nan_to_num(stats.class_measure_mean) * stats.class_pixels
+    row: dict[str, Any] = {"item": item.index, "name": item.name, **item.meta, "valid_pixels": stats.valid_pixels}
+    for m in ("uncertainty", "entropy"):
+        mean, p95 = stats.measures.get(m, (float("nan"), float("nan")))
+        row[f"{m}_mean"], row[f"{m}_p95"] = mean, p95
+    row["above_threshold"] = stats.above_threshold
+    for c, name in enumerate(result.classes):
+        row[f"pixels_{column_name(name)}"] = int(stats.class_pixels[c])
+    for c, name in enumerate(result.classes):
+        row[f"{result.measure}_{column_name(name)}"] = float(stats.class_measure_mean[c])
+    return row
+
+
+def column_name(name: str) -> str:
+    """A class name as a CSV column suffix: lower case, runs of other characters as one underscore."""
+    return "_".join(p for p in "".join(ch if ch.isalnum() else " " for ch in name.lower()).split()) or "class"
+
+
+def _open_truth_summary(opts: AuditOptions, root: Any, attrs: dict[str, Any], k: int) -> TruthSummary:
+    assert opts.truth is not None
+    source = open_truth(opts.truth, root, attrs)
+    measures = [m for m in ("uncertainty", "entropy", "mutual_information") if m in root]
+    honesty = {m: HonestyAccumulator(VARIANCE_MAX if m == "uncertainty" else math.log(k)) for m in measures}
+    confidence = "confidence" if "confidence" in root else "probs" if "probs" in root else None
+    return TruthSummary(source.description, np.zeros((k, k), np.int64), honesty, confidence, truth=source)
+
+
+MAX_LISTED = 1000  # items without truth named in summary.json (items.csv has every one)
+
+
+def labelled_mask(labels: np.ndarray, truth: np.ndarray, k: int, ignore_index: int | None) -> np.ndarray:
+    """Pixels that count: predicted (not nodata) and labelled with a class the model knows (not ignored)."""
+    ok = (labels != NODATA_LABEL) & (truth >= 0) & (truth < k)
+    if ignore_index is not None:
+        ok &= truth != ignore_index
+    return ok
+
+
+def _truth_row(truth: TruthSummary, item: Item, values: dict[str, np.ndarray], k: int, ignore_index: int | None) -> dict[str, Any]:
+    from segbatch.train import mean_iou
+
+    blank = {"truth": "none", "truth_pixels": 0, "accuracy": float("nan"), "miou": float("nan")}
+    try:
+        t = truth.truth.read(item) if truth.truth is not None else None
+    except DataError as exc:
+        truth.errors.append(str(exc))
+        t = None
+        blank["truth"] = "error"
+    if t is None:
+        truth.without_truth_count += 1
+        if len(truth.without_truth) < MAX_LISTED:
+            truth.without_truth.append(item.name)
+        return blank
+    truth.with_truth += 1
+    labels = values["labels"]
+    ok = labelled_mask(labels, t, k, ignore_index)
+    pred, gt = labels[ok].astype(np.int64), t[ok]
+    conf = np.bincount(gt * k + pred, minlength=k * k).reshape(k, k)
+    truth.confusion += conf
+    correct = pred == gt
+    confidence = values.get("confidence")
+    for m, acc in truth.honesty.items():
+        acc.update(values[m][ok], None if confidence is None else confidence[ok], correct)
+    n = int(ok.sum())
+    return {"truth": "yes", "truth_pixels": n, "accuracy": float(correct.mean()) if n else float("nan"), "miou": mean_iou(conf) if n else float("nan")}
+
+
+class _Timeline:
+    """A video's per-frame figures averaged into at most TIMELINE_POINTS consecutive-frame points."""
+
+    def __init__(self, frames: int) -> None:
+        self.step = max(1, -(-frames // TIMELINE_POINTS))
+        points = -(-frames // self.step)
+        self.n = np.zeros(points, np.int64)
+        self.time = np.zeros(points)
+        self.frame = np.zeros(points)
+        self.mean = np.zeros(points)
+        self.p95 = np.zeros(points)
+        self.above = np.zeros(points)
+
+    def add(self, item: Item, row: dict[str, Any], measure: str) -> None:
+        if not row["valid_pixels"]:
+            return
+        b = item.index // self.step
+        self.n[b] += 1
+        self.time[b] += row["time"]
+        self.frame[b] += row["frame"]
+        self.mean[b] += row[f"{measure}_mean"]
+        self.p95[b] += row[f"{measure}_p95"]
+        self.above[b] += row["above_threshold"]
+
+    def points(self) -> dict[str, list[float]]:
+        keep = self.n > 0
+        n = self.n[keep]
+        return {
+            "frames_per_point": [float(self.step)],
+            "time": (self.time[keep] / n).tolist(),
+            "frame": (self.frame[keep] / n).tolist(),
+            "mean": (self.mean[keep] / n).tolist(),
+            "p95": (self.p95[keep] / n).tolist(),
+            "above_threshold": (self.above[keep] / n).tolist(),
+        }
+
+
+def _read_ahead(root: Any, blocks: Iterator[Block], names: list[str]) -> Iterator[tuple[Block, dict[str, np.ndarray]]]:
+    """Blocks with their arrays, read READ_AHEAD blocks ahead on two threads (bounded: never more in memory)."""
+
+    def read(block: Block) -> dict[str, np.ndarray]:
+        return {name: np.asarray(root[name][block.region]) for name in names}
+
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        pending: deque[tuple[Block, Any]] = deque()
+        for block in blocks:
+            pending.append((block, pool.submit(read, block)))
+            if len(pending) >= READ_AHEAD:
+                b, fut = pending.popleft()
+                yield b, fut.result()
+        while pending:
+            b, fut = pending.popleft()
+            yield b, fut.result()

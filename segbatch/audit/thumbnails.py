@@ -1,0 +1,160 @@
+"""Small pictures of the audit's top items: the input, the labels, the uncertainty, and (with truth) the errors.
+
+The input comes from the source the store names (a video frame, a raster
+window with the run's own band stretch, an image file). When the source has
+moved or changed, the input picture is left out and the report says so.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from segbatch.audit.items import Item
+from segbatch.audit.truth import TruthSource
+from segbatch.colour import colourise, heatmap
+from segbatch.errors import SegbatchError
+from segbatch.store import NODATA_LABEL
+
+THUMB_SIDE = 256
+RIGHT, WRONG, UNLABELLED = (70, 70, 70), (235, 50, 50), (0, 0, 0)
+
+
+def shrink(rgb: np.ndarray, nearest: bool) -> np.ndarray:
+    """Fit an (H, W, 3) uint8 picture in THUMB_SIDE x THUMB_SIDE, keeping its aspect ratio."""
+    from PIL import Image
+
+    h, w = rgb.shape[:2]
+    scale = min(1.0, THUMB_SIDE / max(h, w))
+    if scale == 1.0:
+        return rgb
+    size = (max(1, round(w * scale)), max(1, round(h * scale)))
+    return np.asarray(Image.fromarray(rgb).resize(size, Image.Resampling.NEAREST if nearest else Image.Resampling.BOX))
+
+
+def to_display(data: np.ndarray) -> np.ndarray:
+    """(C, H, W) floats in [0, 1] -> (H, W, 3) uint8: the first three bands, or the first one in grey."""
+    rgb = data[:3] if data.shape[0] >= 3 else np.repeat(data[:1], 3, axis=0)
+    return (np.clip(np.moveaxis(rgb, 0, -1), 0, 1) * 255).round().astype(np.uint8)
+
+
+def error_map(labels: np.ndarray, truth: np.ndarray, labelled: np.ndarray) -> np.ndarray:
+    """Grey where the label is right, red where it is wrong, black where there is no truth (or no label)."""
+    out = np.zeros((*labels.shape, 3), np.uint8)
+    out[labelled & (labels == truth)] = RIGHT
+    out[labelled & (labels != truth)] = WRONG
+    return out
+
+
+class InputReader:
+    """Reads the source pixels of audit items; `read` gives None when the source is unavailable."""
+
+    def __init__(self, attrs: dict[str, Any], root: Any) -> None:
+        self.source = attrs["source"]
+        self.kind = self.source["kind"]
+        self.problem: str | None = None
+        self._plan: Any = None
+        path = Path(self.source["path"])
+        if not path.exists():
+            self.problem = f"the source {path} is not there any more; input thumbnails are left out"
+        elif self.kind == "raster":
+            self._plan = _raster_plan(self.source, root)
+        elif self.kind == "video":
+            from segbatch.sources.video import probe_video
+
+            plan = probe_video(path)
+            if plan.frames != self.source["frames"] or (plan.height, plan.width) != (self.source["height"], self.source["width"]):
+                self.problem = f"the source {path} changed since the run; input thumbnails are left out"
+            else:
+                self._plan = plan
+
+    def read(self, item: Item) -> np.ndarray | None:
+        if self.problem is not None:
+            return None
+        try:
+            return self._read(item)
+        except (SegbatchError, OSError):
+            return None
+
+    def _read(self, item: Item) -> np.ndarray | None:
+        if self.kind == "video":
+            from segbatch.sources.video import read_frames
+
+            frame = item.meta["frame"]
+            got = next(read_frames(self._plan, frame, frame + 1), None)
+            return got[1] if got is not None and got[0] == frame else None
+        if self.kind == "raster":
+            from segbatch.sources.raster import read_window
+            from segbatch.tiling import Window
+
+            meta = item.meta
+            data, valid = read_window(self._plan, Window(meta["row"], meta["col"], meta["height"], meta["width"]))
+            rgb = to_display(data)
+            rgb[~valid] = 0
+            return rgb
+        from segbatch.sources.images import read_image, to_unit_float
+
+        return to_display(to_unit_float(read_image(Path(self.source["path"]) / item.meta["path"])))
+
+
+def _raster_plan(source: dict[str, Any], root: Any) -> Any:
+    from segbatch.sources.raster import RasterPlan
+
+    ref = root["spatial_ref"].attrs
+    return RasterPlan(
+        path=source["path"],
+        height=source["height"],
+        width=source["width"],
+        bands=tuple(source["bands"]),
+        dtype=source["dtype"],
+        crs_wkt=ref.get("crs_wkt"),
+        transform=tuple(float(v) for v in ref["GeoTransform"].split()),
+        nodata=source["nodata"],
+        stretch=tuple(tuple(s) for s in source["stretch"]) if source.get("stretch") else None,
+    )
+
+
+def write_thumbnails(
+    root: Any,
+    items: Sequence[Item],
+    folder: Path,
+    reader: InputReader,
+    palette: Sequence[Sequence[int]],
+    measure: str,
+    vmax: float,
+    truth: TruthSource | None,
+    num_classes: int,
+    ignore_index: int | None,
+) -> list[dict[str, str]]:
+    """Write thumbs/<rank>-<what>.png for each item (in rank order); returns, per item, what -> relative path."""
+    from PIL import Image
+
+    from segbatch.audit.scan import labelled_mask
+
+    folder.mkdir(exist_ok=True)
+    out = []
+    for rank, item in enumerate(items, start=1):
+        labels = np.asarray(root["labels"][item.region])
+        values = np.asarray(root[measure][item.region], np.float32)
+        labels, values = (labels[0], values[0]) if labels.ndim == 3 else (labels, values)
+        pictures = {"labels": (colourise(labels, palette, NODATA_LABEL), True), "uncertainty": (heatmap(values, vmax), False)}
+        source = reader.read(item)
+        if source is not None and source.shape[:2] == labels.shape:
+            pictures = {"input": (source, False), **pictures}
+        if truth is not None:
+            try:
+                t = truth.read(item)
+            except SegbatchError:
+                t = None
+            if t is not None:
+                pictures["errors"] = (error_map(labels, t, labelled_mask(labels, t, num_classes, ignore_index)), True)
+        names = {}
+        for what, (rgb, nearest) in pictures.items():
+            name = f"{rank:03d}-{what}.png"
+            Image.fromarray(shrink(rgb, nearest)).save(folder / name)
+            names[what] = f"{folder.name}/{name}"
+        out.append(names)
+    return out

@@ -1,0 +1,47 @@
+"""`segbatch audit`: where a store's model is unsure, and (with truth) whether its uncertainty is honest."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from segbatch.cli.options import overwrite_opt, quiet_opt
+
+
+@click.command()
+@click.argument("store", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--report", type=click.Path(path_type=Path), required=True, help="Folder to write: index.html, items.csv, summary.json, plots.")
+@click.option(
+    "--truth",
+    type=click.Path(path_type=Path),
+    help="Ground truth: a folder of class-index masks (images: by relative path or stem; video: by frame number), a label raster, or a .npy/Zarr array.",
+)
+@click.option("--top", type=click.IntRange(min=0), default=20, show_default=True, help="Most uncertain items shown with thumbnails.")
+@click.option(
+    "--threshold",
+    type=click.FloatRange(min=0),
+    help="Uncertainty above which a pixel counts as unsure (default: the store's 90th percentile, sampled).",
+)
+@click.option("--ignore-index", type=int, help="A truth value to ignore (values outside the model's classes are always ignored).")
+@overwrite_opt
+@quiet_opt
+def audit(store: Path, report: Path, truth: Path | None, top: int, threshold: float | None, ignore_index: int | None, overwrite: bool, quiet: bool) -> None:
+    """Audit STORE: per-item uncertainty, the most uncertain items, and with --truth IoU, AUROC, calibration (ECE) and coverage."""
+    from segbatch.audit.report import audit as run_audit
+    from segbatch.audit.scan import AuditOptions
+
+    summary = run_audit(store, report, AuditOptions(top=top, threshold=threshold, truth=truth, ignore_index=ignore_index, quiet=quiet), overwrite)
+    m = summary["measure"]
+    line = f"audited {summary['items']} {summary['item']}s ({summary['pixels']:,} pixels): mean {m} {_fmt(summary[m]['mean'])}"
+    t = summary["truth"]
+    if t:
+        auroc = t["auroc"].get(m)
+        line += f"; mIoU {_fmt(t['miou'])}, AUROC {_fmt(auroc)}, ECE {_fmt(t['ece'])}"
+        if t["items_without_truth"]:
+            click.echo(f"warning: {t['items_without_truth']} {summary['item']}(s) have no truth (listed in items.csv and summary.json)", err=True)
+    click.echo(f"{line} -> {report / 'index.html'}", err=True)
+
+
+def _fmt(v: float | None) -> str:
+    return "n/a" if v is None else f"{v:.4g}"

@@ -1,0 +1,251 @@
+"""`segbatch audit` through the CLI: report files, honesty measures on data whose truth is known, bounded memory."""
+
+from __future__ import annotations
+
+import csv
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import rasterio
+
+from segbatch.demo.scenes import render_video
+from segbatch.demo.video import write_demo_video
+
+sys.path.insert(0, str(Path(__file__).parents[1] / "sources"))
+from rasters import write_geotiff  # noqa: E402
+
+FRAMES, H, W = 24, 96, 128
+
+
+def _run(runner, cli, *args):
+    return runner.invoke(cli, [str(a) for a in args], catch_exceptions=False)
+
+
+def _references(index: Path) -> list[str]:
+    return re.findall(r"(?:src|href)='([^']+)'", index.read_text())
+
+
+@pytest.fixture(scope="module")
+def video_store(tmp_path_factory, ray_address):
+    """The demo model (trained on the demo generator) over a demo drive, with the generator's own masks as truth."""
+    from click.testing import CliRunner
+
+    from segbatch.cli.main import cli
+
+    folder = tmp_path_factory.mktemp("audit-video")
+    video = write_demo_video(folder / "drive.mp4", FRAMES, H, W, seed=3)
+    truth = np.stack([mask for _, mask in render_video(3, FRAMES, H, W, speed=0.5)]).astype(np.uint8)
+    np.save(folder / "truth.npy", truth)
+    store = folder / "drive.zarr"
+    result = _run(CliRunner(), cli, "run", "--input", video, "--out", store, "--samples", "4", "--address", ray_address, "--quiet")
+    assert result.exit_code == 0, result.output
+    return folder, store
+
+
+def test_video_audit_with_truth_writes_a_complete_report(runner, cli, video_store, tmp_path):
+    folder, store = video_store
+    report = tmp_path / "report"
+    result = _run(runner, cli, "audit", store, "--report", report, "--truth", folder / "truth.npy", "--top", "4", "--quiet")
+    assert result.exit_code == 0, result.output
+    assert "AUROC" in result.output and str(report / "index.html") in result.output
+
+    with (report / "items.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    assert [int(r["frame"]) for r in rows] == list(range(FRAMES))
+    for column in ("uncertainty_mean", "uncertainty_p95", "entropy_mean", "entropy_p95", "above_threshold", "pixels_road", "uncertainty_road", "miou"):
+        assert column in rows[0]
+    assert all(int(r["valid_pixels"]) == H * W for r in rows)
+    assert all(sum(int(r[k]) for k in r if k.startswith("pixels_")) == H * W for r in rows)
+
+    summary = json.loads((report / "summary.json").read_text())
+    truth = summary["truth"]
+    assert truth["items_with_truth"] == FRAMES and truth["items_without_truth"] == 0
+    assert np.asarray(truth["confusion"]).sum() == truth["pixels"] == FRAMES * H * W
+    # the paper's claim on the user's data: misclassified pixels are the uncertain ones
+    assert truth["auroc"]["uncertainty"] > 0.65
+    assert truth["auroc"]["entropy"] > 0.65
+    coverage = [p["accuracy"] for p in truth["accuracy_vs_coverage"]["uncertainty"]]
+    assert coverage[0] > coverage[-1] + 0.1  # dropping the most uncertain pixels leaves fewer errors
+    assert 0 <= truth["ece"] < 0.5 and len(truth["reliability"]) == 15
+    assert len(summary["timeline"]["time"]) == FRAMES
+    ranked = [r["uncertainty_mean"] for r in summary["top"]]
+    assert len(ranked) == 4 and ranked == sorted(ranked, reverse=True)
+    assert ranked[0] == pytest.approx(max(float(r["uncertainty_mean"]) for r in rows), rel=1e-5)
+
+    refs = _references(report / "index.html")
+    assert {"items.csv", "summary.json", "histogram.png", "classes.png", "timeline.png", "reliability.png", "coverage.png", "confusion.png"} <= set(refs)
+    assert sum(r.startswith("thumbs/") for r in refs) == 4 * 4  # input, labels, uncertainty, errors per ranked frame
+    for ref in refs:
+        assert (report / ref).is_file(), ref
+        assert not ref.startswith(("http:", "https:", "//"))
+
+
+def test_items_without_truth_are_listed_not_dropped(runner, cli, video_store, tmp_path):
+    from PIL import Image
+
+    folder, store = video_store
+    masks = tmp_path / "masks"
+    masks.mkdir()
+    truth = np.load(folder / "truth.npy")
+    for frame in (0, 7, 15):  # sparse annotation, named by frame number
+        Image.fromarray(truth[frame]).save(masks / f"drive_{frame:06d}.png")
+    report = tmp_path / "report"
+    result = _run(runner, cli, "audit", store, "--report", report, "--truth", masks, "--top", "0")
+    assert result.exit_code == 0, result.output
+    assert f"{FRAMES - 3} frame(s) have no truth" in result.output
+    summary = json.loads((report / "summary.json").read_text())
+    assert summary["truth"]["items_with_truth"] == 3
+    assert summary["truth"]["without_truth"] == [f"frame {i}" for i in range(FRAMES) if i not in (0, 7, 15)]
+    rows = list(csv.DictReader((report / "items.csv").open()))
+    assert [r["truth"] for r in rows].count("yes") == 3 and len(rows) == FRAMES
+
+
+def test_report_folder_is_never_clobbered(runner, cli, video_store, tmp_path):
+    _, store = video_store
+    report = tmp_path / "report"
+    assert _run(runner, cli, "audit", store, "--report", report, "--top", "1", "--quiet").exit_code == 0
+    again = _run(runner, cli, "audit", store, "--report", report, "--quiet")
+    assert again.exit_code == 2 and "--overwrite" in again.output
+    assert _run(runner, cli, "audit", store, "--report", report, "--top", "2", "--overwrite", "--quiet").exit_code == 0
+    assert len(json.loads((report / "summary.json").read_text())["top"]) == 2
+    other = tmp_path / "mine"
+    other.mkdir()
+    (other / "notes.txt").write_text("keep me")
+    refused = _run(runner, cli, "audit", store, "--report", other, "--overwrite", "--quiet")
+    assert refused.exit_code == 2 and "not a segbatch audit report" in refused.output
+    assert (other / "notes.txt").read_text() == "keep me"
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no half-built report left behind
+
+
+def test_wrong_truth_is_one_line_exit_2(runner, cli, video_store, tmp_path):
+    folder, store = video_store
+    np.save(tmp_path / "short.npy", np.zeros((3, H, W), np.uint8))
+    result = _run(runner, cli, "audit", store, "--report", tmp_path / "r", "--truth", tmp_path / "short.npy")
+    assert result.exit_code == 2 and "shape" in result.output and len(result.output.strip().splitlines()) == 1
+    result = _run(runner, cli, "audit", store, "--report", tmp_path / "r", "--truth", tmp_path / "nothing")
+    assert result.exit_code == 2 and "no such file" in result.output
+
+
+def _certain_model(path: Path, label: int, classes: int = 4) -> Path:
+    """A model whose every pixel is `label` with probability ~1, whatever the input or the dropout mask."""
+    import torch
+    from models import tiny_segnet_basic
+
+    from segbatch.model import save_checkpoint
+    from segbatch.model.checkpoint import ModelSpec
+
+    model = tiny_segnet_basic(classes)
+    with torch.no_grad():
+        model.classifier.weight.zero_()
+        model.classifier.bias.copy_(torch.where(torch.arange(classes) == label, 20.0, 0.0))
+    save_checkpoint(model, path, ModelSpec.of(model))
+    return path
+
+
+def _label_raster(path: Path, like: Path, value: int) -> Path:
+    with rasterio.open(like) as src:
+        profile = src.profile | {"count": 1, "dtype": "uint8", "nodata": 255}
+        with rasterio.open(path, "w", **profile) as dst:
+            dst.write(np.full((1, src.height, src.width), value, np.uint8))
+    return path
+
+
+def test_calibration_certain_and_right_vs_confidently_wrong(runner, cli, ray_address, tmp_path):
+    """ECE near 0 for a model that is certain and right; near 1 for one that is certain and wrong (raster, label-raster truth)."""
+    raster = write_geotiff(tmp_path / "scene.tif", height=96, width=128, hole=False)
+    store = tmp_path / "scene.zarr"
+    model = _certain_model(tmp_path / "certain.pt", label=2)
+    args = ("run", "--input", raster, "--out", store, "--model", model, "--samples", "2", "--tile", "64", "--overlap", "8", "--address", ray_address, "--quiet")
+    assert _run(runner, cli, *args).exit_code == 0
+
+    right = _run(runner, cli, "audit", store, "--report", tmp_path / "right", "--truth", _label_raster(tmp_path / "t2.tif", raster, 2), "--quiet")
+    assert right.exit_code == 0, right.output
+    s = json.loads((tmp_path / "right" / "summary.json").read_text())
+    assert s["item"] == "tile" and s["items"] == len(list(csv.DictReader((tmp_path / "right" / "items.csv").open())))
+    assert s["truth"]["ece"] < 0.01 and s["truth"]["accuracy"] == 1.0 and s["truth"]["auroc"]["uncertainty"] is None  # no errors to detect
+
+    wrong = _run(runner, cli, "audit", store, "--report", tmp_path / "wrong", "--truth", _label_raster(tmp_path / "t1.tif", raster, 1), "--quiet")
+    assert wrong.exit_code == 0, wrong.output
+    s = json.loads((tmp_path / "wrong" / "summary.json").read_text())
+    assert s["truth"]["ece"] > 0.95 and s["truth"]["accuracy"] == 0.0
+    for ref in _references(tmp_path / "wrong" / "index.html"):
+        assert (tmp_path / "wrong" / ref).is_file(), ref
+
+
+def test_raster_truth_on_another_grid_is_refused(runner, cli, ray_address, tmp_path):
+    from rasterio.transform import Affine
+
+    raster = write_geotiff(tmp_path / "scene.tif", height=64, width=64, hole=False)
+    store = tmp_path / "scene.zarr"
+    assert (
+        _run(
+            runner, cli, "run", "--input", raster, "--out", store, "--samples", "0", "--tile", "64", "--overlap", "8", "--address", ray_address, "--quiet"
+        ).exit_code
+        == 0
+    )
+    shifted = write_geotiff(tmp_path / "shifted.tif", height=64, width=64, bands=1, hole=False, transform=Affine(30.0, 0, 500300.0, 0, -30.0, 2700000.0))
+    result = _run(runner, cli, "audit", store, "--report", tmp_path / "r", "--truth", shifted)
+    assert result.exit_code == 2 and "another grid" in result.output
+    # a store run with --samples 0 has no uncertainty array: the audit ranks by entropy
+    assert _run(runner, cli, "audit", store, "--report", tmp_path / "r2", "--quiet").exit_code == 0
+    assert json.loads((tmp_path / "r2" / "summary.json").read_text())["measure"] == "entropy"
+
+
+def _synthetic_video_store(path: Path, frames: int) -> Path:
+    """A complete video-kind store written directly (no model), with smooth, compressible values."""
+    from segbatch.store import StoreLayout, base_attrs, create_store, update_attrs
+
+    layout = StoreLayout(
+        dims=("frame", "y", "x"),
+        shape=(frames, H, W),
+        chunks=(8, H, W),
+        num_classes=11,
+        units=1,
+        outputs=("labels", "entropy", "confidence", "uncertainty"),
+        coords={"time": (("frame",), np.arange(frames) / 25.0, {"units": "s"})},
+    )
+    source = {"path": str(path.with_suffix(".mp4")), "kind": "video", "frames": frames, "height": H, "width": W, "frame_range": [0, frames]}
+    model = {"arch": "segnet-basic", "classes": [f"c{i}" for i in range(11)], "palette": [[i * 20, 0, 0] for i in range(11)], "sha256": "0" * 64}
+    root = create_store(path, layout, base_attrs(source, model, 4, 0, {}))
+    yy, xx = np.mgrid[:H, :W]
+    for lo in range(0, frames, 8):
+        k = np.arange(lo, min(lo + 8, frames))[:, None, None]
+        root["labels"][lo : lo + 8] = ((xx // 16 + yy // 16 + k) % 11).astype(np.uint8)
+        unc = ((xx + yy + k) % 97 / 97 * 0.05).astype(np.float16)
+        root["uncertainty"][lo : lo + 8] = unc
+        root["entropy"][lo : lo + 8] = unc * 20
+        root["confidence"][lo : lo + 8] = 1 - unc * 5
+    update_attrs(root, status="complete")
+    return path
+
+
+_MEASURE = """
+import resource, sys
+from segbatch.cli.main import cli
+cli(sys.argv[1:], standalone_mode=False)
+print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024)
+"""
+
+
+def test_audit_memory_does_not_grow_with_the_store(tmp_path):
+    small = _synthetic_video_store(tmp_path / "small.zarr", 80)
+    large = _synthetic_video_store(tmp_path / "large.zarr", 2000)  # 24.6 M pixels, 172 MB of arrays uncompressed
+
+    def peak_mib(store: Path) -> int:
+        out = subprocess.run(
+            [sys.executable, "-c", _MEASURE, "audit", str(store), "--report", str(store.with_suffix(".report")), "--quiet"],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        return int(out.stdout.strip().splitlines()[-1])
+
+    small_mib, large_mib = peak_mib(small), peak_mib(large)
+    assert large_mib < small_mib + 60, (small_mib, large_mib)  # loading the large store's arrays would add > 172 MiB
+    summary = json.loads((tmp_path / "large.report" / "summary.json").read_text())
+    assert summary["items"] == 2000 and summary["pixels"] == 2000 * H * W
