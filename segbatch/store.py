@@ -124,7 +124,9 @@ def _create_arrays(root: Any, layout: StoreLayout) -> None:
                 attributes={**common, "long_name": _LONG_NAMES[name]},
             )
     for name, (dims, values, coord_attrs) in layout.coords.items():
-        arr = root.create_array(name, shape=values.shape, chunks=values.shape, dtype=values.dtype, dimension_names=list(dims), attributes=coord_attrs)
+        # text as zarr v3's variable-length string type: numpy's fixed-width unicode has no v3 specification (zarr warns)
+        dtype = str if values.dtype.kind in "UO" else values.dtype
+        arr = root.create_array(name, shape=values.shape, chunks=values.shape, dtype=dtype, dimension_names=list(dims), attributes=coord_attrs)
         arr[...] = values
     for spec in layout.extra:
         root.create_array(

@@ -47,7 +47,7 @@ PROBE_TIMEOUT_S = 5.0
 class RunSummary:
     """What the run did, for the closing line and the store's attributes."""
 
-    items: int = 0  # frames or tiles done by this run
+    items: int = 0  # frames, tiles or images done by this run
     units: int = 0
     skipped_units: int = 0
     seconds: float = 0.0
@@ -100,6 +100,13 @@ def frame_range(plan: VideoPlan, frames: tuple[int | None, int | None] | None) -
     return first, stop
 
 
+def output_names(cfg: RunConfig) -> tuple[str, ...]:
+    """The arrays a video or image run writes: labels, entropy, confidence, uncertainty (when sampling), and --outputs."""
+    if cfg.samples == 0 and "mutual_information" in cfg.extra_outputs:
+        raise InputError("mutual_information needs --samples >= 1")
+    return ("labels", "entropy", "confidence", *(("uncertainty",) if cfg.samples > 0 else ()), *(o for o in OPTIONAL_OUTPUTS if o in cfg.extra_outputs))
+
+
 def model_attrs(ckpt: Any) -> dict[str, Any]:
     """The store's `model` attribute: what labelled it, and how to colour its classes."""
     return {
@@ -138,9 +145,7 @@ def run_video(cfg: RunConfig) -> RunSummary:
     if plan.demux_error:
         note(f"warning: {cfg.input}: {plan.demux_error}; segmenting the frames before it", cfg.quiet)
     first, stop = frame_range(plan, cfg.frames)
-    if cfg.samples == 0 and set(cfg.extra_outputs) & {"mutual_information"}:
-        raise InputError("mutual_information needs --samples >= 1")
-    outputs = ("labels", "entropy", "confidence", *(("uncertainty",) if cfg.samples > 0 else ()), *(o for o in OPTIONAL_OUTPUTS if o in cfg.extra_outputs))
+    outputs = output_names(cfg)
     chunk = chunk_frames_for(plan.height, plan.width)
     job = VideoJob(
         store=str(cfg.out.resolve()),

@@ -3,12 +3,13 @@
 Plain Python, so it can be tested without Ray; the driver wraps it in a Ray
 actor. Dropout masks are seeded from (run seed, frame index), so a frame's
 result does not depend on which actor runs it, in which batch, or on a retry.
+`predict_outputs` (model input -> the store's arrays) serves the image worker too.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -67,8 +68,8 @@ class UnitWorker(ModelWorker):
         stats = {
             "unit": unit.id,
             "frames": [unit.start, unit.stop],
-            "missing": _ranges(report.missing),
-            "damaged": _ranges(report.damaged),
+            "missing": index_ranges(report.missing),
+            "damaged": index_ranges(report.damaged),
             "messages": list(dict.fromkeys(report.messages))[:MAX_MESSAGES],
             "seconds": round(time.perf_counter() - started, 3),
         }
@@ -77,39 +78,58 @@ class UnitWorker(ModelWorker):
 
     def _predict(self, frames: list[np.ndarray], indices: list[int]) -> dict[str, np.ndarray]:
         import torch
-        import torch.nn.functional as F
-
-        from segbatch.mc import class_entropy
 
         job = self.job
         x = torch.from_numpy(np.stack(frames)).to(self.device).permute(0, 3, 1, 2).float().div_(255)
-        size = x.shape[-2:]
-        if job.resize is not None:
-            x = F.interpolate(x, size=job.resize, mode="bilinear", antialias=True, align_corners=False)
-        res = mc_predict(self.model, x, samples=job.samples, seed=[derive_seed(job.seed, i) for i in indices])
-        if job.resize is not None:
-            # back to the source's size: probabilities bilinear, then argmax; entropy from the resampled
-            # probabilities; variance and the mean per-sample entropy (for MI) resampled bilinearly
-            def up(v: torch.Tensor) -> torch.Tensor:
-                return F.interpolate(v, size=size, mode="bilinear", align_corners=False)
+        return predict_outputs(self.model, x, [derive_seed(job.seed, i) for i in indices], job.samples, job.resize, job.outputs, job.float_dtype)
 
-            probs = up(res["probs"])
-            entropy = class_entropy(probs)
-            resampled = {"probs": probs, "labels": probs.argmax(1).to(torch.uint8), "entropy": entropy}
-            if "uncertainty" in res:
-                resampled["uncertainty"] = up(res["uncertainty"][:, None])[:, 0]
-                expected = up((res["entropy"] - res["mutual_information"])[:, None])[:, 0]
-                resampled["mutual_information"] = (entropy - expected).clamp_min(0.0)
-            res = resampled
-        out = {"labels": res["labels"].cpu().numpy()}
-        for name in job.outputs:
-            if name == "probs":
-                out[name] = res["probs"].permute(0, 2, 3, 1).cpu().numpy().astype(job.float_dtype)
-            elif name == "confidence":
-                out[name] = res["probs"].amax(1).cpu().numpy().astype(job.float_dtype)
-            elif name in res and name != "labels":
-                out[name] = res[name].cpu().numpy().astype(job.float_dtype)
-        return out
+
+def predict_outputs(
+    model: Any,
+    x: Any,
+    seeds: list[int],
+    samples: int,
+    resize: tuple[int, int] | None,
+    outputs: tuple[str, ...],
+    float_dtype: str,
+) -> dict[str, np.ndarray]:
+    """The store's arrays for a batch `x` (B, C, H, W floats in [0, 1]), as numpy, one seed per item.
+
+    With `resize` the model runs at that size and its outputs come back to
+    (H, W): probabilities bilinear, then argmax; entropy from the resampled
+    probabilities; variance and the mean per-sample entropy (for MI) bilinear.
+    """
+    import torch
+    import torch.nn.functional as F
+
+    from segbatch.mc import class_entropy
+
+    size = x.shape[-2:]
+    if resize is not None:
+        x = F.interpolate(x, size=resize, mode="bilinear", antialias=True, align_corners=False)
+    res = mc_predict(model, x, samples=samples, seed=seeds)
+    if resize is not None:
+
+        def up(v: torch.Tensor) -> torch.Tensor:
+            return F.interpolate(v, size=size, mode="bilinear", align_corners=False)
+
+        probs = up(res["probs"])
+        entropy = class_entropy(probs)
+        resampled = {"probs": probs, "labels": probs.argmax(1).to(torch.uint8), "entropy": entropy}
+        if "uncertainty" in res:
+            resampled["uncertainty"] = up(res["uncertainty"][:, None])[:, 0]
+            expected = up((res["entropy"] - res["mutual_information"])[:, None])[:, 0]
+            resampled["mutual_information"] = (entropy - expected).clamp_min(0.0)
+        res = resampled
+    out = {"labels": res["labels"].cpu().numpy()}
+    for name in outputs:
+        if name == "probs":
+            out[name] = res["probs"].permute(0, 2, 3, 1).cpu().numpy().astype(float_dtype)
+        elif name == "confidence":
+            out[name] = res["probs"].amax(1).cpu().numpy().astype(float_dtype)
+        elif name in res and name != "labels":
+            out[name] = res[name].cpu().numpy().astype(float_dtype)
+    return out
 
 
 class _ChunkBuffer:
@@ -154,8 +174,8 @@ def _batches(frames: Iterator[tuple[int, np.ndarray]], size: int) -> Iterator[tu
         yield indices, batch
 
 
-def _ranges(indices: list[int]) -> list[list[int]]:
-    """[3, 4, 5, 9] -> [[3, 6], [9, 10]]: half-open frame ranges, compact in attributes."""
+def index_ranges(indices: Iterable[int]) -> list[list[int]]:
+    """[3, 4, 5, 9] -> [[3, 6], [9, 10]]: half-open ranges (of frames, tiles), compact in attributes."""
     out: list[list[int]] = []
     for i in sorted(set(indices)):
         if out and out[-1][1] == i:
