@@ -30,7 +30,9 @@ def info(path: Path, as_json: bool) -> None:
 
 
 def format_store(s: dict[str, Any]) -> str:
-    """The `info` text for a store: status, source, model, arrays, problems."""
+    """The `info` text for a store: status, source, model, arrays, problems (per kind, long lists cut short)."""
+    from segbatch.problems import problem_counts, problem_lines
+
     src, model = s.get("source") or {}, s.get("model") or {}
     rows = [
         ("store", s["path"]),
@@ -49,6 +51,8 @@ def format_store(s: dict[str, Any]) -> str:
                 f"({src['codec']}, {src['width']}x{src['height']}, rotation {src['rotation']})",
             )
         )
+    if src.get("kind") == "images":
+        rows.append(("images", f"{src['images']} (largest {src['max_width']}x{src['max_height']}; smaller ones padded with nodata)"))
     for name, a in s["arrays"].items():
         rows.append((name, f"{a['dtype']} ({', '.join(f'{d}={n}' for d, n in zip(a['dims'], a['shape']))}) chunks {a['chunks']}"))
     summary = s.get("summary") or {}
@@ -61,14 +65,14 @@ def format_store(s: dict[str, Any]) -> str:
             )
         )
     if summary.get("wall_seconds"):
-        rows.append(("run", f"{summary['frames']} frames in {summary['wall_seconds']:.1f} s on {summary['actors']} actor(s) [{summary['device']}]"))
+        noun = "images" if "images" in summary else "frames"
+        rows.append(("run", f"{summary[noun]} {noun} in {summary['wall_seconds']:.1f} s on {summary['actors']} actor(s) [{summary['device']}]"))
     problems = s.get("problems") or []
-    rows.append(("problems", "none" if not (problems or src.get("demux_error")) else f"{len(problems)} unit(s)"))
+    counts = problem_counts(problems)
+    rows.append(("problems", "the video ends early" if counts == "none" and src.get("demux_error") else counts))
     if src.get("demux_error"):
         rows.append(("", f"the file ends early: {src['demux_error']}"))
-    for p in problems:
-        parts = [f"missing {a}:{b}" for a, b in p.get("missing", [])] + [f"decode errors {a}:{b}" for a, b in p.get("damaged", [])]
-        rows.append(("", f"frames {', '.join(parts)}" + (f" - {p['messages'][0]}" if p.get("messages") else "")))
+    rows.extend(("", line) for line in problem_lines(problems))
     return "\n".join(f"{k:<12} {v}" for k, v in rows)
 
 

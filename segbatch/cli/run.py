@@ -1,4 +1,4 @@
-"""`segbatch run`: segment a video or a raster into a Zarr store on a pool of Ray actors."""
+"""`segbatch run`: segment a video, a raster or a folder of images into a Zarr store on a pool of Ray actors."""
 
 from __future__ import annotations
 
@@ -44,7 +44,13 @@ def _parse_bands(ctx: click.Context, param: click.Parameter, value: str | None) 
 
 
 @click.command()
-@click.option("--input", "input_path", type=click.Path(path_type=Path), required=True, help="Video (MP4, MKV, MOV, AVI, ...) or raster (GeoTIFF, ...).")
+@click.option(
+    "--input",
+    "input_path",
+    type=click.Path(path_type=Path),
+    required=True,
+    help="Video (MP4, MKV, MOV, AVI, ...), raster (GeoTIFF, ...), or a folder of images (PNG, JPEG, TIFF; nested folders too).",
+)
 @click.option("--out", type=click.Path(path_type=Path), required=True, help="Zarr store to write (a folder).")
 @click.option("--model", type=click.Path(path_type=Path), help="Checkpoint (default: the built-in demo model).")
 @click.option("--samples", type=click.IntRange(min=0), default=8, show_default=True, help="MC dropout samples; 0 = one pass with dropout off.")
@@ -94,7 +100,7 @@ def run(
     overwrite: bool,
     quiet: bool,
 ) -> None:
-    """Segment a video or a georeferenced raster into a Zarr store: labels, uncertainty, entropy."""
+    """Segment a video, a georeferenced raster or a folder of images into a Zarr store: labels, uncertainty, entropy."""
     from segbatch.engine.job import RunConfig
     from segbatch.errors import InputError
     from segbatch.sources import source_kind
@@ -123,8 +129,13 @@ def run(
         keep_tiles=keep_tiles,
     )
     if input_path.is_dir():
-        raise InputError(f"{input_path} is a folder; image-folder input is not supported yet (give a video or a raster file)")
-    if source_kind(input_path) == "video":
+        given = [f"--{name.replace('_', '-')}" for name in ("frames", "bands", "tile", "overlap", "keep_tiles") if _given(name)]
+        if given:
+            raise InputError(f"{', '.join(given)}: not for an image folder (video or raster options)")
+        from segbatch.engine.images import run_images
+
+        summary = run_images(cfg)
+    elif source_kind(input_path) == "video":
         from segbatch.engine.driver import run_video
 
         summary = run_video(cfg)
@@ -132,7 +143,15 @@ def run(
         from segbatch.engine.raster import run_raster
 
         summary = run_raster(cfg)
+    from segbatch.problems import problem_lines
+
     click.echo(summary.line(out), err=True)
-    for p in summary.problems:
-        parts = [f"frames {a}:{b} missing" for a, b in p["missing"]] + [f"frames {a}:{b} decoded with errors" for a, b in p["damaged"]]
-        click.echo(f"warning: {', '.join(parts)}" + (f" ({p['messages'][0]})" if p["messages"] else ""), err=True)
+    for line in problem_lines(summary.problems):
+        click.echo(f"warning: {line}", err=True)
+
+
+def _given(name: str) -> bool:
+    """Whether the user set option `name` (on the command line or in the environment), not its default."""
+    from click.core import ParameterSource
+
+    return click.get_current_context().get_parameter_source(name) in (ParameterSource.COMMANDLINE, ParameterSource.ENVIRONMENT)

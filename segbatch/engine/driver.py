@@ -431,7 +431,7 @@ def _finalise(root: Any, units: list[FrameUnit], summary: RunSummary) -> None:
         update_attrs(root, status="failed", error=f"{len(missing)} units never finished")
         raise RunError(f"{len(missing)} units never finished (first: {missing[0]}); finish with --resume")
     problems = [
-        {k: v for k, v in stats.items() if k in ("frames", "missing", "damaged", "messages")}
+        {"kind": "frames"} | {k: v for k, v in stats.items() if k in ("frames", "missing", "damaged", "messages")}
         for _, stats in sorted(ledger.items())
         if stats.get("missing") or stats.get("damaged")
     ]

@@ -227,6 +227,7 @@ def test_corrupt_packets_are_recorded_in_the_store(ray_address, runner, cli, tin
     assert "warning: frames" in r.output
     attrs = zarr.open_group(str(out)).attrs["segbatch"]
     assert attrs["problems"], "corrupt frames were not recorded"
+    assert all(p["kind"] == "frames" for p in attrs["problems"])
     info = json.loads(runner.invoke(cli, ["info", str(out), "--json"]).output)
     assert info["problems"] == attrs["problems"]
     labels = zarr.open_group(str(out))["labels"][...]

@@ -1,0 +1,50 @@
+"""The problems a run records in a store (attrs `problems`), in words: one line each, for warnings and `segbatch info`.
+
+Kinds: "frames" (a video unit's missing or damaged frames), "unreadable" (an
+image that could not be segmented), "skipped_tiles" (raster tiles with no
+valid pixel). Entries written before kinds existed are video frame entries.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+MAX_LINES = 10  # a long list shows this many, then "and N more"
+
+
+def problem_lines(problems: Sequence[dict[str, Any]], limit: int = MAX_LINES) -> list[str]:
+    """One line per problem, the first `limit` of them, then "and N more"."""
+    lines = [_line(p) for p in problems[:limit]]
+    if len(problems) > limit:
+        lines.append(f"and {len(problems) - limit} more")
+    return lines
+
+
+def problem_counts(problems: Sequence[dict[str, Any]]) -> str:
+    """What the problems amount to, per kind: "2 unreadable images; 1 unit with frame errors"; "none" when there are none."""
+    counts: dict[str, int] = {}
+    for p in problems:
+        kind = p.get("kind", "frames")
+        counts[kind] = counts.get(kind, 0) + (int(p.get("count", 0)) if kind == "skipped_tiles" else 1)
+    words = {
+        "frames": ("unit with missing or damaged frames", "units with missing or damaged frames"),
+        "unreadable": ("unreadable image", "unreadable images"),
+        "skipped_tiles": ("tile skipped (all nodata)", "tiles skipped (all nodata)"),
+    }
+    parts = [f"{n} {words.get(kind, (kind, kind))[n != 1]}" for kind, n in counts.items()]
+    return "; ".join(parts) or "none"
+
+
+def _line(p: dict[str, Any]) -> str:
+    kind = p.get("kind", "frames")
+    if kind == "frames":
+        parts = [f"frames {a}:{b} missing" for a, b in p.get("missing", [])] + [f"frames {a}:{b} decoded with errors" for a, b in p.get("damaged", [])]
+        return ", ".join(parts) + (f" ({p['messages'][0]})" if p.get("messages") else "")
+    if kind == "unreadable":
+        return f"{p['path']}: {p['error']}"
+    if kind == "skipped_tiles":
+        ranges = [f"{a}:{b}" for a, b in p["tiles"][:MAX_LINES]]
+        more = f" and {len(p['tiles']) - MAX_LINES} more ranges" if len(p["tiles"]) > MAX_LINES else ""
+        return f"{p['count']} tiles skipped ({p.get('reason', 'all nodata')}): tiles {', '.join(ranges)}{more}"
+    return f"{kind}: {p}"
