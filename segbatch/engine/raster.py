@@ -27,6 +27,7 @@ from segbatch.engine.driver import (
 )
 from segbatch.engine.job import RunConfig, config_digest, software_versions, source_identity
 from segbatch.engine.tiles import PROB_NODATA, RasterJob, TileWorker, tile_side
+from segbatch.engine.worker import index_ranges
 from segbatch.errors import InputError, RunError
 from segbatch.progress import note
 from segbatch.sources.raster import georeference, probe_raster
@@ -185,6 +186,7 @@ def stitch_store(root: Any, job: RasterJob, keep_tiles: bool, quiet: bool, summa
         root,
         drop=("error",),
         status="complete",
+        problems=skipped_problems(skipped),
         summary={
             "tiles": len(job.tiles),
             "skipped_tiles": len(skipped),
@@ -195,6 +197,13 @@ def stitch_store(root: Any, job: RasterJob, keep_tiles: bool, quiet: bool, summa
             "tiles_kept": keep_tiles,
         },
     )
+
+
+def skipped_problems(skipped: frozenset[int]) -> list[dict[str, Any]]:
+    """The store's `problems` for a raster: one compact entry listing the all-nodata tiles as half-open id ranges."""
+    if not skipped:
+        return []
+    return [{"kind": "skipped_tiles", "reason": "all nodata", "tiles": index_ranges(skipped), "count": len(skipped)}]
 
 
 def restitch(path: Path, quiet: bool) -> RunSummary:

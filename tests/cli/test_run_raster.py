@@ -94,6 +94,16 @@ def test_all_nodata_tiles_are_skipped(ray_address, runner, cli, tiny_model, tmp_
     assert sum(e["skipped"] for e in ledger) >= 2 and not all(e["skipped"] for e in ledger)
     labels = zarr.open_group(str(out))["labels"][...]
     assert (labels[:, :300] == 255).all() and (labels[:, 300:] != 255).all()
+    # the skipped tiles are one compact entry of the store's problems, shown by info
+    skipped = [e["unit"] for e in ledger if e["skipped"]]
+    problems = zarr.open_group(str(out)).attrs["segbatch"]["problems"]
+    assert len(problems) == 1 and problems[0]["kind"] == "skipped_tiles" and problems[0]["reason"] == "all nodata"
+    assert problems[0]["count"] == len(skipped) and [t for a, b in problems[0]["tiles"] for t in range(a, b)] == sorted(skipped)
+    info = json.loads(runner.invoke(cli, ["info", str(out), "--json"]).output)
+    assert info["problems"] == problems
+    text = runner.invoke(cli, ["info", str(out)]).output
+    assert f"problems     {len(skipped)} tiles skipped (all nodata)" in text
+    assert f"{len(skipped)} tiles skipped (all nodata): tiles {problems[0]['tiles'][0][0]}:" in text
 
 
 def test_tiled_inference_matches_whole_image_inference(ray_address, runner, cli, tmp_path):
