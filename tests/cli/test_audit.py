@@ -131,6 +131,36 @@ def test_wrong_truth_is_one_line_exit_2(runner, cli, video_store, tmp_path):
     assert result.exit_code == 2 and "no such file" in result.output
 
 
+def test_image_dataset_audit_uncertainty_finds_the_errors(runner, cli, ray_address, tmp_path):
+    """The demo model on held-out scenes of the generator it was trained on: uncertainty ranks its errors (AUROC > 0.5)."""
+    import shutil
+
+    from segbatch.demo.scenes import write_dataset
+
+    write_dataset(tmp_path / "ds", 10, 96, 128, seed=5)
+    images, masks = tmp_path / "ds" / "images", tmp_path / "ds" / "masks"
+    (images / "night").mkdir()
+    shutil.move(images / "00009.png", images / "night" / "00009.png")  # nested: matched to masks/00009.png by its stem
+    (masks / "00008.png").unlink()  # an image nobody labelled
+    (images / "broken.png").write_bytes(b"not a png")
+    store = tmp_path / "ds.zarr"
+    assert _run(runner, cli, "run", "--input", images, "--out", store, "--samples", "4", "--address", ray_address, "--quiet").exit_code == 0
+    report = tmp_path / "report"
+    result = _run(runner, cli, "audit", store, "--report", report, "--truth", masks, "--top", "3", "--quiet")
+    assert result.exit_code == 0, result.output
+    summary = json.loads((report / "summary.json").read_text())
+    truth = summary["truth"]
+    assert summary["item"] == "image" and summary["items"] == 10
+    assert truth["items_with_truth"] == 9 and truth["without_truth"] == ["00008.png"]
+    assert truth["auroc"]["uncertainty"] > 0.6 and truth["auroc"]["entropy"] > 0.6
+    assert [p["path"] for p in summary["problems"]] == ["broken.png"]  # the store's unreadable file is in the report
+    rows = {r["path"]: r for r in csv.DictReader((report / "items.csv").open())}
+    assert rows["night/00009.png"]["truth"] == "yes" and rows["00008.png"]["truth"] == "none"
+    assert "broken.png" in (report / "index.html").read_text()
+    for ref in _references(report / "index.html"):
+        assert (report / ref).is_file(), ref
+
+
 def _certain_model(path: Path, label: int, classes: int = 4) -> Path:
     """A model whose every pixel is `label` with probability ~1, whatever the input or the dropout mask."""
     import torch
