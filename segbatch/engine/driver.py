@@ -318,72 +318,166 @@ def run_pool(
 ) -> int:
     """Run `worker(job).process(unit)` for every pending unit on a pool of Ray actors; returns the items done.
 
-    Ray restarts a dead actor (any number of times) and re-sends its unit
-    (UNIT_RETRIES times): units are idempotent (whole chunks, then the ledger
-    entry), so a retry changes no bits. Two units per actor are in flight while
-    many remain, one near the end so that no unit waits behind a busy actor.
+    The pool is elastic. An actor that dies (its node lost, its process
+    killed) is replaced by a fresh one, placed wherever the cluster has room,
+    and its units go back to the front of the queue for any ready actor; a
+    unit is redone at most UNIT_RETRIES times. Units are idempotent (whole
+    chunks, then the ledger entry), so a redo changes no bits. Without
+    --actors the pool also grows while the cluster has free room for another
+    actor (GPUs, or CPUs on a CPU cluster). Two units per actor are in flight
+    while many remain, one near the end, so no unit waits behind a busy actor.
     """
     import ray
     from ray.exceptions import RayActorError, RayTaskError
 
-    n_actors = min(n_actors, len(pending))
-    actor_cls = ray.remote(max_restarts=-1, max_task_retries=UNIT_RETRIES)(worker)
-    actors = [actor_cls.options(num_cpus=cfg.cpus_per_actor, num_gpus=gpus, name=f"segbatch-worker-{os.getpid()}-{i}").remote(job) for i in range(n_actors)]
+    pool = _ActorPool(worker, job, cfg, gpus)
+    for _ in range(min(n_actors, len(pending))):
+        pool.start()
+    queue: deque[tuple[int, Any]] = deque(enumerate(pending))
+    in_flight: dict[Any, tuple[int, int, Any]] = {}  # ref -> (actor slot, position in `pending`, unit)
+    lost: dict[int, int] = {}  # position in `pending` -> times its actor died under it
     done = 0
+    waiting_since = last_grow = time.monotonic()
+    noted = False
+
+    def fill(slot: int) -> None:
+        busy = sum(1 for s, _, _ in in_flight.values() if s == slot)
+        while queue and busy < (IN_FLIGHT_PER_ACTOR if len(queue) >= len(pool.ready) else 1):
+            pos, unit = queue.popleft()
+            in_flight[pool.actors[slot].process.remote(unit)] = (slot, pos, unit)
+            busy += 1
+
     try:
-        summary.actors = n_actors
-        summary.device = _first_device(actors, n_actors, cfg)
-        queue = deque(pending)
-        in_flight: dict[Any, tuple[int, Any]] = {}
-
-        def submit(k: int) -> None:
-            unit = queue.popleft()
-            in_flight[actors[k].process.remote(unit)] = (k, unit)
-
-        for depth in range(IN_FLIGHT_PER_ACTOR):  # round-robin, so a short job still spreads over every actor
-            for k in range(n_actors):
-                if queue and (depth == 0 or len(queue) >= n_actors):
-                    submit(k)
         with progress_bar(sum(size(u) for u in pending), "segmenting", noun, cfg.quiet) as bar:
-            while in_flight:
-                ready, _ = ray.wait(list(in_flight), num_returns=1)
-                k, unit = in_flight.pop(ready[0])
+            while queue or in_flight:
+                if cfg.actors is None and time.monotonic() - last_grow > GROW_EVERY_S:
+                    last_grow = time.monotonic()
+                    if len(queue) > len(pool.actors):
+                        pool.grow()
+                ready, _ = ray.wait([*in_flight, *pool.starting], num_returns=1, timeout=GROW_EVERY_S)
+                if not ready:
+                    if not pool.ready and not noted and time.monotonic() - waiting_since > PLACEMENT_NOTE_AFTER_S:
+                        note(f"waiting for the cluster to place actors ({cfg.cpus_per_actor:g} CPU, {gpus:g} GPU each); it may be busy", cfg.quiet)
+                        noted = True
+                    continue
+                ref = ready[0]
+                if ref in pool.starting:
+                    slot = pool.on_started(ref)
+                    if slot is not None:
+                        summary.device = summary.device or pool.device
+                        summary.actors = max(summary.actors, len(pool.ready))
+                        for s in sorted(pool.ready):
+                            fill(s)
+                    continue
+                slot, pos, unit = in_flight.pop(ref)
                 try:
-                    ray.get(ready[0])
+                    ray.get(ref)
                 except RayTaskError as exc:
                     cause = exc.cause if isinstance(getattr(exc, "cause", None), BaseException) else None
                     if isinstance(cause, SegbatchError):
                         raise cause from None
                     raise RunError(f"{describe(unit)} failed: {first_line(cause or exc)}") from None
                 except RayActorError:
-                    raise RunError(
-                        f"{describe(unit)} killed its worker {UNIT_RETRIES + 1} times (out of memory?); lower --batch-size and finish with --resume"
-                    ) from None
+                    lost[pos] = lost.get(pos, 0) + 1
+                    if lost[pos] > UNIT_RETRIES:
+                        raise RunError(
+                            f"{describe(unit)} lost its worker {lost[pos]} times (out of memory?); lower --batch-size and finish with --resume"
+                        ) from None
+                    queue.appendleft((pos, unit))
+                    if pool.replace(slot):
+                        note(f"warning: a worker was lost (node gone or process killed); its units are redone on the others ({describe(unit)})", cfg.quiet)
+                    for s in sorted(pool.ready):
+                        fill(s)
+                    continue
                 done += size(unit)
                 bar.update(size(unit))
-                busy = sum(1 for j, _ in in_flight.values() if j == k)
-                while queue and busy < (IN_FLIGHT_PER_ACTOR if len(queue) >= n_actors else 1):
-                    submit(k)
-                    busy += 1
+                fill(slot)
     finally:
-        for actor in actors:
-            ray.kill(actor, no_restart=True)
+        pool.close()
     return done
 
 
-def _first_device(actors: list[Any], n_actors: int, cfg: RunConfig) -> str:
-    """Wait for the first actor (saying so when the cluster is slow to place it) and return its device."""
-    import ray
-    from ray.exceptions import RayActorError, RayTaskError
+GROW_EVERY_S = 5.0  # how often the driver looks for room for more actors (and wakes to say it is waiting)
+MAX_START_FAILURES = 3  # actors that fail in their constructor before the run gives up
 
-    ref = actors[0].device_name.remote()
-    ready, _ = ray.wait([ref], timeout=PLACEMENT_NOTE_AFTER_S)
-    if not ready:
-        note(f"waiting for the cluster to place {n_actors} actor(s) ({cfg.cpus_per_actor:g} CPU each); it may be busy", cfg.quiet)
-    try:
-        return str(ray.get(ref))
-    except (RayActorError, RayTaskError) as exc:
-        raise RunError(f"a worker could not start: {first_line(exc)}") from None
+
+class _ActorPool:
+    """The run's actors by slot: those starting (placement, model loading) and those ready for units."""
+
+    def __init__(self, worker: type, job: Any, cfg: RunConfig, gpus: float) -> None:
+        import ray
+
+        self.cls = ray.remote(max_restarts=0, max_task_retries=0)(worker)
+        self.job, self.cfg, self.gpus = job, cfg, gpus
+        self.actors: dict[int, Any] = {}
+        self.starting: dict[Any, int] = {}  # device_name() ref -> slot
+        self.ready: set[int] = set()
+        self.device = ""
+        self.failures = 0
+        self._next = 0
+
+    def start(self) -> None:
+        slot, self._next = self._next, self._next + 1
+        actor = self.cls.options(num_cpus=self.cfg.cpus_per_actor, num_gpus=self.gpus, name=f"segbatch-worker-{os.getpid()}-{slot}").remote(self.job)
+        self.actors[slot] = actor
+        self.starting[actor.device_name.remote()] = slot
+
+    def on_started(self, ref: Any) -> int | None:
+        """The actor answered (ready: its slot) or died starting (replaced, or the run fails when it is the model's fault)."""
+        import ray
+        from ray.exceptions import RayActorError, RayTaskError
+
+        slot = self.starting.pop(ref)
+        try:
+            self.device = self.device or str(ray.get(ref))
+        except (RayActorError, RayTaskError) as exc:
+            self.failures += 1
+            if isinstance(exc, RayTaskError) or exc.actor_init_failed or self.failures >= MAX_START_FAILURES:
+                # the constructor raised (the checkpoint or the store is unreadable from that node, say): no retry fixes it
+                raise RunError(f"a worker could not start: {_root_cause(exc)}") from None
+            self.replace(slot)  # lost while being placed or started (its node went away): try again elsewhere
+            return None
+        self.ready.add(slot)
+        return slot
+
+    def replace(self, slot: int) -> bool:
+        """Retire a dead actor and start another in its place; False when the slot was already replaced."""
+        import ray
+
+        actor = self.actors.pop(slot, None)
+        if actor is None:
+            return False
+        self.ready.discard(slot)
+        ray.kill(actor, no_restart=True)
+        self.start()
+        return True
+
+    def grow(self) -> None:
+        """Start one more actor when the cluster has room for it now (and none is still being placed)."""
+        import ray
+
+        if self.starting:
+            return
+        free = ray.available_resources()
+        if free.get("CPU", 0.0) + 1e-9 >= self.cfg.cpus_per_actor and free.get("GPU", 0.0) + 1e-9 >= self.gpus:
+            self.start()
+
+    def close(self) -> None:
+        import ray
+
+        for actor in self.actors.values():
+            ray.kill(actor, no_restart=True)
+
+
+def _root_cause(exc: BaseException) -> str:
+    """The original exception's line out of Ray's wrapped traceback ("InputError: ..."), else the first line."""
+    import re
+
+    causes = [ln.strip() for ln in str(exc).splitlines() if re.match(r"^\s*[A-Za-z_][\w.]*(Error|Exception): ", ln)]
+    if not causes:
+        return first_line(exc)
+    name, message = causes[-1].split(": ", 1)
+    return message if name.startswith("segbatch.") else f"{name.rsplit('.', 1)[-1]}: {message}"
 
 
 def ensure_ray(address: str | None) -> bool:

@@ -40,7 +40,6 @@ from segbatch.store import (
     create_store,
     finished_units,
     open_store,
-    record_unit,
     remove_store,
     store_attrs,
     update_attrs,
@@ -128,7 +127,7 @@ class ImageWorker(ModelWorker):
                 path = Path(self.job.root) / self.job.paths[i]
                 unreadable.append({"image": i, "path": self.job.paths[i], "error": str(exc).removeprefix(f"{path}: ")})
         stats = {"unit": unit.id, "images": [unit.start, unit.stop], "unreadable": unreadable, "seconds": round(time.perf_counter() - started, 3)}
-        record_unit(self.root, unit.id, stats)
+        self.record(unit.id, stats)
         return stats
 
     def _segment(self, i: int) -> None:

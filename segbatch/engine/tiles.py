@@ -17,7 +17,6 @@ import numpy as np
 from segbatch.engine.worker import ModelWorker
 from segbatch.mc import derive_seed, mc_predict
 from segbatch.sources.raster import RasterPlan, read_window
-from segbatch.store import record_unit
 from segbatch.tiling import TilePlan, padded_side
 
 PROB_SCALE = 254  # uint8 probabilities: round(p * 254); 255 is nodata
@@ -79,5 +78,5 @@ class TileWorker(ModelWorker):
                 unc[:h, :w] = np.where(valid, res["uncertainty"][0, :h, :w].cpu().numpy(), np.nan)
                 self.root["tiles/uncertainty"][tile_id] = unc
         stats["seconds"] = round(time.perf_counter() - started, 3)
-        record_unit(self.root, tile_id, stats)
+        self.record(tile_id, stats)
         return stats

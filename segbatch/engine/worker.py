@@ -39,6 +39,10 @@ class ModelWorker:
     def device_name(self) -> str:
         return str(self.device)
 
+    def record(self, unit: int, stats: dict[str, Any]) -> None:
+        """The unit's ledger entry, after its chunks; it names the node that did it (where the work went, for audits of a run)."""
+        record_unit(self.root, unit, {**stats, "node": _node_id()})
+
 
 class UnitWorker(ModelWorker):
     """Segments units of a video job; one per Ray actor, model loaded once."""
@@ -73,7 +77,7 @@ class UnitWorker(ModelWorker):
             "messages": list(dict.fromkeys(report.messages))[:MAX_MESSAGES],
             "seconds": round(time.perf_counter() - started, 3),
         }
-        record_unit(self.root, unit.id, stats)
+        self.record(unit.id, stats)
         return stats
 
     def _predict(self, frames: list[np.ndarray], indices: list[int]) -> dict[str, np.ndarray]:
@@ -183,6 +187,15 @@ def index_ranges(indices: Iterable[int]) -> list[list[int]]:
         else:
             out.append([i, i + 1])
     return out
+
+
+def _node_id() -> str | None:
+    try:
+        import ray
+
+        return ray.get_runtime_context().get_node_id() if ray.is_initialized() else None
+    except Exception:  # outside Ray: no node
+        return None
 
 
 def _ray_gave_gpu() -> bool:

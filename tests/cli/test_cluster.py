@@ -1,0 +1,113 @@
+"""`segbatch run` on a simulated multi-node Ray cluster (ray.cluster_utils.Cluster, fake GPUs): spread, node loss, driver loss."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import zarr
+
+sys.path.insert(0, str(Path(__file__).parents[1]))
+from drivers import finished_units, total_units  # noqa: E402
+
+ARRAYS = ("labels", "uncertainty", "entropy", "confidence")
+
+
+@pytest.fixture(scope="module")
+def clip(tmp_path_factory):
+    from segbatch.demo.video import write_demo_video
+
+    return write_demo_video(tmp_path_factory.mktemp("cluster") / "drive.mp4", 96, 96, 128)
+
+
+@pytest.fixture(scope="module")
+def reference(clip, tiny_model, ray_address, tmp_path_factory):
+    """The same run on the test session's single-node Ray, one actor."""
+    from click.testing import CliRunner
+
+    from segbatch.cli.main import cli
+
+    out = tmp_path_factory.mktemp("reference") / "ref.zarr"
+    args = ["run", "--input", str(clip), "--out", str(out), "--model", str(tiny_model), "--samples", "4", "--actors", "1", "--address", ray_address, "--quiet"]
+    assert CliRunner().invoke(cli, args).exit_code == 0
+    root = zarr.open_group(str(out), mode="r")
+    return {name: root[name][...] for name in ARRAYS}
+
+
+@pytest.fixture
+def cluster():
+    """A head that runs no actors and two worker nodes with one (fake) GPU each."""
+    from ray.cluster_utils import Cluster
+
+    c = Cluster(initialize_head=True, head_node_args={"num_cpus": 0})
+    nodes = [c.add_node(num_cpus=1, num_gpus=1) for _ in range(2)]
+    c.wait_for_nodes()
+    yield c, nodes
+    c.shutdown()
+
+
+def _driver(address: str, *args: object) -> subprocess.Popen:
+    cmd = [sys.executable, "-m", "segbatch", "run", *map(str, args), "--address", address]
+    return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env={**os.environ, "TQDM_DISABLE": "1"})
+
+
+def _ledger(store: Path) -> list[dict]:
+    try:
+        entries = zarr.open_group(str(store), mode="r")["ledger"][...]
+    except Exception:
+        return []
+    return [json.loads(e) for e in entries if e]
+
+
+def _arrays(store: Path) -> dict[str, np.ndarray]:
+    root = zarr.open_group(str(store), mode="r")
+    return {name: root[name][...] for name in ARRAYS}
+
+
+def test_losing_a_node_mid_run_loses_no_unit(cluster, clip, tiny_model, reference, tmp_path):
+    c, nodes = cluster
+    store = tmp_path / "run.zarr"
+    proc = _driver(c.address, "--input", clip, "--out", store, "--model", tiny_model, "--samples", "4")
+    doomed = nodes[1].node_id
+    deadline = time.time() + 120
+    # wait until the second node has finished a unit, with work still left for it
+    while time.time() < deadline and proc.poll() is None and not any(e.get("node") == doomed for e in _ledger(store)):
+        time.sleep(0.05)
+    assert proc.poll() is None and len(_ledger(store)) < total_units(store) - 2, "the run ended before a node could be lost"
+    c.remove_node(nodes[1])
+    _, err = proc.communicate(timeout=180)
+    assert proc.returncode == 0, err
+    assert "a worker was lost" in err
+    ledger = _ledger(store)
+    assert len(ledger) == total_units(store)
+    assert {e["node"] for e in ledger} == {nodes[0].node_id, doomed}  # the work went to both nodes
+    for name, values in _arrays(store).items():
+        np.testing.assert_array_equal(values, reference[name], err_msg=name)
+    attrs = zarr.open_group(str(store), mode="r").attrs["segbatch"]
+    assert attrs["status"] == "complete" and attrs["summary"]["actors"] == 2
+
+
+def test_a_dead_driver_leaves_a_store_that_resume_completes(cluster, clip, tiny_model, reference, tmp_path):
+    c, _ = cluster
+    store = tmp_path / "run.zarr"
+    args = ("--input", clip, "--out", store, "--model", tiny_model, "--samples", "4", "--quiet")
+    proc = _driver(c.address, *args)
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None and finished_units(store) < 1:
+        time.sleep(0.05)
+    assert proc.poll() is None, "the run ended before the driver could be killed"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert finished_units(store) < total_units(store)
+    resumed = _driver(c.address, *args, "--resume")
+    _, err = resumed.communicate(timeout=180)
+    assert resumed.returncode == 0, err
+    for name, values in _arrays(store).items():
+        np.testing.assert_array_equal(values, reference[name], err_msg=name)
