@@ -6,6 +6,7 @@ from pathlib import Path
 
 import click
 
+from segbatch.cli.config import config_opt
 from segbatch.cli.options import overwrite_opt, quiet_opt
 
 
@@ -25,6 +26,7 @@ from segbatch.cli.options import overwrite_opt, quiet_opt
 )
 @click.option("--ignore-index", type=int, help="A truth value to ignore (values outside the model's classes are always ignored).")
 @overwrite_opt
+@config_opt
 @quiet_opt
 def audit(store: Path, report: Path, truth: Path | None, top: int, threshold: float | None, ignore_index: int | None, overwrite: bool, quiet: bool) -> None:
     """Audit STORE: per-item uncertainty, the most uncertain items, and with --truth IoU, AUROC, calibration (ECE) and coverage."""

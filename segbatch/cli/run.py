@@ -6,6 +6,7 @@ from pathlib import Path
 
 import click
 
+from segbatch.cli.config import config_opt
 from segbatch.cli.options import overwrite_opt, parse_size, quiet_opt, seed_opt
 
 
@@ -76,6 +77,7 @@ def _parse_bands(ctx: click.Context, param: click.Parameter, value: str | None) 
 @click.option("--keep-tiles", is_flag=True, help="Rasters: keep tiles/ after stitching (for segbatch stitch).")
 @click.option("--resume", is_flag=True, help="Finish an interrupted run in STORE (same input, model and settings).")
 @overwrite_opt
+@config_opt
 @quiet_opt
 def run(
     input_path: Path,
