@@ -11,7 +11,7 @@ masks, for less work.
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 
 import numpy as np
 import torch
@@ -59,6 +59,9 @@ def class_entropy(p: Tensor) -> Tensor:
     return -torch.special.xlogy(p, p).sum(dim=1)
 
 
+PRECISIONS = {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
 def mc_predict(
     model: SegNet,
     x: Tensor,
@@ -67,6 +70,7 @@ def mc_predict(
     *,
     max_rows: int = DEFAULT_MAX_ROWS,
     share_prefix: bool = True,
+    precision: str = "fp32",
 ) -> dict[str, Tensor]:
     """Predict with N Monte-Carlo dropout samples.
 
@@ -83,6 +87,9 @@ def mc_predict(
             part at once; bounds memory for large `samples`.
         share_prefix: run the layers before the first dropout once per item
             (False runs every sample through the whole network: the reference).
+        precision: "fp32", or "fp16" / "bf16" to run the network under autocast
+            (convolutions in half precision on GPUs' tensor cores); softmax,
+            its mean and variance stay float32 either way.
 
     Returns:
         ``probs`` (B, K, H, W) mean softmax, ``labels`` (B, H, W) uint8 argmax,
@@ -98,10 +105,14 @@ def mc_predict(
     item_seeds = [seed] * batch if isinstance(seed, int) else list(seed)
     if len(item_seeds) != batch:
         raise InputError(f"got {len(item_seeds)} seeds for a batch of {batch}")
+    if precision not in PRECISIONS:
+        raise InputError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    dtype = PRECISIONS[precision]
+    cast = torch.autocast(device_type=x.device.type, dtype=dtype) if dtype is not None else nullcontext()
     was_training = model.training
     model.eval()
     try:
-        with torch.inference_mode():
+        with torch.inference_mode(), cast:
             if samples == 0:
                 probs = torch.softmax(model(x).float(), dim=1)
                 return {"probs": probs, "labels": probs.argmax(1).to(torch.uint8), "entropy": class_entropy(probs)}

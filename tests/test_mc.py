@@ -111,3 +111,23 @@ def test_derive_seed_is_stable_and_spreads_nearby_keys():
     assert derive_seed(1, 2, 3) != derive_seed(1, 2, 4)
     assert derive_seed(1, 2, 3) != derive_seed(1, 3, 2)
     assert 0 <= derive_seed(2**40, 7) < 2**63
+
+
+@pytest.mark.parametrize("precision", ["fp16", "bf16"])
+def test_half_precision_changes_little_and_keeps_statistics_float32(model, images, precision):
+    full = mc_predict(model, images, samples=4, seed=[1, 2, 3])
+    half = mc_predict(model, images, samples=4, seed=[1, 2, 3], precision=precision)
+    assert half["probs"].dtype == half["uncertainty"].dtype == torch.float32
+    agree = (half["labels"] == full["labels"]).float().mean().item()
+    assert 0.9 < agree  # the picture is the same; some near-tied pixels flip
+    assert torch.allclose(half["probs"].sum(1), torch.ones_like(half["probs"][:, 0]), atol=1e-5)
+    with pytest.raises(InputError, match="precision"):
+        mc_predict(model, images, samples=1, precision="fp8")
+
+
+def test_channels_last_gives_the_same_numbers(images):
+    """GPU actors run the model channels-last; the layout must not change the result (pooling indices included)."""
+    a = mc_predict(tiny_segnet_basic(5), images, samples=3, seed=7)
+    b = mc_predict(tiny_segnet_basic(5).to(memory_format=torch.channels_last), images.contiguous(memory_format=torch.channels_last), samples=3, seed=7)
+    assert torch.equal(a["labels"], b["labels"])
+    assert torch.allclose(a["probs"], b["probs"], atol=1e-6) and torch.allclose(a["uncertainty"], b["uncertainty"], atol=1e-6)

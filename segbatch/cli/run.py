@@ -64,6 +64,14 @@ def _parse_bands(ctx: click.Context, param: click.Parameter, value: str | None) 
 @click.option("--frames", callback=_parse_frames, help="Only frames A:B (B exclusive).")
 @click.option("--resize", callback=parse_size, help="Run the model at HxW; outputs are resampled back to the source size.")
 @click.option("--outputs", "extra_outputs", callback=_parse_outputs, help="Extra arrays: mutual_information, probs (comma-separated).")
+@click.option(
+    "--precision",
+    type=click.Choice(["fp32", "fp16", "bf16"]),
+    default="fp32",
+    show_default=True,
+    help="Network arithmetic (fp16/bf16: autocast, for GPU tensor cores); softmax statistics stay float32.",
+)
+@click.option("--hwaccel", metavar="DEVICE", help="Video: decode with FFmpeg's hardware decoder on DEVICE (cuda = NVDEC), on each worker.")
 @click.option("--float32", is_flag=True, help="Store uncertainty/entropy as float32 (default float16).")
 @click.option("--tile", type=click.IntRange(min=2), default=512, show_default=True, help="Rasters: tile side in pixels (core + 2 x overlap).")
 @click.option(
@@ -93,6 +101,8 @@ def run(
     frames: tuple[int | None, int | None] | None,
     resize: tuple[int, int] | None,
     extra_outputs: tuple[str, ...],
+    precision: str,
+    hwaccel: str | None,
     float32: bool,
     tile: int,
     overlap: int,
@@ -129,9 +139,11 @@ def run(
         tile=tile,
         overlap=overlap,
         keep_tiles=keep_tiles,
+        precision=precision,
+        hwaccel=hwaccel,
     )
     if input_path.is_dir():
-        given = [f"--{name.replace('_', '-')}" for name in ("frames", "bands", "tile", "overlap", "keep_tiles") if _given(name)]
+        given = [f"--{name.replace('_', '-')}" for name in ("frames", "bands", "tile", "overlap", "keep_tiles", "hwaccel") if _given(name)]
         if given:
             raise InputError(f"{', '.join(given)}: not for an image folder (video or raster options)")
         from segbatch.engine.images import run_images
@@ -153,7 +165,8 @@ def run(
 
 
 def _given(name: str) -> bool:
-    """Whether the user set option `name` (on the command line or in the environment), not its default."""
+    """Whether the user set option `name` (on the command line, in the environment or in a --config file), not its default."""
     from click.core import ParameterSource
 
-    return click.get_current_context().get_parameter_source(name) in (ParameterSource.COMMANDLINE, ParameterSource.ENVIRONMENT)
+    given = (ParameterSource.COMMANDLINE, ParameterSource.ENVIRONMENT, ParameterSource.DEFAULT_MAP)
+    return click.get_current_context().get_parameter_source(name) in given

@@ -161,6 +161,8 @@ def run_video(cfg: RunConfig) -> RunSummary:
         float_dtype=cfg.float_dtype,
         threads=max(1, int(cfg.cpus_per_actor)),
         chunk_frames=chunk,
+        precision=cfg.precision,
+        hwaccel=cfg.hwaccel,
     )
     config = fingerprint(job, ckpt.sha256, source_identity(cfg.input))
     check_target(cfg)
@@ -434,7 +436,8 @@ class _ActorPool:
             self.failures += 1
             if isinstance(exc, RayTaskError) or exc.actor_init_failed or self.failures >= MAX_START_FAILURES:
                 # the constructor raised (the checkpoint or the store is unreadable from that node, say): no retry fixes it
-                raise RunError(f"a worker could not start: {_root_cause(exc)}") from None
+                name, message = _root_cause(exc)
+                raise (InputError if name == "segbatch.errors.InputError" else RunError)(f"a worker could not start: {message}") from None
             self.replace(slot)  # lost while being placed or started (its node went away): try again elsewhere
             return None
         self.ready.add(slot)
@@ -469,15 +472,15 @@ class _ActorPool:
             ray.kill(actor, no_restart=True)
 
 
-def _root_cause(exc: BaseException) -> str:
-    """The original exception's line out of Ray's wrapped traceback ("InputError: ..."), else the first line."""
+def _root_cause(exc: BaseException) -> tuple[str, str]:
+    """(qualified type, message) of the original exception out of Ray's wrapped traceback; ("", first line) when none is found."""
     import re
 
     causes = [ln.strip() for ln in str(exc).splitlines() if re.match(r"^\s*[A-Za-z_][\w.]*(Error|Exception): ", ln)]
     if not causes:
-        return first_line(exc)
+        return "", first_line(exc)
     name, message = causes[-1].split(": ", 1)
-    return message if name.startswith("segbatch.") else f"{name.rsplit('.', 1)[-1]}: {message}"
+    return name, message if name.startswith("segbatch.") else f"{name.rsplit('.', 1)[-1]}: {message}"
 
 
 def ensure_ray(address: str | None) -> bool:

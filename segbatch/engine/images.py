@@ -74,6 +74,7 @@ class ImageJob:
     outputs: tuple[str, ...]
     float_dtype: str
     threads: int
+    precision: str = "fp32"
 
 
 def unit_images_for(images: int, actors: int) -> int:
@@ -101,6 +102,7 @@ def image_fingerprint(plan: ImageFolderPlan, job: ImageJob, model_sha256: str) -
         "resize": list(job.resize) if job.resize else None,
         "outputs": list(job.outputs),
         "float_dtype": job.float_dtype,
+        "precision": job.precision,
         "software": software_versions(),
     }
 
@@ -131,17 +133,14 @@ class ImageWorker(ModelWorker):
         return stats
 
     def _segment(self, i: int) -> None:
-        import torch
-
         job = self.job
         path = Path(job.root) / job.paths[i]
         x = model_input(read_image(path), self.model.in_channels, path)
         h, w = x.shape[1:]
         if (h, w) != job.shapes[i][:2]:
             raise DataError(f"{path}: decodes to {w}x{h} but its header says {job.shapes[i][1]}x{job.shapes[i][0]}")
-        out = predict_outputs(
-            self.model, torch.from_numpy(x)[None].to(self.device), [derive_seed(job.seed, i)], job.samples, job.resize, job.outputs, job.float_dtype
-        )
+        seeds = [derive_seed(job.seed, i)]
+        out = predict_outputs(self.model, self.to_device(x[None]), seeds, job.samples, job.resize, job.outputs, job.float_dtype, job.precision)
         write_region(self.root, [slice(i, i + 1), slice(0, h), slice(0, w)], out)
 
 
@@ -180,6 +179,7 @@ def run_images(cfg: RunConfig) -> RunSummary:
         outputs=output_names(cfg),
         float_dtype=cfg.float_dtype,
         threads=max(1, int(cfg.cpus_per_actor)),
+        precision=cfg.precision,
     )
     config = image_fingerprint(plan, job, ckpt.sha256)
     check_target(cfg)

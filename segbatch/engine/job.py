@@ -36,6 +36,8 @@ class RunConfig:
     tile: int = 512  # rasters: tile side (core + 2 x overlap)
     overlap: int = 64  # rasters: margin of context on each side of a tile's core
     keep_tiles: bool = False
+    precision: str = "fp32"  # fp32 | fp16 | bf16: autocast for the network (softmax statistics stay float32)
+    hwaccel: str | None = None  # video: hardware decoding (e.g. "cuda" for NVDEC) where FFmpeg offers it
 
 
 @dataclass(frozen=True)
@@ -64,6 +66,8 @@ class VideoJob:
     float_dtype: str
     threads: int
     chunk_frames: int  # frames per store chunk; a unit is a run of whole chunks
+    precision: str = "fp32"  # fp32 | fp16 | bf16 (autocast)
+    hwaccel: str | None = None  # decode on the GPU (PyAV hardware acceleration), e.g. "cuda"
 
 
 def fingerprint(job: VideoJob, model_sha256: str, source_id: dict[str, Any]) -> dict[str, Any]:
@@ -79,6 +83,8 @@ def fingerprint(job: VideoJob, model_sha256: str, source_id: dict[str, Any]) -> 
         "outputs": list(job.outputs),
         "float_dtype": job.float_dtype,
         "chunk_frames": job.chunk_frames,
+        "precision": job.precision,
+        "hwaccel": job.hwaccel,
         "software": software_versions(),
     }
 

@@ -53,8 +53,8 @@ def run_raster(cfg: RunConfig) -> RunSummary:
 
     if cfg.resume and cfg.overwrite:
         raise InputError("--resume and --overwrite exclude each other")
-    if cfg.extra_outputs or cfg.resize or cfg.frames:
-        raise InputError("--outputs, --resize and --frames are for video; rasters run at their own resolution")
+    if cfg.extra_outputs or cfg.resize or cfg.frames or cfg.hwaccel:
+        raise InputError("--outputs, --resize, --frames and --hwaccel are for video; rasters run at their own resolution")
     ckpt = load_checkpoint(resolve_model(cfg.model, cfg.quiet))
     plan = probe_raster(cfg.input, cfg.bands, ckpt.spec.in_channels)
     if plan.crs_wkt is None:
@@ -70,6 +70,7 @@ def run_raster(cfg: RunConfig) -> RunSummary:
         float_dtype=cfg.float_dtype,
         threads=max(1, int(cfg.cpus_per_actor)),
         tile_side=tile_side(tiles),
+        precision=cfg.precision,
     )
     config = {
         "source": source_identity(cfg.input),
@@ -80,6 +81,7 @@ def run_raster(cfg: RunConfig) -> RunSummary:
         "tile": cfg.tile,
         "overlap": cfg.overlap,
         "float_dtype": cfg.float_dtype,
+        "precision": cfg.precision,
         "software": software_versions(),
     }
     check_target(cfg)

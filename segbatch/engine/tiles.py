@@ -37,6 +37,7 @@ class RasterJob:
     float_dtype: str
     threads: int
     tile_side: tuple[int, int]  # (height, width) of the tiles/ arrays: the largest window, padded to PAD_TO
+    precision: str = "fp32"
 
 
 def tile_side(tiles: TilePlan) -> tuple[int, int]:
@@ -64,10 +65,12 @@ class TileWorker(ModelWorker):
             h, w = valid.shape
             # reflect-pad to a side every pooling level halves exactly (a raster smaller than a tile, say)
             ph, pw = padded_side(h, self.pool) - h, padded_side(w, self.pool) - w
-            x = torch.from_numpy(data)[None].to(self.device)
+            x = self.to_device(data[None])
             if ph or pw:
                 x = torch.nn.functional.pad(x, (0, pw, 0, ph), mode="reflect" if min(h, w) > max(ph, pw) else "replicate")
-            res = mc_predict(self.model, x, samples=job.samples, seed=derive_seed(job.seed, tile_id))
+            if self.cuda:
+                x = x.contiguous(memory_format=torch.channels_last)
+            res = mc_predict(self.model, x, samples=job.samples, seed=derive_seed(job.seed, tile_id), precision=job.precision)
             probs = res["probs"][0, :, :h, :w].cpu().numpy()
             side_h, side_w = job.tile_side
             q = np.full((probs.shape[0], side_h, side_w), PROB_NODATA, np.uint8)

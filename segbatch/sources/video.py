@@ -66,10 +66,14 @@ class VideoPlan:
         return int(np.median(np.diff(np.append(self.keyframes, self.frames)))) if self.frames else 1
 
 
-def _open(path: str | Path) -> Any:
+def _open(path: str | Path, hwaccel: str | None = None) -> Any:
     import av
 
     try:
+        if hwaccel:
+            from av.codec.hwaccel import HWAccel
+
+            return av.open(str(path), metadata_errors="ignore", hwaccel=HWAccel(hwaccel, allow_software_fallback=False))
         return av.open(str(path), metadata_errors="ignore")
     except FileNotFoundError:
         raise InputError(f"{path}: no such file") from None
@@ -77,6 +81,20 @@ def _open(path: str | Path) -> Any:
         raise InputError(f"{path} is a folder, not a video") from None
     except (av.FFmpegError, UnicodeDecodeError, ValueError) as exc:
         raise InputError(f"{path} is not a readable video ({_reason(exc)})") from None
+
+
+def check_hwaccel(plan: VideoPlan, hwaccel: str) -> None:
+    """Decode the first frame with `hwaccel`, or say in one line why this machine cannot (no device, codec unsupported)."""
+    import av
+    from av.codec.hwaccel import HWAccel, hwdevices_available
+
+    if hwaccel not in hwdevices_available():
+        raise InputError(f"--hwaccel {hwaccel}: this FFmpeg offers {', '.join(hwdevices_available()) or 'no hardware decoders'}")
+    try:
+        with av.open(str(plan.path), hwaccel=HWAccel(hwaccel, allow_software_fallback=False)) as container:
+            next(container.decode(video=0)).to_ndarray(format="rgb24")
+    except (av.FFmpegError, OSError, StopIteration, ValueError) as exc:
+        raise InputError(f"--hwaccel {hwaccel}: cannot decode {plan.codec} on this machine's {hwaccel} device ({_reason(exc)})") from None
 
 
 def _reason(exc: Exception) -> str:
@@ -165,7 +183,7 @@ class DecodeReport:
 MAX_SEEK_TRIES = 3
 
 
-def read_frames(plan: VideoPlan, start: int, stop: int, report: DecodeReport | None = None) -> Iterator[tuple[int, np.ndarray]]:
+def read_frames(plan: VideoPlan, start: int, stop: int, report: DecodeReport | None = None, hwaccel: str | None = None) -> Iterator[tuple[int, np.ndarray]]:
     """Yield (frame index, RGB uint8 (H, W, 3) in display orientation) for frames [start, stop).
 
     Seeks to the keyframe at or before `start`. Where the container's index is
@@ -173,7 +191,8 @@ def read_frames(plan: VideoPlan, start: int, stop: int, report: DecodeReport | N
     from earlier keyframes and, at worst, decodes from the beginning. Frames
     the decoder cannot produce are listed in `report.missing`; frames decoded
     after a decoder error (until the next keyframe) are yielded and listed in
-    `report.damaged`.
+    `report.damaged`. `hwaccel` names an FFmpeg hardware decoder device
+    ("cuda": NVDEC); frames come back to host memory as RGB either way.
     """
     if not 0 <= start <= stop <= plan.frames:
         raise InputError(f"frame range {start}:{stop} is outside 0:{plan.frames}")
@@ -182,7 +201,7 @@ def read_frames(plan: VideoPlan, start: int, stop: int, report: DecodeReport | N
     if start < stop:
         for key in _seek_candidates(plan, start):
             overshot = False
-            for idx, rgb, damaged in _decode_from(plan, key, report):
+            for idx, rgb, damaged in _decode_from(plan, key, report, hwaccel):
                 if idx < start:
                     continue
                 if expected == start and idx > start and key > 0:
@@ -206,7 +225,7 @@ def _seek_candidates(plan: VideoPlan, start: int) -> list[int]:
     return [int(k) for k in before[:MAX_SEEK_TRIES] if k > 0] + [0]
 
 
-def _decode_from(plan: VideoPlan, key: int, report: DecodeReport) -> Iterator[tuple[int, np.ndarray, bool]]:
+def _decode_from(plan: VideoPlan, key: int, report: DecodeReport, hwaccel: str | None = None) -> Iterator[tuple[int, np.ndarray, bool]]:
     """Decode forward from keyframe `key`: (index, upright RGB, damaged) for every frame whose pts is in the plan.
 
     Packets are decoded one by one so a bad packet is recorded and skipped,
@@ -218,7 +237,7 @@ def _decode_from(plan: VideoPlan, key: int, report: DecodeReport) -> Iterator[tu
     av.logging.set_level(av.logging.ERROR)  # without a level, FFmpeg's messages never reach Python
     damaged_until = -1
     last = key - 1
-    with _open(plan.path) as container, av.logging.Capture(local=False) as logs:
+    with _open(plan.path, hwaccel) as container, av.logging.Capture(local=False) as logs:
         stream = container.streams.video[0]
         if key > 0:
             try:

@@ -144,6 +144,23 @@ def test_zero_samples_writes_labels_and_entropy_only(ray_address, runner, cli, v
     assert "uncertainty" not in ds and ds.entropy.shape == (16, 48, 64)
 
 
+def test_precision_is_recorded_and_resume_keeps_it(ray_address, runner, cli, video, tiny_model, tmp_path):
+    half, full = tmp_path / "bf16.zarr", tmp_path / "fp32.zarr"
+    assert run(runner, cli, "--input", video, "--out", half, "--model", tiny_model, "--samples", 2, "--precision", "bf16").exit_code == 0
+    assert run(runner, cli, "--input", video, "--out", full, "--model", tiny_model, "--samples", 2).exit_code == 0
+    agree = (arrays(half)["labels"] == arrays(full)["labels"]).mean()
+    assert 0.9 < agree < 1.0  # bf16 moves some near-tied pixels, not the picture
+    assert zarr.open_group(str(half)).attrs["segbatch"]["config"]["precision"] == "bf16"
+    r = run(runner, cli, "--input", video, "--out", half, "--model", tiny_model, "--samples", 2, "--resume")
+    assert r.exit_code == 2 and "precision: store has 'bf16', now 'fp32'" in r.output
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="a CUDA machine may decode with NVDEC")
+def test_hwaccel_without_a_device_is_one_line_exit_2(ray_address, runner, cli, video, tiny_model, tmp_path):
+    r = run(runner, cli, "--input", video, "--out", tmp_path / "hw.zarr", "--model", tiny_model, "--samples", 1, "--hwaccel", "cuda")
+    assert r.exit_code == 2 and "--hwaccel cuda" in r.output and len(r.output.strip().splitlines()) == 1
+
+
 def test_store_is_never_overwritten_silently(ray_address, runner, cli, video, tiny_model, tmp_path):
     args = ["--input", video, "--out", tmp_path / "s.zarr", "--model", tiny_model, "--samples", 1, "--frames", ":16"]
     assert run(runner, cli, *args).exit_code == 0
