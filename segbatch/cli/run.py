@@ -69,7 +69,7 @@ def _parse_bands(ctx: click.Context, param: click.Parameter, value: str | None) 
     type=click.Choice(["fp32", "fp16", "bf16"]),
     default="fp32",
     show_default=True,
-    help="Network arithmetic (fp16/bf16: autocast, for GPU tensor cores); softmax statistics stay float32.",
+    help="Network arithmetic (fp16/bf16: autocast for GPU tensor cores; fp16 is very slow on CPUs); softmax statistics stay float32.",
 )
 @click.option("--hwaccel", metavar="DEVICE", help="Video: decode with FFmpeg's hardware decoder on DEVICE (cuda = NVDEC), on each worker.")
 @click.option("--float32", is_flag=True, help="Store uncertainty/entropy as float32 (default float16).")
