@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 
+from segbatch import location
 from segbatch.atomic import atomic_path
 from segbatch.colour import blend, colourise, heatmap
 from segbatch.errors import InputError
@@ -54,8 +55,8 @@ def _panels(root: Any, attrs: dict[str, Any], alpha: float) -> Iterator[np.ndarr
     from segbatch.sources.video import probe_video, read_frames
 
     source = attrs["source"]
-    path = Path(source["path"])
-    if not path.exists():
+    path = location.parse(source["path"])
+    if not location.exists(path):
         raise InputError(f"the source video {path} is gone; the overlay needs it")
     plan = probe_video(path)
     if plan.frames != source["frames"] or (plan.height, plan.width) != (source["height"], source["width"]):

@@ -27,9 +27,7 @@ TASKS_IN_FLIGHT_PER_CPU = 2
 
 def stitch_chunks(job: RasterJob, chunk_ids: Sequence[int], skipped: frozenset[int]) -> int:
     """Blend and write the output chunks `chunk_ids` (tile cores); returns how many were written."""
-    from pathlib import Path
-
-    root = open_store(Path(job.store), mode="r+")
+    root = open_store(job.store, mode="r+")
     cache = _TileCache(root, "uncertainty" in root)
     for cid in chunk_ids:
         _stitch_one(root, job, cid, skipped, cache)

@@ -21,8 +21,9 @@ from typing import Any
 
 import numpy as np
 
-from segbatch import __version__
+from segbatch import __version__, location
 from segbatch.errors import InputError, RunError
+from segbatch.location import Location
 
 PER_PIXEL = ("uncertainty", "entropy", "confidence", "mutual_information")
 OPTIONAL_OUTPUTS = ("mutual_information", "probs")
@@ -58,17 +59,27 @@ class ArraySpec:
     shards: tuple[int, ...] | None = None
 
 
-def create_store(path: Path, layout: StoreLayout, attrs: dict[str, Any]) -> Any:
-    """Create the store with every array, coordinate and the root attributes (status "running")."""
+def create_store(path: Location, layout: StoreLayout, attrs: dict[str, Any]) -> Any:
+    """Create the store with every array, coordinate and the root attributes (status "running").
+
+    A local store is built beside its final place and renamed into it, so a
+    driver killed half-way never leaves a store that --resume would take for a
+    whole one. Object stores have no atomic rename: there the store is made in
+    place with status "creating", and only a finished one says "running".
+    """
     import zarr
 
-    if path.exists():
+    if location.exists(path):
         raise InputError(f"{path} exists; pass --resume to finish it or --overwrite to replace it")
+    if location.is_url(path):
+        root = zarr.open_group(location.zarr_store(path, read_only=False), mode="w-", zarr_format=3, attributes={"segbatch": {**attrs, "status": "creating"}})
+        _create_arrays(root, layout)
+        update_attrs(root, status="running")
+        return root
+    path = Path(path)
     parent = path.parent if str(path.parent) else Path(".")
     if not parent.is_dir():
         raise InputError(f"cannot create {path}: folder {parent} does not exist")
-    # Built beside its final place and renamed into it: a driver killed half-way
-    # never leaves a store that --resume would take for a whole one.
     building = parent / f".{path.name}.creating-{uuid.uuid4().hex[:8]}"
     try:
         root = zarr.open_group(str(building), mode="w-", zarr_format=3, attributes={"segbatch": {**attrs, "status": "running"}})
@@ -166,14 +177,15 @@ _LONG_NAMES = {
 }
 
 
-def open_store(path: Path, mode: str = "r") -> Any:
-    """Open an existing segbatch store, or say clearly why it is not one."""
+def open_store(path: Location, mode: str = "r") -> Any:
+    """Open an existing segbatch store (a path, or a URL as a string), or say clearly why it is not one."""
     import zarr
 
-    if not path.exists():
+    path = location.parse(path)
+    if not location.exists(path):
         raise InputError(f"{path}: no such store")
     try:
-        root = zarr.open_group(str(path), mode=mode, zarr_format=3)
+        root = zarr.open_group(location.zarr_store(path, read_only=mode == "r"), mode=mode, zarr_format=3)
     except (FileNotFoundError, ValueError, KeyError, OSError) as exc:
         raise InputError(f"{path} is not a Zarr v3 store ({type(exc).__name__})") from None
     if "segbatch" not in root.attrs:
@@ -191,12 +203,12 @@ def update_attrs(root: Any, drop: tuple[str, ...] = (), **changes: Any) -> None:
     consolidate(root)
 
 
-def remove_store(path: Path) -> None:
+def remove_store(path: Location) -> None:
     """Delete a store for --overwrite, refusing anything that is not a segbatch store."""
-    if not path.exists():
+    if not location.exists(path):
         return
-    open_store(path)  # raises unless it is ours: never rmtree a user's other data
-    shutil.rmtree(path)
+    open_store(path)  # raises unless it is ours: never delete a user's other data
+    location.remove_tree(path)
 
 
 def finished_units(root: Any) -> dict[int, dict[str, Any]]:
@@ -211,7 +223,9 @@ def record_unit(root: Any, unit: int, stats: dict[str, Any]) -> None:
 
 
 def check_resumable(attrs: Mapping[str, Any], fingerprint: Mapping[str, Any]) -> None:
-    """Refuse --resume when the store was made by another configuration, naming what differs."""
+    """Refuse --resume when the store was made by another configuration (or never finished being made), naming what differs."""
+    if attrs.get("status") == "creating":
+        raise InputError("cannot resume: the store was never fully created (its driver died while making it); use --overwrite to start again")
     old = attrs.get("config", {})
     diffs = [f"{k}: store has {old.get(k)!r}, now {fingerprint.get(k)!r}" for k in sorted(set(old) | set(fingerprint)) if old.get(k) != fingerprint.get(k)]
     if diffs:
@@ -246,7 +260,7 @@ def sample_values(arr: Any, count: int = 16) -> np.ndarray:
     return np.concatenate(values) if values else np.zeros(0, np.float32)
 
 
-def describe_store(path: Path) -> dict[str, Any]:
+def describe_store(path: Location) -> dict[str, Any]:
     """The summary `segbatch info STORE` prints (and `--json` emits)."""
     root = open_store(path)
     attrs = store_attrs(root)

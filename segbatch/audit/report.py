@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from segbatch import __version__
+from segbatch import __version__, location
 from segbatch.audit import plots
 from segbatch.audit.html import render_index
 from segbatch.audit.metrics import bin_edges
@@ -181,7 +181,7 @@ def summarise(result: ScanResult, attrs: dict[str, Any], store: Path, opts: Audi
     ]
     summary: dict[str, Any] = {
         REPORT_MARK: __version__,
-        "store": str(store.resolve()),
+        "store": location.absolute(store),
         "kind": result.kind,
         "item": result.noun,
         "source": attrs["source"].get("path"),

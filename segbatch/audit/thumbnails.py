@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 
+from segbatch import location
 from segbatch.audit.items import Item
 from segbatch.audit.truth import TruthSource
 from segbatch.colour import colourise, heatmap
@@ -57,11 +58,13 @@ class InputReader:
         self.kind = self.source["kind"]
         self.problem: str | None = None
         self._plan: Any = None
-        path = Path(self.source["path"])
-        if not path.exists():
+        path = location.parse(self.source["path"])
+        if not location.exists(path):
             self.problem = f"the source {path} is not there any more; input thumbnails are left out"
         elif self.kind == "raster":
-            self._plan = _raster_plan(self.source, root)
+            from segbatch.sources.raster import plan_from_store
+
+            self._plan = plan_from_store(self.source, root["spatial_ref"].attrs)
         elif self.kind == "video":
             from segbatch.sources.video import probe_video
 
@@ -98,23 +101,6 @@ class InputReader:
         from segbatch.sources.images import read_image, to_unit_float
 
         return to_display(to_unit_float(read_image(Path(self.source["path"]) / item.meta["path"])))
-
-
-def _raster_plan(source: dict[str, Any], root: Any) -> Any:
-    from segbatch.sources.raster import RasterPlan
-
-    ref = root["spatial_ref"].attrs
-    return RasterPlan(
-        path=source["path"],
-        height=source["height"],
-        width=source["width"],
-        bands=tuple(source["bands"]),
-        dtype=source["dtype"],
-        crs_wkt=ref.get("crs_wkt"),
-        transform=tuple(float(v) for v in ref["GeoTransform"].split()),
-        nodata=source["nodata"],
-        stretch=tuple(tuple(s) for s in source["stretch"]) if source.get("stretch") else None,
-    )
 
 
 def write_thumbnails(

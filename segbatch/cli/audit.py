@@ -7,11 +7,11 @@ from pathlib import Path
 import click
 
 from segbatch.cli.config import config_opt
-from segbatch.cli.options import overwrite_opt, quiet_opt
+from segbatch.cli.options import LOCATION, overwrite_opt, quiet_opt
 
 
 @click.command()
-@click.argument("store", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.argument("store", type=LOCATION)
 @click.option("--report", type=click.Path(path_type=Path), required=True, help="Folder to write: index.html, items.csv, summary.json, plots.")
 @click.option(
     "--truth",
@@ -28,7 +28,9 @@ from segbatch.cli.options import overwrite_opt, quiet_opt
 @overwrite_opt
 @config_opt
 @quiet_opt
-def audit(store: Path, report: Path, truth: Path | None, top: int, threshold: float | None, ignore_index: int | None, overwrite: bool, quiet: bool) -> None:
+def audit(
+    store: Path | str, report: Path, truth: Path | None, top: int, threshold: float | None, ignore_index: int | None, overwrite: bool, quiet: bool
+) -> None:
     """Audit STORE: per-item uncertainty, the most uncertain items, and with --truth IoU, AUROC, calibration (ECE) and coverage."""
     from segbatch.audit.report import audit as run_audit
     from segbatch.audit.scan import AuditOptions

@@ -6,11 +6,11 @@ from pathlib import Path
 
 import click
 
-from segbatch.cli.options import overwrite_opt, quiet_opt, refuse_existing
+from segbatch.cli.options import LOCATION, overwrite_opt, quiet_opt, refuse_existing
 
 
 @click.command()
-@click.argument("store", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.argument("store", type=LOCATION)
 @click.option("--to", type=click.Path(path_type=Path), required=True, help="overlay.mp4 (or .mkv/.mov), or a folder for PNG frames.")
 @click.option("--alpha", type=click.FloatRange(0, 1), default=0.5, show_default=True, help="Video: opacity of the label colours.")
 @click.option(
@@ -22,7 +22,7 @@ from segbatch.cli.options import overwrite_opt, quiet_opt, refuse_existing
 )
 @overwrite_opt
 @quiet_opt
-def export(store: Path, to: Path, alpha: float, what: str, overwrite: bool, quiet: bool) -> None:
+def export(store: Path | str, to: Path, alpha: float, what: str, overwrite: bool, quiet: bool) -> None:
     """Export a store: a raster one as a COG (.tif); a video one as source | labels blended in, beside the uncertainty heat map."""
     from segbatch.export import export as run_export
 

@@ -8,15 +8,19 @@ from typing import Any
 
 import click
 
-from segbatch.cli.options import json_opt
+from segbatch.cli.options import LOCATION, json_opt
 
 
 @click.command()
-@click.argument("path", type=click.Path(exists=True, path_type=Path))
+@click.argument("path", type=LOCATION)
 @json_opt
-def info(path: Path, as_json: bool) -> None:
+def info(path: Path | str, as_json: bool) -> None:
     """Summarise a store (a folder) or a checkpoint (a file)."""
-    if path.is_dir():
+    from segbatch import location
+
+    if not location.exists(path):
+        raise click.BadParameter(f"{path}: no such store or checkpoint", param_hint="PATH")
+    if location.is_dir(path):
         from segbatch.store import describe_store
 
         summary = describe_store(path)

@@ -6,7 +6,20 @@ from typing import Any
 
 import click
 
+from segbatch import location
 from segbatch.model.catalog import ARCHS, PLACEMENTS
+
+
+class LocationType(click.ParamType):
+    """A path, or an fsspec URL (s3://bucket/key, gs://..., file:///...) kept as a string."""
+
+    name = "path|url"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        return location.parse(value) if isinstance(value, str) else value
+
+
+LOCATION = LocationType()
 
 quiet_opt = click.option("--quiet", "-q", is_flag=True, help="No progress bar or notes (the one-line summary and warnings stay).")
 json_opt = click.option("--json", "as_json", is_flag=True, help="Machine-readable JSON on stdout.")

@@ -6,8 +6,9 @@ from pathlib import Path
 
 import click
 
+from segbatch import location
 from segbatch.cli.config import config_opt
-from segbatch.cli.options import overwrite_opt, parse_size, quiet_opt, seed_opt
+from segbatch.cli.options import LOCATION, overwrite_opt, parse_size, quiet_opt, seed_opt
 
 
 def _parse_frames(ctx: click.Context, param: click.Parameter, value: str | None) -> tuple[int | None, int | None] | None:
@@ -48,12 +49,12 @@ def _parse_bands(ctx: click.Context, param: click.Parameter, value: str | None) 
 @click.option(
     "--input",
     "input_path",
-    type=click.Path(path_type=Path),
+    type=LOCATION,
     required=True,
     help="Video (MP4, MKV, MOV, AVI, ...), raster (GeoTIFF, ...), or a folder of images (PNG, JPEG, TIFF; nested folders too).",
 )
-@click.option("--out", type=click.Path(path_type=Path), required=True, help="Zarr store to write (a folder).")
-@click.option("--model", type=click.Path(path_type=Path), help="Checkpoint (default: the built-in demo model).")
+@click.option("--out", type=LOCATION, required=True, help="Zarr store to write: a folder, or an fsspec URL (s3://bucket/run.zarr).")
+@click.option("--model", type=LOCATION, help="Checkpoint, a path or a URL (default: the built-in demo model).")
 @click.option("--samples", type=click.IntRange(min=0), default=8, show_default=True, help="MC dropout samples; 0 = one pass with dropout off.")
 @seed_opt
 @click.option("--batch-size", type=click.IntRange(min=1), default=4, show_default=True, help="Frames per model call.")
@@ -142,7 +143,7 @@ def run(
         precision=precision,
         hwaccel=hwaccel,
     )
-    if input_path.is_dir():
+    if location.is_dir(input_path):
         given = [f"--{name.replace('_', '-')}" for name in ("frames", "bands", "tile", "overlap", "keep_tiles", "hwaccel") if _given(name)]
         if given:
             raise InputError(f"{', '.join(given)}: not for an image folder (video or raster options)")

@@ -6,13 +6,13 @@ from pathlib import Path
 
 import click
 
-from segbatch.cli.options import quiet_opt
+from segbatch.cli.options import LOCATION, quiet_opt
 
 
 @click.command()
-@click.argument("store", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.argument("store", type=LOCATION)
 @quiet_opt
-def stitch(store: Path, quiet: bool) -> None:
+def stitch(store: Path | str, quiet: bool) -> None:
     """Re-run the stitch of a raster store (its tiles/ must have been kept: run --keep-tiles)."""
     from segbatch.engine.raster import restitch
 

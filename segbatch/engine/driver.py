@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from segbatch import location
 from segbatch.engine.job import FrameUnit, RunConfig, VideoJob, config_digest, fingerprint, source_identity
 from segbatch.errors import InputError, Interrupted, RunError, SegbatchError
 from segbatch.progress import note, progress_bar
@@ -134,7 +135,7 @@ def run_video(cfg: RunConfig) -> RunSummary:
     """Segment a video into a Zarr store (see DESIGN.md): plan, store, actors, finalise."""
     from segbatch.model.checkpoint import load_checkpoint
 
-    if not cfg.input.exists():
+    if not location.exists(cfg.input):
         raise InputError(f"{cfg.input}: no such file")
     if cfg.resume and cfg.overwrite:
         raise InputError("--resume and --overwrite exclude each other")
@@ -148,8 +149,8 @@ def run_video(cfg: RunConfig) -> RunSummary:
     outputs = output_names(cfg)
     chunk = chunk_frames_for(plan.height, plan.width)
     job = VideoJob(
-        store=str(cfg.out.resolve()),
-        checkpoint=str(Path(ckpt.path).resolve()),
+        store=location.absolute(cfg.out),
+        checkpoint=location.absolute(ckpt.path),
         plan=plan,
         first_frame=first,
         stop_frame=stop,
@@ -208,15 +209,19 @@ def recorded_outcome(root: Any, total: int, what: str) -> Iterator[None]:
 
 def check_target(cfg: RunConfig) -> None:
     """Before any work: the store must be new, or be replaced (--overwrite) or finished (--resume)."""
-    if cfg.out.exists() and not (cfg.resume or cfg.overwrite):
+    there = location.exists(cfg.out)
+    if there and not (cfg.resume or cfg.overwrite):
         raise InputError(f"{cfg.out} exists; pass --resume to finish it or --overwrite to replace it")
-    if cfg.out.exists() and cfg.overwrite:
+    if there and cfg.overwrite:
         open_store(cfg.out)  # only ever delete a store segbatch wrote
-    parent = cfg.out.parent if str(cfg.out.parent) else Path(".")
+    if location.is_url(cfg.out):
+        return  # object stores have no folders to check; a missing bucket or credentials fail at creation, in one line
+    out = Path(cfg.out)
+    parent = out.parent if str(out.parent) else Path(".")
     if not parent.is_dir():
-        raise InputError(f"cannot create {cfg.out}: folder {parent} does not exist")
+        raise InputError(f"cannot create {out}: folder {parent} does not exist")
     if not os.access(parent, os.W_OK):
-        raise InputError(f"cannot create {cfg.out}: folder {parent} is not writable")
+        raise InputError(f"cannot create {out}: folder {parent} is not writable")
 
 
 def pool_size(cfg: RunConfig, units: int) -> tuple[int, float]:
@@ -246,14 +251,14 @@ def _prepare_store(cfg: RunConfig, job: VideoJob, ckpt: Any, config: dict[str, A
     """
     import numpy as np
 
-    if cfg.out.exists() and cfg.resume:
+    if location.exists(cfg.out) and cfg.resume:
         root = open_store(cfg.out, mode="r+")
         attrs = store_attrs(root)
         check_resumable(attrs, config)
         update_attrs(root, status="running")
         units = plan_frame_units(job.first_frame, job.stop_frame, int(attrs["unit_frames"]))
         return root, units, finished_units(root)
-    if cfg.out.exists() and cfg.overwrite:
+    if location.exists(cfg.out) and cfg.overwrite:
         remove_store(cfg.out)
     unit_frames = unit_frames_for(job.chunk_frames, job.plan.gop, job.stop_frame - job.first_frame, actors)
     units = plan_frame_units(job.first_frame, job.stop_frame, unit_frames)
@@ -270,7 +275,7 @@ def _prepare_store(cfg: RunConfig, job: VideoJob, ckpt: Any, config: dict[str, A
         coords={"time": (("frame",), np.asarray(times, dtype=np.float64), {"units": "s", "long_name": "presentation time from the stream's pts"})},
     )
     source = {
-        "path": str(cfg.input.resolve()),
+        "path": location.absolute(cfg.input),
         "kind": "video",
         "codec": plan.codec,
         "frames": plan.frames,

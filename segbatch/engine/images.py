@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from segbatch import location
 from segbatch.engine.driver import (
     UNITS_PER_ACTOR,
     RunSummary,
@@ -29,7 +30,7 @@ from segbatch.engine.driver import (
     run_pool,
 )
 from segbatch.engine.job import RunConfig, config_digest, software_versions
-from segbatch.engine.worker import ModelWorker, predict_outputs
+from segbatch.engine.worker import ModelWorker, predict_outputs, require_readable
 from segbatch.errors import DataError, InputError, RunError
 from segbatch.mc import derive_seed
 from segbatch.sources.images import ImageFolderPlan, probe_folder, read_image, to_unit_float
@@ -113,6 +114,7 @@ class ImageWorker(ModelWorker):
     def __init__(self, job: ImageJob) -> None:
         super().__init__(job.checkpoint, job.store, job.threads)
         self.job = job
+        require_readable(job.root)
 
     def process(self, unit: ImageUnit) -> dict[str, Any]:
         """Segment images [unit.start, unit.stop), each written as soon as done, then the unit's ledger entry.
@@ -161,6 +163,8 @@ def run_images(cfg: RunConfig) -> RunSummary:
         raise InputError("--resume and --overwrite exclude each other")
     if cfg.frames or cfg.bands or cfg.keep_tiles:
         raise InputError("--frames, --bands and --keep-tiles are not for image folders")
+    if location.is_url(cfg.input):
+        raise InputError(f"{cfg.input}: an image folder must be a path every node sees (a shared file system), not a URL")
     ckpt = load_checkpoint(resolve_model(cfg.model, cfg.quiet))
     plan = probe_folder(cfg.input)
     in_channels = ckpt.spec.in_channels
@@ -168,8 +172,8 @@ def run_images(cfg: RunConfig) -> RunSummary:
         found = ", ".join(str(b) for b in sorted({b for _, _, b in plan.shapes}))
         raise InputError(f"the model takes {in_channels} input bands; the images in {cfg.input} have {found}")
     job = ImageJob(
-        store=str(cfg.out.resolve()),
-        checkpoint=str(Path(ckpt.path).resolve()),
+        store=location.absolute(cfg.out),
+        checkpoint=location.absolute(ckpt.path),
         root=plan.root,
         paths=plan.paths,
         shapes=plan.shapes,
@@ -212,13 +216,13 @@ def _prepare_image_store(
     cfg: RunConfig, job: ImageJob, plan: ImageFolderPlan, ckpt: Any, config: dict[str, Any], actors: int
 ) -> tuple[Any, list[ImageUnit], dict[int, Any]]:
     """Create the store (driver-only metadata, unreadable headers already listed as problems) and its units, or reopen both for --resume."""
-    if cfg.out.exists() and cfg.resume:
+    if location.exists(cfg.out) and cfg.resume:
         root = open_store(cfg.out, mode="r+")
         attrs = store_attrs(root)
         check_resumable(attrs, config)
         update_attrs(root, status="running")
         return root, plan_image_units(plan.images, int(attrs["unit_images"])), finished_units(root)
-    if cfg.out.exists() and cfg.overwrite:
+    if location.exists(cfg.out) and cfg.overwrite:
         remove_store(cfg.out)
     unit_images = unit_images_for(plan.images, actors)
     units = plan_image_units(plan.images, unit_images)

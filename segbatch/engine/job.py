@@ -8,6 +8,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from segbatch import location
+from segbatch.location import Location
 from segbatch.sources.video import VideoPlan
 
 
@@ -15,8 +17,8 @@ from segbatch.sources.video import VideoPlan
 class RunConfig:
     """The options of `segbatch run`."""
 
-    input: Path
-    out: Path
+    input: Location  # a path, or an fsspec URL (rasters through GDAL's /vsi*, videos through a file object)
+    out: Location  # a path, or an fsspec URL of the Zarr store
     model: Path | None = None  # None: the built-in demo model
     samples: int = 8
     seed: int = 0
@@ -99,11 +101,11 @@ def software_versions() -> dict[str, str]:
     return {"segbatch": __version__, "torch": torch.__version__, "av": av.__version__, "ffmpeg": str(av.library_versions.get("libavcodec"))}
 
 
-def source_identity(path: Path) -> dict[str, Any]:
+def source_identity(path: Location) -> dict[str, Any]:
     """Size plus a digest of the first and last MiB: the same file even after a copy, cheap on terabytes."""
-    size = path.stat().st_size
+    size = location.size(path)
     h = hashlib.sha256()
-    with path.open("rb") as f:
+    with location.open_binary(path) as f:
         h.update(f.read(1 << 20))
         f.seek(max(0, size - (1 << 20)))
         h.update(f.read(1 << 20))

@@ -8,13 +8,13 @@ re-runs the stitch alone from a kept tiles/.
 
 from __future__ import annotations
 
-import shutil
 import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from segbatch import location
 from segbatch.engine.driver import (
     RunSummary,
     check_target,
@@ -61,8 +61,8 @@ def run_raster(cfg: RunConfig) -> RunSummary:
         note(f"warning: {cfg.input} has no CRS; the store will have pixel coordinates only", cfg.quiet)
     tiles = plan_tiles(plan.height, plan.width, cfg.tile, cfg.overlap)
     job = RasterJob(
-        store=str(cfg.out.resolve()),
-        checkpoint=str(Path(ckpt.path).resolve()),
+        store=location.absolute(cfg.out),
+        checkpoint=location.absolute(ckpt.path),
         plan=plan,
         tiles=tiles,
         samples=cfg.samples,
@@ -111,14 +111,14 @@ def run_raster(cfg: RunConfig) -> RunSummary:
 
 
 def _prepare_raster_store(cfg: RunConfig, job: RasterJob, ckpt: Any, config: dict[str, Any]) -> tuple[Any, dict[int, Any]]:
-    if cfg.out.exists() and cfg.resume:
+    if location.exists(cfg.out) and cfg.resume:
         root = open_store(cfg.out, mode="r+")
         check_resumable(store_attrs(root), config)
         if "tiles" not in root:
             raise InputError(f"{cfg.out} has no tiles/ left to resume from (it was stitched already); use --overwrite to run again")
         update_attrs(root, status="running")
         return root, finished_units(root)
-    if cfg.out.exists() and cfg.overwrite:
+    if location.exists(cfg.out) and cfg.overwrite:
         remove_store(cfg.out)
     plan, tiles = job.plan, job.tiles
     geo = georeference(plan)
@@ -145,7 +145,7 @@ def _prepare_raster_store(cfg: RunConfig, job: RasterJob, ckpt: Any, config: dic
         extra=tuple(extra),
     )
     source = {
-        "path": str(cfg.input.resolve()),
+        "path": location.absolute(cfg.input),
         "kind": "raster",
         "height": plan.height,
         "width": plan.width,
@@ -181,7 +181,7 @@ def stitch_store(root: Any, job: RasterJob, keep_tiles: bool, quiet: bool, summa
     update_attrs(root, status="stitching")
     stitch_seconds = run_stitch(job, skipped, quiet)
     if not keep_tiles:
-        shutil.rmtree(Path(job.store) / "tiles", ignore_errors=True)
+        del root["tiles"]  # through the store's own filesystem: a folder here, keys in an object store
         consolidate(root)
     summary.stitch_seconds = stitch_seconds
     update_attrs(
@@ -208,41 +208,29 @@ def skipped_problems(skipped: frozenset[int]) -> list[dict[str, Any]]:
     return [{"kind": "skipped_tiles", "reason": "all nodata", "tiles": index_ranges(skipped), "count": len(skipped)}]
 
 
-def restitch(path: Path, quiet: bool) -> RunSummary:
+def restitch(path: Path | str, quiet: bool) -> RunSummary:
     """`segbatch stitch STORE`: blend a store's kept tiles again."""
-    from segbatch.sources.raster import RasterPlan
-
     root = open_store(path, mode="r+")
     attrs = store_attrs(root)
     if attrs.get("source", {}).get("kind") != "raster":
         raise InputError(f"{path} is a {attrs.get('source', {}).get('kind')} store; only raster stores are stitched")
     if "tiles" not in root:
         raise InputError(f"{path} has no tiles/ (they are removed after a stitch unless the run had --keep-tiles)")
-    job = _job_from_store(path, root, attrs, RasterPlan)
+    job = _job_from_store(path, root, attrs)
     summary = RunSummary(units=len(job.tiles), noun="tile")
     with ray_session(None):
         stitch_store(root, job, keep_tiles=True, quiet=quiet, summary=summary)
     return summary
 
 
-def _job_from_store(path: Path, root: Any, attrs: dict[str, Any], plan_cls: type) -> RasterJob:
+def _job_from_store(path: Path | str, root: Any, attrs: dict[str, Any]) -> RasterJob:
+    from segbatch.sources.raster import plan_from_store
+
     src = attrs["source"]
-    ref = root["spatial_ref"].attrs
-    transform = tuple(float(v) for v in ref["GeoTransform"].split())
-    plan = plan_cls(
-        path=src["path"],
-        height=src["height"],
-        width=src["width"],
-        bands=tuple(src["bands"]),
-        dtype=src["dtype"],
-        crs_wkt=ref.get("crs_wkt"),
-        transform=transform,
-        nodata=src["nodata"],
-        stretch=tuple(tuple(s) for s in src["stretch"]) if src["stretch"] else None,
-    )
+    plan = plan_from_store(src, root["spatial_ref"].attrs)
     tiles = plan_tiles(plan.height, plan.width, src["tile"], src["overlap"])
     return RasterJob(
-        store=str(path.resolve()),
+        store=location.absolute(path),
         checkpoint="",
         plan=plan,
         tiles=tiles,

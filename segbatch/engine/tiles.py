@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from segbatch.engine.worker import ModelWorker
+from segbatch.engine.worker import ModelWorker, require_readable
 from segbatch.mc import derive_seed, mc_predict
 from segbatch.sources.raster import RasterPlan, read_window
 from segbatch.tiling import TilePlan, padded_side
@@ -50,6 +50,7 @@ class TileWorker(ModelWorker):
     def __init__(self, job: RasterJob) -> None:
         super().__init__(job.checkpoint, job.store, job.threads)
         self.job = job
+        require_readable(job.plan.path)
         self.pool = 2 ** (len(self.model.encoders))  # each pooling level halves the side
 
     def process(self, tile_id: int) -> dict[str, Any]:

@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from segbatch.engine.job import FrameUnit, VideoJob
+from segbatch.errors import InputError
 from segbatch.mc import derive_seed, mc_predict
 from segbatch.sources.video import DecodeReport, check_hwaccel, read_frames
 from segbatch.store import NODATA_LABEL, open_store, record_unit, write_region
@@ -37,7 +38,7 @@ class ModelWorker:
         model = load_checkpoint(checkpoint).model.to(self.device).eval()
         # on GPUs, channels-last feeds cuDNN's tensor-core kernels without layout conversions (same results: tested on CPU)
         self.model = model.to(memory_format=torch.channels_last) if self.cuda else model
-        self.root = open_store(Path(store), mode="r+")
+        self.root = open_store(store, mode="r+")
 
     def to_device(self, array: np.ndarray) -> Any:
         """A host array as a tensor on the actor's device: through pinned memory with a non-blocking copy on CUDA."""
@@ -62,6 +63,7 @@ class UnitWorker(ModelWorker):
     def __init__(self, job: VideoJob) -> None:
         super().__init__(job.checkpoint, job.store, job.threads)
         self.job = job
+        require_readable(job.plan.path)
         if job.hwaccel:
             check_hwaccel(job.plan, job.hwaccel)  # on the node that will decode: its GPU, its FFmpeg
 
@@ -203,6 +205,29 @@ def index_ranges(indices: Iterable[int]) -> list[list[int]]:
         else:
             out.append([i, i + 1])
     return out
+
+
+def require_readable(path: str | Path) -> None:
+    """At an actor's start: its node must see the input (a shared path or a URL), or the run stops with one line saying where."""
+    from segbatch import location
+
+    try:
+        ok = location.exists(location.parse(path))
+    except OSError:
+        ok = False
+    if not ok:
+        raise InputError(f"node {_node_ip()} cannot read the input {path} (is it on a path or URL every node sees?)")
+
+
+def _node_ip() -> str:
+    try:
+        import ray
+
+        return ray.util.get_node_ip_address()
+    except Exception:  # outside Ray
+        import socket
+
+        return socket.gethostname()
 
 
 def _node_id() -> str | None:

@@ -15,6 +15,7 @@ from typing import Any
 
 import torch
 
+from segbatch import location
 from segbatch.atomic import atomic_path
 from segbatch.errors import CheckpointError
 from segbatch.model.segnet import SegNet, build_model, count_parameters
@@ -116,11 +117,11 @@ def save_checkpoint(model: SegNet, path: str | Path, spec: ModelSpec | None = No
 
 
 def load_checkpoint(path: str | Path) -> Checkpoint:
-    """Read a checkpoint safely; any missing, corrupt or foreign file raises CheckpointError."""
-    path = Path(path)
-    if not path.is_file():
+    """Read a checkpoint safely (a path, or an fsspec URL); any missing, corrupt or foreign file raises CheckpointError."""
+    path = location.parse(path)
+    if location.is_url(path) and not location.exists(path) or not location.is_url(path) and not Path(path).is_file():
         raise CheckpointError(f"checkpoint {path} does not exist or is not a file")
-    data = path.read_bytes()  # hash exactly the bytes that are loaded
+    data = location.read_bytes(path)  # hash exactly the bytes that are loaded
     try:
         payload = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises many types for a bad file; all mean "not ours"

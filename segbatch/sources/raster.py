@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from segbatch import location
 from segbatch.errors import InputError
 from segbatch.tiling import Window
 
@@ -44,9 +45,9 @@ def _open(path: str | Path) -> Any:
     from rasterio.errors import RasterioIOError
 
     try:
-        return rasterio.open(str(path))
+        return rasterio.open(location.gdal_path(path))
     except RasterioIOError as exc:
-        if not Path(path).exists():
+        if not location.is_url(path) and not Path(path).exists():
             raise InputError(f"{path}: no such file") from None
         raise InputError(f"{path} is not a readable raster ({str(exc).splitlines()[0]})") from None
 
@@ -119,6 +120,21 @@ def scale_to_unit(data: np.ndarray, plan: RasterPlan) -> np.ndarray:
     hi = np.array([s[1] for s in plan.stretch], np.float32)[:, None, None]
     out = (data.astype(np.float32) - lo) / (hi - lo)
     return np.nan_to_num(np.clip(out, 0.0, 1.0), nan=0.0)
+
+
+def plan_from_store(source: dict[str, Any], spatial_ref: Any) -> RasterPlan:
+    """The plan a run used, rebuilt from its store (source attributes and the spatial_ref grid mapping): same bands and stretch."""
+    return RasterPlan(
+        path=source["path"],
+        height=source["height"],
+        width=source["width"],
+        bands=tuple(source["bands"]),
+        dtype=source["dtype"],
+        crs_wkt=spatial_ref.get("crs_wkt"),
+        transform=tuple(float(v) for v in spatial_ref["GeoTransform"].split()),
+        nodata=source["nodata"],
+        stretch=tuple(tuple(s) for s in source["stretch"]) if source.get("stretch") else None,
+    )
 
 
 def georeference(plan: RasterPlan) -> dict[str, Any]:

@@ -15,6 +15,7 @@ frames that were missing or decoded with errors.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
@@ -22,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from segbatch import location
 from segbatch.errors import InputError
 
 VIDEO_SUFFIXES = (".mp4", ".m4v", ".mkv", ".mov", ".avi", ".webm", ".mpg", ".mpeg", ".ts", ".mts", ".wmv", ".flv", ".3gp")
@@ -66,33 +68,53 @@ class VideoPlan:
         return int(np.median(np.diff(np.append(self.keyframes, self.frames)))) if self.frames else 1
 
 
-def _open(path: str | Path, hwaccel: str | None = None) -> Any:
+@contextmanager
+def _open(path: str | Path, hwaccel: str | None = None) -> Iterator[Any]:
+    """The container, from a path or (URLs) from an fsspec file object; with `hwaccel`, decoding on that device."""
     import av
 
+    source: Any = None
     try:
+        source = location.open_binary(path) if location.is_url(path) else str(path)
+        options: dict[str, Any] = {"metadata_errors": "ignore"}
         if hwaccel:
             from av.codec.hwaccel import HWAccel
 
-            return av.open(str(path), metadata_errors="ignore", hwaccel=HWAccel(hwaccel, allow_software_fallback=False))
-        return av.open(str(path), metadata_errors="ignore")
+            options["hwaccel"] = HWAccel(hwaccel, allow_software_fallback=False)
+        container = av.open(source, **options)
     except FileNotFoundError:
+        _close(source)
         raise InputError(f"{path}: no such file") from None
     except IsADirectoryError:
+        _close(source)
         raise InputError(f"{path} is a folder, not a video") from None
     except (av.FFmpegError, UnicodeDecodeError, ValueError) as exc:
+        _close(source)
         raise InputError(f"{path} is not a readable video ({_reason(exc)})") from None
+    try:
+        yield container
+    finally:
+        container.close()
+        _close(source)
+
+
+def _close(source: Any) -> None:
+    if hasattr(source, "close"):
+        source.close()
 
 
 def check_hwaccel(plan: VideoPlan, hwaccel: str) -> None:
     """Decode the first frame with `hwaccel`, or say in one line why this machine cannot (no device, codec unsupported)."""
     import av
-    from av.codec.hwaccel import HWAccel, hwdevices_available
+    from av.codec.hwaccel import hwdevices_available
 
     if hwaccel not in hwdevices_available():
         raise InputError(f"--hwaccel {hwaccel}: this FFmpeg offers {', '.join(hwdevices_available()) or 'no hardware decoders'}")
     try:
-        with av.open(str(plan.path), hwaccel=HWAccel(hwaccel, allow_software_fallback=False)) as container:
+        with _open(plan.path, hwaccel) as container:
             next(container.decode(video=0)).to_ndarray(format="rgb24")
+    except InputError as exc:
+        raise InputError(f"--hwaccel {hwaccel}: cannot decode {plan.codec} on this machine's {hwaccel} device ({str(exc).rsplit('(', 1)[-1]}") from None
     except (av.FFmpegError, OSError, StopIteration, ValueError) as exc:
         raise InputError(f"--hwaccel {hwaccel}: cannot decode {plan.codec} on this machine's {hwaccel} device ({_reason(exc)})") from None
 

@@ -1,0 +1,132 @@
+"""Where inputs, checkpoints and stores live: a local (or shared) path, or an fsspec URL every node can reach.
+
+A location is a `Path` for local files and a `str` for URLs (`s3://`,
+`gs://`, `az://`, `https://`, `file://`, ...; the URL's scheme picks the
+fsspec filesystem, whose package, e.g. s3fs or gcsfs, must be installed on
+every node). Zarr stores are opened through fsspec, rasters through GDAL's
+virtual file systems (/vsis3/, /vsigs/, ...), videos through a file object
+that PyAV reads.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import IO, Any
+
+from segbatch.errors import InputError
+
+Location = Path | str
+
+_URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
+_GDAL_PREFIX = {"s3": "/vsis3/", "gs": "/vsigs/", "gcs": "/vsigs/", "az": "/vsiaz/", "abfs": "/vsiaz/", "http": "/vsicurl/", "https": "/vsicurl/"}
+
+
+def is_url(location: Location | str) -> bool:
+    return isinstance(location, str) and bool(_URL.match(location))
+
+
+def parse(value: str | Path) -> Location:
+    """A command-line value as a location: URLs stay strings (a Path would fold their '//'), the rest are paths."""
+    return value if is_url(value) else Path(value)
+
+
+def absolute(location: Location) -> str:
+    """The form workers on other nodes can use: a URL as given, a path made absolute."""
+    return str(location) if is_url(location) else str(Path(location).resolve())
+
+
+def name(location: Location) -> str:
+    return str(location).rstrip("/").rsplit("/", 1)[-1]
+
+
+def suffix(location: Location) -> str:
+    return Path(name(location)).suffix.lower()
+
+
+def storage_options(url: str) -> dict[str, Any]:
+    """fsspec options: local files through fsspec create their parent folders (as object stores need no folders)."""
+    return {"auto_mkdir": True} if url.split("://", 1)[0] in ("file", "local") else {}
+
+
+def filesystem(url: str) -> tuple[Any, str]:
+    """The fsspec filesystem of a URL and the path within it; a missing backend package is a one-line error."""
+    import fsspec
+
+    try:
+        return fsspec.core.url_to_fs(url, **storage_options(url))
+    except ImportError as exc:
+        raise InputError(f"{url}: {exc}") from None
+    except ValueError as exc:
+        raise InputError(f"{url}: not a URL fsspec knows ({exc})") from None
+
+
+def exists(location: Location) -> bool:
+    if not is_url(location):
+        return Path(location).exists()
+    fs, path = filesystem(str(location))
+    return bool(fs.exists(path))
+
+
+def is_dir(location: Location) -> bool:
+    if not is_url(location):
+        return Path(location).is_dir()
+    fs, path = filesystem(str(location))
+    return bool(fs.isdir(path))
+
+
+def size(location: Location) -> int:
+    if not is_url(location):
+        return Path(location).stat().st_size
+    fs, path = filesystem(str(location))
+    return int(fs.size(path))
+
+
+def open_binary(location: Location) -> IO[bytes]:
+    """A seekable binary file object (fsspec's buffered reader for URLs)."""
+    if not is_url(location):
+        return Path(location).open("rb")
+    fs, path = filesystem(str(location))
+    try:
+        return fs.open(path, "rb")
+    except FileNotFoundError:
+        raise InputError(f"{location}: no such file") from None
+
+
+def read_bytes(location: Location) -> bytes:
+    with open_binary(location) as f:
+        return f.read()
+
+
+def remove_tree(location: Location) -> None:
+    import shutil
+
+    if not is_url(location):
+        shutil.rmtree(location)
+        return
+    fs, path = filesystem(str(location))
+    fs.rm(path, recursive=True)
+
+
+def gdal_path(location: Location) -> str:
+    """What GDAL opens: a local path, or the URL through its virtual file system (/vsis3/bucket/key, /vsicurl/https://...)."""
+    if not is_url(location):
+        return str(location)
+    scheme, rest = str(location).split("://", 1)
+    if scheme in ("file", "local"):
+        return rest
+    if scheme not in _GDAL_PREFIX:
+        raise InputError(f"{location}: GDAL reads s3://, gs://, az:// and http(s):// URLs, not {scheme}://")
+    return _GDAL_PREFIX[scheme] + (str(location) if scheme in ("http", "https") else rest)
+
+
+def zarr_store(location: Location, read_only: bool) -> Any:
+    """What zarr.open_group takes: a local path, or an fsspec store for a URL."""
+    if not is_url(location):
+        return str(location)
+    from zarr.storage import FsspecStore
+
+    try:
+        return FsspecStore.from_url(str(location), storage_options=storage_options(str(location)), read_only=read_only)
+    except ImportError as exc:
+        raise InputError(f"{location}: {exc}") from None
