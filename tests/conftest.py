@@ -18,6 +18,19 @@ def cli():
     return cli
 
 
+@pytest.fixture(scope="module")
+def runner_module() -> CliRunner:
+    """A runner for module-scoped fixtures (a clean reference store made once per module)."""
+    return CliRunner()
+
+
+@pytest.fixture(scope="module")
+def cli_module():
+    from segbatch.cli.main import cli
+
+    return cli
+
+
 @pytest.fixture(scope="session")
 def ray_address():
     """One local Ray runtime for the whole test session (4 logical CPUs so 3 actors fit on 2 cores)."""

@@ -116,10 +116,15 @@ class PixelStats:
     """Per-item figures over its valid pixels (label != 255)."""
 
     valid_pixels: int
+    values: dict[str, np.ndarray]  # name -> the finite values of its valid pixels (what store-wide histograms add up)
     measures: dict[str, tuple[float, float]]  # name -> (mean, 95th percentile)
-    above_threshold: float
+    above: int  # valid pixels whose ranking measure is above the threshold
     class_pixels: np.ndarray  # (K,)
     class_measure_mean: np.ndarray  # (K,), NaN for classes absent from the item
+
+    @property
+    def above_threshold(self) -> float:
+        return self.above / self.valid_pixels if self.valid_pixels else float("nan")
 
 
 def item_stats(labels: np.ndarray, measures: dict[str, np.ndarray], measure: str, threshold: float, num_classes: int) -> PixelStats:
@@ -128,11 +133,12 @@ def item_stats(labels: np.ndarray, measures: dict[str, np.ndarray], measure: str
     n = int(valid.sum())
     empty = np.full(num_classes, np.nan)
     if n == 0:
-        return PixelStats(0, {k: (float("nan"), float("nan")) for k in measures}, float("nan"), np.zeros(num_classes, np.int64), empty)
-    summary = {}
+        none = {k: np.zeros(0) for k in measures}
+        return PixelStats(0, none, {k: (float("nan"), float("nan")) for k in measures}, 0, np.zeros(num_classes, np.int64), empty)
+    finite, summary = {}, {}
     for name, values in measures.items():
         v = values[valid].astype(np.float64)
-        v = v[np.isfinite(v)]
+        finite[name] = v = v[np.isfinite(v)]
         summary[name] = (float(v.mean()), float(np.percentile(v, 95))) if v.size else (float("nan"), float("nan"))
     lab = labels[valid].astype(np.int64)
     lab = np.where(lab < num_classes, lab, num_classes)  # an id the model cannot produce would be a bug; keep it out of the classes
@@ -141,4 +147,4 @@ def item_stats(labels: np.ndarray, measures: dict[str, np.ndarray], measure: str
     sums = np.bincount(lab, weights=m, minlength=num_classes + 1)[:num_classes]
     with np.errstate(invalid="ignore", divide="ignore"):
         per_class = np.where(counts > 0, sums / counts, np.nan)
-    return PixelStats(n, summary, float((m > threshold).mean()), counts, per_class)
+    return PixelStats(n, finite, summary, int((m > threshold).sum()), counts, per_class)

@@ -107,7 +107,7 @@ def _write(root: Any, attrs: dict[str, Any], store: Path, folder: Path, opts: Au
     summary["files"] = {"items": "items.csv", "summary": "summary.json", "index": "index.html", "plots": figures}
     reader = InputReader(attrs, root)
     vmax = summary[result.measure]["p99"] or result.hist_max[result.measure]
-    truth_source = result.truth.truth if result.truth is not None else None
+    truth_source = result.truth.source if result.truth is not None else None
     thumbs = write_thumbnails(
         root,
         [r.item for r in result.top],
@@ -121,17 +121,9 @@ def _write(root: Any, attrs: dict[str, Any], store: Path, folder: Path, opts: Au
         opts.ignore_index,
     )
     summary["input_thumbnails"] = reader.problem or "ok"
-    (folder / "summary.json").write_text(json.dumps(summary, indent=2, allow_nan=False, default=_json_default))
+    (folder / "summary.json").write_text(json.dumps(summary, indent=2, allow_nan=False))
     (folder / "index.html").write_text(render_index(summary, result, thumbs, figures))
     return summary
-
-
-def _json_default(value: Any) -> Any:
-    if isinstance(value, np.integer):
-        return int(value)
-    if isinstance(value, np.floating):
-        return _finite(float(value))
-    raise TypeError(type(value).__name__)
 
 
 def _finite(v: float) -> float | None:

@@ -22,10 +22,10 @@ import numpy as np
 
 from segbatch.audit.items import Block, Item, item_count, item_noun, item_stats, iter_blocks, squeeze_item
 from segbatch.audit.metrics import HonestyAccumulator, value_bins
-from segbatch.audit.truth import TruthSource, open_truth
+from segbatch.audit.truth import TruthSource, labelled_mask, open_truth
 from segbatch.errors import DataError
 from segbatch.progress import progress_bar
-from segbatch.store import NODATA_LABEL, sample_values
+from segbatch.store import sample_values
 
 HIST_BINS = 4096
 TIMELINE_POINTS = 2000
@@ -90,7 +90,7 @@ class TruthSummary:
     without_truth: list[str] = field(default_factory=list)
     without_truth_count: int = 0
     errors: list[str] = field(default_factory=list)
-    truth: TruthSource | None = None
+    source: TruthSource | None = None
 
 
 def scan_store(root: Any, attrs: dict[str, Any], opts: AuditOptions, write_row: Callable[[dict[str, Any]], None]) -> ScanResult:
@@ -164,15 +164,12 @@ def _item_row(result: ScanResult, item: Item, values: dict[str, np.ndarray], mea
     """One item's row, and its pixels added to the store-wide histograms and class totals."""
     labels = values["labels"]
     stats = item_stats(labels, {m: values[m] for m in measures}, result.measure, result.threshold, k)
-    valid = labels != NODATA_LABEL
-    for m in measures:
-        v = values[m][valid].astype(np.float64)
-        v = v[np.isfinite(v)]
+    for m, v in stats.values.items():
         result.histograms[m] += np.bincount(value_bins(v, result.hist_max[m], HIST_BINS), minlength=HIST_BINS)
         result.sums[m] += float(v.sum())
     result.pixels += stats.valid_pixels
     result.items_with_pixels += stats.valid_pixels > 0
-    result.above += round(stats.above_threshold * stats.valid_pixels) if stats.valid_pixels else 0
+    result.above += stats.above
     result.class_pixels += stats.class_pixels
     result.class_measure_sum += np.nan_to_num(stats.class_measure_mean) * stats.class_pixels
     row: dict[str, Any] = {"item": item.index, "name": item.name, **item.meta, "valid_pixels": stats.valid_pixels}
@@ -198,18 +195,10 @@ def _open_truth_summary(opts: AuditOptions, root: Any, attrs: dict[str, Any], k:
     measures = [m for m in ("uncertainty", "entropy", "mutual_information") if m in root]
     honesty = {m: HonestyAccumulator(VARIANCE_MAX if m == "uncertainty" else math.log(k)) for m in measures}
     confidence = "confidence" if "confidence" in root else "probs" if "probs" in root else None
-    return TruthSummary(source.description, np.zeros((k, k), np.int64), honesty, confidence, truth=source)
+    return TruthSummary(source.description, np.zeros((k, k), np.int64), honesty, confidence, source=source)
 
 
 MAX_LISTED = 1000  # items without truth named in summary.json (items.csv has every one)
-
-
-def labelled_mask(labels: np.ndarray, truth: np.ndarray, k: int, ignore_index: int | None) -> np.ndarray:
-    """Pixels that count: predicted (not nodata) and labelled with a class the model knows (not ignored)."""
-    ok = (labels != NODATA_LABEL) & (truth >= 0) & (truth < k)
-    if ignore_index is not None:
-        ok &= truth != ignore_index
-    return ok
 
 
 def _truth_row(truth: TruthSummary, item: Item, values: dict[str, np.ndarray], k: int, ignore_index: int | None) -> dict[str, Any]:
@@ -217,7 +206,7 @@ def _truth_row(truth: TruthSummary, item: Item, values: dict[str, np.ndarray], k
 
     blank = {"truth": "none", "truth_pixels": 0, "accuracy": float("nan"), "miou": float("nan")}
     try:
-        t = truth.truth.read(item) if truth.truth is not None else None
+        t = truth.source.read(item) if truth.source is not None else None
     except DataError as exc:
         truth.errors.append(str(exc))
         t = None
@@ -235,8 +224,9 @@ def _truth_row(truth: TruthSummary, item: Item, values: dict[str, np.ndarray], k
     truth.confusion += conf
     correct = pred == gt
     confidence = values.get("confidence")
-    for m, acc in truth.honesty.items():
-        acc.update(values[m][ok], None if confidence is None else confidence[ok], correct)
+    for k, (m, acc) in enumerate(truth.honesty.items()):
+        # the reliability diagram does not depend on the measure: the first accumulator alone keeps it
+        acc.update(values[m][ok], confidence[ok] if k == 0 and confidence is not None else None, correct)
     n = int(ok.sum())
     return {"truth": "yes", "truth_pixels": n, "accuracy": float(correct.mean()) if n else float("nan"), "miou": mean_iou(conf) if n else float("nan")}
 

@@ -15,7 +15,7 @@ import numpy as np
 
 from segbatch import location
 from segbatch.audit.items import Item
-from segbatch.audit.truth import TruthSource
+from segbatch.audit.truth import TruthSource, labelled_mask
 from segbatch.colour import colourise, heatmap
 from segbatch.errors import SegbatchError
 from segbatch.store import NODATA_LABEL
@@ -117,8 +117,6 @@ def write_thumbnails(
 ) -> list[dict[str, str]]:
     """Write thumbs/<rank>-<what>.png for each item (in rank order); returns, per item, what -> relative path."""
     from PIL import Image
-
-    from segbatch.audit.scan import labelled_mask
 
     folder.mkdir(exist_ok=True)
     out = []

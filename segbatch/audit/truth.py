@@ -24,8 +24,17 @@ import numpy as np
 from segbatch.audit.items import Item
 from segbatch.errors import DataError, InputError
 from segbatch.sources.images import find_images, read_mask
+from segbatch.store import NODATA_LABEL
 
 IGNORED = -1  # truth value of pixels that have no class (GDAL nodata)
+
+
+def labelled_mask(labels: np.ndarray, truth: np.ndarray, k: int, ignore_index: int | None) -> np.ndarray:
+    """Pixels that count: predicted (not nodata) and labelled with a class the model knows (not ignored)."""
+    ok = (labels != NODATA_LABEL) & (truth >= 0) & (truth < k)
+    if ignore_index is not None:
+        ok &= truth != ignore_index
+    return ok
 
 
 class TruthSource:

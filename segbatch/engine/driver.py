@@ -133,6 +133,7 @@ def resolve_model(model: Path | None, quiet: bool) -> Path:
 
 def run_video(cfg: RunConfig) -> RunSummary:
     """Segment a video into a Zarr store (see DESIGN.md): plan, store, actors, finalise."""
+    from segbatch.engine.worker import UnitWorker
     from segbatch.model.checkpoint import load_checkpoint
 
     if not location.exists(cfg.input):
@@ -170,15 +171,43 @@ def run_video(cfg: RunConfig) -> RunSummary:
     with ray_session(cfg.address):
         pool = pool_size(cfg, -(-(stop - first) // chunk))  # refuses an impossible pool before a store exists
         root, units, done = _prepare_store(cfg, job, ckpt, config, pool[0])
-        pending = [u for u in units if u.id not in done]
-        summary = RunSummary(units=len(units), skipped_units=len(units) - len(pending))
-        started = time.perf_counter()
-        with recorded_outcome(root, len(units), "units"):
-            if pending:
-                _run_units(cfg, job, pending, summary, *pool)
+        return run_units(
+            cfg,
+            UnitWorker,
+            job,
+            root,
+            [u for u in units if u.id not in done],
+            len(units),
+            pool,
+            size=lambda u: u.stop - u.start,
+            describe=lambda u: f"unit {u.id} (frames {u.start}:{u.stop})",
+            noun="frame",
+            finish=lambda summary, pending: _finalise(root, units, summary),
+        )
+
+
+def run_units(
+    cfg: RunConfig,
+    worker: type,
+    job: Any,
+    root: Any,
+    pending: Sequence[Any],
+    total: int,
+    pool: tuple[int, float],
+    size: Callable[[Any], int],
+    describe: Callable[[Any], str],
+    noun: str,
+    finish: Callable[[RunSummary, Sequence[Any]], None],
+) -> RunSummary:
+    """Every source's run: the pending units on the actor pool, then `finish` (finalise or stitch), the outcome recorded in the store."""
+    summary = RunSummary(units=total, skipped_units=total - len(pending), noun=noun)
+    started = time.perf_counter()
+    with recorded_outcome(root, total, "units"):
+        if pending:
+            summary.items += run_pool(worker, job, pending, cfg, *pool, size=size, describe=describe, noun=noun, summary=summary)
         summary.seconds = time.perf_counter() - started
-        _finalise(root, units, summary)
-        return summary
+        finish(summary, pending)
+    return summary
 
 
 @contextmanager
@@ -292,23 +321,6 @@ def _prepare_store(cfg: RunConfig, job: VideoJob, ckpt: Any, config: dict[str, A
         "unit_frames": unit_frames,
     }
     return create_store(cfg.out, layout, attrs), units, {}
-
-
-def _run_units(cfg: RunConfig, job: VideoJob, pending: list[FrameUnit], summary: RunSummary, n_actors: int, gpus: float) -> None:
-    from segbatch.engine.worker import UnitWorker
-
-    summary.items += run_pool(
-        UnitWorker,
-        job,
-        pending,
-        cfg,
-        n_actors,
-        gpus,
-        size=lambda u: u.stop - u.start,
-        describe=lambda u: f"unit {u.id} (frames {u.start}:{u.stop})",
-        noun="frame",
-        summary=summary,
-    )
 
 
 def run_pool(

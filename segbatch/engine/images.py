@@ -25,9 +25,8 @@ from segbatch.engine.driver import (
     output_names,
     pool_size,
     ray_session,
-    recorded_outcome,
     resolve_model,
-    run_pool,
+    run_units,
 )
 from segbatch.engine.job import RunConfig, config_digest, software_versions
 from segbatch.engine.worker import ModelWorker, predict_outputs, require_readable
@@ -190,26 +189,19 @@ def run_images(cfg: RunConfig) -> RunSummary:
     with ray_session(cfg.address):
         n_actors, gpus = pool_size(cfg, plan.images)  # refuses an impossible pool before a store exists
         root, units, done = _prepare_image_store(cfg, job, plan, ckpt, config, n_actors)
-        pending = [u for u in units if u.id not in done]
-        summary = RunSummary(units=len(units), skipped_units=len(units) - len(pending), noun="image")
-        started = time.perf_counter()
-        with recorded_outcome(root, len(units), "units"):
-            if pending:
-                summary.items += run_pool(
-                    ImageWorker,
-                    job,
-                    pending,
-                    cfg,
-                    n_actors,
-                    gpus,
-                    size=lambda u: u.stop - u.start,
-                    describe=lambda u: f"unit {u.id} (images {u.start}:{u.stop}, {plan.paths[u.start]} ...)",
-                    noun="image",
-                    summary=summary,
-                )
-        summary.seconds = time.perf_counter() - started
-        _finalise(root, units, {u.id for u in pending}, summary)
-        return summary
+        return run_units(
+            cfg,
+            ImageWorker,
+            job,
+            root,
+            [u for u in units if u.id not in done],
+            len(units),
+            (n_actors, gpus),
+            size=lambda u: u.stop - u.start,
+            describe=lambda u: f"unit {u.id} (images {u.start}:{u.stop}, {plan.paths[u.start]} ...)",
+            noun="image",
+            finish=lambda summary, pending: _finalise(root, units, {u.id for u in pending}, summary),
+        )
 
 
 def _prepare_image_store(

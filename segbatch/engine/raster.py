@@ -8,7 +8,6 @@ re-runs the stitch alone from a kept tiles/.
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 from typing import Any
 
@@ -21,9 +20,8 @@ from segbatch.engine.driver import (
     model_attrs,
     pool_size,
     ray_session,
-    recorded_outcome,
     resolve_model,
-    run_pool,
+    run_units,
 )
 from segbatch.engine.job import RunConfig, config_digest, software_versions, source_identity
 from segbatch.engine.tiles import PROB_NODATA, RasterJob, TileWorker, tile_side
@@ -88,26 +86,19 @@ def run_raster(cfg: RunConfig) -> RunSummary:
     with ray_session(cfg.address):
         n_actors, gpus = pool_size(cfg, len(tiles))
         root, done = _prepare_raster_store(cfg, job, ckpt, config)
-        pending = [t for t in range(len(tiles)) if t not in done]
-        summary = RunSummary(units=len(tiles), skipped_units=len(tiles) - len(pending), noun="tile")
-        started = time.perf_counter()
-        with recorded_outcome(root, len(tiles), "tiles"):
-            if pending:
-                summary.items += run_pool(
-                    TileWorker,
-                    job,
-                    pending,
-                    cfg,
-                    n_actors,
-                    gpus,
-                    size=lambda t: 1,
-                    describe=lambda t: f"tile {t} (window {tiles[t].window})",
-                    noun="tile",
-                    summary=summary,
-                )
-            summary.seconds = time.perf_counter() - started
-            stitch_store(root, job, cfg.keep_tiles, cfg.quiet, summary)
-        return summary
+        return run_units(
+            cfg,
+            TileWorker,
+            job,
+            root,
+            [t for t in range(len(tiles)) if t not in done],
+            len(tiles),
+            (n_actors, gpus),
+            size=lambda t: 1,
+            describe=lambda t: f"tile {t} (window {tiles[t].window})",
+            noun="tile",
+            finish=lambda summary, pending: stitch_store(root, job, cfg.keep_tiles, cfg.quiet, summary),
+        )
 
 
 def _prepare_raster_store(cfg: RunConfig, job: RasterJob, ckpt: Any, config: dict[str, Any]) -> tuple[Any, dict[int, Any]]:

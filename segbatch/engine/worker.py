@@ -39,6 +39,7 @@ class ModelWorker:
         # on GPUs, channels-last feeds cuDNN's tensor-core kernels without layout conversions (same results: tested on CPU)
         self.model = model.to(memory_format=torch.channels_last) if self.cuda else model
         self.root = open_store(store, mode="r+")
+        self.node = _node_id()
 
     def to_device(self, array: np.ndarray) -> Any:
         """A host array as a tensor on the actor's device: through pinned memory with a non-blocking copy on CUDA."""
@@ -54,7 +55,7 @@ class ModelWorker:
 
     def record(self, unit: int, stats: dict[str, Any]) -> None:
         """The unit's ledger entry, after its chunks; it names the node that did it (where the work went, for audits of a run)."""
-        record_unit(self.root, unit, {**stats, "node": _node_id()})
+        record_unit(self.root, unit, {**stats, "node": self.node})
 
 
 class UnitWorker(ModelWorker):

@@ -114,7 +114,7 @@ def check_hwaccel(plan: VideoPlan, hwaccel: str) -> None:
         with _open(plan.path, hwaccel) as container:
             next(container.decode(video=0)).to_ndarray(format="rgb24")
     except InputError as exc:
-        raise InputError(f"--hwaccel {hwaccel}: cannot decode {plan.codec} on this machine's {hwaccel} device ({str(exc).rsplit('(', 1)[-1]}") from None
+        raise InputError(f"--hwaccel {hwaccel}: cannot decode {plan.codec} on this machine's {hwaccel} device: {exc}") from None
     except (av.FFmpegError, OSError, StopIteration, ValueError) as exc:
         raise InputError(f"--hwaccel {hwaccel}: cannot decode {plan.codec} on this machine's {hwaccel} device ({_reason(exc)})") from None
 

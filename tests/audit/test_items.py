@@ -6,8 +6,8 @@ import pytest
 from segbatch.audit.items import Item, item_stats
 from segbatch.audit.metrics import bin_edges, value_bins
 from segbatch.audit.report import quantile_from_histogram
-from segbatch.audit.scan import column_name, labelled_mask
-from segbatch.audit.truth import _FolderTruth
+from segbatch.audit.scan import column_name
+from segbatch.audit.truth import _FolderTruth, labelled_mask
 
 
 def test_item_stats_over_valid_pixels_only():
@@ -15,7 +15,8 @@ def test_item_stats_over_valid_pixels_only():
     unc = np.array([[0.1, 0.3, 0.5, np.nan]], np.float32)
     ent = unc * 2
     s = item_stats(labels, {"uncertainty": unc, "entropy": ent}, "uncertainty", threshold=0.2, num_classes=3)
-    assert s.valid_pixels == 3
+    assert s.valid_pixels == 3 and s.above == 2
+    assert s.values["uncertainty"].tolist() == pytest.approx([0.1, 0.3, 0.5])  # the NaN of the nodata pixel is not there
     assert s.measures["uncertainty"] == pytest.approx((0.3, np.percentile([0.1, 0.3, 0.5], 95)))
     assert s.measures["entropy"][0] == pytest.approx(0.6)
     assert s.above_threshold == pytest.approx(2 / 3)

@@ -18,12 +18,9 @@ from segbatch.demo.video import write_demo_video
 
 sys.path.insert(0, str(Path(__file__).parents[1] / "sources"))
 from rasters import write_geotiff  # noqa: E402
+from stores import invoke  # noqa: E402
 
 FRAMES, H, W = 24, 96, 128
-
-
-def _run(runner, cli, *args):
-    return runner.invoke(cli, [str(a) for a in args], catch_exceptions=False)
 
 
 def _references(index: Path) -> list[str]:
@@ -42,7 +39,7 @@ def video_store(tmp_path_factory, ray_address):
     truth = np.stack([mask for _, mask in render_video(3, FRAMES, H, W, speed=0.5)]).astype(np.uint8)
     np.save(folder / "truth.npy", truth)
     store = folder / "drive.zarr"
-    result = _run(CliRunner(), cli, "run", "--input", video, "--out", store, "--samples", "4", "--address", ray_address, "--quiet")
+    result = invoke(CliRunner(), cli, "run", "--input", video, "--out", store, "--samples", "4", "--address", ray_address, "--quiet")
     assert result.exit_code == 0, result.output
     return folder, store
 
@@ -50,7 +47,7 @@ def video_store(tmp_path_factory, ray_address):
 def test_video_audit_with_truth_writes_a_complete_report(runner, cli, video_store, tmp_path):
     folder, store = video_store
     report = tmp_path / "report"
-    result = _run(runner, cli, "audit", store, "--report", report, "--truth", folder / "truth.npy", "--top", "4", "--quiet")
+    result = invoke(runner, cli, "audit", store, "--report", report, "--truth", folder / "truth.npy", "--top", "4", "--quiet")
     assert result.exit_code == 0, result.output
     assert "AUROC" in result.output and str(report / "index.html") in result.output
 
@@ -95,7 +92,7 @@ def test_items_without_truth_are_listed_not_dropped(runner, cli, video_store, tm
     for frame in (0, 7, 15):  # sparse annotation, named by frame number
         Image.fromarray(truth[frame]).save(masks / f"drive_{frame:06d}.png")
     report = tmp_path / "report"
-    result = _run(runner, cli, "audit", store, "--report", report, "--truth", masks, "--top", "0")
+    result = invoke(runner, cli, "audit", store, "--report", report, "--truth", masks, "--top", "0")
     assert result.exit_code == 0, result.output
     assert f"{FRAMES - 3} frame(s) have no truth" in result.output
     summary = json.loads((report / "summary.json").read_text())
@@ -108,15 +105,15 @@ def test_items_without_truth_are_listed_not_dropped(runner, cli, video_store, tm
 def test_report_folder_is_never_clobbered(runner, cli, video_store, tmp_path):
     _, store = video_store
     report = tmp_path / "report"
-    assert _run(runner, cli, "audit", store, "--report", report, "--top", "1", "--quiet").exit_code == 0
-    again = _run(runner, cli, "audit", store, "--report", report, "--quiet")
+    assert invoke(runner, cli, "audit", store, "--report", report, "--top", "1", "--quiet").exit_code == 0
+    again = invoke(runner, cli, "audit", store, "--report", report, "--quiet")
     assert again.exit_code == 2 and "--overwrite" in again.output
-    assert _run(runner, cli, "audit", store, "--report", report, "--top", "2", "--overwrite", "--quiet").exit_code == 0
+    assert invoke(runner, cli, "audit", store, "--report", report, "--top", "2", "--overwrite", "--quiet").exit_code == 0
     assert len(json.loads((report / "summary.json").read_text())["top"]) == 2
     other = tmp_path / "mine"
     other.mkdir()
     (other / "notes.txt").write_text("keep me")
-    refused = _run(runner, cli, "audit", store, "--report", other, "--overwrite", "--quiet")
+    refused = invoke(runner, cli, "audit", store, "--report", other, "--overwrite", "--quiet")
     assert refused.exit_code == 2 and "not a segbatch audit report" in refused.output
     assert (other / "notes.txt").read_text() == "keep me"
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no half-built report left behind
@@ -125,9 +122,9 @@ def test_report_folder_is_never_clobbered(runner, cli, video_store, tmp_path):
 def test_wrong_truth_is_one_line_exit_2(runner, cli, video_store, tmp_path):
     folder, store = video_store
     np.save(tmp_path / "short.npy", np.zeros((3, H, W), np.uint8))
-    result = _run(runner, cli, "audit", store, "--report", tmp_path / "r", "--truth", tmp_path / "short.npy")
+    result = invoke(runner, cli, "audit", store, "--report", tmp_path / "r", "--truth", tmp_path / "short.npy")
     assert result.exit_code == 2 and "shape" in result.output and len(result.output.strip().splitlines()) == 1
-    result = _run(runner, cli, "audit", store, "--report", tmp_path / "r", "--truth", tmp_path / "nothing")
+    result = invoke(runner, cli, "audit", store, "--report", tmp_path / "r", "--truth", tmp_path / "nothing")
     assert result.exit_code == 2 and "no such file" in result.output
 
 
@@ -144,9 +141,9 @@ def test_image_dataset_audit_uncertainty_finds_the_errors(runner, cli, ray_addre
     (masks / "00008.png").unlink()  # an image nobody labelled
     (images / "broken.png").write_bytes(b"not a png")
     store = tmp_path / "ds.zarr"
-    assert _run(runner, cli, "run", "--input", images, "--out", store, "--samples", "4", "--address", ray_address, "--quiet").exit_code == 0
+    assert invoke(runner, cli, "run", "--input", images, "--out", store, "--samples", "4", "--address", ray_address, "--quiet").exit_code == 0
     report = tmp_path / "report"
-    result = _run(runner, cli, "audit", store, "--report", report, "--truth", masks, "--top", "3", "--quiet")
+    result = invoke(runner, cli, "audit", store, "--report", report, "--truth", masks, "--top", "3", "--quiet")
     assert result.exit_code == 0, result.output
     summary = json.loads((report / "summary.json").read_text())
     truth = summary["truth"]
@@ -191,15 +188,15 @@ def test_calibration_certain_and_right_vs_confidently_wrong(runner, cli, ray_add
     store = tmp_path / "scene.zarr"
     model = _certain_model(tmp_path / "certain.pt", label=2)
     args = ("run", "--input", raster, "--out", store, "--model", model, "--samples", "2", "--tile", "64", "--overlap", "8", "--address", ray_address, "--quiet")
-    assert _run(runner, cli, *args).exit_code == 0
+    assert invoke(runner, cli, *args).exit_code == 0
 
-    right = _run(runner, cli, "audit", store, "--report", tmp_path / "right", "--truth", _label_raster(tmp_path / "t2.tif", raster, 2), "--quiet")
+    right = invoke(runner, cli, "audit", store, "--report", tmp_path / "right", "--truth", _label_raster(tmp_path / "t2.tif", raster, 2), "--quiet")
     assert right.exit_code == 0, right.output
     s = json.loads((tmp_path / "right" / "summary.json").read_text())
     assert s["item"] == "tile" and s["items"] == len(list(csv.DictReader((tmp_path / "right" / "items.csv").open())))
     assert s["truth"]["ece"] < 0.01 and s["truth"]["accuracy"] == 1.0 and s["truth"]["auroc"]["uncertainty"] is None  # no errors to detect
 
-    wrong = _run(runner, cli, "audit", store, "--report", tmp_path / "wrong", "--truth", _label_raster(tmp_path / "t1.tif", raster, 1), "--quiet")
+    wrong = invoke(runner, cli, "audit", store, "--report", tmp_path / "wrong", "--truth", _label_raster(tmp_path / "t1.tif", raster, 1), "--quiet")
     assert wrong.exit_code == 0, wrong.output
     s = json.loads((tmp_path / "wrong" / "summary.json").read_text())
     assert s["truth"]["ece"] > 0.95 and s["truth"]["accuracy"] == 0.0
@@ -213,16 +210,16 @@ def test_raster_truth_on_another_grid_is_refused(runner, cli, ray_address, tmp_p
     raster = write_geotiff(tmp_path / "scene.tif", height=64, width=64, hole=False)
     store = tmp_path / "scene.zarr"
     assert (
-        _run(
+        invoke(
             runner, cli, "run", "--input", raster, "--out", store, "--samples", "0", "--tile", "64", "--overlap", "8", "--address", ray_address, "--quiet"
         ).exit_code
         == 0
     )
     shifted = write_geotiff(tmp_path / "shifted.tif", height=64, width=64, bands=1, hole=False, transform=Affine(30.0, 0, 500300.0, 0, -30.0, 2700000.0))
-    result = _run(runner, cli, "audit", store, "--report", tmp_path / "r", "--truth", shifted)
+    result = invoke(runner, cli, "audit", store, "--report", tmp_path / "r", "--truth", shifted)
     assert result.exit_code == 2 and "another grid" in result.output
     # a store run with --samples 0 has no uncertainty array: the audit ranks by entropy
-    assert _run(runner, cli, "audit", store, "--report", tmp_path / "r2", "--quiet").exit_code == 0
+    assert invoke(runner, cli, "audit", store, "--report", tmp_path / "r2", "--quiet").exit_code == 0
     assert json.loads((tmp_path / "r2" / "summary.json").read_text())["measure"] == "entropy"
 
 

@@ -10,14 +10,12 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
 import zarr
 
 sys.path.insert(0, str(Path(__file__).parents[1]))
 from drivers import finished_units, total_units  # noqa: E402
-
-ARRAYS = ("labels", "uncertainty", "entropy", "confidence")
+from stores import arrays, assert_same  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -37,8 +35,7 @@ def reference(clip, tiny_model, ray_address, tmp_path_factory):
     out = tmp_path_factory.mktemp("reference") / "ref.zarr"
     args = ["run", "--input", str(clip), "--out", str(out), "--model", str(tiny_model), "--samples", "4", "--actors", "1", "--address", ray_address, "--quiet"]
     assert CliRunner().invoke(cli, args).exit_code == 0
-    root = zarr.open_group(str(out), mode="r")
-    return {name: root[name][...] for name in ARRAYS}
+    return arrays(out)
 
 
 @pytest.fixture
@@ -66,11 +63,6 @@ def _ledger(store: Path) -> list[dict]:
     return [json.loads(e) for e in entries if e]
 
 
-def _arrays(store: Path) -> dict[str, np.ndarray]:
-    root = zarr.open_group(str(store), mode="r")
-    return {name: root[name][...] for name in ARRAYS}
-
-
 def test_losing_a_node_mid_run_loses_no_unit(cluster, clip, tiny_model, reference, tmp_path):
     c, nodes = cluster
     store = tmp_path / "run.zarr"
@@ -88,8 +80,7 @@ def test_losing_a_node_mid_run_loses_no_unit(cluster, clip, tiny_model, referenc
     ledger = _ledger(store)
     assert len(ledger) == total_units(store)
     assert {e["node"] for e in ledger} == {nodes[0].node_id, doomed}  # the work went to both nodes
-    for name, values in _arrays(store).items():
-        np.testing.assert_array_equal(values, reference[name], err_msg=name)
+    assert_same(arrays(store), reference)
     attrs = zarr.open_group(str(store), mode="r").attrs["segbatch"]
     assert attrs["status"] == "complete" and attrs["summary"]["actors"] == 2
 
@@ -109,5 +100,4 @@ def test_a_dead_driver_leaves_a_store_that_resume_completes(cluster, clip, tiny_
     resumed = _driver(c.address, *args, "--resume")
     _, err = resumed.communicate(timeout=180)
     assert resumed.returncode == 0, err
-    for name, values in _arrays(store).items():
-        np.testing.assert_array_equal(values, reference[name], err_msg=name)
+    assert_same(arrays(store), reference)

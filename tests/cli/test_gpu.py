@@ -18,7 +18,7 @@ def clip(tmp_path_factory):
 
 
 def _run(runner, cli, *args):
-    return runner.invoke(cli, ["run", *map(str, args)])
+    return runner.invoke(cli, ["run", *map(str, args)])  # not --quiet: the closing line names the device
 
 
 @pytest.mark.parametrize("precision", ["fp16", "bf16"])

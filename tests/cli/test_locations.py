@@ -6,7 +6,6 @@ import importlib.util
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 import zarr
 
@@ -15,17 +14,7 @@ from segbatch.errors import InputError
 
 sys.path.insert(0, str(Path(__file__).parents[1] / "sources"))
 from rasters import write_geotiff  # noqa: E402
-
-ARRAYS = ("labels", "uncertainty", "entropy", "confidence")
-
-
-def _run(runner, cli, *args):
-    return runner.invoke(cli, [str(a) for a in args], catch_exceptions=False)
-
-
-def _arrays(store: Path) -> dict[str, np.ndarray]:
-    root = zarr.open_group(str(store), mode="r")
-    return {name: root[name][...] for name in ARRAYS}
+from stores import arrays, assert_same, invoke  # noqa: E402
 
 
 def test_urls_stay_urls_and_map_to_gdal_virtual_file_systems():
@@ -42,23 +31,21 @@ def test_urls_stay_urls_and_map_to_gdal_virtual_file_systems():
     assert location.suffix("s3://bucket/drive.MP4") == ".mp4"
 
 
-def test_video_and_store_by_url_equal_the_local_run(runner, cli, ray_address, tiny_model, tmp_path):
+def test_video_and_store_by_url_equal_the_localinvoke(runner, cli, ray_address, tiny_model, tmp_path):
     from segbatch.demo.video import write_demo_video
 
     video = write_demo_video(tmp_path / "drive.mp4", 16, 48, 64)
     local, remote = tmp_path / "local.zarr", tmp_path / "remote.zarr"
     common = ("--model", f"file://{tiny_model}", "--samples", "2", "--address", ray_address, "--quiet")
-    assert _run(runner, cli, "run", "--input", video, "--out", local, *common).exit_code == 0
-    result = _run(runner, cli, "run", "--input", f"file://{video}", "--out", f"file://{remote}", *common)
+    assert invoke(runner, cli, "run", "--input", video, "--out", local, *common).exit_code == 0
+    result = invoke(runner, cli, "run", "--input", f"file://{video}", "--out", f"file://{remote}", *common)
     assert result.exit_code == 0, result.output
-    a, b = _arrays(local), _arrays(remote)
-    for name in ARRAYS:
-        np.testing.assert_array_equal(a[name], b[name], err_msg=name)
+    assert_same(arrays(local), arrays(remote))
     attrs = zarr.open_group(str(remote), mode="r").attrs["segbatch"]
     assert attrs["status"] == "complete" and attrs["source"]["path"] == f"file://{video}"
-    info = _run(runner, cli, "info", f"file://{remote}")
+    info = invoke(runner, cli, "info", f"file://{remote}")
     assert info.exit_code == 0 and "complete" in info.output
-    audit = _run(runner, cli, "audit", f"file://{remote}", "--report", tmp_path / "report", "--top", "2", "--quiet")
+    audit = invoke(runner, cli, "audit", f"file://{remote}", "--report", tmp_path / "report", "--top", "2", "--quiet")
     assert audit.exit_code == 0, audit.output
     assert len(list((tmp_path / "report" / "thumbs").glob("*-input.png"))) == 2  # the source read back through its URL
 
@@ -67,12 +54,10 @@ def test_raster_by_url_is_read_through_gdal_and_stitched_in_the_url_store(runner
     raster = write_geotiff(tmp_path / "scene.tif", height=96, width=112)
     local, remote = tmp_path / "local.zarr", tmp_path / "remote.zarr"
     common = ("--model", tiny_model, "--samples", "2", "--tile", "64", "--overlap", "8", "--address", ray_address, "--quiet")
-    assert _run(runner, cli, "run", "--input", raster, "--out", local, *common).exit_code == 0
-    result = _run(runner, cli, "run", "--input", f"file://{raster}", "--out", f"file://{remote}", *common)
+    assert invoke(runner, cli, "run", "--input", raster, "--out", local, *common).exit_code == 0
+    result = invoke(runner, cli, "run", "--input", f"file://{raster}", "--out", f"file://{remote}", *common)
     assert result.exit_code == 0, result.output
-    a, b = _arrays(local), _arrays(remote)
-    for name in ARRAYS:
-        np.testing.assert_array_equal(a[name], b[name], err_msg=name)
+    assert_same(arrays(local), arrays(remote))
     assert not (remote / "tiles").exists()  # removed through the store's filesystem after the stitch
 
 
@@ -83,15 +68,15 @@ def test_a_store_whose_creation_never_finished_is_not_resumed(runner, cli, ray_a
     video = write_demo_video(tmp_path / "drive.mp4", 8, 48, 64)
     store = tmp_path / "half.zarr"
     args = ("run", "--input", video, "--out", f"file://{store}", "--model", tiny_model, "--samples", "1", "--address", ray_address, "--quiet")
-    assert _run(runner, cli, *args).exit_code == 0
+    assert invoke(runner, cli, *args).exit_code == 0
     update_attrs(open_store(store, mode="r+"), status="creating")  # as a driver killed while making an object-store store leaves it
-    result = _run(runner, cli, *args, "--resume")
+    result = invoke(runner, cli, *args, "--resume")
     assert result.exit_code == 2 and "never fully created" in result.output
 
 
 @pytest.mark.skipif(importlib.util.find_spec("s3fs") is not None, reason="with s3fs installed this would reach for the network")
 def test_a_url_without_its_fsspec_backend_is_one_line_exit_2(runner, cli):
-    result = _run(runner, cli, "info", "s3://some-bucket/run.zarr")
+    result = invoke(runner, cli, "info", "s3://some-bucket/run.zarr")
     assert result.exit_code == 2 and "s3fs" in result.output and len(result.output.strip().splitlines()) == 1
 
 

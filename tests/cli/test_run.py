@@ -19,10 +19,10 @@ import zarr
 
 sys.path.insert(0, str(Path(__file__).parents[1] / "sources"))
 from drivers import finished_units, start_driver, total_units, wait_for_units  # noqa: E402
+from stores import arrays, assert_same, run  # noqa: E402
 from videos import corrupt, frame_index, write_audio_only, write_video  # noqa: E402
 
 SAMPLES_DIR = Path(__file__).parents[3] / "shared" / "samples"
-ARRAYS = ("labels", "uncertainty", "entropy", "confidence")
 
 
 @pytest.fixture(scope="module")
@@ -35,40 +35,12 @@ def long_video(tmp_path_factory):
     return write_video(tmp_path_factory.mktemp("videos") / "long.mp4", 240, gop=24)
 
 
-def run(runner, cli, *args):
-    return runner.invoke(cli, ["run", *map(str, args), "--quiet"])
-
-
-def arrays(store):
-    root = zarr.open_group(str(store), mode="r")
-    return {name: root[name][...] for name in ARRAYS}
-
-
-def assert_same(a, b):
-    for name in ARRAYS:
-        np.testing.assert_array_equal(a[name], b[name], err_msg=name)
-
-
 @pytest.fixture(scope="module")
 def clean_long(ray_address, runner_module, cli_module, long_video, tiny_model, tmp_path_factory):
     out = tmp_path_factory.mktemp("clean") / "clean.zarr"
     r = run(runner_module, cli_module, "--input", long_video, "--out", out, "--model", tiny_model, "--samples", 2, "--actors", 2)
     assert r.exit_code == 0, r.output
     return arrays(out)
-
-
-@pytest.fixture(scope="module")
-def runner_module():
-    from click.testing import CliRunner
-
-    return CliRunner()
-
-
-@pytest.fixture(scope="module")
-def cli_module():
-    from segbatch.cli.main import cli
-
-    return cli
 
 
 def test_every_frame_is_segmented_in_place(ray_address, runner, cli, video, tiny_model, tmp_path):
@@ -155,7 +127,7 @@ def test_precision_is_recorded_and_resume_keeps_it(ray_address, runner, cli, vid
     assert r.exit_code == 2 and "precision: store has 'bf16', now 'fp32'" in r.output
 
 
-@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="a CUDA machine may decode with NVDEC")
+@pytest.mark.skipif(torch.cuda.is_available(), reason="a CUDA machine may decode with NVDEC")
 def test_hwaccel_without_a_device_is_one_line_exit_2(ray_address, runner, cli, video, tiny_model, tmp_path):
     r = run(runner, cli, "--input", video, "--out", tmp_path / "hw.zarr", "--model", tiny_model, "--samples", 1, "--hwaccel", "cuda")
     assert r.exit_code == 2 and "--hwaccel cuda" in r.output and len(r.output.strip().splitlines()) == 1

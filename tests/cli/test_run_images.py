@@ -16,36 +16,7 @@ import zarr
 sys.path.insert(0, str(Path(__file__).parents[1] / "sources"))
 from drivers import finished_units, start_driver, total_units, wait_for_units  # noqa: E402
 from folders import pixels, write_image, write_many, write_mixed_folder  # noqa: E402
-
-ARRAYS = ("labels", "uncertainty", "entropy", "confidence")
-
-
-def run(runner, cli, *args):
-    return runner.invoke(cli, ["run", *map(str, args), "--quiet"])
-
-
-def arrays(store):
-    root = zarr.open_group(str(store), mode="r")
-    return {name: root[name][...] for name in ARRAYS}
-
-
-def assert_same(a, b):
-    for name in ARRAYS:
-        np.testing.assert_array_equal(a[name], b[name], err_msg=name)
-
-
-@pytest.fixture(scope="module")
-def runner_module():
-    from click.testing import CliRunner
-
-    return CliRunner()
-
-
-@pytest.fixture(scope="module")
-def cli_module():
-    from segbatch.cli.main import cli
-
-    return cli
+from stores import arrays, assert_same, run  # noqa: E402
 
 
 @pytest.fixture(scope="module")

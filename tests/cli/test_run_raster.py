@@ -17,23 +17,14 @@ from rasterio.transform import Affine
 sys.path.insert(0, str(Path(__file__).parents[1] / "sources"))
 from drivers import finished_units, start_driver, total_units, wait_for_units  # noqa: E402
 from rasters import write_geotiff  # noqa: E402
+from stores import arrays, run  # noqa: E402
 
 SAMPLES = Path(__file__).parents[3] / "shared" / "samples"
-ARRAYS = ("labels", "uncertainty", "entropy", "confidence")
 
 
 @pytest.fixture(scope="module")
 def scene(tmp_path_factory):
     return write_geotiff(tmp_path_factory.mktemp("rasters") / "scene.tif", height=600, width=700)
-
-
-def run(runner, cli, *args):
-    return runner.invoke(cli, ["run", *map(str, args), "--quiet"])
-
-
-def arrays(store):
-    root = zarr.open_group(str(store), mode="r")
-    return {name: root[name][...] for name in ARRAYS if name in root}
 
 
 @pytest.fixture(scope="module")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import shlex
+import sys
 from pathlib import Path
 
 import click
@@ -13,13 +14,12 @@ import yaml
 
 from segbatch.cli.main import cli as root_cli
 
+sys.path.insert(0, str(Path(__file__).parents[1]))
+from stores import invoke  # noqa: E402
+
 WORKFLOWS = Path(__file__).parents[2] / "workflows"
 CONFIGS = sorted(WORKFLOWS.glob("*.yaml"))
 MANIFESTS = sorted((WORKFLOWS / "cluster").glob("*.yaml"))
-
-
-def _run(runner, cli, *args):
-    return runner.invoke(cli, [str(a) for a in args], catch_exceptions=False)
 
 
 def test_there_is_a_workflow_per_use_and_every_file_parses():
@@ -55,10 +55,10 @@ def test_manifest_commands_exist_with_their_options(manifest):
 def test_unknown_key_is_an_error_that_names_it(runner, cli, tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text("run:\n  input: x.mp4\n  out: y.zarr\n  sampels: 4\n")
-    result = _run(runner, cli, "run", "--config", bad)
+    result = invoke(runner, cli, "run", "--config", bad)
     assert result.exit_code == 2 and "unknown key run.sampels" in result.output
     bad.write_text("runn:\n  input: x.mp4\n")
-    result = _run(runner, cli, "run", "--config", bad)
+    result = invoke(runner, cli, "run", "--config", bad)
     assert result.exit_code == 2 and "unknown section 'runn'" in result.output
 
 
@@ -69,7 +69,7 @@ def test_dashcam_workflow_runs_and_flags_override_the_file(runner, cli, ray_addr
     video = write_demo_video(tmp_path / "drive.mp4", 12, 48, 64)
     store = tmp_path / "drive.zarr"
     args = ("run", "--config", WORKFLOWS / "dashcam-video.yaml", "--input", video, "--out", store, "--model", tiny_model)
-    result = _run(runner, cli, *args, "--samples", "2", "--address", ray_address, "--quiet")
+    result = invoke(runner, cli, *args, "--samples", "2", "--address", ray_address, "--quiet")
     assert result.exit_code == 0, result.output
     root = open_store(store)
     attrs = store_attrs(root)
@@ -78,15 +78,15 @@ def test_dashcam_workflow_runs_and_flags_override_the_file(runner, cli, ray_addr
 
 
 def test_geotiff_workflow_runs(runner, cli, ray_address, tiny_model, tmp_path):
-    import sys
-
     sys.path.insert(0, str(Path(__file__).parents[1] / "sources"))
     from rasters import write_geotiff
 
     raster = write_geotiff(tmp_path / "scene.tif", height=80, width=96)
     store = tmp_path / "scene.zarr"
     config = WORKFLOWS / "geotiff-mosaic.yaml"
-    result = _run(runner, cli, "run", "--config", config, "--input", raster, "--out", store, "--model", tiny_model, "--samples", "1", "--address", ray_address)
+    result = invoke(
+        runner, cli, "run", "--config", config, "--input", raster, "--out", store, "--model", tiny_model, "--samples", "1", "--address", ray_address
+    )
     assert result.exit_code == 0, result.output
     from segbatch.store import open_store, store_attrs
 
@@ -106,8 +106,10 @@ def test_dataset_audit_workflow_runs_both_steps(runner, cli, ray_address, tiny_m
         Image.fromarray(rng.integers(0, 11, (40, 56), np.uint8)).save(masks / f"{k}.png")
     store, report = tmp_path / "ds.zarr", tmp_path / "audit"
     config = WORKFLOWS / "dataset-audit.yaml"
-    result = _run(runner, cli, "run", "--config", config, "--input", images, "--out", store, "--model", tiny_model, "--samples", "2", "--address", ray_address)
+    result = invoke(
+        runner, cli, "run", "--config", config, "--input", images, "--out", store, "--model", tiny_model, "--samples", "2", "--address", ray_address
+    )
     assert result.exit_code == 0, result.output
-    result = _run(runner, cli, "audit", "--config", config, store, "--report", report, "--truth", masks, "--quiet")
+    result = invoke(runner, cli, "audit", "--config", config, store, "--report", report, "--truth", masks, "--quiet")
     assert result.exit_code == 0, result.output
     assert (report / "index.html").is_file() and (report / "summary.json").is_file()
