@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import subprocess
 import sys
 import time
@@ -33,3 +35,14 @@ def wait_for_units(store: Path, proc: subprocess.Popen, count: int = 1, timeout:
     deadline = time.time() + timeout
     while finished_units(store) < count and time.time() < deadline and proc.poll() is None:
         time.sleep(0.05)
+
+
+def kill_driver_mid_run(store: Path, proc: subprocess.Popen) -> int:
+    """SIGKILL the driver once a unit is finished; check it died mid-run, leaving a "running" store; returns the units done."""
+    wait_for_units(store, proc)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    done = finished_units(store)
+    assert 1 <= done < total_units(store), f"the driver was not killed mid-run ({done} of {total_units(store)} units done)"
+    assert zarr.open_group(str(store), mode="r").attrs["segbatch"]["status"] == "running"
+    return done

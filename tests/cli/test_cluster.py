@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -14,7 +13,7 @@ import pytest
 import zarr
 
 sys.path.insert(0, str(Path(__file__).parents[1]))
-from drivers import finished_units, total_units  # noqa: E402
+from drivers import kill_driver_mid_run, total_units  # noqa: E402
 from stores import arrays, assert_same  # noqa: E402
 
 
@@ -90,13 +89,7 @@ def test_a_dead_driver_leaves_a_store_that_resume_completes(cluster, clip, tiny_
     store = tmp_path / "run.zarr"
     args = ("--input", clip, "--out", store, "--model", tiny_model, "--samples", "4", "--quiet")
     proc = _driver(c.address, *args)
-    deadline = time.time() + 120
-    while time.time() < deadline and proc.poll() is None and finished_units(store) < 1:
-        time.sleep(0.05)
-    assert proc.poll() is None, "the run ended before the driver could be killed"
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
-    assert finished_units(store) < total_units(store)
+    kill_driver_mid_run(store, proc)
     resumed = _driver(c.address, *args, "--resume")
     _, err = resumed.communicate(timeout=180)
     assert resumed.returncode == 0, err

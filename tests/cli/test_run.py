@@ -1,7 +1,6 @@
 """`segbatch run` on video, through the CLI as a user runs it, on the session's shared Ray runtime."""
 
 import json
-import os
 import re
 import signal
 import subprocess
@@ -18,7 +17,7 @@ import xarray as xr
 import zarr
 
 sys.path.insert(0, str(Path(__file__).parents[1] / "sources"))
-from drivers import finished_units, start_driver, total_units, wait_for_units  # noqa: E402
+from drivers import finished_units, kill_driver_mid_run, start_driver, total_units, wait_for_units  # noqa: E402
 from stores import arrays, assert_same, run  # noqa: E402
 from videos import corrupt, frame_index, write_audio_only, write_video  # noqa: E402
 
@@ -179,12 +178,7 @@ def test_a_killed_actor_is_replaced_and_the_result_unchanged(ray_address, runner
 def test_a_killed_driver_is_finished_by_resume(ray_address, runner, cli, long_video, tiny_model, tmp_path, clean_long):
     out = tmp_path / "resumed.zarr"
     proc = start_driver(ray_address, "--input", long_video, "--out", out, "--model", tiny_model, "--samples", 2, "--actors", 1)
-    wait_for_units(out, proc)
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
-    done = finished_units(out)
-    assert 1 <= done < total_units(out), f"the driver was not killed mid-run ({done} of {total_units(out)} units done)"
-    assert zarr.open_group(str(out)).attrs["segbatch"]["status"] == "running"
+    done = kill_driver_mid_run(out, proc)
     r = run(runner, cli, "--input", long_video, "--out", out, "--model", tiny_model, "--samples", 2, "--actors", 2, "--resume")
     assert r.exit_code == 0, r.output
     # the actor may finish one more unit between the driver's death and its own

@@ -1,8 +1,6 @@
 """`segbatch run` on image folders, through the CLI as a user runs it, on the session's shared Ray runtime."""
 
 import json
-import os
-import signal
 import sys
 import warnings
 from pathlib import Path
@@ -14,7 +12,7 @@ import xarray as xr
 import zarr
 
 sys.path.insert(0, str(Path(__file__).parents[1] / "sources"))
-from drivers import finished_units, start_driver, total_units, wait_for_units  # noqa: E402
+from drivers import kill_driver_mid_run, start_driver  # noqa: E402
 from folders import pixels, write_image, write_many, write_mixed_folder  # noqa: E402
 from stores import arrays, assert_same, run  # noqa: E402
 
@@ -137,12 +135,7 @@ def test_same_arrays_with_1_or_2_actors(ray_address, runner, cli, many, tiny_mod
 def test_a_killed_driver_is_finished_by_resume(ray_address, runner, cli, many, tiny_model, tmp_path, clean_many):
     out = tmp_path / "resumed.zarr"
     proc = start_driver(ray_address, "--input", many, "--out", out, "--model", tiny_model, "--samples", 2, "--actors", 1)
-    wait_for_units(out, proc)
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
-    done = finished_units(out)
-    assert 1 <= done < total_units(out), f"the driver was not killed mid-run ({done} of {total_units(out)} units done)"
-    assert zarr.open_group(str(out)).attrs["segbatch"]["status"] == "running"
+    kill_driver_mid_run(out, proc)
     r = run(runner, cli, "--input", many, "--out", out, "--model", tiny_model, "--samples", 2, "--actors", 2, "--resume")
     assert r.exit_code == 0, r.output
     assert " units already done" in r.output

@@ -1,8 +1,6 @@
 """`segbatch run` on GeoTIFFs, `segbatch stitch`, and COG export, through the CLI on the session's Ray runtime."""
 
 import json
-import os
-import signal
 import sys
 from pathlib import Path
 
@@ -15,7 +13,7 @@ import zarr
 from rasterio.transform import Affine
 
 sys.path.insert(0, str(Path(__file__).parents[1] / "sources"))
-from drivers import finished_units, start_driver, total_units, wait_for_units  # noqa: E402
+from drivers import kill_driver_mid_run, start_driver  # noqa: E402
 from rasters import write_geotiff  # noqa: E402
 from stores import arrays, run  # noqa: E402
 
@@ -151,10 +149,7 @@ def test_cog_export(runner, cli, clean, scene, tmp_path):
 def test_killed_driver_then_resume_is_identical(ray_address, runner, cli, scene, tiny_model, clean, tmp_path):
     out = tmp_path / "resumed.zarr"
     proc = start_driver(ray_address, "--input", scene, "--out", out, "--model", tiny_model, "--samples", 2, "--tile", 256, "--overlap", 64, "--actors", 1)
-    wait_for_units(out, proc)
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
-    assert 1 <= finished_units(out) < total_units(out), "the driver was not killed mid-run"
+    kill_driver_mid_run(out, proc)
     r = run(runner, cli, "--input", scene, "--out", out, "--model", tiny_model, "--samples", 2, "--tile", 256, "--overlap", 64, "--resume")
     assert r.exit_code == 0, r.output
     for name, values in arrays(clean).items():
