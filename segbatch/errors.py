@@ -25,3 +25,11 @@ class RunError(SegbatchError, RuntimeError):
 
 class Interrupted(SegbatchError):
     """The user stopped the work (Ctrl-C); exit code 130 (the output stays resumable)."""
+
+
+class StoreBusyError(InputError):
+    """Another live run owns the store (its lease is renewed): this command leaves it alone; exit code 2."""
+
+
+class StoreError(InputError):
+    """A store's attributes or ledger are unreadable or contradict each other (tampered, or damaged): exit code 2."""

@@ -18,10 +18,19 @@ from segbatch.atomic import atomic_path
 from segbatch.colour import blend, colourise, heatmap
 from segbatch.errors import InputError
 from segbatch.progress import progress_bar
-from segbatch.store import open_store, sample_values, store_attrs
+from segbatch.store import open_complete_store, sample_values
 
 VIDEO_OUT_SUFFIXES = (".mp4", ".mkv", ".mov")
 _HEAT_SAMPLE_CHUNKS = 16
+
+
+def check_export_target(store: Path | str, attrs: dict[str, Any], to: Path) -> None:
+    """Never write over a file of the job: the store's source, its checkpoint, or anything inside the store."""
+    if location.inside(to, store):
+        raise InputError(f"{to} is inside the store {store}; export somewhere else")
+    for what, path in (("source", attrs["source"].get("path")), ("checkpoint", attrs["model"].get("path"))):
+        if isinstance(path, str) and not location.is_url(path) and not location.is_url(to) and location.inside(path, to):
+            raise InputError(f"{to} is the store's {what} ({path}); export somewhere else")
 
 
 def export(store: Path, to: Path, alpha: float = 0.5, what: str = "labels", quiet: bool = False) -> int:
@@ -29,17 +38,15 @@ def export(store: Path, to: Path, alpha: float = 0.5, what: str = "labels", quie
 
     Returns the frames (video) or pixels rows (raster) written.
     """
-    root = open_store(store)
-    attrs = store_attrs(root)
-    source = attrs.get("source", {})
+    root, attrs = open_complete_store(store, "exporting")
+    check_export_target(store, attrs, to)
+    source = attrs["source"]
     if source.get("kind") == "raster":
         if to.suffix.lower() not in (".tif", ".tiff"):
             raise InputError(f"{to}: a raster store exports to a Cloud-Optimised GeoTIFF (.tif)")
         return export_cog(root, attrs, to, what, quiet)
     if source.get("kind") != "video":
         raise InputError(f"{store} holds a {source.get('kind')} result, which has no export yet")
-    if attrs.get("status") != "complete":
-        raise InputError(f"{store} is not complete (status {attrs.get('status')}); finish it with segbatch run --resume first")
     panels = _panels(root, attrs, alpha)
     total = root["labels"].shape[0]
     with progress_bar(total, "exporting", "frame", quiet) as bar:

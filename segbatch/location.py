@@ -36,6 +36,15 @@ def absolute(location: Location) -> str:
     return str(location) if is_url(location) else str(Path(location).resolve())
 
 
+def inside(child: Location, parent: Location) -> bool:
+    """Whether `child` is `parent` or lies under it (paths resolved, URLs compared as text)."""
+    if is_url(child) or is_url(parent):
+        c, p = str(child).rstrip("/"), str(parent).rstrip("/")
+        return c == p or c.startswith(p + "/")
+    c, p = Path(child).resolve(), Path(parent).resolve()
+    return c == p or p in c.parents
+
+
 def name(location: Location) -> str:
     return str(location).rstrip("/").rsplit("/", 1)[-1]
 

@@ -10,6 +10,7 @@ a raster of any size stitches in streaming fashion.
 
 from __future__ import annotations
 
+import json
 from collections import OrderedDict
 from collections.abc import Sequence
 from typing import Any
@@ -17,7 +18,8 @@ from typing import Any
 import numpy as np
 
 from segbatch.engine.tiles import PROB_NODATA, PROB_SCALE, RasterJob
-from segbatch.store import NODATA_LABEL, open_store
+from segbatch.lease import check_fence
+from segbatch.store import NODATA_LABEL, open_store, record_unit, write_region
 from segbatch.tiling import blend_weights
 
 CHUNKS_PER_TASK = 16  # a run of consecutive chunks (row-major) shares most of its tiles
@@ -26,11 +28,20 @@ TASKS_IN_FLIGHT_PER_CPU = 2
 
 
 def stitch_chunks(job: RasterJob, chunk_ids: Sequence[int], skipped: frozenset[int]) -> int:
-    """Blend and write the output chunks `chunk_ids` (tile cores); returns how many were written."""
+    """Blend and write the output chunks `chunk_ids` (tile cores); returns how many were written.
+
+    Each chunk is tile `cid`'s core, so its digests go into that tile's ledger
+    entry (written by this task alone, after the chunk): what `verify` checks.
+    Every write is fenced by the run's lease, like a worker's.
+    """
     root = open_store(job.store, mode="r+")
     cache = _TileCache(root, "uncertainty" in root)
     for cid in chunk_ids:
-        _stitch_one(root, job, cid, skipped, cache)
+        check_fence(job.store, job.run)
+        digests = _stitch_one(root, job, cid, skipped, cache)
+        entry = json.loads(root["ledger"][cid] or "{}")
+        check_fence(job.store, job.run)
+        record_unit(root, cid, {**entry, "chunks": digests})
     return len(chunk_ids)
 
 
@@ -54,7 +65,7 @@ class _TileCache:
         return self.tiles[tid]
 
 
-def _stitch_one(root: Any, job: RasterJob, cid: int, skipped: frozenset[int], cache: _TileCache) -> None:
+def _stitch_one(root: Any, job: RasterJob, cid: int, skipped: frozenset[int], cache: _TileCache) -> dict[str, str]:
     tiles = job.tiles
     core = tiles[cid].core
     probs_sum: np.ndarray | None = None
@@ -96,14 +107,14 @@ def _stitch_one(root: Any, job: RasterJob, cid: int, skipped: frozenset[int], ca
         confidence[valid] = p.max(axis=0)
         with np.errstate(divide="ignore", invalid="ignore"):
             entropy[valid] = -(p * np.where(p > 0, np.log(p), 0.0)).sum(axis=0)
-    root["labels"][core.slices] = labels
-    root["entropy"][core.slices] = entropy
+    outputs = {"labels": labels, "entropy": entropy}
     if "confidence" in root:  # stores made before it existed are still stitched
-        root["confidence"][core.slices] = confidence
+        outputs["confidence"] = confidence
     if has_unc:
         unc = np.full(weight_sum.shape, np.nan, out_dtype)
         unc[valid] = unc_sum[valid] / weight_sum[valid]
-        root["uncertainty"][core.slices] = unc
+        outputs["uncertainty"] = unc
+    return write_region(root, core.slices, outputs)
 
 
 def run_stitch(job: RasterJob, skipped: frozenset[int], quiet: bool) -> float:

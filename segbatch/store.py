@@ -10,6 +10,7 @@ crash says exactly which units are finished.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -22,12 +23,15 @@ from typing import Any
 import numpy as np
 
 from segbatch import __version__, location
-from segbatch.errors import InputError, RunError
+from segbatch.errors import InputError, RunError, StoreError
+from segbatch.lease import Lease, write_lease
 from segbatch.location import Location
 
 PER_PIXEL = ("uncertainty", "entropy", "confidence", "mutual_information")
 OPTIONAL_OUTPUTS = ("mutual_information", "probs")
 NODATA_LABEL = 255
+STATUSES = ("creating", "running", "stitching", "complete", "failed", "damaged")
+KINDS = ("video", "raster", "images")
 
 
 @dataclass(frozen=True)
@@ -59,13 +63,14 @@ class ArraySpec:
     shards: tuple[int, ...] | None = None
 
 
-def create_store(path: Location, layout: StoreLayout, attrs: dict[str, Any]) -> Any:
-    """Create the store with every array, coordinate and the root attributes (status "running").
+def create_store(path: Location, layout: StoreLayout, attrs: dict[str, Any], lease: Lease) -> Any:
+    """Create the store with every array, coordinate, the root attributes (status "running") and the run's lease.
 
     A local store is built beside its final place and renamed into it, so a
     driver killed half-way never leaves a store that --resume would take for a
-    whole one. Object stores have no atomic rename: there the store is made in
-    place with status "creating", and only a finished one says "running".
+    whole one, and the store appears already leased. Object stores have no
+    atomic rename: there the store is made in place with status "creating",
+    and only a finished one says "running".
     """
     import zarr
 
@@ -73,6 +78,7 @@ def create_store(path: Location, layout: StoreLayout, attrs: dict[str, Any]) -> 
         raise InputError(f"{path} exists; pass --resume to finish it or --overwrite to replace it")
     if location.is_url(path):
         root = zarr.open_group(location.zarr_store(path, read_only=False), mode="w-", zarr_format=3, attributes={"segbatch": {**attrs, "status": "creating"}})
+        write_lease(path, lease)
         _create_arrays(root, layout)
         update_attrs(root, status="running")
         return root
@@ -85,6 +91,7 @@ def create_store(path: Location, layout: StoreLayout, attrs: dict[str, Any]) -> 
         root = zarr.open_group(str(building), mode="w-", zarr_format=3, attributes={"segbatch": {**attrs, "status": "running"}})
         _create_arrays(root, layout)
         consolidate(root)
+        write_lease(building, lease)
         os.rename(building, path)
     except OSError as exc:
         shutil.rmtree(building, ignore_errors=True)
@@ -194,13 +201,52 @@ def open_store(path: Location, mode: str = "r") -> Any:
 
 
 def store_attrs(root: Any) -> dict[str, Any]:
-    return dict(root.attrs["segbatch"])
+    """The root `segbatch` attribute, checked: a tampered or damaged one is a one-line StoreError, never a crash later."""
+    attrs = root.attrs.get("segbatch")
+    where = _store_name(root)
+    if not isinstance(attrs, dict):
+        raise StoreError(f"{where}: its 'segbatch' attribute is a {type(attrs).__name__}, not a mapping; the store was altered")
+    problems = []
+    source = attrs.get("source")
+    if not isinstance(source, dict) or source.get("kind") not in KINDS or not isinstance(source.get("path"), str):
+        problems.append(f"source must be a mapping with a path and a kind ({', '.join(KINDS)})")
+    if attrs.get("status") not in STATUSES:
+        problems.append(f"status {attrs.get('status')!r} is not one of {', '.join(STATUSES)}")
+    for key, low in (("samples", 0), ("seed", None)):
+        if not _is_int(attrs.get(key)) or (low is not None and attrs[key] < low):
+            problems.append(f"{key} {attrs.get(key)!r} is not {'an integer >= 0' if low is not None else 'an integer'}")
+    for key in ("unit_frames", "unit_images"):
+        if key in attrs and (not _is_int(attrs[key]) or attrs[key] < 1):
+            problems.append(f"{key} {attrs[key]!r} is not a positive integer")
+    if isinstance(source, dict) and source.get("kind") == "video" and "unit_frames" not in attrs:
+        problems.append("unit_frames is missing")
+    if isinstance(source, dict) and source.get("kind") == "images" and "unit_images" not in attrs:
+        problems.append("unit_images is missing")
+    for key, kind in (("model", dict), ("config", dict), ("problems", list), ("runs", list)):
+        if key in attrs and not isinstance(attrs[key], kind):
+            problems.append(f"{key} is a {type(attrs[key]).__name__}, not a {kind.__name__}")
+    if not isinstance(attrs.get("model"), dict) or not isinstance(attrs["model"].get("classes"), list):
+        problems.append("model (with its classes) is missing")
+    if problems:
+        raise StoreError(f"{where}: its attributes are not what segbatch wrote ({'; '.join(problems)}); the store was altered")
+    return dict(attrs)
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _store_name(root: Any) -> str:
+    return str(getattr(root.store, "root", None) or getattr(root.store, "path", None) or "the store")
 
 
 def update_attrs(root: Any, drop: tuple[str, ...] = (), **changes: Any) -> None:
     """Driver-only: change root attributes (status, problems, summary), removing the keys in `drop`."""
-    root.attrs["segbatch"] = {k: v for k, v in {**store_attrs(root), **changes}.items() if k not in drop}
-    consolidate(root)
+    try:
+        root.attrs["segbatch"] = {k: v for k, v in {**store_attrs(root), **changes}.items() if k not in drop}
+        consolidate(root)
+    except OSError as exc:
+        raise RunError(f"writing the store failed: {exc.strerror or exc}") from None
 
 
 def remove_store(path: Location) -> None:
@@ -208,18 +254,89 @@ def remove_store(path: Location) -> None:
     if not location.exists(path):
         return
     open_store(path)  # raises unless it is ours: never delete a user's other data
-    location.remove_tree(path)
+    if location.is_url(path):
+        # no rename on object stores: the root metadata goes first, so a deletion cut short leaves no store, never a partial one
+        fs, key = location.filesystem(str(path))
+        fs.rm_file(f"{key.rstrip('/')}/zarr.json")
+        location.remove_tree(path)
+        return
+    # renamed aside first: a deletion cut short (a crash, a kill) leaves a hidden folder, never a store missing chunks
+    path = Path(path)
+    doomed = path.parent / f".{path.name}.deleting-{uuid.uuid4().hex[:8]}"
+    os.rename(path, doomed)
+    location.remove_tree(doomed)
 
 
 def finished_units(root: Any) -> dict[int, dict[str, Any]]:
-    """Ledger entries of the units that finished: unit id -> the stats its worker recorded."""
+    """Ledger entries of the units that finished: unit id -> the stats its worker recorded.
+
+    Only entries written by this store's own runs count (attribute `runs`:
+    the run that made it and each that resumed it): an entry a fenced-off
+    run still managed to write is not a finished unit.
+    """
+    if "ledger" not in root:
+        raise StoreError(f"{_store_name(root)}: it has no ledger array; the store was altered")
+    runs = store_attrs(root).get("runs")
     entries = root["ledger"][...]
-    return {int(i): json.loads(entries[i]) for i in np.flatnonzero(entries != "")}
+    out = {}
+    for i in np.flatnonzero(entries != ""):
+        try:
+            entry = json.loads(entries[i])
+        except ValueError:
+            entry = None
+        if not isinstance(entry, dict):
+            raise StoreError(f"{_store_name(root)}: ledger entry {int(i)} is not a JSON object; the store was altered (--overwrite to start again)")
+        if runs is None or entry.get("run") in runs:
+            out[int(i)] = entry
+    return out
+
+
+def check_ledger(root: Any, attrs: Mapping[str, Any]) -> None:
+    """A store that says `complete` must have every unit in its ledger: otherwise it was altered and is refused."""
+    if attrs.get("status") != "complete":
+        return
+    total = int(root["ledger"].shape[0])
+    done = finished_units(root)
+    if len(done) < total:
+        first = next(i for i in range(total) if i not in done)
+        raise StoreError(
+            f"{_store_name(root)} says complete but its ledger lacks {total - len(done)} of {total} units (first: {first}): "
+            "it was altered; `segbatch run ... --resume` redoes them"
+        )
+
+
+def open_complete_store(path: Location, what: str) -> tuple[Any, dict[str, Any]]:
+    """A store to read results from (export, audit): it must be complete, and consistent with its ledger."""
+    root = open_store(path)
+    attrs = store_attrs(root)
+    if attrs["status"] == "damaged":
+        raise StoreError(f"{path}: `segbatch verify` found damaged chunks; finish it with `segbatch run ... --resume` before {what}")
+    if attrs["status"] != "complete":
+        raise InputError(f"{path} is not complete (status {attrs['status']}); finish it with --resume before {what}")
+    check_ledger(root, attrs)
+    return root, attrs
+
+
+def reopen_for_resume(path: Location, fingerprint: Mapping[str, Any], run: str) -> tuple[Any, dict[str, Any]]:
+    """--resume: the store, checked (attributes, configuration), marked running and owned by `run` from now on."""
+    root = open_store(path, mode="r+")
+    attrs = store_attrs(root)
+    check_resumable(attrs, fingerprint)
+    runs = attrs.get("runs")
+    if attrs["status"] == "damaged":
+        # `segbatch verify` found these units' chunks missing or altered: their ledger entries go, so they are redone
+        for unit in attrs.get("verify", {}).get("bad_units", []):
+            root["ledger"][int(unit)] = ""
+    update_attrs(root, drop=("verify",), status="running", **({"runs": [*runs, run]} if runs is not None else {}))
+    return root, store_attrs(root)
 
 
 def record_unit(root: Any, unit: int, stats: dict[str, Any]) -> None:
     """Worker: mark `unit` finished, after all of its chunks are written."""
-    root["ledger"][unit] = json.dumps(stats, sort_keys=True)
+    try:
+        root["ledger"][unit] = json.dumps(stats, sort_keys=True)
+    except OSError as exc:
+        raise RunError(f"writing the store failed: {exc.strerror or exc}") from None
 
 
 def check_resumable(attrs: Mapping[str, Any], fingerprint: Mapping[str, Any]) -> None:
@@ -232,13 +349,59 @@ def check_resumable(attrs: Mapping[str, Any], fingerprint: Mapping[str, Any]) ->
         raise InputError(f"cannot resume: the store was made with another configuration ({'; '.join(diffs)}); use --overwrite to start again")
 
 
-def write_region(root: Any, region: Sequence[slice], outputs: Mapping[str, np.ndarray]) -> None:
-    """Worker: write one unit's arrays into its own chunks."""
+def write_region(root: Any, region: Sequence[slice], outputs: Mapping[str, np.ndarray]) -> dict[str, str]:
+    """Worker: write one unit's arrays into its own chunks; returns the digest of every chunk written (see `chunk_digests`)."""
+    digests = {}
     try:
         for name, values in outputs.items():
-            root[name][tuple(region)] = values
+            arr = root[name]
+            arr[tuple(region)] = values
+            digests.update(chunk_digests(arr, region, values))
     except OSError as exc:
         raise RunError(f"writing the store failed: {exc.strerror or exc}") from None
+    return digests
+
+
+FILL_DIGEST = "fill"  # a chunk equal to the fill value: zarr stores nothing for it
+
+
+def chunk_digests(arr: Any, region: Sequence[slice], values: np.ndarray) -> dict[str, str]:
+    """Digests of the chunks of `arr` that `region` covers, as they read back: `values` inside the region, fill outside.
+
+    A unit owns whole chunks, so whatever of a chunk lies outside its region
+    is fill (image padding, say). Keys are "array/i.j.k" chunk coordinates;
+    a chunk that equals the fill value is recorded as FILL_DIGEST.
+    """
+    full = _full_region(arr, region)
+    values = np.broadcast_to(np.asarray(values, dtype=arr.dtype), tuple(s.stop - s.start for s in full))
+    out = {}
+    for index in np.ndindex(*(((s.stop - 1) // c) - (s.start // c) + 1 for s, c in zip(full, arr.chunks))):
+        idx = tuple(s.start // c + i for s, c, i in zip(full, arr.chunks, index))
+        bounds = chunk_region(arr, idx)
+        block = np.full(tuple(b.stop - b.start for b in bounds), arr.fill_value, arr.dtype)
+        inner = tuple(slice(max(b.start, s.start), min(b.stop, s.stop)) for b, s in zip(bounds, full))
+        block[tuple(slice(i.start - b.start, i.stop - b.start) for i, b in zip(inner, bounds))] = values[
+            tuple(slice(i.start - s.start, i.stop - s.start) for i, s in zip(inner, full))
+        ]
+        out[f"{arr.path}/{'.'.join(map(str, idx))}"] = digest(block, arr.fill_value)
+    return out
+
+
+def digest(block: np.ndarray, fill_value: Any) -> str:
+    """A chunk's digest: FILL_DIGEST when it is all fill, else BLAKE2b-128 of its bytes (lossless codecs keep them)."""
+    is_fill = np.isnan(block).all() if isinstance(fill_value, float) and np.isnan(fill_value) else (block == fill_value).all()
+    return FILL_DIGEST if is_fill else hashlib.blake2b(np.ascontiguousarray(block).tobytes(), digest_size=16).hexdigest()
+
+
+def chunk_region(arr: Any, index: Sequence[int]) -> tuple[slice, ...]:
+    """The array region of chunk `index` (clipped at the array's edge)."""
+    return tuple(slice(i * c, min((i + 1) * c, n)) for i, c, n in zip(index, arr.chunks, arr.shape))
+
+
+def _full_region(arr: Any, region: Sequence[slice]) -> tuple[slice, ...]:
+    """`region` with every axis explicit (start and stop), missing trailing axes whole."""
+    region = tuple(region) + (slice(None),) * (arr.ndim - len(region))
+    return tuple(slice(*s.indices(n)[:2]) for s, n in zip(region, arr.shape))
 
 
 def sample_values(arr: Any, count: int = 16) -> np.ndarray:
@@ -262,14 +425,17 @@ def sample_values(arr: Any, count: int = 16) -> np.ndarray:
 
 def describe_store(path: Location) -> dict[str, Any]:
     """The summary `segbatch info STORE` prints (and `--json` emits)."""
+    from segbatch.lease import describe_lease
+
     root = open_store(path)
     attrs = store_attrs(root)
+    check_ledger(root, attrs)
     arrays = {}
     for name, arr in root.arrays():
         if name == "ledger":
             continue
         arrays[name] = {"shape": list(arr.shape), "dtype": str(arr.dtype), "chunks": list(arr.chunks), "dims": list(arr.metadata.dimension_names or ())}
-    done = int((root["ledger"][...] != "").sum())
+    done = len(finished_units(root))
     return {
         "kind": "store",
         "path": str(path),
@@ -283,9 +449,11 @@ def describe_store(path: Location) -> dict[str, Any]:
         "arrays": arrays,
         "problems": attrs.get("problems", []),
         "summary": attrs.get("summary"),
+        "lease": describe_lease(path),
+        "verify": attrs.get("verify"),
     }
 
 
-def base_attrs(source: dict[str, Any], model: dict[str, Any], samples: int, seed: int, config: dict[str, Any]) -> dict[str, Any]:
-    """The root `segbatch` attribute of DESIGN.md, before the run starts."""
-    return {"version": __version__, "source": source, "model": model, "samples": samples, "seed": seed, "config": config, "problems": []}
+def base_attrs(source: dict[str, Any], model: dict[str, Any], samples: int, seed: int, config: dict[str, Any], run: str) -> dict[str, Any]:
+    """The root `segbatch` attribute of DESIGN.md, before the run starts (`runs`: the runs whose ledger entries count)."""
+    return {"version": __version__, "source": source, "model": model, "samples": samples, "seed": seed, "config": config, "problems": [], "runs": [run]}

@@ -41,6 +41,7 @@ def format_store(s: dict[str, Any]) -> str:
     rows = [
         ("store", s["path"]),
         ("status", f"{s['status']} ({s['units']['finished']}/{s['units']['total']} units finished)"),
+        *([("run", _lease_line(s["lease"]))] if s.get("lease") and not s["lease"]["released"] else []),
         ("source", f"{src.get('kind')} {src.get('path')}"),
         ("model", f"{model.get('arch')} ({len(model.get('classes', []))} classes, sha256 {str(model.get('sha256'))[:12]})"),
         ("samples", f"{s['samples']} (seed {s['seed']})"),
@@ -96,3 +97,9 @@ def format_checkpoint(s: dict[str, Any]) -> str:
     if isinstance(training, dict) and "epoch" in training:
         rows.append(("trained", f"epoch {training['epoch']}, validation mIoU {training.get('val_miou', float('nan')):.3f}"))
     return "\n".join(f"{k:<11} {v}" for k, v in rows)
+
+
+def _lease_line(lease: dict[str, Any]) -> str:
+    """Who holds the store: a live run, or one that stopped without letting go (its lease is taken over by the next run)."""
+    state = "in progress" if lease["live"] else "stopped without releasing the store"
+    return f"{state}: run {lease['run']} on {lease['host']} (pid {lease['pid']}), heartbeat {lease['heartbeat_age_s']:.0f} s ago"

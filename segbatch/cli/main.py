@@ -62,9 +62,9 @@ def cli(traceback: bool) -> None:
 
 
 def _register() -> None:
-    from segbatch.cli import audit, demo, export, info, model, run, stitch, train
+    from segbatch.cli import audit, demo, export, info, model, run, stitch, train, verify
 
-    for command in (run.run, stitch.stitch, export.export, audit.audit, info.info, model.model, train.train, demo.demo):
+    for command in (run.run, stitch.stitch, export.export, audit.audit, info.info, verify.verify, model.model, train.train, demo.demo):
         cli.add_command(command)
 
 

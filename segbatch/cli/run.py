@@ -118,6 +118,8 @@ def run(
     from segbatch.errors import InputError
     from segbatch.sources import source_kind
 
+    # workers on other nodes have other working folders: local paths leave the driver absolute (URLs as they are)
+    input_path = location.parse(location.absolute(input_path))
     cfg = RunConfig(
         input=input_path,
         out=out,

@@ -19,18 +19,19 @@ from typing import Any
 from segbatch import location
 from segbatch.engine.job import FrameUnit, RunConfig, VideoJob, config_digest, fingerprint, source_identity
 from segbatch.errors import InputError, Interrupted, RunError, SegbatchError
+from segbatch.lease import Lease, LeaseKeeper, LeaseLostError, claim
+from segbatch.location import Location
 from segbatch.progress import note, progress_bar
-from segbatch.sources.video import VideoPlan, probe_video
+from segbatch.sources.video import VideoPlan, probe_video, truncation_problems
 from segbatch.store import (
     OPTIONAL_OUTPUTS,
     StoreLayout,
     base_attrs,
-    check_resumable,
     create_store,
     finished_units,
     open_store,
     remove_store,
-    store_attrs,
+    reopen_for_resume,
     update_attrs,
 )
 
@@ -140,6 +141,7 @@ def run_video(cfg: RunConfig) -> RunSummary:
         raise InputError(f"{cfg.input}: no such file")
     if cfg.resume and cfg.overwrite:
         raise InputError("--resume and --overwrite exclude each other")
+    lease = Lease.new()
     ckpt = load_checkpoint(resolve_model(cfg.model, cfg.quiet))
     if ckpt.spec.in_channels != 3:
         raise InputError(f"the model takes {ckpt.spec.in_channels} input bands; video frames have 3 (RGB)")
@@ -165,12 +167,13 @@ def run_video(cfg: RunConfig) -> RunSummary:
         chunk_frames=chunk,
         precision=cfg.precision,
         hwaccel=cfg.hwaccel,
+        run=lease.run,
     )
     config = fingerprint(job, ckpt.sha256, source_identity(cfg.input))
-    check_target(cfg)
-    with ray_session(cfg.address):
+    check_target(cfg, lease, ckpt.path)
+    with LeaseKeeper(cfg.out, lease) as keeper, ray_session(cfg.address):
         pool = pool_size(cfg, -(-(stop - first) // chunk))  # refuses an impossible pool before a store exists
-        root, units, done = _prepare_store(cfg, job, ckpt, config, pool[0])
+        root, units, done = _prepare_store(cfg, job, ckpt, config, pool[0], keeper)
         return run_units(
             cfg,
             UnitWorker,
@@ -179,10 +182,11 @@ def run_video(cfg: RunConfig) -> RunSummary:
             [u for u in units if u.id not in done],
             len(units),
             pool,
+            keeper,
             size=lambda u: u.stop - u.start,
             describe=lambda u: f"unit {u.id} (frames {u.start}:{u.stop})",
             noun="frame",
-            finish=lambda summary, pending: _finalise(root, units, summary),
+            finish=lambda summary, pending: _finalise(root, units, summary, truncation_problems(plan, stop)),
         )
 
 
@@ -194,18 +198,25 @@ def run_units(
     pending: Sequence[Any],
     total: int,
     pool: tuple[int, float],
+    keeper: LeaseKeeper,
     size: Callable[[Any], int],
     describe: Callable[[Any], str],
     noun: str,
     finish: Callable[[RunSummary, Sequence[Any]], None],
 ) -> RunSummary:
-    """Every source's run: the pending units on the actor pool, then `finish` (finalise or stitch), the outcome recorded in the store."""
+    """Every source's run: the pending units on the actor pool, then `finish` (finalise or stitch), the outcome recorded in the store.
+
+    The driver's own writes are fenced too: a run whose lease was taken over
+    stops before it finalises (its workers already stopped writing).
+    """
     summary = RunSummary(units=total, skipped_units=total - len(pending), noun=noun)
     started = time.perf_counter()
     with recorded_outcome(root, total, "units"):
         if pending:
             summary.items += run_pool(worker, job, pending, cfg, *pool, size=size, describe=describe, noun=noun, summary=summary)
         summary.seconds = time.perf_counter() - started
+        keeper.renew()
+        keeper.check()
         finish(summary, pending)
     return summary
 
@@ -232,17 +243,34 @@ def recorded_outcome(root: Any, total: int, what: str) -> Iterator[None]:
         left = total - len(finished_units(root))
         raise Interrupted(f"interrupted with {left} of {total} {what} left; finish with the same command and --resume") from None
     except Exception as exc:
-        update_attrs(root, status="failed", error=first_line(exc))
+        if not isinstance(exc, LeaseLostError):  # a run that lost its store writes nothing more to it
+            try:
+                update_attrs(root, status="failed", error=first_line(exc))
+            except Exception:  # noqa: S110  (marking it failed failed too, a read-only store say: the first cause is what the user needs)
+                pass
         raise
 
 
-def check_target(cfg: RunConfig) -> None:
-    """Before any work: the store must be new, or be replaced (--overwrite) or finished (--resume)."""
+def check_target(cfg: RunConfig, lease: Lease, checkpoint: Location) -> None:
+    """Before any work: the store must be new, or be replaced (--overwrite) or finished (--resume), and no other live run's.
+
+    An existing store is claimed for this run (its lease), so a second run of
+    the same command is refused with one line naming the holder; the files
+    the job reads may not lie inside a store that --overwrite would delete.
+    """
     there = location.exists(cfg.out)
     if there and not (cfg.resume or cfg.overwrite):
         raise InputError(f"{cfg.out} exists; pass --resume to finish it or --overwrite to replace it")
     if there and cfg.overwrite:
         open_store(cfg.out)  # only ever delete a store segbatch wrote
+        for what, path in (("input", cfg.input), ("checkpoint", checkpoint)):
+            if location.inside(path, cfg.out):
+                raise InputError(f"the {what} {path} is inside {cfg.out}, which --overwrite would delete; move it out first")
+    if there:
+        previous = claim(cfg.out, lease)
+        if previous is not None:
+            gone = "is gone" if previous.dead() else f"has not renewed its lease for {previous.age():.0f} s"
+            note(f"warning: taking over {cfg.out} from {previous.holder()}, which {gone}", cfg.quiet)
     if location.is_url(cfg.out):
         return  # object stores have no folders to check; a missing bucket or credentials fail at creation, in one line
     out = Path(cfg.out)
@@ -272,23 +300,34 @@ def pool_size(cfg: RunConfig, units: int) -> tuple[int, float]:
     return n_actors, gpus
 
 
-def _prepare_store(cfg: RunConfig, job: VideoJob, ckpt: Any, config: dict[str, Any], actors: int) -> tuple[Any, list[FrameUnit], dict[int, Any]]:
+def _prepare_store(
+    cfg: RunConfig, job: VideoJob, ckpt: Any, config: dict[str, Any], actors: int, keeper: LeaseKeeper
+) -> tuple[Any, list[FrameUnit], dict[int, Any]]:
     """Create the store (driver-only metadata) and its units, or reopen both for --resume.
 
     The unit size is decided once, when the store is made, and kept in it: a
     resumed run redoes exactly the units the ledger lacks, whatever its pool.
     """
-    import numpy as np
-
     if location.exists(cfg.out) and cfg.resume:
-        root = open_store(cfg.out, mode="r+")
-        attrs = store_attrs(root)
-        check_resumable(attrs, config)
-        update_attrs(root, status="running")
+        root, attrs = reopen_for_resume(cfg.out, config, keeper.lease.run)
         units = plan_frame_units(job.first_frame, job.stop_frame, int(attrs["unit_frames"]))
         return root, units, finished_units(root)
-    if location.exists(cfg.out) and cfg.overwrite:
-        remove_store(cfg.out)
+    return replace_store(cfg, keeper, lambda: _new_video_store(cfg, job, ckpt, config, actors, keeper.lease))
+
+
+def replace_store(cfg: RunConfig, keeper: LeaseKeeper, create: Callable[[], Any]) -> Any:
+    """--overwrite (or a new store): delete the old one and create the new one, with no lease renewal in between."""
+    with keeper.lock:
+        if location.exists(cfg.out) and cfg.overwrite:
+            remove_store(cfg.out)
+        return create()
+
+
+def _new_video_store(
+    cfg: RunConfig, job: VideoJob, ckpt: Any, config: dict[str, Any], actors: int, lease: Lease
+) -> tuple[Any, list[FrameUnit], dict[int, Any]]:
+    import numpy as np
+
     unit_frames = unit_frames_for(job.chunk_frames, job.plan.gop, job.stop_frame - job.first_frame, actors)
     units = plan_frame_units(job.first_frame, job.stop_frame, unit_frames)
     plan = job.plan
@@ -315,12 +354,12 @@ def _prepare_store(cfg: RunConfig, job: VideoJob, ckpt: Any, config: dict[str, A
         "frame_range": [job.first_frame, job.stop_frame],
         "demux_error": plan.demux_error,
     }
-    attrs = base_attrs(source, model_attrs(ckpt), cfg.samples, cfg.seed, config) | {
+    attrs = base_attrs(source, model_attrs(ckpt), cfg.samples, cfg.seed, config, lease.run) | {
         "fingerprint": config_digest(config),
         "resize": list(cfg.resize) if cfg.resize else None,
         "unit_frames": unit_frames,
     }
-    return create_store(cfg.out, layout, attrs), units, {}
+    return create_store(cfg.out, layout, attrs, lease), units, {}
 
 
 def run_pool(
@@ -426,7 +465,7 @@ class _ActorPool:
     def __init__(self, worker: type, job: Any, cfg: RunConfig, gpus: float) -> None:
         import ray
 
-        self.cls = ray.remote(max_restarts=0, max_task_retries=0)(worker)
+        self.cls = ray.remote(max_restarts=0, max_task_retries=0)(_guarded(worker))
         self.job, self.cfg, self.gpus = job, cfg, gpus
         self.actors: dict[int, Any] = {}
         self.starting: dict[Any, int] = {}  # device_name() ref -> slot
@@ -449,12 +488,15 @@ class _ActorPool:
         slot = self.starting.pop(ref)
         try:
             self.device = self.device or str(ray.get(ref))
-        except (RayActorError, RayTaskError) as exc:
+        except RayTaskError as exc:
+            # the constructor raised (the checkpoint or the store is unreadable from that node, say): no retry fixes it
+            cause = exc.cause if isinstance(getattr(exc, "cause", None), BaseException) else exc
+            kind = InputError if isinstance(cause, InputError) else RunError
+            raise kind(f"a worker could not start: {first_line(cause)}") from None
+        except RayActorError:
             self.failures += 1
-            if isinstance(exc, RayTaskError) or exc.actor_init_failed or self.failures >= MAX_START_FAILURES:
-                # the constructor raised (the checkpoint or the store is unreadable from that node, say): no retry fixes it
-                name, message = _root_cause(exc)
-                raise (InputError if name == "segbatch.errors.InputError" else RunError)(f"a worker could not start: {message}") from None
+            if self.failures >= MAX_START_FAILURES:
+                raise RunError(f"{self.failures} workers died while starting (out of memory, or their nodes went away)") from None
             self.replace(slot)  # lost while being placed or started (its node went away): try again elsewhere
             return None
         self.ready.add(slot)
@@ -489,15 +531,27 @@ class _ActorPool:
             ray.kill(actor, no_restart=True)
 
 
-def _root_cause(exc: BaseException) -> tuple[str, str]:
-    """(qualified type, message) of the original exception out of Ray's wrapped traceback; ("", first line) when none is found."""
-    import re
+def _guarded(worker: type) -> type:
+    """`worker` with its constructor's error kept and raised by the first call (`device_name`).
 
-    causes = [ln.strip() for ln in str(exc).splitlines() if re.match(r"^\s*[A-Za-z_][\w.]*(Error|Exception): ", ln)]
-    if not causes:
-        return "", first_line(exc)
-    name, message = causes[-1].split(": ", 1)
-    return name, message if name.startswith("segbatch.") else f"{name.rsplit('.', 1)[-1]}: {message}"
+    Ray reports a failed constructor as text only; raised from a method, the
+    error reaches the driver as the task's typed cause, so its exit code
+    follows its type (an unreadable checkpoint on a node is bad input: 2).
+    """
+
+    def __init__(self: Any, *args: Any) -> None:
+        self.start_error = None
+        try:
+            worker.__init__(self, *args)
+        except Exception as exc:
+            self.start_error = exc
+
+    def device_name(self: Any) -> str:
+        if self.start_error is not None:
+            raise self.start_error
+        return str(worker.device_name(self))
+
+    return type(worker.__name__, (worker,), {"__init__": __init__, "device_name": device_name, "__module__": worker.__module__})
 
 
 def ensure_ray(address: str | None) -> bool:
@@ -537,8 +591,8 @@ def first_line(exc: BaseException) -> str:
     return text.splitlines()[0] if text else type(exc).__name__
 
 
-def _finalise(root: Any, units: list[FrameUnit], summary: RunSummary) -> None:
-    """Driver: from the ledger (every unit, this run's and earlier ones'), write the final attributes."""
+def _finalise(root: Any, units: list[FrameUnit], summary: RunSummary, planned: Sequence[dict[str, Any]] = ()) -> None:
+    """Driver: from the ledger (every unit, this run's and earlier ones') and the plan's problems (a truncated file), write the final attributes."""
     ledger = finished_units(root)
     missing = [u.id for u in units if u.id not in ledger]
     if missing:
@@ -548,7 +602,7 @@ def _finalise(root: Any, units: list[FrameUnit], summary: RunSummary) -> None:
         {"kind": "frames"} | {k: v for k, v in stats.items() if k in ("frames", "missing", "damaged", "messages")}
         for _, stats in sorted(ledger.items())
         if stats.get("missing") or stats.get("damaged")
-    ]
+    ] + list(planned)
     summary.problems = problems
     seconds = sum(stats.get("seconds", 0.0) for stats in ledger.values())
     update_attrs(

@@ -25,25 +25,24 @@ from segbatch.engine.driver import (
     output_names,
     pool_size,
     ray_session,
+    replace_store,
     resolve_model,
     run_units,
 )
 from segbatch.engine.job import RunConfig, config_digest, software_versions
 from segbatch.engine.worker import ModelWorker, predict_outputs, require_readable
 from segbatch.errors import DataError, InputError, RunError
+from segbatch.lease import Lease, LeaseKeeper
 from segbatch.mc import derive_seed
 from segbatch.sources.images import ImageFolderPlan, probe_folder, read_image, to_unit_float
 from segbatch.store import (
     StoreLayout,
     base_attrs,
-    check_resumable,
     create_store,
     finished_units,
-    open_store,
-    remove_store,
+    reopen_for_resume,
     store_attrs,
     update_attrs,
-    write_region,
 )
 
 MAX_UNIT_IMAGES = 16
@@ -75,6 +74,7 @@ class ImageJob:
     float_dtype: str
     threads: int
     precision: str = "fp32"
+    run: str = ""  # the run that owns the store (its lease): every write is fenced by it
 
 
 def unit_images_for(images: int, actors: int) -> int:
@@ -111,7 +111,7 @@ class ImageWorker(ModelWorker):
     """Segments units of an image folder job; one per Ray actor, model loaded once."""
 
     def __init__(self, job: ImageJob) -> None:
-        super().__init__(job.checkpoint, job.store, job.threads)
+        super().__init__(job.checkpoint, job.store, job.threads, job.run)
         self.job = job
         require_readable(job.root)
 
@@ -122,6 +122,7 @@ class ImageWorker(ModelWorker):
         recorded and keeps its fill values; the others still run.
         """
         started = time.perf_counter()
+        self.digests = {}
         unreadable = []
         for i in range(unit.start, unit.stop):
             try:
@@ -142,7 +143,7 @@ class ImageWorker(ModelWorker):
             raise DataError(f"{path}: decodes to {w}x{h} but its header says {job.shapes[i][1]}x{job.shapes[i][0]}")
         seeds = [derive_seed(job.seed, i)]
         out = predict_outputs(self.model, self.to_device(x[None]), seeds, job.samples, job.resize, job.outputs, job.float_dtype, job.precision)
-        write_region(self.root, [slice(i, i + 1), slice(0, h), slice(0, w)], out)
+        self.write([slice(i, i + 1), slice(0, h), slice(0, w)], out)
 
 
 def model_input(image: np.ndarray, in_channels: int, path: Path) -> np.ndarray:
@@ -164,6 +165,7 @@ def run_images(cfg: RunConfig) -> RunSummary:
         raise InputError("--frames, --bands and --keep-tiles are not for image folders")
     if location.is_url(cfg.input):
         raise InputError(f"{cfg.input}: an image folder must be a path every node sees (a shared file system), not a URL")
+    lease = Lease.new()
     ckpt = load_checkpoint(resolve_model(cfg.model, cfg.quiet))
     plan = probe_folder(cfg.input)
     in_channels = ckpt.spec.in_channels
@@ -183,12 +185,13 @@ def run_images(cfg: RunConfig) -> RunSummary:
         float_dtype=cfg.float_dtype,
         threads=max(1, int(cfg.cpus_per_actor)),
         precision=cfg.precision,
+        run=lease.run,
     )
     config = image_fingerprint(plan, job, ckpt.sha256)
-    check_target(cfg)
-    with ray_session(cfg.address):
+    check_target(cfg, lease, ckpt.path)
+    with LeaseKeeper(cfg.out, lease) as keeper, ray_session(cfg.address):
         n_actors, gpus = pool_size(cfg, plan.images)  # refuses an impossible pool before a store exists
-        root, units, done = _prepare_image_store(cfg, job, plan, ckpt, config, n_actors)
+        root, units, done = _prepare_image_store(cfg, job, plan, ckpt, config, n_actors, keeper)
         return run_units(
             cfg,
             ImageWorker,
@@ -197,6 +200,7 @@ def run_images(cfg: RunConfig) -> RunSummary:
             [u for u in units if u.id not in done],
             len(units),
             (n_actors, gpus),
+            keeper,
             size=lambda u: u.stop - u.start,
             describe=lambda u: f"unit {u.id} (images {u.start}:{u.stop}, {plan.paths[u.start]} ...)",
             noun="image",
@@ -205,17 +209,18 @@ def run_images(cfg: RunConfig) -> RunSummary:
 
 
 def _prepare_image_store(
-    cfg: RunConfig, job: ImageJob, plan: ImageFolderPlan, ckpt: Any, config: dict[str, Any], actors: int
+    cfg: RunConfig, job: ImageJob, plan: ImageFolderPlan, ckpt: Any, config: dict[str, Any], actors: int, keeper: LeaseKeeper
 ) -> tuple[Any, list[ImageUnit], dict[int, Any]]:
     """Create the store (driver-only metadata, unreadable headers already listed as problems) and its units, or reopen both for --resume."""
     if location.exists(cfg.out) and cfg.resume:
-        root = open_store(cfg.out, mode="r+")
-        attrs = store_attrs(root)
-        check_resumable(attrs, config)
-        update_attrs(root, status="running")
+        root, attrs = reopen_for_resume(cfg.out, config, keeper.lease.run)
         return root, plan_image_units(plan.images, int(attrs["unit_images"])), finished_units(root)
-    if location.exists(cfg.out) and cfg.overwrite:
-        remove_store(cfg.out)
+    return replace_store(cfg, keeper, lambda: _new_image_store(cfg, job, plan, ckpt, config, actors, keeper.lease))
+
+
+def _new_image_store(
+    cfg: RunConfig, job: ImageJob, plan: ImageFolderPlan, ckpt: Any, config: dict[str, Any], actors: int, lease: Lease
+) -> tuple[Any, list[ImageUnit], dict[int, Any]]:
     unit_images = unit_images_for(plan.images, actors)
     units = plan_image_units(plan.images, unit_images)
     n, h, w = plan.images, plan.max_height, plan.max_width
@@ -235,13 +240,13 @@ def _prepare_image_store(
     )
     source = {"path": plan.root, "kind": "images", "images": n, "max_height": h, "max_width": w}
     planned = [{"kind": "unreadable", "path": path, "image": None, "error": error} for path, error in plan.unreadable]
-    attrs = base_attrs(source, model_attrs(ckpt), cfg.samples, cfg.seed, config) | {
+    attrs = base_attrs(source, model_attrs(ckpt), cfg.samples, cfg.seed, config, lease.run) | {
         "fingerprint": config_digest(config),
         "resize": list(cfg.resize) if cfg.resize else None,
         "unit_images": unit_images,
         "problems": planned,
     }
-    return create_store(cfg.out, layout, attrs), units, {}
+    return create_store(cfg.out, layout, attrs, lease), units, {}
 
 
 def _finalise(root: Any, units: list[ImageUnit], ran: set[int], summary: RunSummary) -> None:

@@ -70,6 +70,7 @@ class VideoJob:
     chunk_frames: int  # frames per store chunk; a unit is a run of whole chunks
     precision: str = "fp32"  # fp32 | fp16 | bf16 (autocast)
     hwaccel: str | None = None  # decode on the GPU (PyAV hardware acceleration), e.g. "cuda"
+    run: str = ""  # the run that owns the store (its lease): every write is fenced by it
 
 
 def fingerprint(job: VideoJob, model_sha256: str, source_id: dict[str, Any]) -> dict[str, Any]:

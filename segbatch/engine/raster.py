@@ -20,6 +20,8 @@ from segbatch.engine.driver import (
     model_attrs,
     pool_size,
     ray_session,
+    recorded_outcome,
+    replace_store,
     resolve_model,
     run_units,
 )
@@ -27,18 +29,18 @@ from segbatch.engine.job import RunConfig, config_digest, software_versions, sou
 from segbatch.engine.tiles import PROB_NODATA, RasterJob, TileWorker, tile_side
 from segbatch.engine.worker import index_ranges
 from segbatch.errors import InputError, RunError
+from segbatch.lease import Lease, LeaseKeeper, claim
 from segbatch.progress import note
 from segbatch.sources.raster import georeference, probe_raster
 from segbatch.store import (
     ArraySpec,
     StoreLayout,
     base_attrs,
-    check_resumable,
     consolidate,
     create_store,
     finished_units,
     open_store,
-    remove_store,
+    reopen_for_resume,
     store_attrs,
     update_attrs,
 )
@@ -53,6 +55,7 @@ def run_raster(cfg: RunConfig) -> RunSummary:
         raise InputError("--resume and --overwrite exclude each other")
     if cfg.extra_outputs or cfg.resize or cfg.frames or cfg.hwaccel:
         raise InputError("--outputs, --resize, --frames and --hwaccel are for video; rasters run at their own resolution")
+    lease = Lease.new()
     ckpt = load_checkpoint(resolve_model(cfg.model, cfg.quiet))
     plan = probe_raster(cfg.input, cfg.bands, ckpt.spec.in_channels)
     if plan.crs_wkt is None:
@@ -69,6 +72,7 @@ def run_raster(cfg: RunConfig) -> RunSummary:
         threads=max(1, int(cfg.cpus_per_actor)),
         tile_side=tile_side(tiles),
         precision=cfg.precision,
+        run=lease.run,
     )
     config = {
         "source": source_identity(cfg.input),
@@ -82,10 +86,10 @@ def run_raster(cfg: RunConfig) -> RunSummary:
         "precision": cfg.precision,
         "software": software_versions(),
     }
-    check_target(cfg)
-    with ray_session(cfg.address):
+    check_target(cfg, lease, ckpt.path)
+    with LeaseKeeper(cfg.out, lease) as keeper, ray_session(cfg.address):
         n_actors, gpus = pool_size(cfg, len(tiles))
-        root, done = _prepare_raster_store(cfg, job, ckpt, config)
+        root, done = _prepare_raster_store(cfg, job, ckpt, config, keeper)
         return run_units(
             cfg,
             TileWorker,
@@ -94,23 +98,28 @@ def run_raster(cfg: RunConfig) -> RunSummary:
             [t for t in range(len(tiles)) if t not in done],
             len(tiles),
             (n_actors, gpus),
+            keeper,
             size=lambda t: 1,
             describe=lambda t: f"tile {t} (window {tiles[t].window})",
             noun="tile",
-            finish=lambda summary, pending: stitch_store(root, job, cfg.keep_tiles, cfg.quiet, summary),
+            finish=lambda summary, pending: stitch_store(root, job, cfg.keep_tiles, cfg.quiet, summary, keeper),
         )
 
 
-def _prepare_raster_store(cfg: RunConfig, job: RasterJob, ckpt: Any, config: dict[str, Any]) -> tuple[Any, dict[int, Any]]:
+def _prepare_raster_store(cfg: RunConfig, job: RasterJob, ckpt: Any, config: dict[str, Any], keeper: LeaseKeeper) -> tuple[Any, dict[int, Any]]:
     if location.exists(cfg.out) and cfg.resume:
         root = open_store(cfg.out, mode="r+")
-        check_resumable(store_attrs(root), config)
+        attrs = store_attrs(root)
+        if "tiles" not in root and attrs["status"] == "complete":
+            raise InputError(f"{cfg.out} is complete and its tiles/ were removed after stitching: nothing to resume; use --overwrite to run again")
         if "tiles" not in root:
-            raise InputError(f"{cfg.out} has no tiles/ left to resume from (it was stitched already); use --overwrite to run again")
-        update_attrs(root, status="running")
+            raise InputError(f"{cfg.out} has no tiles/ left to resume from (status {attrs['status']}); use --overwrite to run again")
+        root, _ = reopen_for_resume(cfg.out, config, keeper.lease.run)
         return root, finished_units(root)
-    if location.exists(cfg.out) and cfg.overwrite:
-        remove_store(cfg.out)
+    return replace_store(cfg, keeper, lambda: _new_raster_store(cfg, job, ckpt, config, keeper.lease))
+
+
+def _new_raster_store(cfg: RunConfig, job: RasterJob, ckpt: Any, config: dict[str, Any], lease: Lease) -> tuple[Any, dict[int, Any]]:
     plan, tiles = job.plan, job.tiles
     geo = georeference(plan)
     k = ckpt.spec.num_classes
@@ -147,8 +156,8 @@ def _prepare_raster_store(cfg: RunConfig, job: RasterJob, ckpt: Any, config: dic
         "tile": tiles.tile,
         "overlap": tiles.overlap,
     }
-    attrs = base_attrs(source, model_attrs(ckpt), cfg.samples, cfg.seed, config) | {"fingerprint": config_digest(config), "geozarr": _geozarr(plan)}
-    return create_store(cfg.out, layout, attrs), {}
+    attrs = base_attrs(source, model_attrs(ckpt), cfg.samples, cfg.seed, config, lease.run) | {"fingerprint": config_digest(config), "geozarr": _geozarr(plan)}
+    return create_store(cfg.out, layout, attrs, lease), {}
 
 
 def _geozarr(plan: Any) -> dict[str, Any]:
@@ -160,8 +169,12 @@ def _geozarr(plan: Any) -> dict[str, Any]:
     return out
 
 
-def stitch_store(root: Any, job: RasterJob, keep_tiles: bool, quiet: bool, summary: RunSummary) -> None:
-    """Stitch a store whose tiles are all done, then drop tiles/ (unless kept) and mark it complete."""
+def stitch_store(root: Any, job: RasterJob, keep_tiles: bool, quiet: bool, summary: RunSummary, keeper: LeaseKeeper) -> None:
+    """Stitch a store whose tiles are all done, mark it complete, then drop tiles/ (unless kept).
+
+    Complete first: a crash before tiles/ is gone leaves a complete store with
+    tiles to spare, never a store that says "stitching" with nothing to stitch.
+    """
     from segbatch.stitch import run_stitch
 
     ledger = finished_units(root)
@@ -171,10 +184,9 @@ def stitch_store(root: Any, job: RasterJob, keep_tiles: bool, quiet: bool, summa
     skipped = frozenset(t for t, stats in ledger.items() if stats.get("skipped"))
     update_attrs(root, status="stitching")
     stitch_seconds = run_stitch(job, skipped, quiet)
-    if not keep_tiles:
-        del root["tiles"]  # through the store's own filesystem: a folder here, keys in an object store
-        consolidate(root)
     summary.stitch_seconds = stitch_seconds
+    keeper.renew()
+    keeper.check()
     update_attrs(
         root,
         drop=("error",),
@@ -190,6 +202,9 @@ def stitch_store(root: Any, job: RasterJob, keep_tiles: bool, quiet: bool, summa
             "tiles_kept": keep_tiles,
         },
     )
+    if not keep_tiles:
+        del root["tiles"]  # through the store's own filesystem: a folder here, keys in an object store
+        consolidate(root)
 
 
 def skipped_problems(skipped: frozenset[int]) -> list[dict[str, Any]]:
@@ -207,14 +222,17 @@ def restitch(path: Path | str, quiet: bool) -> RunSummary:
         raise InputError(f"{path} is a {attrs.get('source', {}).get('kind')} store; only raster stores are stitched")
     if "tiles" not in root:
         raise InputError(f"{path} has no tiles/ (they are removed after a stitch unless the run had --keep-tiles)")
-    job = _job_from_store(path, root, attrs)
+    lease = Lease.new()
+    claim(path, lease)  # one run owns a store: not while another run (or stitch) holds it
+    job = _job_from_store(path, root, attrs, lease.run)
     summary = RunSummary(units=len(job.tiles), noun="tile")
-    with ray_session(None):
-        stitch_store(root, job, keep_tiles=True, quiet=quiet, summary=summary)
+    with LeaseKeeper(path, lease) as keeper, ray_session(None):
+        with recorded_outcome(root, len(job.tiles), "tiles"):
+            stitch_store(root, job, keep_tiles=True, quiet=quiet, summary=summary, keeper=keeper)
     return summary
 
 
-def _job_from_store(path: Path | str, root: Any, attrs: dict[str, Any]) -> RasterJob:
+def _job_from_store(path: Path | str, root: Any, attrs: dict[str, Any], run: str) -> RasterJob:
     from segbatch.sources.raster import plan_from_store
 
     src = attrs["source"]
@@ -230,4 +248,5 @@ def _job_from_store(path: Path | str, root: Any, attrs: dict[str, Any]) -> Raste
         float_dtype=str(root["entropy"].dtype),
         threads=1,
         tile_side=tile_side(tiles),
+        run=run,
     )

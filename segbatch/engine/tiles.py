@@ -38,6 +38,7 @@ class RasterJob:
     threads: int
     tile_side: tuple[int, int]  # (height, width) of the tiles/ arrays: the largest window, padded to PAD_TO
     precision: str = "fp32"
+    run: str = ""  # the run that owns the store (its lease): every write is fenced by it
 
 
 def tile_side(tiles: TilePlan) -> tuple[int, int]:
@@ -48,7 +49,7 @@ class TileWorker(ModelWorker):
     """Segments tiles of a raster job; one per Ray actor, model loaded once."""
 
     def __init__(self, job: RasterJob) -> None:
-        super().__init__(job.checkpoint, job.store, job.threads)
+        super().__init__(job.checkpoint, job.store, job.threads, job.run)
         self.job = job
         require_readable(job.plan.path)
         self.pool = 2 ** (len(self.model.encoders))  # each pooling level halves the side
@@ -76,11 +77,13 @@ class TileWorker(ModelWorker):
             side_h, side_w = job.tile_side
             q = np.full((probs.shape[0], side_h, side_w), PROB_NODATA, np.uint8)
             q[:, :h, :w] = np.where(valid, np.rint(probs * PROB_SCALE), PROB_NODATA).astype(np.uint8)
-            self.root["tiles/probs"][tile_id] = q
+            tile_outputs = {"tiles/probs": q[None]}
             if "uncertainty" in res:
                 unc = np.full((side_h, side_w), np.nan, job.float_dtype)
                 unc[:h, :w] = np.where(valid, res["uncertainty"][0, :h, :w].cpu().numpy(), np.nan)
-                self.root["tiles/uncertainty"][tile_id] = unc
+                tile_outputs["tiles/uncertainty"] = unc[None]
+            # tiles/ is removed after the stitch: the digests that verify checks are those of the stitched chunks
+            self.write([slice(tile_id, tile_id + 1)], tile_outputs, digests=False)
         stats["seconds"] = round(time.perf_counter() - started, 3)
         self.record(tile_id, stats)
         return stats

@@ -17,6 +17,7 @@ import numpy as np
 
 from segbatch.engine.job import FrameUnit, VideoJob
 from segbatch.errors import InputError
+from segbatch.lease import check_fence
 from segbatch.mc import derive_seed, mc_predict
 from segbatch.sources.video import DecodeReport, check_hwaccel, read_frames
 from segbatch.store import NODATA_LABEL, open_store, record_unit, write_region
@@ -27,7 +28,7 @@ MAX_MESSAGES = 5
 class ModelWorker:
     """What every actor holds: its torch threads, its device (the GPU Ray gave it, else CPU), the model, the store."""
 
-    def __init__(self, checkpoint: str, store: str, threads: int) -> None:
+    def __init__(self, checkpoint: str, store: str, threads: int, run: str) -> None:
         import torch
 
         from segbatch.model.checkpoint import load_checkpoint
@@ -38,8 +39,10 @@ class ModelWorker:
         model = load_checkpoint(checkpoint).model.to(self.device).eval()
         # on GPUs, channels-last feeds cuDNN's tensor-core kernels without layout conversions (same results: tested on CPU)
         self.model = model.to(memory_format=torch.channels_last) if self.cuda else model
+        self.store, self.run = store, run
         self.root = open_store(store, mode="r+")
         self.node = _node_id()
+        self.digests: dict[str, str] = {}  # chunk -> digest, of the unit in progress
 
     def to_device(self, array: np.ndarray) -> Any:
         """A host array as a tensor on the actor's device: through pinned memory with a non-blocking copy on CUDA."""
@@ -53,16 +56,25 @@ class ModelWorker:
     def device_name(self) -> str:
         return str(self.device)
 
+    def write(self, region: list[slice], outputs: dict[str, np.ndarray], digests: bool = True) -> None:
+        """Write whole chunks of the unit in progress, fenced: nothing is written once this run no longer owns the store."""
+        check_fence(self.store, self.run)
+        written = write_region(self.root, region, outputs)
+        if digests:
+            self.digests.update(written)
+
     def record(self, unit: int, stats: dict[str, Any]) -> None:
-        """The unit's ledger entry, after its chunks; it names the node that did it (where the work went, for audits of a run)."""
-        record_unit(self.root, unit, {**stats, "node": self.node})
+        """The unit's ledger entry, after its chunks (fenced too): its run, node, and the digest of every chunk it wrote."""
+        check_fence(self.store, self.run)
+        record_unit(self.root, unit, {**stats, "node": self.node, "run": self.run, "chunks": dict(sorted(self.digests.items()))})
+        self.digests = {}
 
 
 class UnitWorker(ModelWorker):
     """Segments units of a video job; one per Ray actor, model loaded once."""
 
     def __init__(self, job: VideoJob) -> None:
-        super().__init__(job.checkpoint, job.store, job.threads)
+        super().__init__(job.checkpoint, job.store, job.threads, job.run)
         self.job = job
         require_readable(job.plan.path)
         if job.hwaccel:
@@ -75,6 +87,7 @@ class UnitWorker(ModelWorker):
         only one chunk of outputs in memory at a time.
         """
         started = time.perf_counter()
+        self.digests = {}
         job = self.job
         report = DecodeReport()
         chunk = _ChunkBuffer(self, unit.start, min(unit.start + job.chunk_frames, unit.stop))
@@ -178,7 +191,7 @@ class _ChunkBuffer:
     def flush_and_next(self, unit_stop: int) -> _ChunkBuffer | None:
         """Write this chunk (whole, one writer) and open the next one of the unit, if any."""
         first = self.worker.job.first_frame
-        write_region(self.worker.root, [slice(self.start - first, self.stop - first)], self.arrays)
+        self.worker.write([slice(self.start - first, self.stop - first)], self.arrays)
         if self.stop >= unit_stop:
             return None
         return _ChunkBuffer(self.worker, self.stop, min(self.stop + self.worker.job.chunk_frames, unit_stop))

@@ -1,0 +1,232 @@
+"""One run owns a store: a lease with a heartbeat, and a fence every write of the run passes.
+
+Object stores have no locks, so ownership is a small object in the store
+(`lease/zarr.json`, an empty Zarr group whose attributes hold run id, host,
+pid, started and heartbeat, so Zarr readers see a group, not a stray file),
+replaced whole on every renewal. The driver renews it every HEARTBEAT_S seconds; a run
+that finds another run's lease refuses to touch the store unless that lease is
+provably dead (same host, process gone) or stale (not renewed for
+STALE_AFTER_S). Workers check the lease before every chunk and ledger entry
+(the fence): once the lease names another run, or their own run has not
+renewed it for FENCE_AFTER_S (less than STALE_AFTER_S, so they stop before
+anyone can take over), they write nothing more. Heartbeats are wall-clock
+times: hosts sharing a store are assumed to keep their clocks in step (NTP).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import threading
+import time
+import uuid
+from dataclasses import asdict, dataclass, replace
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from segbatch import location
+from segbatch.errors import InputError, RunError, StoreBusyError
+from segbatch.location import Location
+
+LEASE_KEY = "lease/zarr.json"
+HEARTBEAT_S = 5.0
+FENCE_AFTER_S = 20.0  # a worker stops writing when its run's heartbeat is this old (its driver is gone or stuck)
+STALE_AFTER_S = 45.0  # another run may take the store over when the heartbeat is this old
+CLAIM_SETTLE_S = 0.3  # after writing a claim, read it back this much later: a concurrent claimer's write wins or loses visibly
+
+
+class LeaseLostError(RunError):
+    """The run no longer owns its store (another run took it over): its writes stop."""
+
+
+@dataclass(frozen=True)
+class Lease:
+    """Who owns a store now."""
+
+    run: str
+    host: str
+    pid: int
+    started: float  # seconds since the epoch
+    heartbeat: float
+    pid_started: str | None = None  # the process's start time on its host: a reused pid is not the holder
+    released: bool = False  # the run ended and let the store go (the lease stays, so Zarr's metadata never names a missing group)
+
+    @staticmethod
+    def new() -> Lease:
+        now = time.time()
+        return Lease(uuid.uuid4().hex[:16], socket.gethostname(), os.getpid(), now, now, _process_start(os.getpid()))
+
+    def holder(self) -> str:
+        """The holder for a message: run, host, pid, since."""
+        since = datetime.fromtimestamp(self.started, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+        return f"run {self.run} on host {self.host} (pid {self.pid}, since {since})"
+
+    def age(self) -> float:
+        """Seconds since the last heartbeat."""
+        return time.time() - self.heartbeat
+
+    def dead(self) -> bool:
+        """Provably gone: on this host, its process no longer exists (or the pid now belongs to another process)."""
+        if self.host != socket.gethostname():
+            return False
+        if not _pid_exists(self.pid):
+            return True
+        return self.pid_started is not None and _process_start(self.pid) not in (None, self.pid_started)
+
+    def stale(self) -> bool:
+        return self.dead() or self.age() > STALE_AFTER_S
+
+
+def read_lease(store: Location) -> Lease | None:
+    """The store's lease, or None when it has none (never leased, released, or unreadable)."""
+    try:
+        raw = location.read_bytes(_lease_location(store))
+    except (OSError, InputError):  # missing, or a URL whose backend is not installed
+        return None
+    try:
+        fields = json.loads(raw)["attributes"]["segbatch_lease"]
+        return Lease(
+            **{k: fields[k] for k in ("run", "host", "pid", "started", "heartbeat")},
+            pid_started=fields.get("pid_started"),
+            released=bool(fields.get("released", False)),
+        )
+    except (ValueError, KeyError, TypeError):
+        return None  # a torn or hand-edited lease owns nothing
+
+
+def write_lease(store: Location, lease: Lease) -> None:
+    """Replace the lease whole (a rename on a file system, one PUT on an object store)."""
+    data = json.dumps({"zarr_format": 3, "node_type": "group", "attributes": {"segbatch_lease": asdict(lease)}}, sort_keys=True).encode()
+    target = _lease_location(store)
+    if location.is_url(target):
+        fs, path = location.filesystem(str(target))
+        fs.pipe_file(path, data)
+        return
+    target = Path(target)
+    target.parent.mkdir(exist_ok=True)
+    tmp = target.parent / f".{target.name}.{uuid.uuid4().hex[:8]}"
+    tmp.write_bytes(data)
+    os.replace(tmp, target)
+
+
+def refuse_if_held(store: Location, mine: Lease) -> Lease | None:
+    """Before --resume/--overwrite touches `store`: refuse while another run holds it; return a dead or stale lease to take over."""
+    held = read_lease(store)
+    if held is None or held.released or held.run == mine.run:
+        return None
+    if not held.stale():
+        raise StoreBusyError(
+            f"{store} is in use by {held.holder()}, heartbeat {held.age():.0f} s ago; wait for it to end or stop it "
+            f"(a lease not renewed for {STALE_AFTER_S:.0f} s is taken over)"
+        )
+    return held
+
+
+def claim(store: Location, mine: Lease) -> Lease | None:
+    """Take an existing store's lease for this run; returns the dead or stale lease it replaced (to warn about), if any.
+
+    The claim is written, then read back after CLAIM_SETTLE_S: of two runs
+    claiming at once, the one whose write landed last owns the store and the
+    other is refused (and any writes it still tried would be fenced).
+    """
+    previous = refuse_if_held(store, mine)
+    write_lease(store, replace(mine, heartbeat=time.time()))
+    time.sleep(CLAIM_SETTLE_S)
+    now = read_lease(store)
+    if now is None or now.run != mine.run:
+        raise StoreBusyError(f"{store} was claimed by {now.holder() if now else 'another run'} at the same time; try again once it ends")
+    return previous
+
+
+def check_fence(store: Location, run: str) -> None:
+    """Worker side, before every chunk and ledger entry: this run must still own the store, and its driver must be alive."""
+    held = read_lease(store)
+    if held is None:
+        raise LeaseLostError(f"{store} has no lease any more (removed or replaced by another run); this run writes nothing more to it")
+    if held.run != run or held.released:
+        raise LeaseLostError(f"{store} now belongs to {held.holder()}; this run writes nothing more to it")
+    if held.age() > FENCE_AFTER_S:
+        raise LeaseLostError(f"this run's driver has not renewed its lease on {store} for {held.age():.0f} s; its workers stop writing")
+
+
+class LeaseKeeper:
+    """The driver's heartbeat: renews the lease every HEARTBEAT_S while the store exists, releases it at the end.
+
+    A renewal that finds another run's lease stops renewing and marks the
+    run lost: `check()` then raises, so the driver writes no more attributes.
+    """
+
+    def __init__(self, store: Location, lease: Lease) -> None:
+        self.store, self.lease = store, lease
+        self.lost: Lease | None = None
+        self.lock = threading.Lock()  # held by the driver while it deletes and recreates the store (--overwrite): no renewal lands in between
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._beat, name="segbatch-lease", daemon=True)
+
+    def __enter__(self) -> LeaseKeeper:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        with self.lock:
+            held = read_lease(self.store)
+            if held is not None and held.run == self.lease.run:
+                write_lease(self.store, replace(self.lease, heartbeat=time.time(), released=True))
+
+    def check(self) -> None:
+        if self.lost is not None:
+            raise LeaseLostError(f"{self.store} was taken over by {self.lost.holder()}; this run stops without writing more")
+
+    def renew(self) -> None:
+        """One heartbeat (the thread's step; also called directly where a driver wants a fresh lease now)."""
+        with self.lock:
+            if self.lost is not None or not location.exists(self.store):
+                return
+            held = read_lease(self.store)
+            if held is not None and held.run != self.lease.run:
+                self.lost = held
+                return
+            write_lease(self.store, replace(self.lease, heartbeat=time.time()))
+
+    def _beat(self) -> None:
+        while not self._stop.wait(HEARTBEAT_S):
+            try:
+                self.renew()
+            except Exception:  # a failed renewal (network blip) is retried at the next beat; workers fence on the age
+                continue
+
+
+def describe_lease(store: Location) -> dict[str, Any] | None:
+    """For `segbatch info`: the lease as it stands, and whether it is live."""
+    held = read_lease(store)
+    if held is None:
+        return None
+    return {**asdict(held), "heartbeat_age_s": round(held.age(), 1), "live": not (held.released or held.stale())}
+
+
+def _lease_location(store: Location) -> Location:
+    return f"{str(store).rstrip('/')}/{LEASE_KEY}" if location.is_url(store) else Path(store) / LEASE_KEY
+
+
+def _pid_exists(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _process_start(pid: int) -> str | None:
+    """The process's start time in clock ticks since boot (Linux /proc), with the boot id; None where unknown."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except OSError:
+        return None
+    return f"{boot}:{stat.rsplit(')', 1)[1].split()[19]}"
