@@ -39,7 +39,7 @@ def stitch_chunks(job: RasterJob, chunk_ids: Sequence[int], skipped: frozenset[i
     for cid in chunk_ids:
         check_fence(job.store, job.run)
         digests = _stitch_one(root, job, cid, skipped, cache)
-        entry = json.loads(root["ledger"][cid] or "{}")
+        entry = json.loads(str(root["ledger"][cid]) or "{}")
         check_fence(job.store, job.run)
         record_unit(root, cid, {**entry, "chunks": digests})
     return len(chunk_ids)

@@ -24,18 +24,15 @@ from segbatch.audit.metrics import bin_edges
 from segbatch.audit.scan import AuditOptions, ScanResult, scan_store
 from segbatch.audit.thumbnails import InputReader, write_thumbnails
 from segbatch.errors import InputError
-from segbatch.store import open_store, store_attrs
+from segbatch.store import open_complete_store
 
 REPORT_MARK = "segbatch_audit"  # key of summary.json that says "this folder is an audit report"
 
 
 def audit(store: Path, report: Path, opts: AuditOptions, overwrite: bool = False) -> dict[str, Any]:
     """Audit `store` into the folder `report`; returns the summary (also written as summary.json)."""
-    root = open_store(store)
-    attrs = store_attrs(root)
-    if attrs.get("status") != "complete":
-        raise InputError(f"{store} is not complete (status {attrs.get('status')}); finish it with segbatch run --resume first")
-    _check_target(report, overwrite)
+    root, attrs = open_complete_store(store, "auditing")
+    _check_target(report, overwrite, {"store": store, "--truth": opts.truth})
     building = report.parent / f".{report.name}.building-{uuid.uuid4().hex[:8]}"
     building.mkdir()
     try:
@@ -47,7 +44,13 @@ def audit(store: Path, report: Path, opts: AuditOptions, overwrite: bool = False
     return summary
 
 
-def _check_target(report: Path, overwrite: bool) -> None:
+def _check_target(report: Path, overwrite: bool, inputs: dict[str, Path | str | None]) -> None:
+    """The report folder must be new, empty, or an earlier report replaced with --overwrite, holding none of the audit's inputs."""
+    from segbatch import location
+
+    for what, path in inputs.items():
+        if path is not None and not location.is_url(path) and location.inside(path, report):
+            raise InputError(f"the {what} {path} is inside the report folder {report}, which the audit would replace; pick another --report")
     parent = report.parent if str(report.parent) else Path(".")
     if not parent.is_dir():
         raise InputError(f"cannot write {report}: folder {parent} does not exist")
@@ -79,8 +82,25 @@ def _put_in_place(building: Path, report: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")  # a spreadsheet reads a cell starting so as a formula (OWASP CSV injection)
+
+
+def csv_text(value: str) -> str:
+    """A text cell a spreadsheet shows as text: one starting like a formula gets a leading ' (numbers are never passed here)."""
+    return "'" + value if value.startswith(FORMULA_STARTS) else value
+
+
+def csv_cell(value: Any) -> Any:
+    """A row value as its items.csv cell: NaN empty, floats to 6 significant digits, text made safe for spreadsheets."""
+    if isinstance(value, float):
+        return f"{value:.6g}" if math.isfinite(value) else ""
+    if isinstance(value, str):
+        return csv_text(value)
+    return value
+
+
 class _RowWriter:
-    """items.csv, written row by row as the scan goes (header from the first row; NaN as an empty cell)."""
+    """items.csv, written row by row as the scan goes (header from the first row; NaN as an empty cell; text never a formula)."""
 
     def __init__(self, path: Path) -> None:
         self.file = path.open("w", newline="")
@@ -90,7 +110,7 @@ class _RowWriter:
         if self.writer is None:
             self.writer = csv.DictWriter(self.file, fieldnames=list(row))
             self.writer.writeheader()
-        self.writer.writerow({k: "" if isinstance(v, float) and not math.isfinite(v) else (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})
+        self.writer.writerow({k: csv_cell(v) for k, v in row.items()})
 
     def close(self) -> None:
         self.file.close()

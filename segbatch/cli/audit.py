@@ -7,15 +7,15 @@ from pathlib import Path
 import click
 
 from segbatch.cli.config import config_opt
-from segbatch.cli.options import LOCATION, overwrite_opt, quiet_opt
+from segbatch.cli.options import LOCATION, overwrite_opt, path_type, quiet_opt
 
 
 @click.command()
 @click.argument("store", type=LOCATION)
-@click.option("--report", type=click.Path(path_type=Path), required=True, help="Folder to write: index.html, items.csv, summary.json, plots.")
+@click.option("--report", type=path_type(), required=True, help="Folder to write: index.html, items.csv, summary.json, plots.")
 @click.option(
     "--truth",
-    type=click.Path(path_type=Path),
+    type=path_type(),
     help="Ground truth: a folder of class-index masks (images: by relative path or stem; video: by frame number), a label raster, or a .npy/Zarr array.",
 )
 @click.option("--top", type=click.IntRange(min=0), default=20, show_default=True, help="Most uncertain items shown with thumbnails.")

@@ -3,16 +3,20 @@
 A file has one section per command (`run:`, `audit:`), each mapping option
 names (as on the command line, dashes or underscores) to values. A key the
 command does not have is an error that names it, so a typo never silently
-falls back to a default. Relative paths are taken from the current folder,
-exactly as they would be on the command line.
+falls back to a default. Each value is checked as its flag's would be (and
+stricter: 1.5 is not an integer, "no" is not false, null is no path), with
+an error naming the file and the key. Relative paths are taken from the
+current folder, exactly as they would be on the command line.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import click
+
+from segbatch.cli.options import LocationType, path_type
 
 SECTIONS = ("run", "audit")
 
@@ -35,10 +39,58 @@ def read_config(path: Path) -> dict[str, Any]:
     return data
 
 
-def _as_default(param: click.Parameter, value: Any) -> Any:
-    """YAML values as click expects defaults: lists for comma-separated options become "a,b,c"."""
-    if isinstance(value, list) and not param.multiple:
-        return ",".join(str(v) for v in value)
+# Options whose value is a comma-separated list on the command line: a YAML list is joined into one.
+COMMA_LISTS = frozenset({"extra_outputs", "bands"})
+
+
+OMIT = object()  # `key: null` for an option whose default is "not given": the same as leaving the key out
+_NO_DEFAULT = (None, getattr(click.core, "UNSET", None))  # an option without a default (click >= 8.2 marks it UNSET)
+
+
+def check_value(ctx: click.Context, param: click.Parameter, value: Any, where: str) -> Any:
+    """A file's value as the flag would take it, checked as the flag is (type, range, callback); `where` names it in errors.
+
+    Stricter than click's own conversion of defaults, which would truncate
+    1.5 to 1 for an integer, read "no" as false, or take null for a required
+    option: a file value must be what a person could have typed, of the
+    right kind. Returns the value for click's default_map, or OMIT.
+    """
+
+    def refuse(why: str) -> NoReturn:
+        raise click.BadParameter(f"{where}: {why}", ctx=ctx, param_hint="--config")
+
+    given = value
+    if value is None:
+        if param.required or param.default not in _NO_DEFAULT or getattr(param, "is_flag", False):
+            refuse("needs a value, not null")
+        return OMIT
+    if isinstance(value, list) and param.name in COMMA_LISTS:
+        if any(isinstance(v, (bool, list, dict)) or v is None for v in value):
+            refuse(f"expected a list of plain values, got {value!r}")
+        value = ",".join(str(v) for v in value)
+    elif isinstance(value, (list, dict)):
+        refuse(f"expected one value, not a {'list' if isinstance(value, list) else 'mapping'} ({value!r})")
+    kind = param.type
+    if getattr(param, "is_flag", False) or isinstance(kind, click.types.BoolParamType):
+        if not isinstance(value, bool):
+            refuse(f"expected true or false, got {value!r}")
+    elif isinstance(kind, click.types.IntParamType):
+        if isinstance(value, (bool, float)):
+            refuse(f"expected an integer, got {value!r}")
+    elif isinstance(kind, click.types.FloatParamType):
+        if isinstance(value, bool):
+            refuse(f"expected a number, got {value!r}")
+    elif isinstance(value, bool):
+        refuse(f"expected {kind.name}, got {value!r}")
+    elif isinstance(kind, (click.Path, LocationType)) and not isinstance(value, str):
+        refuse(f"expected a path, got {value!r}")
+    try:
+        converted = param.type_cast_value(ctx, value)
+        if param.callback is not None:
+            param.callback(ctx, param, converted)
+    except click.BadParameter as exc:
+        number = isinstance(given, (int, float)) and isinstance(kind, click.types.StringParamType)
+        refuse(exc.message + (" (YAML read the value as a number: quote it)" if number else ""))
     return value
 
 
@@ -60,14 +112,16 @@ def _load(ctx: click.Context, param: click.Parameter, value: Path | None) -> Pat
         p = by_name.get(str(key).replace("-", "_"))
         if p is None:
             raise click.BadParameter(f"{value}: unknown key {ctx.command.name}.{key}", param_hint="--config")
-        defaults[p.name] = _as_default(p, v)
+        checked = check_value(ctx, p, v, f"{value}: {ctx.command.name}.{key}")
+        if checked is not OMIT:
+            defaults[p.name] = checked
     ctx.default_map = {**(ctx.default_map or {}), **defaults}
     return value
 
 
 config_opt = click.option(
     "--config",
-    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    type=path_type(exists=True, dir_okay=False),
     is_eager=True,
     expose_value=False,
     callback=_load,

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from segbatch.cli.options import overwrite_opt, parse_size, refuse_existing, seed_opt
+from segbatch.cli.options import overwrite_opt, parse_size, path_type, refuse_existing, seed_opt
 
 
 @click.group()
@@ -16,7 +16,7 @@ def demo() -> None:
 
 
 @demo.command("scenes")
-@click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True, help="Folder to write images/, masks/ and classes.json into.")
+@click.option("--out", type=path_type(file_okay=False), required=True, help="Folder to write images/, masks/ and classes.json into.")
 @click.option("--count", type=click.IntRange(min=1), default=100, show_default=True, help="Number of scenes.")
 @click.option("--size", callback=parse_size, default="360x480", show_default=True, help="Image size HxW.")
 @seed_opt
@@ -33,7 +33,7 @@ def scenes(out: Path, count: int, size: tuple[int, int], seed: int) -> None:
 
 
 @demo.command("video")
-@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), required=True, help="Video file to write (.mp4, .mkv, .mov).")
+@click.option("--out", type=path_type(dir_okay=False), required=True, help="Video file to write (.mp4, .mkv, .mov).")
 @click.option("--frames", type=click.IntRange(min=1), default=100, show_default=True)
 @click.option("--size", callback=parse_size, default="360x480", show_default=True, help="Frame size HxW.")
 @click.option("--fps", type=click.IntRange(min=1), default=25, show_default=True)

@@ -6,12 +6,12 @@ from pathlib import Path
 
 import click
 
-from segbatch.cli.options import LOCATION, overwrite_opt, quiet_opt, refuse_existing
+from segbatch.cli.options import LOCATION, overwrite_opt, path_type, quiet_opt, refuse_existing
 
 
 @click.command()
 @click.argument("store", type=LOCATION)
-@click.option("--to", type=click.Path(path_type=Path), required=True, help="overlay.mp4 (or .mkv/.mov), or a folder for PNG frames.")
+@click.option("--to", type=path_type(), required=True, help="overlay.mp4 (or .mkv/.mov), or a folder for PNG frames.")
 @click.option("--alpha", type=click.FloatRange(0, 1), default=0.5, show_default=True, help="Video: opacity of the label colours.")
 @click.option(
     "--what",

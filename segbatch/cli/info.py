@@ -35,14 +35,14 @@ def info(path: Path | str, as_json: bool) -> None:
 
 def format_store(s: dict[str, Any]) -> str:
     """The `info` text for a store: status, source, model, arrays, problems (per kind, long lists cut short)."""
-    from segbatch.problems import problem_counts, problem_lines
+    from segbatch.problems import printable, problem_counts, problem_lines
 
     src, model = s.get("source") or {}, s.get("model") or {}
     rows = [
-        ("store", s["path"]),
+        ("store", printable(s["path"])),
         ("status", f"{s['status']} ({s['units']['finished']}/{s['units']['total']} units finished)"),
         *([("run", _lease_line(s["lease"]))] if s.get("lease") and not s["lease"]["released"] else []),
-        ("source", f"{src.get('kind')} {src.get('path')}"),
+        ("source", f"{src.get('kind')} {printable(src.get('path'))}"),
         ("model", f"{model.get('arch')} ({len(model.get('classes', []))} classes, sha256 {str(model.get('sha256'))[:12]})"),
         ("samples", f"{s['samples']} (seed {s['seed']})"),
     ]

@@ -7,7 +7,18 @@ from typing import Any
 
 import click
 
-from segbatch.cli.options import arch_opt, classes_file_opt, dropout_opt, overwrite_opt, parse_names, refuse_existing, resolve_classes, seed_opt, width_opt
+from segbatch.cli.options import (
+    arch_opt,
+    classes_file_opt,
+    dropout_opt,
+    overwrite_opt,
+    parse_names,
+    path_type,
+    refuse_existing,
+    resolve_classes,
+    seed_opt,
+    width_opt,
+)
 
 
 @click.group()
@@ -24,9 +35,9 @@ def model() -> None:
 @click.option("--p", "p", type=click.FloatRange(0, 1, max_open=True), default=0.5, show_default=True, help="Dropout probability.")
 @click.option("--class-names", callback=parse_names, help="Comma-separated class names (default class0, class1, ...).")
 @classes_file_opt
-@click.option("--vgg16", type=click.Path(exists=True, dir_okay=False, path_type=Path), help="torchvision VGG16 state dict for the encoder (segnet only).")
+@click.option("--vgg16", type=path_type(exists=True, dir_okay=False), help="torchvision VGG16 state dict for the encoder (segnet only).")
 @seed_opt
-@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), required=True, help="Checkpoint file to write.")
+@click.option("--out", type=path_type(dir_okay=False), required=True, help="Checkpoint file to write.")
 @overwrite_opt
 def init(
     arch: str,

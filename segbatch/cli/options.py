@@ -2,31 +2,59 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import click
 
 from segbatch import location
-from segbatch.model.catalog import ARCHS, PLACEMENTS
+from segbatch.model.catalog import ARCHS, MAX_WIDTH, PLACEMENTS
+
+EMPTY_PATH = "an empty path names no file (write . for the current folder)"
+
+
+def _refuse_empty(kind: click.ParamType, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> None:
+    """An empty (or blank) value is a mistake, e.g. an unset shell variable; never the current folder Path("") makes of it."""
+    if isinstance(value, str) and not value.strip():
+        kind.fail(EMPTY_PATH, param, ctx)
 
 
 class LocationType(click.ParamType):
-    """A path, or an fsspec URL (s3://bucket/key, gs://..., file:///...) kept as a string."""
+    """A path, or an fsspec URL (s3://bucket/key, gs://..., file:///...) kept as a string; never empty."""
 
     name = "path|url"
 
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        _refuse_empty(self, value, param, ctx)
         return location.parse(value) if isinstance(value, str) else value
 
 
 LOCATION = LocationType()
+
+
+class PathType(click.Path):
+    """click.Path (same checks and options) that refuses an empty value: every local path option uses this one."""
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        _refuse_empty(self, value, param, ctx)
+        return super().convert(value, param, ctx)
+
+
+def path_type(**kwargs: Any) -> PathType:
+    """A local path option's type: `path_type(exists=True, dir_okay=False)`; values are pathlib Paths."""
+    return PathType(path_type=Path, **kwargs)
+
 
 quiet_opt = click.option("--quiet", "-q", is_flag=True, help="No progress bar or notes (the one-line summary and warnings stay).")
 json_opt = click.option("--json", "as_json", is_flag=True, help="Machine-readable JSON on stdout.")
 seed_opt = click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True, help="Random seed (dropout masks, shuffles).")
 overwrite_opt = click.option("--overwrite", is_flag=True, help="Replace an existing output.")
 width_opt = click.option(
-    "--width", type=click.FloatRange(min=0, min_open=True), default=1.0, show_default=True, help="Channel-width multiplier (e.g. 0.25 for a small CPU model)."
+    "--width",
+    type=click.FloatRange(min=0, min_open=True, max=MAX_WIDTH),
+    default=1.0,
+    show_default=True,
+    help="Channel-width multiplier (e.g. 0.25 for a small CPU model).",
 )
 
 
@@ -65,8 +93,6 @@ def parse_names(ctx: click.Context, param: click.Parameter, value: str | None) -
 
 def refuse_existing(path: Any, overwrite: bool) -> None:
     """Never clobber a user's file without --overwrite."""
-    from pathlib import Path
-
     if Path(path).exists() and not overwrite:
         raise click.UsageError(f"{path} exists; pass --overwrite to replace it")
 
@@ -91,7 +117,7 @@ def _read_classes_file(ctx: click.Context, param: click.Parameter, value: str | 
 
 classes_file_opt = click.option(
     "--classes-file",
-    type=click.Path(exists=True, dir_okay=False),
+    type=PathType(exists=True, dir_okay=False),
     callback=_read_classes_file,
     help='JSON {"names": [...], "palette": [[r, g, b], ...]} naming (and colouring) the classes.',
 )
@@ -114,7 +140,6 @@ def resolve_classes(
 def check_writable(path: Any) -> None:
     """Fail before the work, not after it, when the output's folder is missing or read-only."""
     import os
-    from pathlib import Path
 
     parent = Path(path).parent
     if not parent.is_dir():

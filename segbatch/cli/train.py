@@ -15,6 +15,7 @@ from segbatch.cli.options import (
     overwrite_opt,
     parse_names,
     parse_size,
+    path_type,
     quiet_opt,
     refuse_existing,
     resolve_classes,
@@ -22,13 +23,13 @@ from segbatch.cli.options import (
     width_opt,
 )
 
-_dir = click.Path(exists=True, file_okay=False, path_type=Path)
+_dir = path_type(exists=True, file_okay=False)
 
 
 @click.command()
 @click.option("--images", type=_dir, required=True, help="Folder of images (PNG, JPEG, GeoTIFF; nested folders allowed).")
 @click.option("--masks", type=_dir, required=True, help="Folder of class-index masks, same relative names as the images.")
-@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), required=True, help="Checkpoint to write (the best epoch is kept).")
+@click.option("--out", type=path_type(dir_okay=False), required=True, help="Checkpoint to write (the best epoch is kept).")
 @arch_opt
 @width_opt
 @dropout_opt
@@ -48,10 +49,10 @@ _dir = click.Path(exists=True, file_okay=False, path_type=Path)
 @click.option(
     "--init",
     "init_ckpt",
-    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    type=path_type(exists=True, dir_okay=False),
     help="Start from this checkpoint (its architecture, classes and normalisation win over --arch/--width/--dropout).",
 )
-@click.option("--vgg16", type=click.Path(exists=True, dir_okay=False, path_type=Path), help="torchvision VGG16 state dict for the encoder (segnet only).")
+@click.option("--vgg16", type=path_type(exists=True, dir_okay=False), help="torchvision VGG16 state dict for the encoder (segnet only).")
 @seed_opt
 @overwrite_opt
 @quiet_opt

@@ -29,3 +29,12 @@ BASIC_PLACEMENTS: dict[str, tuple[str, ...]] = {
     "none": (),
 }
 PLACEMENTS = tuple(SEGNET_PLACEMENTS)
+
+MAX_WIDTH = 4.0  # the largest channel-width multiplier a model is built with (and a checkpoint loaded with)
+
+
+def width_problem(width: object) -> str | None:
+    """Why `width` is not a channel-width multiplier in (0, MAX_WIDTH], or None when it is one."""
+    if isinstance(width, bool) or not isinstance(width, (int, float)) or not 0 < width <= MAX_WIDTH:
+        return f"width {width!r} is outside (0, {MAX_WIDTH:g}]"
+    return None

@@ -18,11 +18,11 @@ import torch
 from segbatch import location
 from segbatch.atomic import atomic_path
 from segbatch.errors import CheckpointError
+from segbatch.model.catalog import width_problem
 from segbatch.model.segnet import SegNet, build_model, count_parameters
 
 FORMAT = "segbatch-checkpoint"
 FORMAT_VERSION = 1
-MAX_WIDTH = 4.0  # a width multiplier beyond this is a damaged file, not a model
 
 
 @dataclass(frozen=True)
@@ -145,9 +145,9 @@ def _spec_from_meta(meta: Any) -> ModelSpec:
     """Validate the metadata's types and ranges before building anything from it."""
     if not isinstance(meta, dict):
         raise CheckpointError("metadata is not a mapping")
-    width = meta.get("width", 1.0)
-    if not isinstance(width, (int, float)) or not 0 < width <= MAX_WIDTH:
-        raise CheckpointError(f"width {width!r} is outside (0, {MAX_WIDTH}]")
+    problem = width_problem(meta.get("width", 1.0))  # the range models are built with: a wider one is a damaged file
+    if problem:
+        raise CheckpointError(problem)
     names, palette, extra = meta.get("class_names", ()), meta.get("palette", ()), meta.get("extra", {})
     if not isinstance(names, (list, tuple)) or not all(isinstance(n, str) for n in names):
         raise CheckpointError("class names must be a list of strings")

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from segbatch.errors import InputError
-from segbatch.model.catalog import ARCHS, BASIC_PLACEMENTS, PLACEMENTS, SEGNET_PLACEMENTS
+from segbatch.model.catalog import ARCHS, BASIC_PLACEMENTS, PLACEMENTS, SEGNET_PLACEMENTS, width_problem
 
 # Channel plans: encoder blocks top-down, decoder blocks bottom-up (dec5 first
 # for SegNet). A decoder block drops its channel count on its last convolution.
@@ -113,8 +113,9 @@ class SegNet(nn.Module):
             raise InputError(f"num_classes must be 1..255 (label 255 means nodata), got {num_classes}")
         if in_channels < 1:
             raise InputError(f"in_channels must be >= 1, got {in_channels}")
-        if width <= 0:
-            raise InputError(f"width must be > 0, got {width}")
+        problem = width_problem(width)
+        if problem:
+            raise InputError(problem)
         if not 0.0 <= p < 1.0:
             raise InputError(f"dropout p must be in [0, 1), got {p}")
         self.arch, self.num_classes, self.in_channels = arch, num_classes, in_channels

@@ -5,7 +5,7 @@ import pytest
 
 from segbatch.audit.items import Item, item_stats
 from segbatch.audit.metrics import bin_edges, value_bins
-from segbatch.audit.report import quantile_from_histogram
+from segbatch.audit.report import csv_cell, quantile_from_histogram
 from segbatch.audit.scan import column_name
 from segbatch.audit.truth import _FolderTruth, labelled_mask
 
@@ -81,3 +81,10 @@ def test_folder_truth_matches_by_relative_path_then_unique_stem(tmp_path):
 
     with pytest.raises(DataError, match="truth is 6x4"):
         truth.read(item("a/x.png", h=5, w=6))
+
+
+def test_csv_cells_escape_formula_like_text_only():
+    for text in ("=1+1.png", "+cmd", "-2.png", "@sum", "\tx", "\rx"):
+        assert csv_cell(text) == "'" + text
+    assert csv_cell("plain/a=b.png") == "plain/a=b.png" and csv_cell("frame 12") == "frame 12"
+    assert csv_cell(-0.5) == "-0.5" and csv_cell(-3) == -3 and csv_cell(float("nan")) == ""  # numbers stay numbers

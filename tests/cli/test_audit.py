@@ -158,6 +158,29 @@ def test_image_dataset_audit_uncertainty_finds_the_errors(runner, cli, ray_addre
         assert (report / ref).is_file(), ref
 
 
+def test_items_csv_shows_formula_like_names_as_text(runner, cli, ray_address, tiny_model, tmp_path):
+    """A file named like a formula is text in a spreadsheet (leading '), while the numbers stay numbers (OWASP CSV injection)."""
+    from folders import pixels, write_image
+
+    images = tmp_path / "images"
+    write_image(images / "=1+1.png", pixels(1, 40, 48))
+    write_image(images / "@sum.png", pixels(2, 40, 48))
+    write_image(images / "plain.png", pixels(3, 40, 48))
+    store = tmp_path / "s.zarr"
+    args = ("run", "--input", images, "--out", store, "--model", tiny_model, "--samples", "2", "--address", ray_address, "--quiet")
+    assert invoke(runner, cli, *args).exit_code == 0
+    report = tmp_path / "report"
+    result = invoke(runner, cli, "audit", store, "--report", report, "--top", "0", "--quiet")
+    assert result.exit_code == 0, result.output
+    with (report / "items.csv").open(newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [r["path"] for r in rows] == ["'=1+1.png", "'@sum.png", "plain.png"]
+    assert [r["name"] for r in rows] == ["'=1+1.png", "'@sum.png", "plain.png"]
+    for i, r in enumerate(rows):
+        assert r["item"] == str(i) and r["height"] == "40" and r["width"] == "48" and r["valid_pixels"] == str(40 * 48)
+        assert 0 <= float(r["uncertainty_mean"]) and not r["uncertainty_mean"].startswith("'")
+
+
 def _certain_model(path: Path, label: int, classes: int = 4) -> Path:
     """A model whose every pixel is `label` with probability ~1, whatever the input or the dropout mask."""
     import torch
