@@ -327,3 +327,27 @@ def test_a_worker_that_cannot_start_is_classified_by_its_errors_type(ray_address
         assert str(caught.value).startswith("a worker could not start:")
     finally:
         pool.close()
+
+
+# 9. Crash windows
+
+
+class _Killed(BaseException):
+    """The driver dying at a chosen point (not an error the run could catch and record)."""
+
+
+def test_a_raster_driver_dying_before_tiles_are_removed_leaves_a_complete_store(ray_address, runner, cli, tiny_model, tmp_path, monkeypatch):
+    scene = write_geotiff(tmp_path / "scene.tif", height=150, width=180)
+    out = tmp_path / "scene.zarr"
+
+    def die(group, key):
+        raise _Killed(key)
+
+    monkeypatch.setattr(zarr.Group, "__delitem__", die)
+    with pytest.raises(_Killed):
+        runner.invoke(cli, ["run", "--input", str(scene), "--out", str(out), "--model", str(tiny_model), "--samples", 1, "--tile", 96, "--overlap", 16])
+    monkeypatch.undo()
+    assert zarr.open_group(str(out)).attrs["segbatch"]["status"] == "complete"
+    r = invoke(runner, cli, "export", out, "--to", tmp_path / "labels.tif")
+    assert r.exit_code == 0, r.output
+    assert invoke(runner, cli, "verify", out).exit_code == 0
