@@ -7,15 +7,22 @@ drops what comes before `start`: seeking alone lands on a keyframe, not on a
 frame, so this is what makes every frame decoded by exactly one unit and equal
 to sequential decoding.
 
+Decoders hand frames out in presentation order only as far as they know the
+stream's reorder depth; on a stream that does not state it, or understates it,
+they emit frames in decode order for a while. So frames are identified by
+their pts and put back in order (`FrameOrder`), holding at most the stream's
+reorder depth (measured from its packets) of them.
+
 Corrupt data can decode without any exception, so decoding also compares what
 came out with the plan and captures FFmpeg's error log: a unit reports the
-frames that were missing or decoded with errors.
+frames that were missing or decoded with errors. A file cut short (its index
+declares more frames than its data holds) says so in the plan.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import closing, contextmanager
 from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
@@ -25,6 +32,9 @@ import numpy as np
 
 from segbatch import location
 from segbatch.errors import InputError
+
+MAX_REORDER = 32  # frames: measured reorder depths are capped here (codecs allow 16; more is broken timestamps)
+EXACT_INDEX_FORMATS = ("mov", "mp4")  # demuxers whose frame count is exact: MP4's sample table (the index) lists every frame
 
 VIDEO_SUFFIXES = (".mp4", ".m4v", ".mkv", ".mov", ".avi", ".webm", ".mpg", ".mpeg", ".ts", ".mts", ".wmv", ".flv", ".3gp")
 
@@ -42,6 +52,13 @@ class VideoPlan:
     pts: np.ndarray = field(repr=False)  # int64 presentation timestamps, sorted
     keyframes: np.ndarray = field(repr=False)  # frame indices of keyframes, sorted
     demux_error: str | None = None  # why the packets ended early, if they did (the plan covers what could be read)
+    reorder: int = 0  # the most frames decoded before a frame that are shown after it (B-frames: 1 or 2)
+    declared: int | None = None  # frames the container's index declares (MP4), where it declares them
+
+    @property
+    def truncated(self) -> range:
+        """Frames the container's index declares that the file does not hold (cut short): empty for a whole file."""
+        return range(self.frames, max(self.frames, self.declared or 0))
 
     @property
     def frames(self) -> int:
@@ -135,10 +152,13 @@ def probe_video(path: str | Path) -> VideoPlan:
         stream = container.streams.video[0]
         pts, keys = [], []
         demux_error = None
+        unplanned = 0  # packets in the container's index that are not frames of the plan
         try:
             for packet in container.demux(stream):
                 if packet.size == 0 or packet.is_discard:
-                    continue  # the end-of-stream flush packet; packets an edit list drops from presentation
+                    # the end-of-stream flush packet (no timestamps); empty packets; packets an edit list drops from presentation
+                    unplanned += packet.pts is not None or packet.dts is not None
+                    continue
                 stamp = packet.pts if packet.pts is not None else packet.dts
                 if stamp is None:
                     raise InputError(f"{path}: video packets carry no timestamps; remux it (ffmpeg -i IN -c copy OUT.mkv)")
@@ -150,6 +170,11 @@ def probe_video(path: str | Path) -> VideoPlan:
             demux_error = f"demuxing stopped after {len(pts)} frames: {_reason(exc)}"  # a damaged tail
         if not pts:
             raise InputError(f"{path} has a video stream with zero frames")
+        declared = _declared_frames(container, stream, unplanned)
+        if declared is not None and declared > len(pts):
+            cut = f"the file is truncated: its index declares {declared} frames, its data holds {len(pts)}"
+            demux_error = f"{cut} ({demux_error})" if demux_error else cut
+        reorder = _reorder_depth(np.asarray(pts, dtype=np.int64))
         order = np.argsort(np.asarray(pts, dtype=np.int64), kind="stable")
         sorted_pts = np.asarray(pts, dtype=np.int64)[order]
         if len(np.unique(sorted_pts)) != len(sorted_pts):
@@ -173,7 +198,52 @@ def probe_video(path: str | Path) -> VideoPlan:
         pts=sorted_pts,
         keyframes=keyframes,
         demux_error=demux_error,
+        reorder=reorder,
+        declared=declared,
     )
+
+
+def truncation_problems(plan: VideoPlan, stop: int) -> list[dict[str, Any]]:
+    """The store's problem entry for a file cut short, when the run reaches the end of what it holds.
+
+    The store covers the frames the file holds; the frames its index declares
+    beyond them are listed (source indices, like a unit's) as missing, with the
+    reason "truncated".
+    """
+    if not plan.truncated or stop < plan.frames:
+        return []
+    cut = [plan.truncated.start, plan.truncated.stop]
+    return [
+        {
+            "kind": "frames",
+            "frames": cut,
+            "missing": [cut],
+            "damaged": [],
+            "reason": "truncated",
+            "messages": [f"the file's index declares {plan.declared} frames, its data holds {plan.frames}"],
+        }
+    ]
+
+
+def _declared_frames(container: Any, stream: Any, unplanned: int) -> int | None:
+    """Frames of the plan the container's index declares, from containers whose count is exact (MP4's sample table); else None."""
+    name = getattr(container.format, "name", "") or ""
+    if not any(n in EXACT_INDEX_FORMATS for n in name.split(",")) or not stream.frames:
+        return None
+    return int(stream.frames) - unplanned
+
+
+def _reorder_depth(pts: np.ndarray) -> int:
+    """The most frames decoded before a frame that are shown after it (pts in decode order), up to MAX_REORDER.
+
+    This is the reorder depth a stream should declare (H.264's
+    max_num_reorder_frames); a decoder that does not know it emits frames at
+    most this far out of order. Counted over the previous MAX_REORDER packets.
+    """
+    depth = np.zeros(len(pts), dtype=np.int64)
+    for lag in range(1, min(MAX_REORDER, len(pts) - 1) + 1):
+        depth[lag:] += pts[:-lag] > pts[lag:]
+    return int(min(depth.max(initial=0), MAX_REORDER))
 
 
 def _first_frame_rotation(container: Any, stream: Any) -> int:
@@ -206,39 +276,100 @@ MAX_SEEK_TRIES = 3
 
 
 def read_frames(plan: VideoPlan, start: int, stop: int, report: DecodeReport | None = None, hwaccel: str | None = None) -> Iterator[tuple[int, np.ndarray]]:
-    """Yield (frame index, RGB uint8 (H, W, 3) in display orientation) for frames [start, stop).
+    """Yield (frame index, RGB uint8 (H, W, 3) in display orientation) for frames [start, stop), in index order.
 
     Seeks to the keyframe at or before `start`. Where the container's index is
     inexact (MPEG-TS, program streams) a seek can overshoot; then it retries
     from earlier keyframes and, at worst, decodes from the beginning. Frames
-    the decoder cannot produce are listed in `report.missing`; frames decoded
-    after a decoder error (until the next keyframe) are yielded and listed in
-    `report.damaged`. `hwaccel` names an FFmpeg hardware decoder device
-    ("cuda": NVDEC); frames come back to host memory as RGB either way.
+    the decoder emits out of presentation order are put back in order; decoding
+    goes on past `stop` until every frame before it has come out, or is known
+    lost. Frames the decoder cannot produce are listed in `report.missing`;
+    frames decoded after a decoder error (until the next keyframe) are yielded
+    and listed in `report.damaged`. `hwaccel` names an FFmpeg hardware decoder
+    device ("cuda": NVDEC); frames come back to host memory as RGB either way.
     """
     if not 0 <= start <= stop <= plan.frames:
         raise InputError(f"frame range {start}:{stop} is outside 0:{plan.frames}")
     report = report if report is not None else DecodeReport()
-    expected = start
-    if start < stop:
-        for key in _seek_candidates(plan, start):
-            overshot = False
-            for idx, rgb, damaged in _decode_from(plan, key, report, hwaccel):
-                if idx < start:
+    if start == stop:
+        return
+    for key in _seek_candidates(plan, start):
+        with closing(_in_order(plan, key, start, stop, report, hwaccel)) as frames:
+            first = True
+            for idx, item in frames:
+                if first and item is None and key > 0:
+                    break  # `start` never came out: the seek landed past it (or nothing decoded): try an earlier keyframe
+                first = False
+                if item is None:
+                    report.missing.append(idx)
                     continue
-                if expected == start and idx > start and key > 0:
-                    overshot = True  # the seek landed past `start`: try an earlier keyframe
-                    break
-                if idx >= stop:
-                    break
-                report.missing.extend(range(expected, idx))
-                expected = idx + 1
+                rgb, damaged = item
                 if damaged:
                     report.damaged.append(idx)
                 yield idx, rgb
-            if not overshot and (expected > start or key == 0):
-                break  # else nothing came out at all after the seek: also try an earlier keyframe
-    report.missing.extend(range(expected, stop))
+            else:
+                return
+
+
+class FrameOrder:
+    """Frames [start, stop) back in index order, from a decoder that may emit them out of presentation order.
+
+    `put` takes each decoded frame; it gives back, in index order, the frames
+    that can go: (index, item), or (index, None) for a frame known lost. A frame
+    waits until every frame before it has gone. A frame that has not come out
+    is known lost once more than `depth` later frames have: a decoder holds a
+    frame back only behind frames decoded before it and shown after it, and a
+    stream has at most its reorder depth of those. So at most `depth` frames
+    are held; frames past `stop` count as later ones but are not kept.
+    """
+
+    def __init__(self, start: int, stop: int, depth: int) -> None:
+        self.next, self.stop, self.depth = start, stop, depth
+        self.held: dict[int, Any] = {}  # frames after `next` that came out, waiting for it
+        self.later: set[int] = set()  # indices >= `next` that came out (held, or past `stop`)
+
+    @property
+    def done(self) -> bool:
+        return self.next >= self.stop
+
+    def wants(self, index: int) -> bool:
+        """Whether `put(index, ...)` would keep the frame (so it is worth converting)."""
+        return self.next <= index < self.stop and index not in self.later
+
+    def put(self, index: int, item: Any) -> list[tuple[int, Any]]:
+        if index < self.next or index in self.later:
+            return []  # before the range, already gone, or a second copy
+        self.later.add(index)
+        if index < self.stop:
+            self.held[index] = item
+        out = []
+        while not self.done and (self.next in self.later or len(self.later) > self.depth):
+            out.append(self._pop())
+        return out
+
+    def close(self) -> list[tuple[int, Any]]:
+        """At the end of the stream: everything still held, in order, and the frames that never came as lost."""
+        out = []
+        while not self.done:
+            out.append(self._pop())
+        return out
+
+    def _pop(self) -> tuple[int, Any]:
+        index = self.next
+        self.later.discard(index)
+        self.next += 1
+        return index, self.held.pop(index, None)
+
+
+def _in_order(plan: VideoPlan, key: int, start: int, stop: int, report: DecodeReport, hwaccel: str | None) -> Iterator[tuple[int, Any]]:
+    """Decode from keyframe `key`: (index, (upright RGB, damaged)) for frames [start, stop) in order, (index, None) for lost ones."""
+    order = FrameOrder(start, stop, plan.reorder)
+    with closing(_decode_from(plan, key, report, hwaccel)) as decoded:  # closed (the file, FFmpeg's log capture) on return
+        for idx, frame, damaged in decoded:
+            yield from order.put(idx, (_rgb(frame, plan), damaged) if order.wants(idx) else None)
+            if order.done:
+                return  # every frame of the range came out: no need to decode further
+    yield from order.close()
 
 
 def _seek_candidates(plan: VideoPlan, start: int) -> list[int]:
@@ -247,18 +378,20 @@ def _seek_candidates(plan: VideoPlan, start: int) -> list[int]:
     return [int(k) for k in before[:MAX_SEEK_TRIES] if k > 0] + [0]
 
 
-def _decode_from(plan: VideoPlan, key: int, report: DecodeReport, hwaccel: str | None = None) -> Iterator[tuple[int, np.ndarray, bool]]:
-    """Decode forward from keyframe `key`: (index, upright RGB, damaged) for every frame whose pts is in the plan.
+def _decode_from(plan: VideoPlan, key: int, report: DecodeReport, hwaccel: str | None = None) -> Iterator[tuple[int, Any, bool]]:
+    """Decode forward from keyframe `key`: (index, frame, damaged) for every frame whose pts is in the plan, as the decoder emits them.
 
     Packets are decoded one by one so a bad packet is recorded and skipped,
     not the end of the unit; FFmpeg's error log (written from its decoding
-    threads too) marks the frames that follow as damaged until the next keyframe.
+    threads too) marks the frames that follow as damaged until the next
+    keyframe after the furthest frame decoded or shown so far. Where the
+    packets end in an error the decoder is still flushed (its held frames out).
     """
     import av
 
     av.logging.set_level(av.logging.ERROR)  # without a level, FFmpeg's messages never reach Python
     damaged_until = -1
-    last = key - 1
+    furthest = key - 1  # the highest frame index whose packet went in or that came out
     with _open(plan.path, hwaccel) as container, av.logging.Capture(local=False) as logs:
         stream = container.streams.video[0]
         if key > 0:
@@ -269,35 +402,38 @@ def _decode_from(plan: VideoPlan, key: int, report: DecodeReport, hwaccel: str |
                 return
         seen = 0
         for packet in _packets(container, stream, report):
+            sent = _index_of(plan, packet.pts) if packet is not None else None
+            furthest = max(furthest, sent if sent is not None else -1)
             try:
-                frames = packet.decode()
+                frames = packet.decode() if packet is not None else stream.codec_context.decode(None)
             except av.FFmpegError as exc:
                 report.messages.append(_reason(exc))
                 frames = []
-                damaged_until = max(damaged_until, _next_keyframe(plan, last + 1))
+                damaged_until = max(damaged_until, _next_keyframe(plan, furthest + 1))
             if len(logs) > seen:
                 report.messages.extend(msg.strip() for level, _, msg in logs[seen:] if level <= av.logging.ERROR)
                 seen = len(logs)
-                damaged_until = max(damaged_until, _next_keyframe(plan, last + 1))
+                damaged_until = max(damaged_until, _next_keyframe(plan, furthest + 1))
             for frame in frames:
                 idx = _index_of(plan, frame.pts)
                 if idx is None:
                     continue
-                last = idx
+                furthest = max(furthest, idx)
                 damaged = idx < damaged_until or frame.is_corrupt
                 if frame.is_corrupt:
                     damaged_until = max(damaged_until, _next_keyframe(plan, idx + 1))
-                yield idx, _rgb(frame, plan), damaged
+                yield idx, frame, damaged
 
 
 def _packets(container: Any, stream: Any, report: DecodeReport) -> Iterator[Any]:
-    """Demuxed packets of `stream` (the final empty one flushes the decoder); a broken tail ends the stream."""
+    """Demuxed packets of `stream` (the final empty one flushes the decoder); a broken tail ends them with None (flush)."""
     import av
 
     try:
         yield from container.demux(stream)
     except av.FFmpegError as exc:
         report.messages.append(_reason(exc))
+        yield None
 
 
 def _index_of(plan: VideoPlan, pts: int | None) -> int | None:

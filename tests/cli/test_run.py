@@ -19,7 +19,7 @@ import zarr
 sys.path.insert(0, str(Path(__file__).parents[1] / "sources"))
 from drivers import finished_units, kill_driver_mid_run, start_driver, total_units, wait_for_units  # noqa: E402
 from stores import arrays, assert_same, run  # noqa: E402
-from videos import corrupt, frame_index, write_audio_only, write_video  # noqa: E402
+from videos import corrupt, frame_index, write_audio_only, write_understated_reorder, write_video  # noqa: E402
 
 SAMPLES_DIR = Path(__file__).parents[3] / "shared" / "samples"
 
@@ -222,6 +222,86 @@ def test_corrupt_packets_are_recorded_in_the_store(ray_address, runner, cli, tin
     # the overlay still exports, with the damaged frames in it
     r = runner.invoke(cli, ["export", str(out), "--to", str(tmp_path / "bad.mp4"), "--quiet"])
     assert r.exit_code == 0, r.output
+
+
+def _model_answers(model_path, path, seed, samples):
+    """{frame index: labels} of the model on every frame PyAV decodes from `path`, keyed by the index its pixels encode."""
+    import av
+
+    from segbatch.mc import derive_seed, mc_predict
+    from segbatch.model import load_checkpoint
+
+    model = load_checkpoint(model_path).model
+    answers = {}
+    with av.open(str(path)) as c:
+        frames = []
+        for packet in c.demux(video=0):
+            try:
+                frames += packet.decode()
+            except av.FFmpegError:  # a packet cut short
+                pass
+        for frame in frames:
+            rgb = frame.to_ndarray(format="rgb24")
+            i = frame_index(rgb)
+            ref = mc_predict(model, torch.from_numpy(rgb).permute(2, 0, 1)[None].float() / 255, samples=samples, seed=derive_seed(seed, i))
+            answers[i] = ref["labels"][0].numpy()
+    return answers
+
+
+def _same_frame(stored, answer):
+    """Whether a stored row is the model's answer on that frame (another frame's agrees on about 2/3 of the pixels)."""
+    return (stored == answer).mean() > 0.99
+
+
+def test_frames_the_decoder_emits_out_of_order_land_in_place(ray_address, runner, cli, tiny_model, tmp_path):
+    # this stream understates its reorder depth: the decoder hands frames out in decode order (0, 3, 1, 2, 6, 4, 5 ...)
+    path = write_understated_reorder(tmp_path / "camera.mp4", 40, gop=12)
+    out = tmp_path / "ooo.zarr"
+    r = run(runner, cli, "--input", path, "--out", out, "--model", tiny_model, "--samples", 2, "--seed", 5, "--actors", 2, "--batch-size", 3)
+    assert r.exit_code == 0, r.output
+    attrs = zarr.open_group(str(out)).attrs["segbatch"]
+    assert attrs["status"] == "complete" and attrs["problems"] == [], attrs["problems"]
+    assert "warning" not in r.output
+    stored = arrays(out)
+    answers = _model_answers(tiny_model, path, seed=5, samples=2)
+    assert sorted(answers) == list(range(40))
+    for i in range(40):  # each row holds the model's answer on that very frame: none lost, duplicated or shifted
+        assert _same_frame(stored["labels"][i], answers[i]), f"frame {i}"
+
+
+def test_truncated_faststart_mp4_accounts_for_every_declared_frame(ray_address, runner, cli, tiny_model, tmp_path):
+    path = write_video(tmp_path / "cut.mp4", 64, gop=12, muxer_options={"movflags": "faststart"})  # the index (moov) first
+    data = path.read_bytes()
+    assert data.find(b"moov") < data.find(b"mdat")
+    path.write_bytes(data[: len(data) // 2])  # the index still declares 64 frames
+    out = tmp_path / "cut.zarr"
+    r = run(runner, cli, "--input", path, "--out", out, "--model", tiny_model, "--samples", 1, "--seed", 2)
+    assert r.exit_code == 0, r.output
+    attrs = zarr.open_group(str(out)).attrs["segbatch"]
+    stored = arrays(out)
+    rows = stored["labels"].shape[0]
+    assert attrs["status"] == "complete" and 0 < rows < 64
+    missing, damaged, truncated = set(), set(), set()
+    for p in attrs["problems"]:
+        assert p["kind"] == "frames"
+        for a, b in p["missing"]:
+            missing |= set(range(a, b))
+            if p.get("reason") == "truncated":
+                truncated |= set(range(a, b))
+        for a, b in p["damaged"]:
+            damaged |= set(range(a, b))
+    assert truncated == set(range(rows, 64)), "the frames the file lacks are not reported as truncated"
+    answers = _model_answers(tiny_model, path, seed=2, samples=1)
+    for i in range(64):  # every declared frame is in the store, or reported
+        if i in missing:
+            assert i >= rows or (stored["labels"][i] == 255).all()
+        elif i not in damaged:
+            assert _same_frame(stored["labels"][i], answers[i]), f"frame {i}"
+        else:
+            assert i < rows
+    assert f"warning: frames {rows}:64 missing (truncated: " in r.output
+    text = runner.invoke(cli, ["info", str(out)]).output
+    assert f"{64 - rows} frames missing (the file is truncated)" in text and f"frames {rows}:64 missing (truncated: " in text
 
 
 @pytest.mark.parametrize(

@@ -1,9 +1,11 @@
+from contextlib import contextmanager
 from fractions import Fraction
+from types import SimpleNamespace
 
 import av
 import numpy as np
 import pytest
-from videos import corrupt, frame_index, write_audio_only, write_empty_video, write_video
+from videos import corrupt, encode_index, frame_index, write_audio_only, write_empty_video, write_understated_reorder, write_video
 
 from segbatch.errors import InputError
 from segbatch.sources.video import DecodeReport, probe_video, read_frames
@@ -133,3 +135,178 @@ def test_corrupt_packets_are_reported_not_silent(tmp_path):
     assert len(report.damaged) + len(report.missing) > 1
     assert set(report.damaged) | set(report.missing) <= set(range(plan.frames))
     assert not set(range(0, 20)) & (set(report.damaged) | set(report.missing)), "frames before the damage were flagged"
+
+
+class _Decoder:
+    """A decoder double: frames come out `delay` frames late in presentation order (0: in decode order).
+
+    FFmpeg does this for a stream that does not state, or understates, its
+    reorder depth: it sizes its reorder buffer from what the stream claims, and
+    hands frames out in decode order until then. Frames whose pts are in `lose`
+    never come out.
+    """
+
+    def __init__(self, delay, lose=()):
+        self.delay, self.lose, self.held = delay, set(lose), []
+
+    def send(self, pts):
+        if pts is None:  # flush
+            out, self.held = sorted(self.held), []
+        else:
+            if pts not in self.lose:
+                self.held.append(pts)
+            out = []
+            while len(self.held) > self.delay:
+                first = min(self.held[: self.delay + 1])
+                self.held.remove(first)
+                out.append(first)
+        return [self._frame(p) for p in out]
+
+    @staticmethod
+    def _frame(pts):
+        frame = av.VideoFrame.from_ndarray(encode_index(pts // 10, 48, 64), format="rgb24")
+        frame.pts = pts
+        return frame
+
+
+class _Packet:
+    def __init__(self, decoder, pts, key):
+        self.decoder, self.pts, self.dts, self.is_keyframe = decoder, pts, pts, key
+        self.size, self.is_discard = (0 if pts is None else 100), False
+
+    def decode(self):
+        return self.decoder.send(self.pts)
+
+
+class _Container:
+    """Packets of frames with pts 10 * index in `order` (decode order), `keys` keyframes, decoded by a `_Decoder`."""
+
+    def __init__(self, order, keys, delay, lose=()):
+        self.order, self.keys, self.pos = list(order), set(keys), 0
+        self.decoder = _Decoder(delay, lose)
+        codec = SimpleNamespace(name="fake", height=48, width=64)
+        self.stream = SimpleNamespace(codec_context=codec, time_base=Fraction(1, 250), frames=len(order), type="video")
+        self.streams = SimpleNamespace(video=[self.stream])
+        self.format = SimpleNamespace(name="fake")
+
+    def seek(self, ts, stream=None, backward=True, any_frame=False):
+        self.pos = max(i for i, f in enumerate(self.order) if f in self.keys and f * 10 <= ts)
+
+    def demux(self, stream=None):
+        for f in self.order[self.pos :]:
+            yield _Packet(self.decoder, f * 10, f in self.keys)
+        yield _Packet(self.decoder, None, False)
+
+    def decode(self, stream=None):
+        for packet in self.demux(stream):
+            yield from packet.decode()
+
+
+def _decode_order(frames, gop, bframes):
+    """Decode order of an IBBP stream: each anchor frame before the B-frames shown before it."""
+    order = []
+    for g in range(0, frames, gop):
+        anchors = list(range(g, min(g + gop, frames), bframes + 1))
+        order.append(g)
+        for before, anchor in zip(anchors, anchors[1:]):
+            order += [anchor, *range(before + 1, anchor)]
+        order += range(anchors[-1] + 1, min(g + gop, frames))
+    return order
+
+
+def _fake_video(monkeypatch, order, keys, delay, lose=()):
+    from segbatch.sources import video
+
+    @contextmanager
+    def fake_open(path, hwaccel=None):
+        yield _Container(order, keys, delay, lose)
+
+    monkeypatch.setattr(video, "_open", fake_open)
+    return probe_video("fake.mp4")
+
+
+@pytest.mark.parametrize("delay", [0, 1])
+@pytest.mark.parametrize("unit", [1, 4, 5, 12, 36])
+def test_frames_out_of_presentation_order_come_out_in_order(monkeypatch, delay, unit):
+    order = _decode_order(36, 12, 2)
+    assert order[:7] == [0, 3, 1, 2, 6, 4, 5]
+    plan = _fake_video(monkeypatch, order, range(0, 36, 12), delay)
+    assert plan.frames == 36 and list(plan.keyframes) == [0, 12, 24]
+    for start in range(0, 36, unit):
+        stop = min(start + unit, 36)
+        report = DecodeReport()
+        got = [(i, frame_index(rgb)) for i, rgb in read_frames(plan, start, stop, report)]
+        assert got == [(i, i) for i in range(start, stop)], f"unit {start}:{stop}"
+        assert report.ok, report
+
+
+def test_a_frame_the_decoder_loses_is_reported_and_the_rest_kept_in_order(monkeypatch):
+    order = _decode_order(36, 12, 2)
+    plan = _fake_video(monkeypatch, order, range(0, 36, 12), delay=0, lose={50})  # frame 5 never comes out
+    report = DecodeReport()
+    got = [i for i, rgb in read_frames(plan, 0, 12, report) if frame_index(rgb) == i]
+    assert got == [i for i in range(12) if i != 5]
+    assert report.missing == [5] and not report.damaged
+
+
+def test_a_real_stream_decoded_out_of_order_comes_out_in_order(tmp_path):
+    for name in ("a.mp4", "a.mkv", "a.ts"):
+        path = write_understated_reorder(tmp_path / name, 30, gop=12)
+        with av.open(str(path)) as c:  # the decoder really emits frames in decode order
+            out = [f.pts for p in c.demux(video=0) for f in p.decode()]
+        assert out != sorted(out)
+        plan = probe_video(path)
+        for unit in (5, 12, 30):
+            for start in range(0, 30, unit):
+                stop = min(start + unit, 30)
+                report = DecodeReport()
+                got = [(i, frame_index(rgb)) for i, rgb in read_frames(plan, start, stop, report)]
+                assert got == [(i, i) for i in range(start, stop)], f"{name} unit {start}:{stop}"
+                assert report.ok, report
+
+
+def test_truncated_faststart_mp4_knows_the_frames_its_index_declares(tmp_path):
+    path = write_video(tmp_path / "cut.mp4", 64, gop=12, muxer_options={"movflags": "faststart"})  # index first
+    data = path.read_bytes()
+    assert data.find(b"moov") < data.find(b"mdat")
+    path.write_bytes(data[: len(data) // 2])
+    plan = probe_video(path)
+    assert plan.declared == 64 and 0 < plan.frames < 64
+    assert plan.demux_error and "truncated" in plan.demux_error and "64" in plan.demux_error
+    report = DecodeReport()
+    got = [i for i, _ in read_frames(plan, 0, plan.frames, report)]
+    assert sorted(set(got) | set(report.missing)) == list(range(plan.frames))
+
+    from segbatch.problems import problem_counts, problem_lines
+    from segbatch.sources.video import truncation_problems
+
+    problems = truncation_problems(plan, plan.frames)  # the store covers what the file holds; the rest is a problem
+    assert [p["missing"] for p in problems] == [[[plan.frames, 64]]] and problems[0]["reason"] == "truncated"
+    assert problem_lines(problems) == [f"frames {plan.frames}:64 missing (truncated: the file's index declares 64 frames, its data holds {plan.frames})"]
+    assert problem_counts(problems) == f"{64 - plan.frames} frames missing (the file is truncated)"
+    assert truncation_problems(plan, plan.frames - 1) == []  # --frames that stop before the cut: nothing of theirs is missing
+
+
+def test_frame_order_holds_at_most_the_reorder_depth():
+    from segbatch.sources.video import FrameOrder
+
+    order = FrameOrder(2, 9, depth=2)
+    out, most = [], 0
+    # decode order of an IBBP... stream with frames 5 and 7 lost; 0 and 1 come before the range, 9 and 12 after it
+    for i in [0, 3, 1, 2, 6, 4, 9, 8, 12, 10]:
+        out += order.put(i, f"f{i}" if i < 9 else None)
+        most = max(most, len(order.held))
+        if order.done:
+            break
+    assert order.done and most <= 2
+    assert out == [(2, "f2"), (3, "f3"), (4, "f4"), (5, None), (6, "f6"), (7, None), (8, "f8")]
+    assert order.put(3, "again") == [] and order.close() == []
+
+
+def test_frame_order_at_the_end_of_the_stream_releases_what_it_holds():
+    from segbatch.sources.video import FrameOrder
+
+    order = FrameOrder(0, 5, depth=3)
+    assert order.put(2, "f2") == [] and order.put(0, "f0") == [(0, "f0")]
+    assert order.put(0, "f0 again") == [] and order.put(4, "f4") == []
+    assert order.close() == [(1, None), (2, "f2"), (3, None), (4, "f4")]

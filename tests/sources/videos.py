@@ -52,9 +52,14 @@ def write_video(
     time_base: Fraction | None = None,
     rotation: float | None = None,
     bframes: bool = True,
+    muxer_options: dict[str, str] | None = None,
 ) -> Path:
-    """Write `frames` index-encoded frames; `pts` (in `time_base`) gives variable frame timing."""
-    with av.open(str(path), "w") as out:
+    """Write `frames` index-encoded frames; `pts` (in `time_base`) gives variable frame timing.
+
+    `muxer_options` go to the container's muxer, e.g. {"movflags": "faststart"}
+    (MP4 with its index before the frames).
+    """
+    with av.open(str(path), "w", options=muxer_options or {}) as out:
         stream = out.add_stream(codec, rate=rate)
         stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
         stream.codec_context.gop_size = gop
@@ -76,6 +81,38 @@ def write_video(
                 out.mux(packet)
         for packet in stream.encode():
             out.mux(packet)
+    return path
+
+
+def write_understated_reorder(path: Path, frames: int, gop: int = 12) -> Path:
+    """An MPEG-2 video with B-frames whose sequence extension claims low_delay (no B-frames).
+
+    FFmpeg's decoder believes it and hands frames out in decode order (0, 3,
+    1, 2, 6, 4, 5 ...), each with its own pts: what decoders do on any stream
+    that understates its reorder depth, or does not state it (phone and camera
+    H.264), until they notice.
+    """
+    with av.open(str(path), "w") as out:
+        stream = out.add_stream("mpeg2video", rate=25)
+        stream.width, stream.height, stream.pix_fmt = 64, 48, "yuv420p"
+        stream.codec_context.gop_size = gop
+        stream.codec_context.max_b_frames = 2
+        stream.options = {"qscale": "2"}
+        for i in range(frames):
+            for packet in stream.encode(av.VideoFrame.from_ndarray(encode_index(i, 48, 64), format="rgb24")):
+                out.mux(packet)
+        for packet in stream.encode():
+            out.mux(packet)
+    data = bytearray(path.read_bytes())
+    flipped = 0
+    at = data.find(b"\x00\x00\x01\xb5")
+    while at >= 0:
+        if data[at + 4] >> 4 == 1:  # a sequence extension: low_delay is the first bit of its sixth byte
+            data[at + 9] |= 0x80
+            flipped += 1
+        at = data.find(b"\x00\x00\x01\xb5", at + 4)
+    assert flipped, "no MPEG-2 sequence extension found"
+    path.write_bytes(bytes(data))
     return path
 
 
