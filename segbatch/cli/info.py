@@ -52,7 +52,9 @@ def format_store(s: dict[str, Any]) -> str:
         rows.append(
             (
                 "frames",
-                f"{src['frame_range'][0]}:{src['frame_range'][1]} of {src['frames']} "
+                f"{src['frame_range'][0]}:{src['frame_range'][1]} of {src['frames']}"
+                + (f" (the index declares {src['declared_frames']}: truncated)" if (src.get("declared_frames") or 0) > src["frames"] else "")
+                + " "
                 f"({src['codec']}, {src['width']}x{src['height']}, rotation {src['rotation']})",
             )
         )
