@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import cast
 
 import numpy as np
 
@@ -26,7 +27,7 @@ def heatmap(values: np.ndarray, vmax: float) -> np.ndarray:
     frac = (t - lo)[..., None]
     out = _HEAT[lo] * (1 - frac) + _HEAT[lo + 1] * frac
     out[np.isnan(values)] = NODATA_COLOUR
-    return out.round().astype(np.uint8)
+    return cast(np.ndarray, out.round().astype(np.uint8))
 
 
 def blend(image: np.ndarray, overlay: np.ndarray, alpha: float = 0.5) -> np.ndarray:

@@ -33,7 +33,7 @@ def check_export_target(store: Path | str, attrs: dict[str, Any], to: Path) -> N
             raise InputError(f"{to} is the store's {what} ({path}); export somewhere else")
 
 
-def export(store: Path, to: Path, alpha: float = 0.5, what: str = "labels", quiet: bool = False) -> int:
+def export(store: location.Location, to: Path, alpha: float = 0.5, what: str = "labels", quiet: bool = False) -> int:
     """Export STORE: a raster store to a COG (.tif); a video store to an overlay video or a folder of PNG panels.
 
     Returns the frames (video) or pixels rows (raster) written.

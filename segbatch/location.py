@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, cast
 
 from segbatch.errors import InputError
 
@@ -41,8 +41,8 @@ def inside(child: Location, parent: Location) -> bool:
     if is_url(child) or is_url(parent):
         c, p = str(child).rstrip("/"), str(parent).rstrip("/")
         return c == p or c.startswith(p + "/")
-    c, p = Path(child).resolve(), Path(parent).resolve()
-    return c == p or p in c.parents
+    child_path, parent_path = Path(child).resolve(), Path(parent).resolve()
+    return child_path == parent_path or parent_path in child_path.parents
 
 
 def name(location: Location) -> str:
@@ -63,7 +63,7 @@ def filesystem(url: str) -> tuple[Any, str]:
     import fsspec
 
     try:
-        return fsspec.core.url_to_fs(url, **storage_options(url))
+        return cast(tuple[Any, str], fsspec.core.url_to_fs(url, **storage_options(url)))
     except ImportError as exc:
         raise InputError(f"{url}: {exc}") from None
     except ValueError as exc:
@@ -97,7 +97,7 @@ def open_binary(location: Location) -> IO[bytes]:
         return Path(location).open("rb")
     fs, path = filesystem(str(location))
     try:
-        return fs.open(path, "rb")
+        return cast(IO[bytes], fs.open(path, "rb"))
     except FileNotFoundError:
         raise InputError(f"{location}: no such file") from None
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, nullcontext
+from typing import cast
 
 import numpy as np
 import torch
@@ -56,7 +57,7 @@ def _generator(item_seed: int, sample: int) -> torch.Generator:
 
 def class_entropy(p: Tensor) -> Tensor:
     """Entropy over the class axis (1), in nats; 0 log 0 = 0."""
-    return -torch.special.xlogy(p, p).sum(dim=1)
+    return cast(Tensor, -torch.special.xlogy(p, p).sum(dim=1))
 
 
 PRECISIONS = {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}

@@ -129,7 +129,7 @@ def run_stitch(job: RasterJob, skipped: frozenset[int], quiet: bool) -> float:
     task = ray.remote(num_cpus=1, max_retries=3)(stitch_chunks)
     ids = list(range(len(job.tiles)))
     batches = [ids[i : i + CHUNKS_PER_TASK] for i in range(0, len(ids), CHUNKS_PER_TASK)]
-    limit = max(1, int(ray.cluster_resources().get("CPU", 1)) * TASKS_IN_FLIGHT_PER_CPU)
+    limit = max(1, int(ray.cluster_resources().get("CPU", 1)) * TASKS_IN_FLIGHT_PER_CPU)  # type: ignore[no-untyped-call]
     job_ref = ray.put(job)
     in_flight: list[Any] = []
     with progress_bar(len(ids), "stitching", "chunk", quiet) as bar:

@@ -18,7 +18,7 @@ import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
@@ -184,7 +184,7 @@ _LONG_NAMES = {
 }
 
 
-def open_store(path: Location, mode: str = "r") -> Any:
+def open_store(path: Location, mode: Literal["r", "r+", "a", "w", "w-"] = "r") -> Any:
     """Open an existing segbatch store (a path, or a URL as a string), or say clearly why it is not one."""
     import zarr
 
@@ -416,7 +416,7 @@ def sample_values(arr: Any, count: int = 16) -> np.ndarray:
     total = int(np.prod(grid[:1] if arr.ndim == 3 else grid))
     values = []
     for flat in np.unique(np.linspace(0, max(0, total - 1), count).astype(np.int64)):
-        index = (int(flat), *([0] * (arr.ndim - 1))) if arr.ndim == 3 else np.unravel_index(int(flat), grid)
+        index: tuple[int | np.integer[Any], ...] = (int(flat), *([0] * (arr.ndim - 1))) if arr.ndim == 3 else np.unravel_index(int(flat), grid)
         region = tuple(slice(int(i) * c, (int(i) + 1) * c) for i, c in zip(index, arr.chunks))
         block = np.asarray(arr[region], np.float32).ravel()
         values.append(block[np.isfinite(block)])

@@ -19,6 +19,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import cast
 
 import numpy as np
 
@@ -152,7 +153,7 @@ def blend_weights(tile: Tile, overlap: int) -> np.ndarray:
     """(height, width) weights of a tile's window: the outer product of its two axis weights."""
     wy = axis_weights(tile.window.row, tile.window.height, tile.core.row, tile.core.height, overlap)
     wx = axis_weights(tile.window.col, tile.window.width, tile.core.col, tile.core.width, overlap)
-    return wy[:, None] * wx[None, :]
+    return cast(np.ndarray, wy[:, None] * wx[None, :])
 
 
 def padded_side(n: int, multiple: int) -> int:

@@ -139,8 +139,8 @@ def _scan(pairs: Sequence[tuple[Path, Path]], cfg: TrainConfig) -> tuple[int, np
         class_pixels[: len(c)] += c
         image_pixels[: len(c)] += np.where(c > 0, n, 0)
     if cfg.crop is None and len(shapes) > 1:
-        a, b = sorted(shapes)[:2]
-        raise DataError(f"images differ in size ({a[1]}x{a[0]}, {b[1]}x{b[0]}, ...): pass --crop HxW to train on crops")
+        first, second = sorted(shapes)[:2]
+        raise DataError(f"images differ in size ({first[1]}x{first[0]}, {second[1]}x{second[0]}, ...): pass --crop HxW to train on crops")
     assert bands is not None
     return num_classes, class_pixels, image_pixels, bands
 
@@ -215,7 +215,7 @@ def train(images: Path, masks: Path, out: Path, cfg: TrainConfig, quiet: bool = 
     order = rng.permutation(len(pairs))
     n_val = min(int(round(len(pairs) * cfg.val_fraction)), len(pairs) - 1)  # at least one training image
     val = [pairs[i] for i in order[:n_val]] or [pairs[i] for i in order]  # no split: score on training data
-    trainset = [pairs[i] for i in order[n_val:]]
+    trainset: list[tuple[Path, Path]] = [pairs[i] for i in order[n_val:]]
     if n_val == 0:
         note("note: no validation split; mIoU is measured on the training images", quiet)
 
@@ -233,7 +233,7 @@ def train(images: Path, masks: Path, out: Path, cfg: TrainConfig, quiet: bool = 
         perm = rng.permutation(len(trainset))
         with progress_bar(steps, f"epoch {epoch}/{cfg.epochs}", "batch", quiet) as bar:
             for lo in range(0, len(perm), cfg.batch_size):
-                batch = [_load_pair(*trainset[i], cfg.crop, cfg.flip, rng, cfg.ignore_index) for i in perm[lo : lo + cfg.batch_size]]
+                batch = [_load_pair(*trainset[int(i)], cfg.crop, cfg.flip, rng, cfg.ignore_index) for i in perm[lo : lo + cfg.batch_size]]
                 x = torch.from_numpy(np.stack([b[0] for b in batch])).to(device)
                 y = torch.from_numpy(np.stack([b[1] for b in batch])).to(device)
                 labelled = y[y != cfg.ignore_index]
@@ -244,7 +244,7 @@ def train(images: Path, masks: Path, out: Path, cfg: TrainConfig, quiet: bool = 
                 if not torch.isfinite(loss):
                     raise InputError(f"training diverged at epoch {epoch} (loss {loss.item()}); lower --lr")
                 opt.zero_grad(set_to_none=True)
-                loss.backward()
+                loss.backward()  # type: ignore[no-untyped-call]  # torch leaves Tensor.backward unannotated
                 opt.step()
                 total += loss.item() * len(batch)
                 seen += len(batch)

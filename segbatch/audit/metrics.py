@@ -12,6 +12,7 @@ ends at 1.5e-8.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import cast
 
 import numpy as np
 
@@ -20,7 +21,7 @@ from segbatch.errors import InputError
 
 def value_bins(values: np.ndarray, top: float, bins: int) -> np.ndarray:
     """Bin indexes of non-negative values on a square-root scale over [0, top] (larger values go to the last bin)."""
-    return np.clip((np.sqrt(np.maximum(values, 0.0) / top) * bins).astype(np.int64), 0, bins - 1)
+    return cast(np.ndarray, np.clip((np.sqrt(np.maximum(values, 0.0) / top) * bins).astype(np.int64), 0, bins - 1))
 
 
 def bin_edges(top: float, bins: int) -> np.ndarray:

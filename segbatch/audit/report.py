@@ -13,7 +13,7 @@ import os
 import shutil
 import uuid
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
@@ -29,7 +29,7 @@ from segbatch.store import open_complete_store
 REPORT_MARK = "segbatch_audit"  # key of summary.json that says "this folder is an audit report"
 
 
-def audit(store: Path, report: Path, opts: AuditOptions, overwrite: bool = False) -> dict[str, Any]:
+def audit(store: location.Location, report: Path, opts: AuditOptions, overwrite: bool = False) -> dict[str, Any]:
     """Audit `store` into the folder `report`; returns the summary (also written as summary.json)."""
     root, attrs = open_complete_store(store, "auditing")
     _check_target(report, overwrite, {"store": store, "--truth": opts.truth})
@@ -116,7 +116,7 @@ class _RowWriter:
         self.file.close()
 
 
-def _write(root: Any, attrs: dict[str, Any], store: Path, folder: Path, opts: AuditOptions) -> dict[str, Any]:
+def _write(root: Any, attrs: dict[str, Any], store: location.Location, folder: Path, opts: AuditOptions) -> dict[str, Any]:
     rows = _RowWriter(folder / "items.csv")
     try:
         result = scan_store(root, attrs, opts, rows)
@@ -173,7 +173,7 @@ def quantile_from_histogram(counts: np.ndarray, top: float, q: float) -> float:
     return float((edges[i] + edges[i + 1]) / 2)
 
 
-def summarise(result: ScanResult, attrs: dict[str, Any], store: Path, opts: AuditOptions) -> dict[str, Any]:
+def summarise(result: ScanResult, attrs: dict[str, Any], store: location.Location, opts: AuditOptions) -> dict[str, Any]:
     """summary.json: the store's figures, ranking, problems and (with truth) the honesty measures."""
     from segbatch.train import mean_iou
 
@@ -240,7 +240,7 @@ def summarise(result: ScanResult, attrs: dict[str, Any], store: Path, opts: Audi
             "auroc": {m: acc.auroc() for m, acc in t.honesty.items()},
             "accuracy_vs_coverage": {m: acc.accuracy_vs_coverage() for m, acc in t.honesty.items()},
         }
-    return _clean(summary)
+    return cast(dict[str, Any], _clean(summary))
 
 
 def _class_means(summary: dict[str, Any], measure: str) -> np.ndarray:

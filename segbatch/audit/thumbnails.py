@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
@@ -39,7 +39,7 @@ def shrink(rgb: np.ndarray, nearest: bool) -> np.ndarray:
 def to_display(data: np.ndarray) -> np.ndarray:
     """(C, H, W) floats in [0, 1] -> (H, W, 3) uint8: the first three bands, or the first one in grey."""
     rgb = data[:3] if data.shape[0] >= 3 else np.repeat(data[:1], 3, axis=0)
-    return (np.clip(np.moveaxis(rgb, 0, -1), 0, 1) * 255).round().astype(np.uint8)
+    return cast(np.ndarray, (np.clip(np.moveaxis(rgb, 0, -1), 0, 1) * 255).round().astype(np.uint8))
 
 
 def error_map(labels: np.ndarray, truth: np.ndarray, labelled: np.ndarray) -> np.ndarray:

@@ -31,7 +31,7 @@ IGNORED = -1  # truth value of pixels that have no class (GDAL nodata)
 
 def labelled_mask(labels: np.ndarray, truth: np.ndarray, k: int, ignore_index: int | None) -> np.ndarray:
     """Pixels that count: predicted (not nodata) and labelled with a class the model knows (not ignored)."""
-    ok = (labels != NODATA_LABEL) & (truth >= 0) & (truth < k)
+    ok: np.ndarray = (labels != NODATA_LABEL) & (truth >= 0) & (truth < k)
     if ignore_index is not None:
         ok &= truth != ignore_index
     return ok
@@ -184,7 +184,7 @@ class _RasterTruth(TruthSource):
         rows, cols = item.region
         win = Window(cols.start, rows.start, cols.stop - cols.start, rows.stop - rows.start)
         with rasterio.open(self.path) as ds:
-            data = ds.read(1, window=win).astype(np.int64)
+            data: np.ndarray = ds.read(1, window=win).astype(np.int64)
             valid = ds.read_masks(1, window=win) > 0
         data[~valid] = IGNORED
         return data

@@ -109,12 +109,12 @@ def _load(ctx: click.Context, param: click.Parameter, value: Path | None) -> Pat
                 by_name[opt[2:].replace("-", "_")] = p
     defaults = {}
     for key, v in section.items():
-        p = by_name.get(str(key).replace("-", "_"))
-        if p is None:
+        target = by_name.get(str(key).replace("-", "_"))
+        if target is None:
             raise click.BadParameter(f"{value}: unknown key {ctx.command.name}.{key}", param_hint="--config")
-        checked = check_value(ctx, p, v, f"{value}: {ctx.command.name}.{key}")
+        checked = check_value(ctx, target, v, f"{value}: {ctx.command.name}.{key}")
         if checked is not OMIT:
-            defaults[p.name] = checked
+            defaults[target.name] = checked
     ctx.default_map = {**(ctx.default_map or {}), **defaults}
     return value
 

@@ -13,13 +13,13 @@ from segbatch.model.catalog import ARCHS, MAX_WIDTH, PLACEMENTS
 EMPTY_PATH = "an empty path names no file (write . for the current folder)"
 
 
-def _refuse_empty(kind: click.ParamType, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> None:
+def _refuse_empty(kind: click.ParamType[Any], value: Any, param: click.Parameter | None, ctx: click.Context | None) -> None:
     """An empty (or blank) value is a mistake, e.g. an unset shell variable; never the current folder Path("") makes of it."""
     if isinstance(value, str) and not value.strip():
         kind.fail(EMPTY_PATH, param, ctx)
 
 
-class LocationType(click.ParamType):
+class LocationType(click.ParamType[location.Location]):
     """A path, or an fsspec URL (s3://bucket/key, gs://..., file:///...) kept as a string; never empty."""
 
     name = "path|url"

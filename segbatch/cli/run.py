@@ -89,7 +89,7 @@ def _parse_bands(ctx: click.Context, param: click.Parameter, value: str | None) 
 @config_opt
 @quiet_opt
 def run(
-    input_path: Path,
+    input_path: location.Location,
     out: Path,
     model: Path | None,
     samples: int,

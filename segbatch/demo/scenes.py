@@ -16,6 +16,7 @@ import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 
@@ -163,7 +164,7 @@ class _Canvas:
 
 def _frac(a: np.ndarray) -> np.ndarray:
     """Fractional part: the phase of repeating patterns (dashes, windows, slats)."""
-    return a - np.floor(a)
+    return cast(np.ndarray, a - np.floor(a))
 
 
 def _hash(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -189,7 +190,7 @@ def _polygon_region(pts: Sequence[tuple[float, float]] | None, h: int, w: int) -
     ys = np.arange(y0, y1)[None, :, None] + 0.5 - p[:, 1, None, None]
     xs = np.arange(x0, x1)[None, None, :] + 0.5 - p[:, 0, None, None]
     inside = (e[:, 0, None, None] * ys - e[:, 1, None, None] * xs >= 0).all(0)
-    return slice(y0, y1), slice(x0, x1), inside
+    return slice(y0, y1), slice(x0, x1), cast(np.ndarray, inside)
 
 
 def _rect_region(u0: float, u1: float, v0: float, v1: float, h: int, w: int) -> Region | None:
@@ -231,7 +232,7 @@ def _face(view: _View, x0: float, x1: float, y0: float, y1: float, z0: float, z1
 
 def _wall_coords(view: _View, region: Region, x: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """World z, height and depth of the painted pixels of a wall at lateral ``x``, for textures fixed to it."""
-    rows, cols = np.nonzero(region[2])
+    rows, cols = np.nonzero(cast(np.ndarray, region[2]))  # a polygon's region always carries its mask
     u, v = cols + region[1].start + 0.5, rows + region[0].start + 0.5
     d = np.minimum(view.f * abs(x) / np.maximum((u - view.cx) * np.sign(x), 1e-3), 1e4)
     return view.t + d, view.cam - (v - view.yh) * d / view.f, d
@@ -286,7 +287,7 @@ def _draw_ground(cv: _Canvas, scene: Scene, view: _View, rows: int) -> None:
     cell = np.where(road, 0.4, 0.8)  # fine asphalt grain, coarser paving slabs
     shade = 0.9 + _hash(np.floor(x / cell), np.floor(z / cell)) * np.where(road, 0.12, 0.25).astype(np.float32)
     shade += 0.2 * (~road & (np.minimum(np.abs(x - scene.road[0]), np.abs(x - scene.road[1])) < 0.25))  # kerb
-    img = np.float32([scene.pavement_colour, scene.road_colour])[road.view(np.uint8)] * shade[..., None]
+    img = np.array([scene.pavement_colour, scene.road_colour], np.float32)[road.view(np.uint8)] * shade[..., None]
     half = np.maximum(0.075, 0.6 * d / view.f)
     dashed = _frac(z / scene.dash[0]) < scene.dash[1]
     for mx, colour, solid in scene.marks:
@@ -305,7 +306,7 @@ def _draw_facade(cv: _Canvas, view: _View, fa: _Facade) -> None:
     bay, storey = np.floor((z - fa.z0) / fa.bay), np.floor(y / fa.storey)
     window = (np.abs(_frac((z - fa.z0) / fa.bay) - 0.5) < 0.22) & (np.abs(_frac(y / fa.storey) - 0.55) < 0.25) & (y < fa.height - 0.8)
     lit = 0.7 + 0.6 * _hash(bay, storey)[:, None]
-    colour = np.where(window[:, None], np.float32(fa.window) * lit, np.float32(fa.colour))
+    colour = np.where(window[:, None], np.array(fa.window, np.float32) * lit, np.array(fa.colour, np.float32))
     colour[y > fa.height - 0.5] *= 0.7  # cornice
     _paint(cv, reg, colour, BUILDING, d)
 
@@ -317,7 +318,7 @@ def _draw_fence(cv: _Canvas, view: _View, fe: _Fence) -> None:
         return
     z, y, d = _wall_coords(view, reg, fe.x)
     gap = (_frac(z / 0.3) < 0.35) & (y < fe.height - 0.12)
-    _paint(cv, reg, np.where(gap[:, None], np.float32(fe.colour) * 0.6, np.float32(fe.colour)), FENCE, d)
+    _paint(cv, reg, np.where(gap[:, None], np.array(fe.colour, np.float32) * 0.6, np.array(fe.colour, np.float32)), FENCE, d)
 
 
 def _draw_tree(cv: _Canvas, view: _View, p: _Prop) -> None:
@@ -328,9 +329,9 @@ def _draw_tree(cv: _Canvas, view: _View, p: _Prop) -> None:
     hw = max(0.13, 0.5 / sp.s)
     _rect(cv, sp, -hw, hw, 0.0, trunk_h + r, bark, TREE)
     top = trunk_h + r
-    _ellipse(cv, sp, ax * r, top + ay * r, 0.7 * r, 0.65 * r, tuple(c * 0.8 for c in leaves), TREE)
+    _ellipse(cv, sp, ax * r, top + ay * r, 0.7 * r, 0.65 * r, cast(RGB, tuple(c * 0.8 for c in leaves)), TREE)
     _ellipse(cv, sp, 0.0, top, r, 0.9 * r, leaves, TREE)
-    _ellipse(cv, sp, bx * r, top + by * r, 0.6 * r, 0.55 * r, tuple(c * 1.15 for c in leaves), TREE)
+    _ellipse(cv, sp, bx * r, top + by * r, 0.6 * r, 0.55 * r, cast(RGB, tuple(c * 1.15 for c in leaves)), TREE)
 
 
 def _draw_pole(cv: _Canvas, view: _View, p: _Prop) -> None:
@@ -366,12 +367,12 @@ def _draw_car(cv: _Canvas, view: _View, p: _Prop) -> None:
             block = cv.img[ys, xs]
             block[m & ((cv.lab[ys, xs] == ROAD) | (cv.lab[ys, xs] == PAVEMENT))] *= 0.55
     side = x0 if p.x > 0 else x1
-    _paint(cv, _polygon_region(_face(view, side, side, 0.3, 1.05, z0, z1), view.h, view.w), tuple(c * 0.8 for c in body), CAR, depth)
+    _paint(cv, _polygon_region(_face(view, side, side, 0.3, 1.05, z0, z1), view.h, view.w), cast(RGB, tuple(c * 0.8 for c in body)), CAR, depth)
     if detailed:
         inward = 0.15 if p.x > 0 else -0.15
         _paint(cv, _polygon_region(_face(view, side + inward, side + inward, 1.05, h - 0.05, z0 + 0.9, z1 - 1.0), view.h, view.w), glass, CAR, depth)
         roof = _face(view, x0 + 0.3, x1 - 0.3, h, h, z0, z1 - 1.0)
-        _paint(cv, _polygon_region(roof, view.h, view.w), tuple(min(c * 1.1, 255.0) for c in body), CAR, depth)
+        _paint(cv, _polygon_region(roof, view.h, view.w), cast(RGB, tuple(min(c * 1.1, 255.0) for c in body)), CAR, depth)
         for wz in (z0 + 0.75, z1 - 0.75):
             if wz - view.t > _NEAR:
                 _ellipse(cv, view.spot(side, wz), 0.0, 0.32, 0.16, 0.32, (25.0, 25.0, 25.0), CAR)
@@ -383,7 +384,7 @@ def _draw_car(cv: _Canvas, view: _View, p: _Prop) -> None:
     _shape(cv, sp, [(-a + 0.1, 1.05), (a - 0.1, 1.05), (a - 0.3, h), (-a + 0.3, h)], body, CAR)
     _shape(cv, sp, [(-a + 0.22, 1.12), (a - 0.22, 1.12), (a - 0.38, h - 0.07), (-a + 0.38, h - 0.07)], glass, CAR)
     if detailed:
-        _rect(cv, sp, -a, a, 0.3, 0.45, tuple(c * 0.6 for c in body), CAR)
+        _rect(cv, sp, -a, a, 0.3, 0.45, cast(RGB, tuple(c * 0.6 for c in body)), CAR)
         lamp = (200.0, 30.0, 30.0) if facing > 0 else (240.0, 235.0, 200.0)
         for s in (-1.0, 1.0):
             _rect(cv, sp, s * (a - 0.05), s * (a - 0.35), 0.0, 0.35, (25.0, 25.0, 25.0), CAR)
@@ -398,7 +399,7 @@ def _draw_pedestrian(cv: _Canvas, view: _View, p: _Prop) -> None:
     if sp.s * p.size >= _DETAIL_PX:
         for s in (-1.0, 1.0):
             _rect(cv, sp, s * 0.03 * k, s * 0.16 * k, 0.0, 0.88 * k, legs, PEDESTRIAN)
-            _rect(cv, sp, s * 0.2 * k, s * 0.28 * k, 0.8 * k, 1.42 * k, tuple(c * 0.85 for c in shirt), PEDESTRIAN)
+            _rect(cv, sp, s * 0.2 * k, s * 0.28 * k, 0.8 * k, 1.42 * k, cast(RGB, tuple(c * 0.85 for c in shirt)), PEDESTRIAN)
     else:
         _rect(cv, sp, -0.16 * k, 0.16 * k, 0.0, 0.88 * k, legs, PEDESTRIAN)
     _rect(cv, sp, -0.2 * k, 0.2 * k, 0.85 * k, 1.45 * k, shirt, PEDESTRIAN)
@@ -438,7 +439,8 @@ _DRAWERS = {"tree": _draw_tree, "pole": _draw_pole, "car": _draw_car, "pedestria
 def _colour(rng: np.random.Generator, choices: Sequence[tuple[int, int, int]], jitter: float = 14.0) -> RGB:
     """One of a few plausible base colours, jittered so no two objects are quite alike."""
     base = np.asarray(choices[int(rng.integers(len(choices)))], np.float64)
-    return tuple(float(c) for c in np.clip(base + rng.uniform(-jitter, jitter, 3), 0, 255))
+    r, g, b = np.clip(base + rng.uniform(-jitter, jitter, 3), 0, 255)
+    return float(r), float(g), float(b)
 
 
 def _positions(rng: np.random.Generator, mean_gap: float, min_gap: float, start: float = -30.0) -> np.ndarray:
@@ -482,9 +484,9 @@ def _props(
         props.append(_Prop("car", x, z, 1.6, length, (width, height, facing), colours))
 
     two_way = lanes == 2 or rng.random() < 0.5
-    for k in sorted(set(range(lanes)) - {cam_lane}):  # never in the camera's own lane
+    for lane in sorted(set(range(lanes)) - {cam_lane}):  # never in the camera's own lane
         for z in _positions(rng, rng.uniform(20.0, 60.0), 7.0):
-            car(left + (k + 0.5) * lane_w, z, -1.0 if two_way and 2 * k < lanes else 1.0)
+            car(left + (lane + 0.5) * lane_w, z, -1.0 if two_way and 2 * lane < lanes else 1.0)
     for side, edge in enumerate(road):
         out = 1.0 if side else -1.0  # direction from the road towards this side's buildings
         if parking[side]:
@@ -492,7 +494,7 @@ def _props(
                 car(edge - out * 1.15, z, 1.0)
         for z in _positions(rng, rng.uniform(8.0, 25.0), 4.0) if rng.random() < 0.75 else ():
             trunk, r = rng.uniform(1.8, 3.2), rng.uniform(1.2, 2.5)
-            colours = (_colour(rng, ((90, 65, 45), (70, 60, 50))), _colour(rng, ((60, 100, 40), (40, 80, 35), (90, 120, 50)), 18.0))
+            colours: tuple[RGB, ...] = (_colour(rng, ((90, 65, 45), (70, 60, 50))), _colour(rng, ((60, 100, 40), (40, 80, 35), (90, 120, 50)), 18.0))
             props.append(_Prop("tree", edge + out * rng.uniform(0.7, 1.3), z, trunk + 2 * r, 0.0, (trunk, r, *rng.uniform(-0.7, 0.7, 4)), colours))
         for z in _positions(rng, rng.uniform(8.0, 20.0), 3.0):
             kind = int(rng.choice([0, 1, 1, 2, 2, 3]))  # lamp, square, round or triangular sign
@@ -554,7 +556,7 @@ def make_scene(seed: int) -> Scene:
 def _finish(cv: _Canvas, scene: Scene) -> np.ndarray:
     """Haze by depth, per-class texture noise, then the scene's brightness, contrast and tint."""
     h, w = cv.lab.shape
-    sky = np.float32(scene.sky[1])
+    sky = np.array(scene.sky[1], np.float32)
     rng = np.random.default_rng(np.random.SeedSequence([scene.seed, _TAG, h, w]))
     noise = rng.standard_normal((h // 2 + 1, w // 2 + 1), np.float32).repeat(2, 0).repeat(2, 1)[:h, :w]
     img = cv.img
@@ -563,7 +565,7 @@ def _finish(cv: _Canvas, scene: Scene) -> np.ndarray:
     img += sky
     img += (noise * (_GRAIN * np.float32(scene.grain))[cv.lab])[..., None]
     brightness, contrast = scene.light
-    gain = np.float32(scene.tint) * np.float32(brightness)
+    gain = np.array(scene.tint, np.float32) * np.float32(brightness)
     img *= gain * np.float32(contrast)
     img += gain * np.float32(128.0 * (1.0 - contrast)) + np.float32(0.5)
     return np.clip(img, 0, 255, out=img).astype(np.uint8)

@@ -167,7 +167,7 @@ def run_images(cfg: RunConfig) -> RunSummary:
         raise InputError(f"{cfg.input}: an image folder must be a path every node sees (a shared file system), not a URL")
     lease = Lease.new()
     ckpt = load_checkpoint(resolve_model(cfg.model, cfg.quiet))
-    plan = probe_folder(cfg.input)
+    plan = probe_folder(Path(cfg.input))  # not a URL (refused above): a local path
     in_channels = ckpt.spec.in_channels
     if not any(fits_model(b, in_channels) for _, _, b in plan.shapes):
         found = ", ".join(str(b) for b in sorted({b for _, _, b in plan.shapes}))
@@ -215,7 +215,10 @@ def _prepare_image_store(
     if location.exists(cfg.out) and cfg.resume:
         root, attrs = reopen_for_resume(cfg.out, config, keeper.lease.run)
         return root, plan_image_units(plan.images, int(attrs["unit_images"])), finished_units(root)
-    return replace_store(cfg, keeper, lambda: _new_image_store(cfg, job, plan, ckpt, config, actors, keeper.lease))
+    created: tuple[Any, list[ImageUnit], dict[int, Any]] = replace_store(
+        cfg, keeper, lambda: _new_image_store(cfg, job, plan, ckpt, config, actors, keeper.lease)
+    )
+    return created
 
 
 def _new_image_store(

@@ -116,7 +116,8 @@ def _prepare_raster_store(cfg: RunConfig, job: RasterJob, ckpt: Any, config: dic
             raise InputError(f"{cfg.out} has no tiles/ left to resume from (status {attrs['status']}); use --overwrite to run again")
         root, _ = reopen_for_resume(cfg.out, config, keeper.lease.run)
         return root, finished_units(root)
-    return replace_store(cfg, keeper, lambda: _new_raster_store(cfg, job, ckpt, config, keeper.lease))
+    created: tuple[Any, dict[int, Any]] = replace_store(cfg, keeper, lambda: _new_raster_store(cfg, job, ckpt, config, keeper.lease))
+    return created
 
 
 def _new_raster_store(cfg: RunConfig, job: RasterJob, ckpt: Any, config: dict[str, Any], lease: Lease) -> tuple[Any, dict[int, Any]]:

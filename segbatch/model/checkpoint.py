@@ -75,7 +75,7 @@ class Checkpoint:
     model: SegNet
     spec: ModelSpec
     sha256: str
-    path: Path
+    path: location.Location  # a path, or the fsspec URL it was read from
 
     def describe(self) -> dict[str, Any]:
         """The summary `segbatch info CKPT` prints (and `--json` emits)."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from typing import cast
 
 import torch
 from torch import Tensor, nn
@@ -70,11 +71,12 @@ def load_vgg16_encoder(model: SegNet, path: str | Path) -> int:
             dst.weight.copy_(weight)
             if "bias" in src and dst.bias is not None:
                 dst.bias.copy_(src["bias"])
-        for src, dst in zip(norms, our_norms):
-            dst.weight.copy_(src["weight"])
-            dst.bias.copy_(src["bias"])
-            dst.running_mean.copy_(src["running_mean"])
-            dst.running_var.copy_(src["running_var"])
+        for src, norm in zip(norms, our_norms):
+            norm.weight.copy_(src["weight"])
+            norm.bias.copy_(src["bias"])
+            # SegNet's BatchNorm layers always track running statistics, so these buffers exist
+            cast(Tensor, norm.running_mean).copy_(src["running_mean"])
+            cast(Tensor, norm.running_var).copy_(src["running_var"])
         bands = min(3, model.in_channels)
         model.input_mean[:bands] = torch.tensor(IMAGENET_MEAN[:bands])
         model.input_std[:bands] = torch.tensor(IMAGENET_STD[:bands])

@@ -94,6 +94,9 @@ class SegNet(nn.Module):
     which travel in the checkpoint. The output is (N, num_classes, H, W) logits.
     """
 
+    input_mean: Tensor  # buffers (register_buffer), declared for the type checker
+    input_std: Tensor
+
     def __init__(
         self,
         arch: str,
@@ -124,6 +127,8 @@ class SegNet(nn.Module):
         def ch(c: int) -> int:
             return max(1, round(c * width))
 
+        encoder: tuple[tuple[int, ...], ...]
+        decoder: tuple[tuple[int, ...], ...]
         if arch == "segnet":
             encoder, decoder, kernel, dec_relu, cls_kernel = _VGG16_ENCODER, _SEGNET_DECODER, 3, True, 3
         else:
@@ -205,7 +210,7 @@ def _pool(state: State) -> State:
 
 def _unpool(state: State) -> State:
     idx, size = state.pooled[-1]
-    return State(F.max_unpool2d(state.x, idx, 2, 2, output_size=size), state.pooled[:-1])
+    return State(F.max_unpool2d(state.x, idx, (2, 2), (2, 2), output_size=size), state.pooled[:-1])
 
 
 def build_model(

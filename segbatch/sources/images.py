@@ -34,6 +34,7 @@ def read_image(path: Path) -> np.ndarray:
                     return np.moveaxis(ds.read(), 0, -1)
         from PIL import Image
 
+        im: Image.Image
         with Image.open(path) as im:
             if im.mode not in ("L", "RGB", "I;16", "I", "F"):
                 im = im.convert("RGB")

@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
@@ -119,7 +119,7 @@ def scale_to_unit(data: np.ndarray, plan: RasterPlan) -> np.ndarray:
     lo = np.array([s[0] for s in plan.stretch], np.float32)[:, None, None]
     hi = np.array([s[1] for s in plan.stretch], np.float32)[:, None, None]
     out = (data.astype(np.float32) - lo) / (hi - lo)
-    return np.nan_to_num(np.clip(out, 0.0, 1.0), nan=0.0)
+    return cast(np.ndarray, np.nan_to_num(np.clip(out, 0.0, 1.0), nan=0.0))
 
 
 def plan_from_store(source: dict[str, Any], spatial_ref: Any) -> RasterPlan:
@@ -131,7 +131,7 @@ def plan_from_store(source: dict[str, Any], spatial_ref: Any) -> RasterPlan:
         bands=tuple(source["bands"]),
         dtype=source["dtype"],
         crs_wkt=spatial_ref.get("crs_wkt"),
-        transform=tuple(float(v) for v in spatial_ref["GeoTransform"].split()),
+        transform=cast(tuple[float, float, float, float, float, float], tuple(float(v) for v in spatial_ref["GeoTransform"].split())),
         nodata=source["nodata"],
         stretch=tuple(tuple(s) for s in source["stretch"]) if source.get("stretch") else None,
     )
