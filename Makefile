@@ -12,7 +12,7 @@ $(VENV)/.installed: setup.cfg pyproject.toml
 	$(BIN)/python -m pip install -q -e ".[test]"
 	touch $@
 
-.PHONY: setup demo test
+.PHONY: setup demo lint test
 setup: $(VENV)/.installed
 
 demo: $(VENV)/.installed
@@ -22,5 +22,10 @@ demo: $(VENV)/.installed
 	$(BIN)/segbatch info demo-out/street.zarr
 	$(BIN)/segbatch export demo-out/street.zarr --to demo-out/overlay.mp4 --overwrite
 
-test: $(VENV)/.installed
+lint: $(VENV)/.installed
+	$(BIN)/ruff check segbatch tests benchmarks
+	$(BIN)/ruff format --check segbatch tests benchmarks
+	$(BIN)/mypy segbatch
+
+test: lint
 	$(BIN)/python -m pytest

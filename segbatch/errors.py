@@ -24,7 +24,11 @@ class RunError(SegbatchError, RuntimeError):
 
 
 class Interrupted(SegbatchError):
-    """The user stopped the work (Ctrl-C); exit code 130 (the output stays resumable)."""
+    """The work was stopped: Ctrl-C, SIGTERM or SIGHUP (`signum`); exit code 128 + signum (130, 143, 129); the output stays resumable."""
+
+    def __init__(self, message: str, signum: int = 2) -> None:
+        super().__init__(message)
+        self.signum = signum  # SIGINT (2) unless a SIGTERM (15) or SIGHUP (1) stopped it
 
 
 class StoreBusyError(InputError):

@@ -20,7 +20,7 @@ class CliError(click.ClickException):
 
     def __init__(self, message: str, exit_code: int) -> None:
         super().__init__(message)
-        self.exit_code = exit_code
+        self.exit_code = exit_code  # type: ignore[misc]  # click declares it on the class; each error has its own
 
 
 class SegbatchGroup(click.Group):
@@ -38,12 +38,14 @@ class SegbatchGroup(click.Group):
         except KeyboardInterrupt:
             if ctx.find_root().params.get("traceback"):
                 raise
-            raise CliError("interrupted", ExitStatus.INTERRUPTED) from None
+            from segbatch.engine.session import stop_signal
+
+            raise CliError("interrupted", ExitStatus.stopped_by(stop_signal())) from None
 
 
 def _as_cli_error(exc: Exception) -> CliError:
     if isinstance(exc, Interrupted):
-        return CliError(str(exc), ExitStatus.INTERRUPTED)
+        return CliError(str(exc), ExitStatus.stopped_by(exc.signum))
     if isinstance(exc, InputError):
         return CliError(str(exc), ExitStatus.BAD_INPUT)
     if isinstance(exc, SegbatchError):

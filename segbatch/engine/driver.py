@@ -14,10 +14,11 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from segbatch import location
 from segbatch.engine.job import FrameUnit, RunConfig, VideoJob, config_digest, fingerprint, source_identity
+from segbatch.engine.session import child_processes, reap_on_exit, stop_signal, stop_signals
 from segbatch.errors import InputError, Interrupted, RunError, SegbatchError
 from segbatch.lease import Lease, LeaseKeeper, LeaseLostError, claim
 from segbatch.location import Location
@@ -35,6 +36,7 @@ from segbatch.store import (
     update_attrs,
 )
 
+T = TypeVar("T")
 IN_FLIGHT_PER_ACTOR = 2  # a queued unit hides the driver's round trip; near the end only one, so no actor idles
 CHUNK_PIXELS = 2_000_000  # about 2 MB of labels (4 MB of float16) per chunk
 MAX_CHUNK_FRAMES = 8
@@ -223,25 +225,38 @@ def run_units(
 
 @contextmanager
 def ray_session(address: str | None) -> Iterator[None]:
-    """Ray for the length of a command: joined or started on entry, shut down on exit if this started it."""
-    started = ensure_ray(address)
-    try:
-        yield
-    finally:
-        if started:
-            import ray
+    """Ray for the length of a command: joined or started on entry, shut down on exit if this started it.
 
-            ray.shutdown()
+    Meanwhile SIGTERM and SIGHUP stop the command like Ctrl-C (exit 143, 129),
+    and a local runtime this started goes with the driver even if it is killed
+    (segbatch.engine.session).
+    """
+    before = child_processes()
+    started = ensure_ray(address)
+    reaper = reap_on_exit(before) if started else None
+    with stop_signals():  # after ray.init, which installs its own SIGTERM handling
+        try:
+            yield
+        finally:
+            try:
+                if started:
+                    import ray
+
+                    ray.shutdown()
+            finally:
+                if reaper is not None:
+                    reaper.close()
 
 
 @contextmanager
 def recorded_outcome(root: Any, total: int, what: str) -> Iterator[None]:
-    """Make a run's end visible in the store: Ctrl-C leaves it resumable (exit 130), any failure marks it failed."""
+    """Make a run's end visible in the store: Ctrl-C, SIGTERM or SIGHUP leave it resumable (exit 130, 143, 129), any failure marks it failed."""
     try:
         yield
     except KeyboardInterrupt:
         left = total - len(finished_units(root))
-        raise Interrupted(f"interrupted with {left} of {total} {what} left; finish with the same command and --resume") from None
+        message = f"interrupted with {left} of {total} {what} left; finish with the same command and --resume"
+        raise Interrupted(message, signum=stop_signal()) from None
     except Exception as exc:
         if not isinstance(exc, LeaseLostError):  # a run that lost its store writes nothing more to it
             try:
@@ -270,7 +285,7 @@ def check_target(cfg: RunConfig, lease: Lease, checkpoint: Location) -> None:
         previous = claim(cfg.out, lease)
         if previous is not None:
             gone = "is gone" if previous.dead() else f"has not renewed its lease for {previous.age():.0f} s"
-            note(f"warning: taking over {cfg.out} from {previous.holder()}, which {gone}", cfg.quiet)
+            note(f"warning: taking over {cfg.out} from {previous.holder()}, which {gone}")  # even with --quiet: who owned the store matters
     if location.is_url(cfg.out):
         return  # object stores have no folders to check; a missing bucket or credentials fail at creation, in one line
     out = Path(cfg.out)
@@ -285,7 +300,7 @@ def pool_size(cfg: RunConfig, units: int) -> tuple[int, float]:
     """(actors, GPUs per actor): one per GPU (or per --cpus-per-actor CPUs) unless --actors says, never more than units."""
     import ray
 
-    resources = ray.cluster_resources()
+    resources: dict[str, float] = ray.cluster_resources()  # type: ignore[no-untyped-call]
     gpus = cfg.gpus_per_actor if cfg.gpus_per_actor is not None else (1.0 if resources.get("GPU", 0) > 0 else 0.0)
     if cfg.actors is not None:
         n_actors = cfg.actors
@@ -315,7 +330,7 @@ def _prepare_store(
     return replace_store(cfg, keeper, lambda: _new_video_store(cfg, job, ckpt, config, actors, keeper.lease))
 
 
-def replace_store(cfg: RunConfig, keeper: LeaseKeeper, create: Callable[[], Any]) -> Any:
+def replace_store(cfg: RunConfig, keeper: LeaseKeeper, create: Callable[[], T]) -> T:
     """--overwrite (or a new store): delete the old one and create the new one, with no lease renewal in between."""
     with keeper.lock:
         if location.exists(cfg.out) and cfg.overwrite:
@@ -347,6 +362,7 @@ def _new_video_store(
         "kind": "video",
         "codec": plan.codec,
         "frames": plan.frames,
+        "declared_frames": plan.declared,  # what the container's index declares (MP4/MOV): more than `frames` when the file is truncated
         "height": plan.height,
         "width": plan.width,
         "rotation": plan.rotation,
@@ -465,7 +481,7 @@ class _ActorPool:
     def __init__(self, worker: type, job: Any, cfg: RunConfig, gpus: float) -> None:
         import ray
 
-        self.cls = ray.remote(max_restarts=0, max_task_retries=0)(_guarded(worker))
+        self.cls: Any = ray.remote(max_restarts=0, max_task_retries=0)(_guarded(worker))
         self.job, self.cfg, self.gpus = job, cfg, gpus
         self.actors: dict[int, Any] = {}
         self.starting: dict[Any, int] = {}  # device_name() ref -> slot
@@ -520,7 +536,7 @@ class _ActorPool:
 
         if self.starting:
             return
-        free = ray.available_resources()
+        free: dict[str, float] = ray.available_resources()  # type: ignore[no-untyped-call]
         if free.get("CPU", 0.0) + 1e-9 >= self.cfg.cpus_per_actor and free.get("GPU", 0.0) + 1e-9 >= self.gpus:
             self.start()
 
@@ -542,14 +558,15 @@ def _guarded(worker: type) -> type:
     def __init__(self: Any, *args: Any) -> None:
         self.start_error = None
         try:
-            worker.__init__(self, *args)
+            init: Callable[..., None] = getattr(worker, "__init__")  # noqa: B009  (the class's own constructor, on the guarded instance)
+            init(self, *args)
         except Exception as exc:
             self.start_error = exc
 
     def device_name(self: Any) -> str:
         if self.start_error is not None:
             raise self.start_error
-        return str(worker.device_name(self))
+        return str(getattr(worker, "device_name")(self))  # noqa: B009  (any worker class: typed as `type`)
 
     return type(worker.__name__, (worker,), {"__init__": __init__, "device_name": device_name, "__module__": worker.__module__})
 

@@ -38,7 +38,7 @@ class ModelWorker:
         self.cuda = self.device.type == "cuda"
         model = load_checkpoint(checkpoint).model.to(self.device).eval()
         # on GPUs, channels-last feeds cuDNN's tensor-core kernels without layout conversions (same results: tested on CPU)
-        self.model = model.to(memory_format=torch.channels_last) if self.cuda else model
+        self.model = model.to(memory_format=torch.channels_last) if self.cuda else model  # type: ignore[call-overload]
         self.store, self.run = store, run
         self.root = open_store(store, mode="r+")
         self.node = _node_id()
@@ -90,12 +90,13 @@ class UnitWorker(ModelWorker):
         self.digests = {}
         job = self.job
         report = DecodeReport()
-        chunk = _ChunkBuffer(self, unit.start, min(unit.start + job.chunk_frames, unit.stop))
+        chunk: _ChunkBuffer | None = _ChunkBuffer(self, unit.start, min(unit.start + job.chunk_frames, unit.stop))
         for indices, batch in _batches(read_frames(job.plan, unit.start, unit.stop, report, job.hwaccel), job.batch_size):
             result = self._predict(batch, indices)
             for j, i in enumerate(indices):
-                while i >= chunk.stop:
+                while chunk is not None and i >= chunk.stop:
                     chunk = chunk.flush_and_next(unit.stop)
+                assert chunk is not None, f"frame {i} is outside unit {unit.id}"  # read_frames yields [start, stop) only
                 chunk.put(i, {name: values[j] for name, values in result.items()})
         while chunk is not None:  # the rest, frames that never decoded included (fill values)
             chunk = chunk.flush_and_next(unit.stop)
@@ -237,7 +238,7 @@ def _node_ip() -> str:
     try:
         import ray
 
-        return ray.util.get_node_ip_address()
+        return str(ray.util.get_node_ip_address())  # type: ignore[no-untyped-call]
     except Exception:  # outside Ray
         import socket
 

@@ -21,7 +21,7 @@ declares more frames than its data holds) says so in the plan.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from contextlib import closing, contextmanager
 from dataclasses import dataclass, field
 from fractions import Fraction
@@ -361,7 +361,7 @@ class FrameOrder:
         return index, self.held.pop(index, None)
 
 
-def _in_order(plan: VideoPlan, key: int, start: int, stop: int, report: DecodeReport, hwaccel: str | None) -> Iterator[tuple[int, Any]]:
+def _in_order(plan: VideoPlan, key: int, start: int, stop: int, report: DecodeReport, hwaccel: str | None) -> Generator[tuple[int, Any], None, None]:
     """Decode from keyframe `key`: (index, (upright RGB, damaged)) for frames [start, stop) in order, (index, None) for lost ones."""
     order = FrameOrder(start, stop, plan.reorder)
     with closing(_decode_from(plan, key, report, hwaccel)) as decoded:  # closed (the file, FFmpeg's log capture) on return
@@ -378,7 +378,7 @@ def _seek_candidates(plan: VideoPlan, start: int) -> list[int]:
     return [int(k) for k in before[:MAX_SEEK_TRIES] if k > 0] + [0]
 
 
-def _decode_from(plan: VideoPlan, key: int, report: DecodeReport, hwaccel: str | None = None) -> Iterator[tuple[int, Any, bool]]:
+def _decode_from(plan: VideoPlan, key: int, report: DecodeReport, hwaccel: str | None = None) -> Generator[tuple[int, Any, bool], None, None]:
     """Decode forward from keyframe `key`: (index, frame, damaged) for every frame whose pts is in the plan, as the decoder emits them.
 
     Packets are decoded one by one so a bad packet is recorded and skipped,

@@ -1,0 +1,105 @@
+"""What a command's Ray session adds to the process: stop signals handled like Ctrl-C, and no Ray processes left behind.
+
+SIGTERM (Kubernetes, SLURM, `docker stop`, `timeout`) and SIGHUP (a closed
+terminal) stop a run the way Ctrl-C does: a KeyboardInterrupt in the main
+thread, so the run leaves its store resumable and ends with one line; the
+signal is remembered for the exit code (128 + its number). The handlers are
+installed after ray.init, which sets its own SIGTERM handler (exit 15) and
+whose C++ core prints a stack dump on SIGTERM, so ours win; the previous
+ones come back when the session ends.
+
+A driver that started its own local Ray runtime also starts a reaper
+(segbatch.engine.reaper), so that runtime's processes go within seconds of
+the driver, however it ends (SIGKILL included). A cluster joined with
+--address is never touched.
+
+Standard library only at import: the CLI imports this to map a stop to its exit code.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from types import FrameType
+
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGHUP)
+REAPER_EXIT_WAIT_S = 10.0
+
+_stopped_by: list[int] = []  # the stop signals received during the current (or last) session
+
+
+def stop_signal() -> int:
+    """The signal that stopped the last run: the first SIGTERM or SIGHUP received, else SIGINT (Ctrl-C)."""
+    return _stopped_by[0] if _stopped_by else int(signal.SIGINT)
+
+
+def _on_stop_signal(signum: int, frame: FrameType | None) -> None:
+    _stopped_by.append(signum)
+    raise KeyboardInterrupt  # Ray's waits turn any exception a handler raises into a plain KeyboardInterrupt anyway
+
+
+@contextmanager
+def stop_signals() -> Iterator[None]:
+    """For the length of the block: SIGTERM and SIGHUP interrupt like Ctrl-C, remembered for stop_signal()."""
+    _stopped_by.clear()
+    if threading.current_thread() is not threading.main_thread():
+        yield  # only the main thread may set handlers (and only it receives KeyboardInterrupt)
+        return
+    previous = {sig: signal.signal(sig, _on_stop_signal) for sig in STOP_SIGNALS}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler if handler is not None else signal.SIG_DFL)
+
+
+def child_processes() -> set[int]:
+    """The pids of this process's children (empty where there is no /proc)."""
+    if not sys.platform.startswith("linux"):
+        return set()
+    from segbatch.engine.reaper import children
+
+    try:
+        return set(children(os.getpid()))
+    except OSError:  # no /proc mounted
+        return set()
+
+
+class Reaper:
+    """The reaper of the Ray processes this driver started; see segbatch.engine.reaper."""
+
+    def __init__(self, pids: set[int]) -> None:
+        from segbatch.engine import reaper
+
+        self.proc = subprocess.Popen(
+            [sys.executable, "-I", "-S", reaper.__file__, *map(str, sorted(pids))],
+            stdin=subprocess.PIPE,  # its only writer is this process: end of file once it closes or dies
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,  # a terminal's Ctrl-C or hangup reaches the driver, not this
+        )
+
+    def close(self) -> None:
+        """After ray.shutdown: let the reaper end whatever is left, and wait for it."""
+        try:
+            if self.proc.stdin is not None:
+                self.proc.stdin.close()
+            self.proc.wait(timeout=REAPER_EXIT_WAIT_S)
+        except (OSError, subprocess.TimeoutExpired):
+            pass
+
+
+def reap_on_exit(before: set[int]) -> Reaper | None:
+    """Start a reaper for the processes ray.init started (this process's children not in `before`); None when it started none."""
+    started = child_processes() - before
+    if not started:
+        return None
+    try:
+        return Reaper(started)
+    except OSError:  # no reaper: Ray's own fate-sharing still ends most of them
+        return None
