@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from segbatch.engine.session import child_processes, reap_on_exit, stop_signal, stop_signals
+from segbatch.engine.session import child_processes, reap_on_exit, runtime_tag, stop_signal, stop_signals
 from segbatch.status import ExitStatus
 
 sys.path.insert(0, os.path.dirname(__file__))
@@ -29,25 +29,28 @@ def test_sigterm_and_sighup_interrupt_like_ctrl_c_for_the_block_only(signum, cod
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the reaper reads /proc")
-def test_the_reaper_ends_the_processes_started_and_their_descendants_when_let_go():
+def test_the_reaper_ends_the_processes_started_their_descendants_and_late_tagged_ones_when_let_go():
     before = child_processes()
-    shell = subprocess.Popen(["sh", "-c", "sleep 300 & sleep 300"])  # stands for what ray.init starts
-    other = None
+    late = other = None
+    with runtime_tag() as tag:
+        shell = subprocess.Popen(["sh", "-c", "sleep 300 & sleep 300"])  # stands for what ray.init starts
     try:
         deadline = time.monotonic() + 10
         while len(descendants(shell.pid)) < 2 and time.monotonic() < deadline:
             time.sleep(0.05)
         tree = {pid: start for pid, start in descendants(os.getpid()).items() if pid == shell.pid} | descendants(shell.pid)
         assert len(tree) == 3
-        reaper = reap_on_exit(before)
+        reaper = reap_on_exit(before, tag)
         assert reaper is not None
-        other = subprocess.Popen(["sleep", "300"])  # started afterwards: none of the reaper's business
+        # started after the reaper's last look and not below what it knows (as an agent a raylet starts just before it dies): found by its tag
+        late = subprocess.Popen(["sleep", "300"], env={**os.environ, tag.split("=")[0]: tag.split("=")[1]})
+        other = subprocess.Popen(["sleep", "300"])  # untagged, started afterwards: none of the reaper's business
         reaper.close()  # what ray_session does after ray.shutdown; a killed driver's pipe ends the same way
-        assert shell.wait(timeout=10) is not None
+        assert shell.wait(timeout=10) is not None and late.wait(timeout=10) is not None
         assert not still_alive(tree), still_alive(tree)
         assert other.poll() is None
     finally:
-        for proc in (shell, other):
+        for proc in (shell, late, other):
             if proc is not None:
                 proc.kill()
                 proc.wait()

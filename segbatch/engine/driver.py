@@ -18,7 +18,7 @@ from typing import Any, TypeVar
 
 from segbatch import location
 from segbatch.engine.job import FrameUnit, RunConfig, VideoJob, config_digest, fingerprint, source_identity
-from segbatch.engine.session import child_processes, reap_on_exit, stop_signal, stop_signals
+from segbatch.engine.session import child_processes, reap_on_exit, runtime_tag, stop_signal, stop_signals
 from segbatch.errors import InputError, Interrupted, RunError, SegbatchError
 from segbatch.lease import Lease, LeaseKeeper, LeaseLostError, claim
 from segbatch.location import Location
@@ -232,8 +232,9 @@ def ray_session(address: str | None) -> Iterator[None]:
     (segbatch.engine.session).
     """
     before = child_processes()
-    started = ensure_ray(address)
-    reaper = reap_on_exit(before) if started else None
+    with runtime_tag() as tag:  # every process of a runtime ray.init starts here carries it
+        started = ensure_ray(address)
+    reaper = reap_on_exit(before, tag) if started else None
     with stop_signals():  # after ray.init, which installs its own SIGTERM handling
         try:
             yield

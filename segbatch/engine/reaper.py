@@ -6,12 +6,17 @@ raylet is gone; but the raylet's agents (dashboard agent, runtime-env agent)
 then spend about a minute trying to tell the dead GCS that the raylet died.
 A user running hundreds of jobs on one machine would pile them up, so the
 driver (segbatch.engine.session.reap_on_exit) starts this script, standard
-library only, as `python -I -S reaper.py PID...` with the PIDs of the
+library only, as `python -I -S reaper.py TAG SESSION_DIR PID...` with the PIDs of the
 processes ray.init started, and a pipe on stdin whose other end only the
 driver holds. Every SCAN_EVERY_S it notes those processes and their
 descendants (pid and start time, so a reused pid is never touched); at the
 pipe's end of file (the driver closed it after ray.shutdown, or died) it
-kills whichever of them are still alive, and exits. Linux only (/proc).
+kills whichever of them are still alive, and every process whose
+environment carries TAG (the driver set it for ray.init, so every process of
+that runtime inherits it: one started since the last scan, and orphaned when
+its parent died, is still found) or holds a file open in the runtime's
+session folder (a process that rewrote its environment area for its title
+still logs there), and exits. Linux only (/proc).
 """
 
 from __future__ import annotations
@@ -64,9 +69,48 @@ def family(known: dict[int, int], table: dict[int, tuple[int, int]]) -> dict[int
     return found
 
 
-def end(known: dict[int, int]) -> None:
-    """SIGTERM what is left of `known` and its descendants; SIGKILL what is still there GRACE_S later."""
-    left = family(known, processes())
+def tagged(tag: str, table: dict[int, tuple[int, int]]) -> dict[int, int]:
+    """The processes (other than this one) whose environment holds `tag` (NAME=VALUE): pid -> start time."""
+    marker = tag.encode() + b"\0"
+    found = {}
+    for pid, (_, start) in table.items():
+        if pid == os.getpid():
+            continue
+        try:
+            with open(f"/proc/{pid}/environ", "rb") as f:
+                environ = f.read() + b"\0"
+        except OSError:
+            continue
+        if environ.startswith(marker) or b"\0" + marker in environ:
+            found[pid] = start
+    return found
+
+
+def holding(folder: str, table: dict[int, tuple[int, int]]) -> dict[int, int]:
+    """The processes (other than this one) with a file open under `folder` (a Ray session's logs): pid -> start time."""
+    prefix = folder.rstrip("/") + "/"
+    found = {}
+    for pid, (_, start) in table.items():
+        if pid == os.getpid() or not folder:
+            continue
+        try:
+            fds = os.listdir(f"/proc/{pid}/fd")
+        except OSError:
+            continue
+        for fd in fds:
+            try:
+                if os.readlink(f"/proc/{pid}/fd/{fd}").startswith(prefix):
+                    found[pid] = start
+                    break
+            except OSError:
+                continue
+    return found
+
+
+def end(known: dict[int, int], tag: str, session: str) -> None:
+    """SIGTERM what is left of `known`, its descendants, the tagged processes and those using the session; SIGKILL what is still there GRACE_S later."""
+    table = processes()
+    left = family(known, table) | tagged(tag, table) | holding(session, table)
     for sig in (signal.SIGTERM, signal.SIGKILL):
         for pid in left:
             try:
@@ -83,14 +127,15 @@ def end(known: dict[int, int]) -> None:
 def main(argv: list[str]) -> None:
     for sig in (signal.SIGINT, signal.SIGHUP):
         signal.signal(sig, signal.SIG_IGN)  # a terminal's signals are for the driver; its end is what this waits for
+    tag, session, pids = argv[0], argv[1], argv[2:]
     table = processes()
-    known = {pid: table[pid][1] for pid in map(int, argv) if pid in table}
+    known = {pid: table[pid][1] for pid in map(int, pids) if pid in table}
     while True:
         readable, _, _ = select.select([0], [], [], SCAN_EVERY_S)
         if readable and not os.read(0, 4096):
             break
         known = family(known, processes())
-    end(known)
+    end(known, tag, session)
 
 
 if __name__ == "__main__":

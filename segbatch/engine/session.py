@@ -70,14 +70,40 @@ def child_processes() -> set[int]:
         return set()
 
 
+REAP_TAG = "SEGBATCH_LOCAL_RAY"  # in the environment of every process of a Ray runtime a driver starts (value: a uuid)
+
+
+@contextmanager
+def runtime_tag() -> Iterator[str]:
+    """For the block (ray.init): a unique NAME=VALUE in this process's environment, which the processes it starts inherit."""
+    import uuid
+
+    value = uuid.uuid4().hex
+    os.environ[REAP_TAG] = value
+    try:
+        yield f"{REAP_TAG}={value}"
+    finally:
+        os.environ.pop(REAP_TAG, None)
+
+
+def _session_dir() -> str:
+    """The folder of the Ray session this process started ("" where Ray does not say)."""
+    try:
+        import ray
+
+        return str(ray._private.worker._global_node.get_session_dir_path())
+    except Exception:  # a private API: without it the reaper still has the pids and the tag
+        return ""
+
+
 class Reaper:
     """The reaper of the Ray processes this driver started; see segbatch.engine.reaper."""
 
-    def __init__(self, pids: set[int]) -> None:
+    def __init__(self, pids: set[int], tag: str, session: str) -> None:
         from segbatch.engine import reaper
 
         self.proc = subprocess.Popen(
-            [sys.executable, "-I", "-S", reaper.__file__, *map(str, sorted(pids))],
+            [sys.executable, "-I", "-S", reaper.__file__, tag, session, *map(str, sorted(pids))],
             stdin=subprocess.PIPE,  # its only writer is this process: end of file once it closes or dies
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
@@ -94,12 +120,13 @@ class Reaper:
             pass
 
 
-def reap_on_exit(before: set[int]) -> Reaper | None:
-    """Start a reaper for the processes ray.init started (this process's children not in `before`); None when it started none."""
+def reap_on_exit(before: set[int], tag: str) -> Reaper | None:
+    """Start a reaper for the processes ray.init started (this process's children not in `before`, all tagged with `tag`,
+    all using its session folder); None when it started none."""
     started = child_processes() - before
     if not started:
         return None
     try:
-        return Reaper(started)
+        return Reaper(started, tag, _session_dir())
     except OSError:  # no reaper: Ray's own fate-sharing still ends most of them
         return None

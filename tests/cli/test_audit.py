@@ -248,6 +248,7 @@ def test_raster_truth_on_another_grid_is_refused(runner, cli, ray_address, tmp_p
 
 def _synthetic_video_store(path: Path, frames: int) -> Path:
     """A complete video-kind store written directly (no model), with smooth, compressible values."""
+    from segbatch.lease import Lease
     from segbatch.store import StoreLayout, base_attrs, create_store, update_attrs
 
     layout = StoreLayout(
@@ -261,7 +262,9 @@ def _synthetic_video_store(path: Path, frames: int) -> Path:
     )
     source = {"path": str(path.with_suffix(".mp4")), "kind": "video", "frames": frames, "height": H, "width": W, "frame_range": [0, frames]}
     model = {"arch": "segnet-basic", "classes": [f"c{i}" for i in range(11)], "palette": [[i * 20, 0, 0] for i in range(11)], "sha256": "0" * 64}
-    root = create_store(path, layout, base_attrs(source, model, 4, 0, {}))
+    lease = Lease.new()
+    root = create_store(path, layout, base_attrs(source, model, 4, 0, {}, lease.run) | {"unit_frames": frames}, lease)
+    root["ledger"][0] = json.dumps({"unit": 0, "frames": [0, frames], "run": lease.run})  # one unit, finished: a complete store's ledger is whole
     yy, xx = np.mgrid[:H, :W]
     for lo in range(0, frames, 8):
         k = np.arange(lo, min(lo + 8, frames))[:, None, None]
