@@ -26,6 +26,7 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from types import FrameType
+from typing import Any
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGHUP)
 REAPER_EXIT_WAIT_S = 10.0
@@ -91,7 +92,8 @@ def _session_dir() -> str:
     try:
         import ray
 
-        return str(ray._private.worker._global_node.get_session_dir_path())
+        node: Any = ray._private.worker._global_node
+        return str(node.get_session_dir_path())
     except Exception:  # a private API: without it the reaper still has the pids and the tag
         return ""
 
