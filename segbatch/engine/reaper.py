@@ -70,12 +70,10 @@ def family(known: dict[int, int], table: dict[int, tuple[int, int]]) -> dict[int
 
 
 def tagged(tag: str, table: dict[int, tuple[int, int]]) -> dict[int, int]:
-    """The processes (other than this one) whose environment holds `tag` (NAME=VALUE): pid -> start time."""
+    """The processes whose environment holds `tag` (NAME=VALUE): pid -> start time."""
     marker = tag.encode() + b"\0"
     found = {}
     for pid, (_, start) in table.items():
-        if pid == os.getpid():
-            continue
         try:
             with open(f"/proc/{pid}/environ", "rb") as f:
                 environ = f.read() + b"\0"
@@ -87,11 +85,11 @@ def tagged(tag: str, table: dict[int, tuple[int, int]]) -> dict[int, int]:
 
 
 def holding(folder: str, table: dict[int, tuple[int, int]]) -> dict[int, int]:
-    """The processes (other than this one) with a file open under `folder` (a Ray session's logs): pid -> start time."""
+    """The processes with a file open under `folder` (a Ray session's logs): pid -> start time."""
     prefix = folder.rstrip("/") + "/"
     found = {}
     for pid, (_, start) in table.items():
-        if pid == os.getpid() or not folder:
+        if not folder:
             continue
         try:
             fds = os.listdir(f"/proc/{pid}/fd")
@@ -107,10 +105,11 @@ def holding(folder: str, table: dict[int, tuple[int, int]]) -> dict[int, int]:
     return found
 
 
-def end(known: dict[int, int], tag: str, session: str) -> None:
-    """SIGTERM what is left of `known`, its descendants, the tagged processes and those using the session; SIGKILL what is still there GRACE_S later."""
+def end(known: dict[int, int], tag: str, session: str, spared: set[int]) -> None:
+    """SIGTERM what is left of `known`, its descendants, the tagged processes and those using the session (not `spared`);
+    SIGKILL what is still there GRACE_S later."""
     table = processes()
-    left = family(known, table) | tagged(tag, table) | holding(session, table)
+    left = {pid: start for pid, start in (family(known, table) | tagged(tag, table) | holding(session, table)).items() if pid not in spared}
     for sig in (signal.SIGTERM, signal.SIGKILL):
         for pid in left:
             try:
@@ -128,6 +127,7 @@ def main(argv: list[str]) -> None:
     for sig in (signal.SIGINT, signal.SIGHUP):
         signal.signal(sig, signal.SIG_IGN)  # a terminal's signals are for the driver; its end is what this waits for
     tag, session, pids = argv[0], argv[1], argv[2:]
+    spared = {os.getpid(), os.getppid()}  # itself, and the driver (which holds the session's files too, and may still be finishing)
     table = processes()
     known = {pid: table[pid][1] for pid in map(int, pids) if pid in table}
     while True:
@@ -135,7 +135,7 @@ def main(argv: list[str]) -> None:
         if readable and not os.read(0, 4096):
             break
         known = family(known, processes())
-    end(known, tag, session)
+    end(known, tag, session, spared)
 
 
 if __name__ == "__main__":
