@@ -3,7 +3,7 @@
     python benchmarks/cluster.py driver [--units 4000] [--actors 4]
     python benchmarks/cluster.py nodes [--frames 96] [--size 120x160] [--samples 2]
 
-driver: the engine's actor pool (segbatch.engine.driver.run_pool: scheduling,
+driver: the engine's actor pool (segbatch.engine.pool.ActorPool: scheduling,
 in-flight bookkeeping, retries, progress) over units whose worker does nothing,
 so all that is measured is the driver. Reported: the driver's CPU time and wall
 time per unit, plus the finalising read of the ledger per unit. Target: < 5 ms
@@ -44,23 +44,35 @@ def driver(units: int, actors: int) -> None:
 
     import ray
 
-    from segbatch.engine.driver import RunSummary, run_pool
-    from segbatch.engine.job import RunConfig
-    from segbatch.store import StoreLayout, create_store, finished_units, record_unit
+    from segbatch.engine.pool import ActorPool
+    from segbatch.lease import Lease
+    from segbatch.store import StoreLayout, base_attrs, create_store, finished_units, record_unit
 
     ray.init(num_cpus=actors, include_dashboard=False, log_to_driver=False, logging_level=logging.ERROR)
-    cfg = RunConfig(input=Path("-"), out=Path("-"), quiet=True)
-    run_pool(NoopWorker, None, list(range(actors * 4)), cfg, actors, 0.0, lambda u: 1, str, "unit", RunSummary())  # warm the actors up
+
+    def run_all(count: int) -> int:
+        with ActorPool(NoopWorker, None, actors=actors, cpus=1, gpus=0) as pool:
+            for unit in range(count):
+                pool.submit(unit)
+            done = 0
+            while pool.has_next():
+                pool.get_next()
+                done += 1
+        return done
+
+    run_all(actors * 4)  # warm the actors up
     cpu, wall = time.process_time(), time.perf_counter()
-    done = run_pool(NoopWorker, None, list(range(units)), cfg, actors, 0.0, lambda u: 1, str, "unit", RunSummary())
+    done = run_all(units)
     cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
     ray.shutdown()
     assert done == units
     with tempfile.TemporaryDirectory(dir=".") as tmp:  # the ledger the driver reads to finalise (and to resume)
         layout = StoreLayout(dims=("frame", "y", "x"), shape=(units, 1, 1), chunks=(1, 1, 1), num_classes=2, units=units, outputs=("labels",))
-        root = create_store(Path(tmp) / "s.zarr", layout, {"source": {}})
+        lease = Lease.new()
+        model = {"classes": ["a", "b"]}
+        root = create_store(Path(tmp) / "s.zarr", layout, base_attrs({"path": "-", "kind": "video"}, model, 1, 0, {}, lease.run) | {"unit_frames": 1}, lease)
         for u in range(units):
-            record_unit(root, u, {"unit": u, "frames": [u, u + 1], "seconds": 1.0})
+            record_unit(root, u, {"unit": u, "frames": [u, u + 1], "seconds": 1.0, "run": lease.run})
         start = time.perf_counter()
         assert len(finished_units(root)) == units
         ledger = time.perf_counter() - start
@@ -75,12 +87,11 @@ def nodes(frames: int, size: str, samples: int) -> None:
     import ray
     from ray.cluster_utils import Cluster
 
-    sys.path.insert(0, str(Path(__file__).parents[1] / "tests"))
-    from models import tiny_segnet_basic
-
+    sys.path.insert(0, str(Path(__file__).parents[1]))  # the repository root: the tests' helpers are `tests.helpers`
     from segbatch.demo.video import write_demo_video
     from segbatch.model import save_checkpoint
     from segbatch.model.checkpoint import ModelSpec
+    from tests.helpers.models import tiny_segnet_basic
 
     h, w = (int(v) for v in size.split("x"))
     with tempfile.TemporaryDirectory(dir=".") as tmp:

@@ -37,3 +37,9 @@ class StoreBusyError(InputError):
 
 class StoreError(InputError):
     """A store's attributes or ledger are unreadable or contradict each other (tampered, or damaged): exit code 2."""
+
+
+def first_line(exc: BaseException) -> str:
+    """An exception as one line: its message's first line, else its type's name."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__

@@ -8,7 +8,7 @@ valid pixel). Entries written before kinds existed are video frame entries.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 MAX_LINES = 10  # a long list shows this many, then "and N more"
@@ -68,3 +68,14 @@ def _line(p: dict[str, Any]) -> str:
         more = f" and {len(p['tiles']) - MAX_LINES} more ranges" if len(p["tiles"]) > MAX_LINES else ""
         return f"{p['count']} tiles skipped ({p.get('reason', 'all nodata')}): tiles {', '.join(ranges)}{more}"
     return f"{kind}: {p}"
+
+
+def index_ranges(indices: Iterable[int]) -> list[list[int]]:
+    """[3, 4, 5, 9] -> [[3, 6], [9, 10]]: half-open ranges (of frames, tiles), compact in attributes."""
+    out: list[list[int]] = []
+    for i in sorted(set(indices)):
+        if out and out[-1][1] == i:
+            out[-1][1] = i + 1
+        else:
+            out.append([i, i + 1])
+    return out

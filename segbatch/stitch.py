@@ -6,6 +6,9 @@ share most of their tiles), blends the probabilities with the border-aware
 weights of `segbatch.tiling`, takes the argmax after blending, and writes
 each chunk: one writer per chunk, memory bounded by the tiles of one run, so
 a raster of any size stitches in streaming fashion.
+
+Pure: it imports neither the engine nor the model (a stitch task never loads
+torch); a `StitchJob` says all it needs.
 """
 
 from __future__ import annotations
@@ -13,21 +16,35 @@ from __future__ import annotations
 import json
 from collections import OrderedDict
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from segbatch.engine.tiles import PROB_NODATA, PROB_SCALE, RasterJob
 from segbatch.lease import check_fence
 from segbatch.store import NODATA_LABEL, open_store, record_unit, write_region
-from segbatch.tiling import blend_weights
+from segbatch.tilestore import PROB_NODATA, PROB_SCALE
+from segbatch.tiling import TilePlan, blend_weights
 
 CHUNKS_PER_TASK = 16  # a run of consecutive chunks (row-major) shares most of its tiles
 TILE_CACHE = 12  # tiles kept decoded per task: the 3x3 around a chunk plus the next column
 TASKS_IN_FLIGHT_PER_CPU = 2
 
 
-def stitch_chunks(job: RasterJob, chunk_ids: Sequence[int], skipped: frozenset[int]) -> int:
+@dataclass(frozen=True)
+class StitchJob:
+    """What a stitch task needs: the store with a complete tiles/, its tile plan, and the run that owns it.
+
+    The output arrays (their dtypes, whether uncertainty and confidence exist)
+    are read from the store itself.
+    """
+
+    store: str  # absolute location: a path or a URL
+    tiles: TilePlan  # the plan tiles/ was written with: tile i's core is output chunk i
+    run: str  # the run holding the store's lease: every write is fenced by it
+
+
+def stitch_chunks(job: StitchJob, chunk_ids: Sequence[int], skipped: frozenset[int]) -> int:
     """Blend and write the output chunks `chunk_ids` (tile cores); returns how many were written.
 
     Each chunk is tile `cid`'s core, so its digests go into that tile's ledger
@@ -53,7 +70,7 @@ class _TileCache:
         self.root, self.has_unc, self.size = root, has_unc, size
         self.tiles: OrderedDict[int, tuple[np.ndarray, np.ndarray | None, np.ndarray]] = OrderedDict()
 
-    def get(self, job: RasterJob, tid: int) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
+    def get(self, job: StitchJob, tid: int) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
         if tid in self.tiles:
             self.tiles.move_to_end(tid)
             return self.tiles[tid]
@@ -65,7 +82,7 @@ class _TileCache:
         return self.tiles[tid]
 
 
-def _stitch_one(root: Any, job: RasterJob, cid: int, skipped: frozenset[int], cache: _TileCache) -> dict[str, str]:
+def _stitch_one(root: Any, job: StitchJob, cid: int, skipped: frozenset[int], cache: _TileCache) -> dict[str, str]:
     tiles = job.tiles
     core = tiles[cid].core
     probs_sum: np.ndarray | None = None
@@ -117,7 +134,7 @@ def _stitch_one(root: Any, job: RasterJob, cid: int, skipped: frozenset[int], ca
     return write_region(root, core.slices, outputs)
 
 
-def run_stitch(job: RasterJob, skipped: frozenset[int], quiet: bool) -> float:
+def run_stitch(job: StitchJob, skipped: frozenset[int], quiet: bool) -> float:
     """Stitch every output chunk with Ray tasks (bounded in flight); returns the seconds it took."""
     import time
 

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from segbatch.audit.metrics import confusion_matrix, mean_iou
 from segbatch.errors import DataError, InputError
 from segbatch.model.checkpoint import ModelSpec, load_checkpoint, save_checkpoint
 from segbatch.model.pretrained import load_vgg16_encoder
@@ -92,21 +93,6 @@ def median_frequency_weights(class_pixels: np.ndarray, image_pixels: np.ndarray)
     if present.any():
         weights[present] = np.median(freq[present]) / freq[present]
     return weights
-
-
-def confusion_matrix(pred: np.ndarray, truth: np.ndarray, num_classes: int, ignore_index: int) -> np.ndarray:
-    """(truth, pred) pixel counts over the pixels whose truth is a class (not ignore)."""
-    valid = truth != ignore_index
-    idx = truth[valid].astype(np.int64) * num_classes + pred[valid].astype(np.int64)
-    return np.bincount(idx, minlength=num_classes * num_classes).reshape(num_classes, num_classes)
-
-
-def mean_iou(confusion: np.ndarray) -> float:
-    """Mean intersection-over-union over the classes seen in truth or prediction."""
-    tp = np.diag(confusion).astype(np.float64)
-    union = confusion.sum(0) + confusion.sum(1) - tp
-    seen = union > 0
-    return float((tp[seen] / union[seen]).mean()) if seen.any() else 0.0
 
 
 def _scan(pairs: Sequence[tuple[Path, Path]], cfg: TrainConfig) -> tuple[int, np.ndarray, np.ndarray, int]:

@@ -46,10 +46,9 @@ def ray_address():
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory):
     """An untrained 11-class SegNet-Basic at width 0.25 with random BatchNorm statistics (non-trivial outputs)."""
-    from models import tiny_segnet_basic
-
     from segbatch.model import save_checkpoint
     from segbatch.model.checkpoint import ModelSpec
+    from tests.helpers.models import tiny_segnet_basic
 
     model = tiny_segnet_basic(11)
     path = tmp_path_factory.mktemp("models") / "tiny.pt"

@@ -10,9 +10,7 @@ import pytest
 
 from segbatch.engine.session import child_processes, reap_on_exit, runtime_tag, stop_signal, stop_signals
 from segbatch.status import ExitStatus
-
-sys.path.insert(0, os.path.dirname(__file__))
-from drivers import descendants, still_alive  # noqa: E402
+from tests.helpers.drivers import descendants, still_alive
 
 
 @pytest.mark.parametrize(("signum", "code"), [(signal.SIGTERM, 143), (signal.SIGHUP, 129)])

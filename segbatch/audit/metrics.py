@@ -1,7 +1,8 @@
-"""Streaming measures of whether uncertainty is honest: AUROC for errors, calibration (ECE), accuracy vs coverage.
+"""Segmentation measures: confusion and IoU (shared with `segbatch train`), and streaming measures of whether
+uncertainty is honest: AUROC for errors, calibration (ECE), accuracy vs coverage.
 
-Everything is accumulated in fixed histograms, chunk by chunk, so a store of
-any size is measured in bounded memory; the only approximation is the
+The honesty measures are accumulated in fixed histograms, chunk by chunk, so
+a store of any size is measured in bounded memory; the only approximation is the
 histogram's bin width, which bounds how finely ties between nearly equal
 uncertainties are broken. Bins are spaced on a square-root scale: most pixels
 have an uncertainty near 0 (samples that agree), where linear bins would lump
@@ -17,6 +18,30 @@ from typing import cast
 import numpy as np
 
 from segbatch.errors import InputError
+
+
+def confusion_matrix(pred: np.ndarray, truth: np.ndarray, num_classes: int, ignore_index: int | None = None) -> np.ndarray:
+    """(truth, pred) pixel counts, int64, over the pixels whose truth is a class (not `ignore_index`)."""
+    if ignore_index is not None:
+        valid = truth != ignore_index
+        pred, truth = pred[valid], truth[valid]
+    idx = truth.astype(np.int64).ravel() * num_classes + pred.astype(np.int64).ravel()
+    return np.bincount(idx, minlength=num_classes * num_classes).reshape(num_classes, num_classes)
+
+
+def class_iou(confusion: np.ndarray) -> np.ndarray:
+    """Each class's intersection-over-union from a (truth, pred) confusion matrix; NaN for a class neither in truth nor prediction."""
+    tp = np.diag(confusion).astype(np.float64)
+    union = confusion.sum(0) + confusion.sum(1) - tp
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(union > 0, tp / union, np.nan)
+
+
+def mean_iou(confusion: np.ndarray) -> float:
+    """Mean intersection-over-union over the classes seen in truth or prediction (0 when none is)."""
+    iou = class_iou(confusion)
+    seen = ~np.isnan(iou)
+    return float(iou[seen].mean()) if seen.any() else 0.0
 
 
 def value_bins(values: np.ndarray, top: float, bins: int) -> np.ndarray:

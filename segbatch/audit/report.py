@@ -20,7 +20,7 @@ import numpy as np
 from segbatch import __version__, location
 from segbatch.audit import plots
 from segbatch.audit.html import render_index
-from segbatch.audit.metrics import bin_edges
+from segbatch.audit.metrics import bin_edges, class_iou, mean_iou
 from segbatch.audit.scan import AuditOptions, ScanResult, scan_store
 from segbatch.audit.thumbnails import InputReader, write_thumbnails
 from segbatch.errors import InputError
@@ -175,8 +175,6 @@ def quantile_from_histogram(counts: np.ndarray, top: float, q: float) -> float:
 
 def summarise(result: ScanResult, attrs: dict[str, Any], store: location.Location, opts: AuditOptions) -> dict[str, Any]:
     """summary.json: the store's figures, ranking, problems and (with truth) the honesty measures."""
-    from segbatch.train import mean_iou
-
     measures = {}
     for m, counts in result.histograms.items():
         total = counts.sum()
@@ -216,11 +214,10 @@ def summarise(result: ScanResult, attrs: dict[str, Any], store: location.Locatio
     t = result.truth
     if t is not None:
         conf = t.confusion
-        tp = np.diag(conf).astype(float)
-        union = conf.sum(0) + conf.sum(1) - tp
+        iou = class_iou(conf)
         labelled = int(conf.sum())
         for i, c in enumerate(classes):
-            c["iou"] = float(tp[i] / union[i]) if union[i] else float("nan")
+            c["iou"] = float(iou[i])
             c["truth_pixels"] = int(conf[i].sum())
         first = next(iter(t.honesty.values()), None)
         summary["truth"] = {
@@ -231,7 +228,7 @@ def summarise(result: ScanResult, attrs: dict[str, Any], store: location.Locatio
             "without_truth": t.without_truth,
             "errors": t.errors[:100],
             "pixels": labelled,
-            "accuracy": float(tp.sum() / labelled) if labelled else float("nan"),
+            "accuracy": float(np.trace(conf) / labelled) if labelled else float("nan"),
             "miou": mean_iou(conf) if labelled else float("nan"),
             "confusion": conf.tolist(),
             "confidence": t.confidence_source,

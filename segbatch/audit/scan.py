@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from segbatch.audit.items import Block, Item, item_count, item_noun, item_stats, iter_blocks, squeeze_item
-from segbatch.audit.metrics import HonestyAccumulator, value_bins
+from segbatch.audit.metrics import HonestyAccumulator, confusion_matrix, mean_iou, value_bins
 from segbatch.audit.truth import TruthSource, labelled_mask, open_truth
 from segbatch.errors import DataError
 from segbatch.progress import progress_bar
@@ -202,8 +202,6 @@ MAX_LISTED = 1000  # items without truth named in summary.json (items.csv has ev
 
 
 def _truth_row(truth: TruthSummary, item: Item, values: dict[str, np.ndarray], k: int, ignore_index: int | None) -> dict[str, Any]:
-    from segbatch.train import mean_iou
-
     blank = {"truth": "none", "truth_pixels": 0, "accuracy": float("nan"), "miou": float("nan")}
     try:
         t = truth.source.read(item) if truth.source is not None else None
@@ -220,7 +218,7 @@ def _truth_row(truth: TruthSummary, item: Item, values: dict[str, np.ndarray], k
     labels = values["labels"]
     ok = labelled_mask(labels, t, k, ignore_index)
     pred, gt = labels[ok].astype(np.int64), t[ok]
-    conf = np.bincount(gt * k + pred, minlength=k * k).reshape(k, k)
+    conf = confusion_matrix(pred, gt, k)
     truth.confusion += conf
     correct = pred == gt
     confidence = values.get("confidence")

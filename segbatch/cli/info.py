@@ -74,6 +74,8 @@ def format_store(s: dict[str, Any]) -> str:
     if summary.get("wall_seconds"):
         noun = "images" if "images" in summary else "frames"
         rows.append(("run", f"{summary[noun]} {noun} in {summary['wall_seconds']:.1f} s on {summary['actors']} actor(s) [{summary['device']}]"))
+    if (summary.get("stages") or {}).get("seconds"):
+        rows.append(("stages", _stages_line(summary["stages"])))
     problems = s.get("problems") or []
     counts = problem_counts(problems)
     rows.append(("problems", "the video ends early" if counts == "none" and src.get("demux_error") else counts))
@@ -105,3 +107,10 @@ def _lease_line(lease: dict[str, Any]) -> str:
     """Who holds the store: a live run, or one that stopped without letting go (its lease is taken over by the next run)."""
     state = "in progress" if lease["live"] else "stopped without releasing the store"
     return f"{state}: run {lease['run']} on {lease['host']} (pid {lease['pid']}), heartbeat {lease['heartbeat_age_s']:.0f} s ago"
+
+
+def _stages_line(stages: dict[str, Any]) -> str:
+    """Worker seconds per pipeline stage over the whole run, largest first, and the stage that bounds it."""
+    seconds = stages["seconds"]
+    parts = ", ".join(f"{name} {value:.1f} s" for name, value in sorted(seconds.items(), key=lambda kv: -kv[1]))
+    return f"{parts} (bottleneck: {stages.get('bottleneck')})"

@@ -145,21 +145,23 @@ def run(
         precision=precision,
         hwaccel=hwaccel,
     )
+    from segbatch.engine.run import run as run_job
+
     if location.is_dir(input_path):
         given = [f"--{name.replace('_', '-')}" for name in ("frames", "bands", "tile", "overlap", "keep_tiles", "hwaccel") if _given(name)]
         if given:
             raise InputError(f"{', '.join(given)}: not for an image folder (video or raster options)")
-        from segbatch.engine.images import run_images
+        from segbatch.engine.images import ImageSource
 
-        summary = run_images(cfg)
+        summary = run_job(cfg, ImageSource)
     elif source_kind(input_path) == "video":
-        from segbatch.engine.driver import run_video
+        from segbatch.engine.video import VideoSource
 
-        summary = run_video(cfg)
+        summary = run_job(cfg, VideoSource)
     else:
-        from segbatch.engine.raster import run_raster
+        from segbatch.engine.raster import RasterSource
 
-        summary = run_raster(cfg)
+        summary = run_job(cfg, RasterSource)
     from segbatch.problems import problem_lines
 
     click.echo(summary.line(out), err=True)

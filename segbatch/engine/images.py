@@ -1,15 +1,16 @@
-"""Image folders: plan the listing, create a padded image-stack store, segment runs of images on actors, finalise.
+"""Image folders as a source: the sorted listing as a padded image stack, units of consecutive images.
 
-Same engine, ledger and resume as video. Image i of the sorted listing is
-row i of every array, its pixels at [i, :height_i, :width_i]; the rest of the
-row stays fill (255, NaN) and, as zarr stores no chunk it was never given,
-costs no disk. A chunk holds part of one image only, so a unit (a run of
-whole images) owns its chunks and one writer per chunk holds.
+Image i of the sorted listing is row i of every array, its pixels at
+[i, :height_i, :width_i]; the rest of the row stays fill (255, NaN) and, as
+zarr stores no chunk it was never given, costs no disk. A chunk holds part of
+one image only, so a unit (a run of whole images) owns its chunks and one
+writer per chunk holds. Images differ in size, so each goes to the model on
+its own (a batch of one).
 """
 
 from __future__ import annotations
 
-import time
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,33 +18,14 @@ from typing import Any
 import numpy as np
 
 from segbatch import location
-from segbatch.engine.driver import (
-    UNITS_PER_ACTOR,
-    RunSummary,
-    check_target,
-    model_attrs,
-    output_names,
-    pool_size,
-    ray_session,
-    replace_store,
-    resolve_model,
-    run_units,
-)
-from segbatch.engine.job import RunConfig, config_digest, software_versions
-from segbatch.engine.worker import ModelWorker, predict_outputs, require_readable
-from segbatch.errors import DataError, InputError, RunError
-from segbatch.lease import Lease, LeaseKeeper
-from segbatch.mc import derive_seed
+from segbatch.engine.job import RunConfig
+from segbatch.engine.pipeline import require_readable
+from segbatch.engine.run import UNITS_PER_ACTOR, RunSummary, finished_or_fail, mark_complete
+from segbatch.engine.source import Item, UnitReport, Write
+from segbatch.engine.video import output_names
+from segbatch.errors import DataError, InputError
 from segbatch.sources.images import ImageFolderPlan, probe_folder, read_image, to_unit_float
-from segbatch.store import (
-    StoreLayout,
-    base_attrs,
-    create_store,
-    finished_units,
-    reopen_for_resume,
-    store_attrs,
-    update_attrs,
-)
+from segbatch.store import StoreLayout, store_attrs
 
 MAX_UNIT_IMAGES = 16
 MAX_CHUNK_SIDE = 1024  # a large image spans several chunks, all of them its own
@@ -56,25 +38,6 @@ class ImageUnit:
     id: int
     start: int
     stop: int
-
-
-@dataclass(frozen=True)
-class ImageJob:
-    """Everything an image worker needs besides the unit: sent once to each actor."""
-
-    store: str
-    checkpoint: str
-    root: str  # the folder; paths are relative to it
-    paths: tuple[str, ...]
-    shapes: tuple[tuple[int, int, int], ...]  # (height, width, bands) per image, from the headers
-    samples: int
-    seed: int
-    resize: tuple[int, int] | None
-    outputs: tuple[str, ...]
-    float_dtype: str
-    threads: int
-    precision: str = "fp32"
-    run: str = ""  # the run that owns the store (its lease): every write is fenced by it
 
 
 def unit_images_for(images: int, actors: int) -> int:
@@ -92,60 +55,6 @@ def fits_model(bands: int, in_channels: int) -> bool:
     return bands == in_channels or (bands == 1 and in_channels == 3)
 
 
-def image_fingerprint(plan: ImageFolderPlan, job: ImageJob, model_sha256: str) -> dict[str, Any]:
-    """The settings that decide the output's bits; --resume requires them unchanged."""
-    return {
-        "source": {"images": plan.images, "listing_sha256": plan.listing_sha256},
-        "model_sha256": model_sha256,
-        "samples": job.samples,
-        "seed": job.seed,
-        "resize": list(job.resize) if job.resize else None,
-        "outputs": list(job.outputs),
-        "float_dtype": job.float_dtype,
-        "precision": job.precision,
-        "software": software_versions(),
-    }
-
-
-class ImageWorker(ModelWorker):
-    """Segments units of an image folder job; one per Ray actor, model loaded once."""
-
-    def __init__(self, job: ImageJob) -> None:
-        super().__init__(job.checkpoint, job.store, job.threads, job.run)
-        self.job = job
-        require_readable(job.root)
-
-    def process(self, unit: ImageUnit) -> dict[str, Any]:
-        """Segment images [unit.start, unit.stop), each written as soon as done, then the unit's ledger entry.
-
-        An image that cannot be used (fails to decode, wrong band count) is
-        recorded and keeps its fill values; the others still run.
-        """
-        started = time.perf_counter()
-        self.digests = {}
-        unreadable = []
-        for i in range(unit.start, unit.stop):
-            try:
-                self._segment(i)
-            except DataError as exc:
-                path = Path(self.job.root) / self.job.paths[i]
-                unreadable.append({"image": i, "path": self.job.paths[i], "error": str(exc).removeprefix(f"{path}: ")})
-        stats = {"unit": unit.id, "images": [unit.start, unit.stop], "unreadable": unreadable, "seconds": round(time.perf_counter() - started, 3)}
-        self.record(unit.id, stats)
-        return stats
-
-    def _segment(self, i: int) -> None:
-        job = self.job
-        path = Path(job.root) / job.paths[i]
-        x = model_input(read_image(path), self.model.in_channels, path)
-        h, w = x.shape[1:]
-        if (h, w) != job.shapes[i][:2]:
-            raise DataError(f"{path}: decodes to {w}x{h} but its header says {job.shapes[i][1]}x{job.shapes[i][0]}")
-        seeds = [derive_seed(job.seed, i)]
-        out = predict_outputs(self.model, self.to_device(x[None]), seeds, job.samples, job.resize, job.outputs, job.float_dtype, job.precision)
-        self.write([slice(i, i + 1), slice(0, h), slice(0, w)], out)
-
-
 def model_input(image: np.ndarray, in_channels: int, path: Path) -> np.ndarray:
     """(H, W, C) image -> (in_channels, H, W) float32 in [0, 1], as `segbatch train` scales it; grey repeated for an RGB model."""
     bands = image.shape[2]
@@ -155,127 +64,161 @@ def model_input(image: np.ndarray, in_channels: int, path: Path) -> np.ndarray:
     return np.repeat(x, in_channels, axis=0) if bands != in_channels else x
 
 
-def run_images(cfg: RunConfig) -> RunSummary:
-    """Segment every image under a folder into one Zarr store (a padded image stack): plan, store, actors, finalise."""
-    from segbatch.model.checkpoint import load_checkpoint
+@dataclass(frozen=True)
+class ImageJob:
+    """The worker half: everything an actor needs besides the unit (sent once to each)."""
 
-    if cfg.resume and cfg.overwrite:
-        raise InputError("--resume and --overwrite exclude each other")
-    if cfg.frames or cfg.bands or cfg.keep_tiles:
-        raise InputError("--frames, --bands and --keep-tiles are not for image folders")
-    if location.is_url(cfg.input):
-        raise InputError(f"{cfg.input}: an image folder must be a path every node sees (a shared file system), not a URL")
-    lease = Lease.new()
-    ckpt = load_checkpoint(resolve_model(cfg.model, cfg.quiet))
-    plan = probe_folder(Path(cfg.input))  # not a URL (refused above): a local path
-    in_channels = ckpt.spec.in_channels
-    if not any(fits_model(b, in_channels) for _, _, b in plan.shapes):
-        found = ", ".join(str(b) for b in sorted({b for _, _, b in plan.shapes}))
-        raise InputError(f"the model takes {in_channels} input bands; the images in {cfg.input} have {found}")
-    job = ImageJob(
-        store=location.absolute(cfg.out),
-        checkpoint=location.absolute(ckpt.path),
-        root=plan.root,
-        paths=plan.paths,
-        shapes=plan.shapes,
-        samples=cfg.samples,
-        seed=cfg.seed,
-        resize=cfg.resize,
-        outputs=output_names(cfg),
-        float_dtype=cfg.float_dtype,
-        threads=max(1, int(cfg.cpus_per_actor)),
-        precision=cfg.precision,
-        run=lease.run,
-    )
-    config = image_fingerprint(plan, job, ckpt.sha256)
-    check_target(cfg, lease, ckpt.path)
-    with LeaseKeeper(cfg.out, lease) as keeper, ray_session(cfg.address):
-        n_actors, gpus = pool_size(cfg, plan.images)  # refuses an impossible pool before a store exists
-        root, units, done = _prepare_image_store(cfg, job, plan, ckpt, config, n_actors, keeper)
-        return run_units(
-            cfg,
-            ImageWorker,
-            job,
-            root,
-            [u for u in units if u.id not in done],
-            len(units),
-            (n_actors, gpus),
-            keeper,
-            size=lambda u: u.stop - u.start,
-            describe=lambda u: f"unit {u.id} (images {u.start}:{u.stop}, {plan.paths[u.start]} ...)",
-            noun="image",
-            finish=lambda summary, pending: _finalise(root, units, {u.id for u in pending}, summary),
+    store: str
+    checkpoint: str
+    run: str
+    threads: int
+    samples: int
+    seed: int
+    precision: str
+    float_dtype: str
+    resize: tuple[int, int] | None
+    outputs: tuple[str, ...]  # the store's arrays
+    root: str  # the folder; paths are relative to it
+    paths: tuple[str, ...]
+    shapes: tuple[tuple[int, int, int], ...]  # (height, width, bands) per image, from the headers
+    in_channels: int
+
+    @property
+    def model_outputs(self) -> tuple[str, ...]:
+        return tuple(name for name in self.outputs if name != "labels")
+
+    def check_node(self) -> None:
+        require_readable(self.root)
+
+    def read(self, unit: ImageUnit, report: UnitReport) -> Iterator[list[Item]]:
+        """Each image alone (images differ in size); one that cannot be used is recorded and keeps its fill values."""
+        for i in range(unit.start, unit.stop):
+            path = Path(self.root) / self.paths[i]
+            try:
+                x = model_input(read_image(path), self.in_channels, path)
+                h, w = x.shape[1:]
+                if (h, w) != self.shapes[i][:2]:
+                    raise DataError(f"{path}: decodes to {w}x{h} but its header says {self.shapes[i][1]}x{self.shapes[i][0]}")
+            except DataError as exc:
+                report.unreadable.append({"image": i, "path": self.paths[i], "error": str(exc).removeprefix(f"{path}: ")})
+                continue
+            yield [Item(i, x)]
+
+    def to_model(self, x: Any) -> Any:
+        return x
+
+    def placer(self, unit: ImageUnit, num_classes: int) -> ImagePlacer:
+        return ImagePlacer()
+
+    def unit_stats(self, unit: ImageUnit, report: UnitReport) -> dict[str, Any]:
+        return {"unit": unit.id, "images": [unit.start, unit.stop], "unreadable": report.unreadable}
+
+
+class ImagePlacer:
+    """An image's outputs to its own rows and columns, written as soon as they come (its chunks are its own)."""
+
+    def put(self, items: Sequence[Item], outputs: Mapping[str, np.ndarray]) -> list[Write]:
+        (item,) = items
+        h, w = outputs["labels"].shape[1:3]
+        return [Write((slice(item.index, item.index + 1), slice(0, h), slice(0, w)), outputs)]
+
+    def close(self) -> list[Write]:
+        return []
+
+
+class ImageSource:
+    """The driver half: list the folder (headers only), lay out the padded stack, cut the units, finalise."""
+
+    kind = "images"
+    noun = "image"
+
+    def __init__(self, cfg: RunConfig, ckpt: Any) -> None:
+        if cfg.frames or cfg.bands or cfg.keep_tiles:
+            raise InputError("--frames, --bands and --keep-tiles are not for image folders")
+        if location.is_url(cfg.input):
+            raise InputError(f"{cfg.input}: an image folder must be a path every node sees (a shared file system), not a URL")
+        self.cfg, self.ckpt = cfg, ckpt
+        self.plan: ImageFolderPlan = probe_folder(Path(cfg.input))
+        in_channels = ckpt.spec.in_channels
+        if not any(fits_model(b, in_channels) for _, _, b in self.plan.shapes):
+            found = ", ".join(str(b) for b in sorted({b for _, _, b in self.plan.shapes}))
+            raise InputError(f"the model takes {in_channels} input bands; the images in {cfg.input} have {found}")
+        self.outputs = output_names(cfg)
+        self.max_units = self.plan.images
+
+    def fingerprint(self) -> dict[str, Any]:
+        return {
+            "source": {"images": self.plan.images, "listing_sha256": self.plan.listing_sha256},
+            "resize": list(self.cfg.resize) if self.cfg.resize else None,
+            "outputs": list(self.outputs),
+        }
+
+    def new_store(self, actors: int) -> tuple[StoreLayout, dict[str, Any]]:
+        plan = self.plan
+        unit_images = unit_images_for(plan.images, actors)
+        n, h, w = plan.images, plan.max_height, plan.max_width
+        layout = StoreLayout(
+            dims=("image", "y", "x"),
+            shape=(n, h, w),
+            chunks=(1, min(h, MAX_CHUNK_SIDE), min(w, MAX_CHUNK_SIDE)),
+            num_classes=self.ckpt.spec.num_classes,
+            units=len(plan_image_units(n, unit_images)),
+            outputs=self.outputs,
+            float_dtype=self.cfg.float_dtype,
+            coords={
+                "path": (("image",), np.asarray(plan.paths, dtype=str), {"long_name": "image file, relative to the source folder"}),
+                "height": (("image",), np.asarray([s[0] for s in plan.shapes], np.int32), {"long_name": "image height (rows [0, height) hold it)"}),
+                "width": (("image",), np.asarray([s[1] for s in plan.shapes], np.int32), {"long_name": "image width (columns [0, width) hold it)"}),
+            },
+        )
+        source = {"path": plan.root, "kind": "images", "images": n, "max_height": h, "max_width": w}
+        planned = [{"kind": "unreadable", "path": path, "image": None, "error": error} for path, error in plan.unreadable]
+        return layout, {
+            "source": source,
+            "resize": list(self.cfg.resize) if self.cfg.resize else None,
+            "unit_images": unit_images,
+            "problems": planned,
+        }
+
+    def units(self, attrs: Mapping[str, Any]) -> list[ImageUnit]:
+        return plan_image_units(self.plan.images, int(attrs["unit_images"]))
+
+    def job(self, store: str, checkpoint: str, run: str) -> ImageJob:
+        cfg = self.cfg
+        return ImageJob(
+            store=store,
+            checkpoint=checkpoint,
+            run=run,
+            threads=max(1, int(cfg.cpus_per_actor)),
+            samples=cfg.samples,
+            seed=cfg.seed,
+            precision=cfg.precision,
+            float_dtype=cfg.float_dtype,
+            resize=cfg.resize,
+            outputs=self.outputs,
+            root=self.plan.root,
+            paths=self.plan.paths,
+            shapes=self.plan.shapes,
+            in_channels=self.ckpt.spec.in_channels,
         )
 
+    def size(self, unit: ImageUnit) -> int:
+        return unit.stop - unit.start
 
-def _prepare_image_store(
-    cfg: RunConfig, job: ImageJob, plan: ImageFolderPlan, ckpt: Any, config: dict[str, Any], actors: int, keeper: LeaseKeeper
-) -> tuple[Any, list[ImageUnit], dict[int, Any]]:
-    """Create the store (driver-only metadata, unreadable headers already listed as problems) and its units, or reopen both for --resume."""
-    if location.exists(cfg.out) and cfg.resume:
-        root, attrs = reopen_for_resume(cfg.out, config, keeper.lease.run)
-        return root, plan_image_units(plan.images, int(attrs["unit_images"])), finished_units(root)
-    created: tuple[Any, list[ImageUnit], dict[int, Any]] = replace_store(
-        cfg, keeper, lambda: _new_image_store(cfg, job, plan, ckpt, config, actors, keeper.lease)
-    )
-    return created
+    def describe(self, unit: ImageUnit) -> str:
+        return f"unit {unit.id} (images {unit.start}:{unit.stop}, {self.plan.paths[unit.start]} ...)"
 
+    def check_resume(self, root: Any, attrs: Mapping[str, Any]) -> None:
+        return None
 
-def _new_image_store(
-    cfg: RunConfig, job: ImageJob, plan: ImageFolderPlan, ckpt: Any, config: dict[str, Any], actors: int, lease: Lease
-) -> tuple[Any, list[ImageUnit], dict[int, Any]]:
-    unit_images = unit_images_for(plan.images, actors)
-    units = plan_image_units(plan.images, unit_images)
-    n, h, w = plan.images, plan.max_height, plan.max_width
-    layout = StoreLayout(
-        dims=("image", "y", "x"),
-        shape=(n, h, w),
-        chunks=(1, min(h, MAX_CHUNK_SIDE), min(w, MAX_CHUNK_SIDE)),
-        num_classes=ckpt.spec.num_classes,
-        units=len(units),
-        outputs=job.outputs,
-        float_dtype=job.float_dtype,
-        coords={
-            "path": (("image",), np.asarray(plan.paths, dtype=str), {"long_name": "image file, relative to the source folder"}),
-            "height": (("image",), np.asarray([s[0] for s in plan.shapes], np.int32), {"long_name": "image height (rows [0, height) hold it)"}),
-            "width": (("image",), np.asarray([s[1] for s in plan.shapes], np.int32), {"long_name": "image width (columns [0, width) hold it)"}),
-        },
-    )
-    source = {"path": plan.root, "kind": "images", "images": n, "max_height": h, "max_width": w}
-    planned = [{"kind": "unreadable", "path": path, "image": None, "error": error} for path, error in plan.unreadable]
-    attrs = base_attrs(source, model_attrs(ckpt), cfg.samples, cfg.seed, config, lease.run) | {
-        "fingerprint": config_digest(config),
-        "resize": list(cfg.resize) if cfg.resize else None,
-        "unit_images": unit_images,
-        "problems": planned,
-    }
-    return create_store(cfg.out, layout, attrs, lease), units, {}
-
-
-def _finalise(root: Any, units: list[ImageUnit], ran: set[int], summary: RunSummary) -> None:
-    """Driver: from the ledger (every unit, this run's and earlier ones') and the plan's problems, write the final attributes."""
-    ledger = finished_units(root)
-    missing = [u.id for u in units if u.id not in ledger]
-    if missing:
-        update_attrs(root, status="failed", error=f"{len(missing)} units never finished")
-        raise RunError(f"{len(missing)} units never finished (first: {missing[0]}); finish with --resume")
-    attrs = store_attrs(root)
-    planned = [p for p in attrs.get("problems", []) if p.get("image") is None]
-    found = [{"kind": "unreadable", "path": e["path"], "image": e["image"], "error": e["error"]} for _, s in sorted(ledger.items()) for e in s["unreadable"]]
-    problems = sorted(planned + found, key=lambda p: p["path"])
-    summary.problems = problems
-    summary.items -= sum(len(ledger[u]["unreadable"]) for u in ran)
-    update_attrs(
-        root,
-        drop=("error",),
-        status="complete",
-        problems=problems,
-        summary={
-            "images": attrs["source"]["images"] - len(found),
-            "unreadable": len(problems),
-            "worker_seconds": round(sum(s.get("seconds", 0.0) for s in ledger.values()), 3),
-            "wall_seconds": round(summary.seconds, 3),
-            "actors": summary.actors,
-            "device": summary.device,
-        },
-    )
+    def finish(self, root: Any, units: Sequence[ImageUnit], ran: Sequence[ImageUnit], summary: RunSummary, keeper: Any) -> None:
+        """From the ledger (every unit, this run's and earlier ones') and the plan's problems: the final attributes."""
+        ledger = finished_or_fail(root, units)
+        attrs = store_attrs(root)
+        planned = [p for p in attrs.get("problems", []) if p.get("image") is None]
+        found = [
+            {"kind": "unreadable", "path": e["path"], "image": e["image"], "error": e["error"]} for _, s in sorted(ledger.items()) for e in s["unreadable"]
+        ]
+        problems = sorted(planned + found, key=lambda p: p["path"])
+        summary.items -= sum(len(ledger[u.id]["unreadable"]) for u in ran)
+        mark_complete(root, problems, summary, {"images": attrs["source"]["images"] - len(found), "unreadable": len(problems)}, ledger)

@@ -1,4 +1,4 @@
-"""What a run is asked to do, and the parts of it that decide the output's bits."""
+"""What a run is asked to do (its options), and the pieces of its fingerprint every source shares."""
 
 from __future__ import annotations
 
@@ -10,7 +10,6 @@ from typing import Any
 
 from segbatch import location
 from segbatch.location import Location
-from segbatch.sources.video import VideoPlan
 
 
 @dataclass(frozen=True)
@@ -40,56 +39,6 @@ class RunConfig:
     keep_tiles: bool = False
     precision: str = "fp32"  # fp32 | fp16 | bf16: autocast for the network (softmax statistics stay float32)
     hwaccel: str | None = None  # video: hardware decoding (e.g. "cuda" for NVDEC) where FFmpeg offers it
-
-
-@dataclass(frozen=True)
-class FrameUnit:
-    """Frames [start, stop) of the source, written to store rows [start - first, stop - first)."""
-
-    id: int
-    start: int
-    stop: int
-
-
-@dataclass(frozen=True)
-class VideoJob:
-    """Everything a worker needs besides the unit: sent once to each actor."""
-
-    store: str
-    checkpoint: str
-    plan: VideoPlan
-    first_frame: int  # --frames A:B cuts the source to [first_frame, stop_frame)
-    stop_frame: int
-    samples: int
-    seed: int
-    batch_size: int
-    resize: tuple[int, int] | None
-    outputs: tuple[str, ...]
-    float_dtype: str
-    threads: int
-    chunk_frames: int  # frames per store chunk; a unit is a run of whole chunks
-    precision: str = "fp32"  # fp32 | fp16 | bf16 (autocast)
-    hwaccel: str | None = None  # decode on the GPU (PyAV hardware acceleration), e.g. "cuda"
-    run: str = ""  # the run that owns the store (its lease): every write is fenced by it
-
-
-def fingerprint(job: VideoJob, model_sha256: str, source_id: dict[str, Any]) -> dict[str, Any]:
-    """The settings that decide the output's bits; --resume requires them unchanged."""
-    return {
-        "source": source_id,
-        "model_sha256": model_sha256,
-        "samples": job.samples,
-        "seed": job.seed,
-        "batch_size": job.batch_size,
-        "frames": [job.first_frame, job.stop_frame],
-        "resize": list(job.resize) if job.resize else None,
-        "outputs": list(job.outputs),
-        "float_dtype": job.float_dtype,
-        "chunk_frames": job.chunk_frames,
-        "precision": job.precision,
-        "hwaccel": job.hwaccel,
-        "software": software_versions(),
-    }
 
 
 def software_versions() -> dict[str, str]:

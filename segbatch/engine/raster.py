@@ -1,164 +1,205 @@
-"""The raster driver: plan tiles, create the store (tiles/ included), run tiles on actors, stitch, finalise.
+"""Rasters as a source: one unit per tile (core + overlap), tiles/ written by the workers, then a blended stitch.
 
-Same engine, ledger and resume as video: one unit per tile, workers write
-their own shards of tiles/, the stitcher writes each output chunk once. After
-a successful stitch tiles/ is removed unless --keep-tiles; `segbatch stitch`
-re-runs the stitch alone from a kept tiles/.
+Same engine, ledger and resume as every source: a tile's worker writes its
+own chunk of each tiles/ array (mean class probabilities as uint8, and the
+uncertainty), the stitcher writes each output chunk once. The store is
+marked complete, then tiles/ is removed unless --keep-tiles; `segbatch
+stitch` re-runs the stitch alone from a kept tiles/.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from segbatch import location
-from segbatch.engine.driver import (
-    RunSummary,
-    check_target,
-    model_attrs,
-    pool_size,
-    ray_session,
-    recorded_outcome,
-    replace_store,
-    resolve_model,
-    run_units,
-)
-from segbatch.engine.job import RunConfig, config_digest, software_versions, source_identity
-from segbatch.engine.tiles import PROB_NODATA, RasterJob, TileWorker, tile_side
-from segbatch.engine.worker import index_ranges
-from segbatch.errors import InputError, RunError
+from segbatch.engine.job import RunConfig, source_identity
+from segbatch.engine.pipeline import require_readable
+from segbatch.engine.run import RunSummary, finished_or_fail, recorded_outcome, stage_totals
+from segbatch.engine.session import ray_session
+from segbatch.engine.source import Item, UnitReport, Write
+from segbatch.errors import InputError
 from segbatch.lease import Lease, LeaseKeeper, claim
+from segbatch.problems import index_ranges
 from segbatch.progress import note
-from segbatch.sources.raster import georeference, probe_raster
-from segbatch.store import (
-    ArraySpec,
-    StoreLayout,
-    base_attrs,
-    consolidate,
-    create_store,
-    finished_units,
-    open_store,
-    reopen_for_resume,
-    store_attrs,
-    update_attrs,
-)
-from segbatch.tiling import plan_tiles
+from segbatch.sources.raster import RasterPlan, georeference, probe_raster, read_window
+from segbatch.stitch import StitchJob
+from segbatch.store import ArraySpec, StoreLayout, consolidate, open_store, store_attrs, update_attrs
+from segbatch.tilestore import PROB_NODATA, PROB_SCALE, tile_side
+from segbatch.tiling import TilePlan, padded_side, plan_tiles
 
 
-def run_raster(cfg: RunConfig) -> RunSummary:
-    """Segment a georeferenced raster into a Zarr store: tiles on actors, then a blended stitch."""
-    from segbatch.model.checkpoint import load_checkpoint
+@dataclass(frozen=True)
+class RasterJob:
+    """The worker half: everything an actor needs besides the tile id (sent once to each)."""
 
-    if cfg.resume and cfg.overwrite:
-        raise InputError("--resume and --overwrite exclude each other")
-    if cfg.extra_outputs or cfg.resize or cfg.frames or cfg.hwaccel:
-        raise InputError("--outputs, --resize, --frames and --hwaccel are for video; rasters run at their own resolution")
-    lease = Lease.new()
-    ckpt = load_checkpoint(resolve_model(cfg.model, cfg.quiet))
-    plan = probe_raster(cfg.input, cfg.bands, ckpt.spec.in_channels)
-    if plan.crs_wkt is None:
-        note(f"warning: {cfg.input} has no CRS; the store will have pixel coordinates only", cfg.quiet)
-    tiles = plan_tiles(plan.height, plan.width, cfg.tile, cfg.overlap)
-    job = RasterJob(
-        store=location.absolute(cfg.out),
-        checkpoint=location.absolute(ckpt.path),
-        plan=plan,
-        tiles=tiles,
-        samples=cfg.samples,
-        seed=cfg.seed,
-        float_dtype=cfg.float_dtype,
-        threads=max(1, int(cfg.cpus_per_actor)),
-        tile_side=tile_side(tiles),
-        precision=cfg.precision,
-        run=lease.run,
-    )
-    config = {
-        "source": source_identity(cfg.input),
-        "model_sha256": ckpt.sha256,
-        "samples": cfg.samples,
-        "seed": cfg.seed,
-        "bands": list(plan.bands),
-        "tile": cfg.tile,
-        "overlap": cfg.overlap,
-        "float_dtype": cfg.float_dtype,
-        "precision": cfg.precision,
-        "software": software_versions(),
-    }
-    check_target(cfg, lease, ckpt.path)
-    with LeaseKeeper(cfg.out, lease) as keeper, ray_session(cfg.address):
-        n_actors, gpus = pool_size(cfg, len(tiles))
-        root, done = _prepare_raster_store(cfg, job, ckpt, config, keeper)
-        return run_units(
-            cfg,
-            TileWorker,
-            job,
-            root,
-            [t for t in range(len(tiles)) if t not in done],
-            len(tiles),
-            (n_actors, gpus),
-            keeper,
-            size=lambda t: 1,
-            describe=lambda t: f"tile {t} (window {tiles[t].window})",
-            noun="tile",
-            finish=lambda summary, pending: stitch_store(root, job, cfg.keep_tiles, cfg.quiet, summary, keeper),
+    store: str
+    checkpoint: str
+    run: str
+    threads: int
+    samples: int
+    seed: int
+    precision: str
+    store_dtype: str  # tiles/uncertainty's dtype (the model step computes in float32; probs are quantised to uint8)
+    plan: RasterPlan
+    tiles: TilePlan
+    tile_side: tuple[int, int]  # (height, width) of the tiles/ arrays: segbatch.tilestore.tile_side
+    pool: int  # the model's input sides must be multiples of this (each pooling level halves them)
+    resize: None = None
+    float_dtype: str = "float32"
+
+    @property
+    def model_outputs(self) -> tuple[str, ...]:
+        return ("probs", "uncertainty") if self.samples > 0 else ("probs",)
+
+    def check_node(self) -> None:
+        require_readable(self.plan.path)
+
+    def read(self, tile_id: int, report: UnitReport) -> Iterator[list[Item]]:
+        """The tile's window, reflect-padded to sides the pooling halves exactly; nothing when it is all nodata (skipped)."""
+        data, valid = read_window(self.plan, self.tiles[tile_id].window)
+        if not valid.any():
+            report.skipped = True
+            return
+        h, w = valid.shape
+        ph, pw = padded_side(h, self.pool) - h, padded_side(w, self.pool) - w
+        if ph or pw:  # a raster smaller than a tile, say
+            data = np.pad(data, ((0, 0), (0, ph), (0, pw)), mode="reflect" if min(h, w) > max(ph, pw) else "edge")
+        yield [Item(tile_id, data, info=valid)]
+
+    def to_model(self, x: Any) -> Any:
+        return x
+
+    def placer(self, tile_id: int, num_classes: int) -> TilePlacer:
+        return TilePlacer(self)
+
+    def unit_stats(self, tile_id: int, report: UnitReport) -> dict[str, Any]:
+        return {"unit": tile_id, "skipped": report.skipped}
+
+
+class TilePlacer:
+    """A tile's outputs into its own chunk of tiles/: probabilities as uint8 (nodata 255), uncertainty NaN outside the data."""
+
+    def __init__(self, job: RasterJob) -> None:
+        self.job = job
+
+    def put(self, items: Sequence[Item], outputs: Mapping[str, np.ndarray]) -> list[Write]:
+        (item,) = items
+        valid = item.info
+        h, w = valid.shape
+        side_h, side_w = self.job.tile_side
+        probs = outputs["probs"][0, :h, :w].transpose(2, 0, 1)  # the model step hands probs channel-last
+        q = np.full((probs.shape[0], side_h, side_w), PROB_NODATA, np.uint8)
+        q[:, :h, :w] = np.where(valid, np.rint(probs * PROB_SCALE), PROB_NODATA).astype(np.uint8)
+        arrays = {"tiles/probs": q[None]}
+        if "uncertainty" in outputs:
+            unc = np.full((side_h, side_w), np.nan, self.job.store_dtype)
+            unc[:h, :w] = np.where(valid, outputs["uncertainty"][0, :h, :w], np.nan)
+            arrays["tiles/uncertainty"] = unc[None]
+        # tiles/ is removed after the stitch: the digests `verify` checks are those of the stitched chunks
+        return [Write((slice(item.index, item.index + 1),), arrays, digests=False)]
+
+    def close(self) -> list[Write]:
+        return []
+
+
+class RasterSource:
+    """The driver half: plan the raster and its tiles, lay out the store (tiles/ included), stitch at the end."""
+
+    kind = "raster"
+    noun = "tile"
+
+    def __init__(self, cfg: RunConfig, ckpt: Any) -> None:
+        if cfg.extra_outputs or cfg.resize or cfg.frames or cfg.hwaccel:
+            raise InputError("--outputs, --resize, --frames and --hwaccel are for video; rasters run at their own resolution")
+        self.cfg, self.ckpt = cfg, ckpt
+        self.plan = probe_raster(cfg.input, cfg.bands, ckpt.spec.in_channels)
+        if self.plan.crs_wkt is None:
+            note(f"warning: {cfg.input} has no CRS; the store will have pixel coordinates only", cfg.quiet)
+        self.tiles = plan_tiles(self.plan.height, self.plan.width, cfg.tile, cfg.overlap)
+        self.max_units = len(self.tiles)
+
+    def fingerprint(self) -> dict[str, Any]:
+        return {"source": source_identity(self.cfg.input), "bands": list(self.plan.bands), "tile": self.cfg.tile, "overlap": self.cfg.overlap}
+
+    def new_store(self, actors: int) -> tuple[StoreLayout, dict[str, Any]]:
+        plan, tiles, cfg = self.plan, self.tiles, self.cfg
+        geo = georeference(plan)
+        k = self.ckpt.spec.num_classes
+        side_h, side_w = tile_side(tiles)
+        n = len(tiles)
+        extra = [ArraySpec("tiles/probs", (n, k, side_h, side_w), (1, k, side_h, side_w), "uint8", PROB_NODATA, ("tile", "class", "ty", "tx"))]
+        if cfg.samples > 0:
+            extra.append(ArraySpec("tiles/uncertainty", (n, side_h, side_w), (1, side_h, side_w), cfg.float_dtype, np.nan, ("tile", "ty", "tx")))
+        layout = StoreLayout(
+            dims=("y", "x"),
+            shape=(plan.height, plan.width),
+            chunks=(tiles.core, tiles.core),
+            num_classes=k,
+            units=n,
+            outputs=("labels", "entropy", "confidence", *(("uncertainty",) if cfg.samples > 0 else ())),
+            float_dtype=cfg.float_dtype,
+            coords={
+                "x": (("x",), geo["x"], {"standard_name": "projection_x_coordinate", "long_name": "x at pixel centres"}),
+                "y": (("y",), geo["y"], {"standard_name": "projection_y_coordinate", "long_name": "y at pixel centres"}),
+                "spatial_ref": ((), np.array(0, np.int64), geo["spatial_ref"]),
+            },
+            array_attrs={"grid_mapping": "spatial_ref"},
+            extra=tuple(extra),
+        )
+        source = {
+            "path": location.absolute(cfg.input),
+            "kind": "raster",
+            "height": plan.height,
+            "width": plan.width,
+            "bands": list(plan.bands),
+            "dtype": plan.dtype,
+            "nodata": plan.nodata,
+            "stretch": [list(s) for s in plan.stretch] if plan.stretch else None,
+            "tile": tiles.tile,
+            "overlap": tiles.overlap,
+        }
+        return layout, {"source": source, "geozarr": _geozarr(plan)}
+
+    def units(self, attrs: Mapping[str, Any]) -> list[int]:
+        return list(range(len(self.tiles)))
+
+    def job(self, store: str, checkpoint: str, run: str) -> RasterJob:
+        cfg = self.cfg
+        return RasterJob(
+            store=store,
+            checkpoint=checkpoint,
+            run=run,
+            threads=max(1, int(cfg.cpus_per_actor)),
+            samples=cfg.samples,
+            seed=cfg.seed,
+            precision=cfg.precision,
+            store_dtype=cfg.float_dtype,
+            plan=self.plan,
+            tiles=self.tiles,
+            tile_side=tile_side(self.tiles),
+            pool=2 ** len(self.ckpt.model.encoders),
         )
 
+    def size(self, tile_id: int) -> int:
+        return 1
 
-def _prepare_raster_store(cfg: RunConfig, job: RasterJob, ckpt: Any, config: dict[str, Any], keeper: LeaseKeeper) -> tuple[Any, dict[int, Any]]:
-    if location.exists(cfg.out) and cfg.resume:
-        root = open_store(cfg.out, mode="r+")
-        attrs = store_attrs(root)
+    def describe(self, tile_id: int) -> str:
+        return f"tile {tile_id} (window {self.tiles[tile_id].window})"
+
+    def check_resume(self, root: Any, attrs: Mapping[str, Any]) -> None:
         if "tiles" not in root and attrs["status"] == "complete":
-            raise InputError(f"{cfg.out} is complete and its tiles/ were removed after stitching: nothing to resume; use --overwrite to run again")
+            raise InputError(f"{self.cfg.out} is complete and its tiles/ were removed after stitching: nothing to resume; use --overwrite to run again")
         if "tiles" not in root:
-            raise InputError(f"{cfg.out} has no tiles/ left to resume from (status {attrs['status']}); use --overwrite to run again")
-        root, _ = reopen_for_resume(cfg.out, config, keeper.lease.run)
-        return root, finished_units(root)
-    created: tuple[Any, dict[int, Any]] = replace_store(cfg, keeper, lambda: _new_raster_store(cfg, job, ckpt, config, keeper.lease))
-    return created
+            raise InputError(f"{self.cfg.out} has no tiles/ left to resume from (status {attrs['status']}); use --overwrite to run again")
 
-
-def _new_raster_store(cfg: RunConfig, job: RasterJob, ckpt: Any, config: dict[str, Any], lease: Lease) -> tuple[Any, dict[int, Any]]:
-    plan, tiles = job.plan, job.tiles
-    geo = georeference(plan)
-    k = ckpt.spec.num_classes
-    side_h, side_w = job.tile_side
-    n = len(tiles)
-    extra = [ArraySpec("tiles/probs", (n, k, side_h, side_w), (1, k, side_h, side_w), "uint8", PROB_NODATA, ("tile", "class", "ty", "tx"))]
-    if cfg.samples > 0:
-        extra.append(ArraySpec("tiles/uncertainty", (n, side_h, side_w), (1, side_h, side_w), job.float_dtype, np.nan, ("tile", "ty", "tx")))
-    layout = StoreLayout(
-        dims=("y", "x"),
-        shape=(plan.height, plan.width),
-        chunks=(tiles.core, tiles.core),
-        num_classes=k,
-        units=n,
-        outputs=("labels", "entropy", "confidence", *(("uncertainty",) if cfg.samples > 0 else ())),
-        float_dtype=job.float_dtype,
-        coords={
-            "x": (("x",), geo["x"], {"standard_name": "projection_x_coordinate", "long_name": "x at pixel centres"}),
-            "y": (("y",), geo["y"], {"standard_name": "projection_y_coordinate", "long_name": "y at pixel centres"}),
-            "spatial_ref": ((), np.array(0, np.int64), geo["spatial_ref"]),
-        },
-        array_attrs={"grid_mapping": "spatial_ref"},
-        extra=tuple(extra),
-    )
-    source = {
-        "path": location.absolute(cfg.input),
-        "kind": "raster",
-        "height": plan.height,
-        "width": plan.width,
-        "bands": list(plan.bands),
-        "dtype": plan.dtype,
-        "nodata": plan.nodata,
-        "stretch": [list(s) for s in plan.stretch] if plan.stretch else None,
-        "tile": tiles.tile,
-        "overlap": tiles.overlap,
-    }
-    attrs = base_attrs(source, model_attrs(ckpt), cfg.samples, cfg.seed, config, lease.run) | {"fingerprint": config_digest(config), "geozarr": _geozarr(plan)}
-    return create_store(cfg.out, layout, attrs, lease), {}
+    def finish(self, root: Any, units: Sequence[int], ran: Sequence[int], summary: RunSummary, keeper: Any) -> None:
+        job = StitchJob(store=location.absolute(self.cfg.out), tiles=self.tiles, run=keeper.lease.run)
+        stitch_store(root, job, self.cfg.keep_tiles, self.cfg.quiet, summary, keeper)
 
 
 def _geozarr(plan: Any) -> dict[str, Any]:
@@ -170,7 +211,7 @@ def _geozarr(plan: Any) -> dict[str, Any]:
     return out
 
 
-def stitch_store(root: Any, job: RasterJob, keep_tiles: bool, quiet: bool, summary: RunSummary, keeper: LeaseKeeper) -> None:
+def stitch_store(root: Any, job: StitchJob, keep_tiles: bool, quiet: bool, summary: RunSummary, keeper: LeaseKeeper) -> None:
     """Stitch a store whose tiles are all done, mark it complete, then drop tiles/ (unless kept).
 
     Complete first: a crash before tiles/ is gone leaves a complete store with
@@ -178,10 +219,7 @@ def stitch_store(root: Any, job: RasterJob, keep_tiles: bool, quiet: bool, summa
     """
     from segbatch.stitch import run_stitch
 
-    ledger = finished_units(root)
-    missing = [t for t in range(len(job.tiles)) if t not in ledger]
-    if missing:
-        raise RunError(f"{len(missing)} tiles never finished (first: {missing[0]}); finish with --resume")
+    ledger = finished_or_fail(root, range(len(job.tiles)))
     skipped = frozenset(t for t, stats in ledger.items() if stats.get("skipped"))
     update_attrs(root, status="stitching")
     stitch_seconds = run_stitch(job, skipped, quiet)
@@ -201,6 +239,7 @@ def stitch_store(root: Any, job: RasterJob, keep_tiles: bool, quiet: bool, summa
             "actors": summary.actors,
             "device": summary.device,
             "tiles_kept": keep_tiles,
+            "stages": stage_totals(ledger),
         },
     )
     if not keep_tiles:
@@ -219,35 +258,16 @@ def restitch(path: Path | str, quiet: bool) -> RunSummary:
     """`segbatch stitch STORE`: blend a store's kept tiles again."""
     root = open_store(path, mode="r+")
     attrs = store_attrs(root)
-    if attrs.get("source", {}).get("kind") != "raster":
-        raise InputError(f"{path} is a {attrs.get('source', {}).get('kind')} store; only raster stores are stitched")
+    if attrs["source"]["kind"] != "raster":
+        raise InputError(f"{path} is a {attrs['source']['kind']} store; only raster stores are stitched")
     if "tiles" not in root:
         raise InputError(f"{path} has no tiles/ (they are removed after a stitch unless the run had --keep-tiles)")
     lease = Lease.new()
     claim(path, lease)  # one run owns a store: not while another run (or stitch) holds it
-    job = _job_from_store(path, root, attrs, lease.run)
+    src = attrs["source"]
+    job = StitchJob(store=location.absolute(path), tiles=plan_tiles(src["height"], src["width"], src["tile"], src["overlap"]), run=lease.run)
     summary = RunSummary(units=len(job.tiles), noun="tile")
     with LeaseKeeper(path, lease) as keeper, ray_session(None):
         with recorded_outcome(root, len(job.tiles), "tiles"):
             stitch_store(root, job, keep_tiles=True, quiet=quiet, summary=summary, keeper=keeper)
     return summary
-
-
-def _job_from_store(path: Path | str, root: Any, attrs: dict[str, Any], run: str) -> RasterJob:
-    from segbatch.sources.raster import plan_from_store
-
-    src = attrs["source"]
-    plan = plan_from_store(src, root["spatial_ref"].attrs)
-    tiles = plan_tiles(plan.height, plan.width, src["tile"], src["overlap"])
-    return RasterJob(
-        store=location.absolute(path),
-        checkpoint="",
-        plan=plan,
-        tiles=tiles,
-        samples=attrs["samples"],
-        seed=attrs["seed"],
-        float_dtype=str(root["entropy"].dtype),
-        threads=1,
-        tile_side=tile_side(tiles),
-        run=run,
-    )

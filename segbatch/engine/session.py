@@ -132,3 +132,89 @@ def reap_on_exit(before: set[int], tag: str) -> Reaper | None:
         return Reaper(started, tag, _session_dir())
     except OSError:  # no reaper: Ray's own fate-sharing still ends most of them
         return None
+
+
+PROBE_TIMEOUT_S = 5.0
+
+
+@contextmanager
+def ray_session(address: str | None) -> Iterator[None]:
+    """Ray for the length of a command: joined or started on entry, shut down on exit if this started it.
+
+    Meanwhile SIGTERM and SIGHUP stop the command like Ctrl-C (exit 143, 129),
+    and a local runtime this started goes with the driver even if it is killed.
+    """
+    before = child_processes()
+    with runtime_tag() as tag:  # every process of a runtime ray.init starts here carries it
+        started = ensure_ray(address)
+    reaper = reap_on_exit(before, tag) if started else None
+    with stop_signals():  # after ray.init, which installs its own SIGTERM handling
+        try:
+            yield
+        finally:
+            if started:
+                import ray
+
+                ray.shutdown()
+            if reaper is not None:
+                reaper.close()
+
+
+def ensure_ray(address: str | None) -> bool:
+    """Join the given cluster, or start a local Ray runtime; True when this call started it."""
+    import logging
+
+    import ray
+
+    from segbatch.errors import InputError, first_line
+
+    if ray.is_initialized():
+        return False
+    if address and address != "auto":
+        probe(address)
+    try:
+        ray.init(address=address, include_dashboard=False, log_to_driver=False, logging_level=logging.ERROR, configure_logging=True)
+    except (ConnectionError, ValueError, RuntimeError) as exc:
+        raise InputError(f"cannot reach the Ray cluster at {address}: {first_line(exc)}") from None
+    return True
+
+
+def probe(address: str) -> None:
+    """Fail in seconds, with one line, when nothing listens at HOST:PORT (ray.init would retry for minutes)."""
+    import socket
+
+    from segbatch.errors import InputError
+
+    hostport = address.split("://", 1)[-1]
+    host, _, port = hostport.rpartition(":")
+    if not host or not port.isdigit():
+        raise InputError(f"--address {address!r} is not auto, HOST:PORT or ray://HOST:PORT")
+    try:
+        with socket.create_connection((host, int(port)), timeout=PROBE_TIMEOUT_S):
+            pass
+    except OSError as exc:
+        raise InputError(f"cannot reach the Ray cluster at {address}: {exc.strerror or exc}") from None
+
+
+def pool_size(actors: int | None, gpus_per_actor: float | None, cpus_per_actor: float, units: int) -> tuple[int, float]:
+    """(actors, GPUs per actor): one per GPU (or per `cpus_per_actor` CPUs) unless `actors` says, never more than units.
+
+    A pool the cluster could never place is refused here, before a store exists.
+    """
+    import ray
+
+    from segbatch.errors import InputError
+
+    resources: dict[str, float] = ray.cluster_resources()  # type: ignore[no-untyped-call]
+    gpus = gpus_per_actor if gpus_per_actor is not None else (1.0 if resources.get("GPU", 0) > 0 else 0.0)
+    if actors is not None:
+        n_actors = actors
+    elif gpus > 0:
+        n_actors = max(1, int(resources.get("GPU", 0) / gpus))
+    else:
+        n_actors = max(1, int(resources.get("CPU", 1) // cpus_per_actor))
+    n_actors = max(1, min(n_actors, units))
+    for what, need, have in (("CPUs", n_actors * cpus_per_actor, resources.get("CPU", 0.0)), ("GPUs", n_actors * gpus, resources.get("GPU", 0.0))):
+        if need > have + 1e-9:
+            raise InputError(f"{n_actors} actors need {need:g} {what} but the Ray cluster has {have:g}; lower --actors or the per-actor request")
+    return n_actors, gpus

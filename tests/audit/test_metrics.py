@@ -1,7 +1,25 @@
 import numpy as np
 import pytest
 
-from segbatch.audit.metrics import HonestyAccumulator
+from segbatch.audit.metrics import HonestyAccumulator, class_iou, confusion_matrix, mean_iou
+
+
+def test_miou_of_perfect_and_of_swapped_predictions():
+    truth = np.array([[0, 0, 1, 1], [2, 2, 255, 255]])
+    assert mean_iou(confusion_matrix(truth.copy(), truth, 3, 255)) == 1.0
+    swapped = np.where(truth == 0, 1, np.where(truth == 1, 0, truth))
+    assert mean_iou(confusion_matrix(swapped, truth, 3, 255)) == pytest.approx(1 / 3)
+
+
+def test_confusion_counts_truth_rows_and_prediction_columns_and_iou_is_nan_for_an_unseen_class():
+    truth, pred = np.array([0, 0, 1, 1, 1]), np.array([0, 1, 1, 1, 0])
+    conf = confusion_matrix(pred, truth, 3)  # no ignore index: every pixel counts
+    np.testing.assert_array_equal(conf, [[1, 1, 0], [1, 2, 0], [0, 0, 0]])
+    iou = class_iou(conf)
+    np.testing.assert_allclose(iou[:2], [1 / 3, 2 / 4])
+    assert np.isnan(iou[2])
+    assert mean_iou(conf) == pytest.approx((1 / 3 + 2 / 4) / 2)
+    assert mean_iou(np.zeros((3, 3), np.int64)) == 0.0
 
 
 def _acc(u, c, ok, max_u=1.0):

@@ -15,10 +15,8 @@ import rasterio
 
 from segbatch.demo.scenes import render_video
 from segbatch.demo.video import write_demo_video
-
-sys.path.insert(0, str(Path(__file__).parents[1] / "sources"))
-from rasters import write_geotiff  # noqa: E402
-from stores import invoke  # noqa: E402
+from tests.helpers.rasters import write_geotiff
+from tests.helpers.stores import invoke
 
 FRAMES, H, W = 24, 96, 128
 
@@ -160,7 +158,7 @@ def test_image_dataset_audit_uncertainty_finds_the_errors(runner, cli, ray_addre
 
 def test_items_csv_shows_formula_like_names_as_text(runner, cli, ray_address, tiny_model, tmp_path):
     """A file named like a formula is text in a spreadsheet (leading '), while the numbers stay numbers (OWASP CSV injection)."""
-    from folders import pixels, write_image
+    from tests.helpers.folders import pixels, write_image
 
     images = tmp_path / "images"
     write_image(images / "=1+1.png", pixels(1, 40, 48))
@@ -184,10 +182,10 @@ def test_items_csv_shows_formula_like_names_as_text(runner, cli, ray_address, ti
 def _certain_model(path: Path, label: int, classes: int = 4) -> Path:
     """A model whose every pixel is `label` with probability ~1, whatever the input or the dropout mask."""
     import torch
-    from models import tiny_segnet_basic
 
     from segbatch.model import save_checkpoint
     from segbatch.model.checkpoint import ModelSpec
+    from tests.helpers.models import tiny_segnet_basic
 
     model = tiny_segnet_basic(classes)
     with torch.no_grad():

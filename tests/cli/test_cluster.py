@@ -12,9 +12,8 @@ from pathlib import Path
 import pytest
 import zarr
 
-sys.path.insert(0, str(Path(__file__).parents[1]))
-from drivers import kill_driver_mid_run, total_units  # noqa: E402
-from stores import arrays, assert_same  # noqa: E402
+from tests.helpers.drivers import kill_driver_mid_run, total_units
+from tests.helpers.stores import arrays, assert_same
 
 
 @pytest.fixture(scope="module")

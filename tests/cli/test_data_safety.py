@@ -20,13 +20,11 @@ import numpy as np
 import pytest
 import zarr
 
-sys.path.insert(0, str(Path(__file__).parents[1] / "sources"))
-from drivers import start_driver, wait_for_units  # noqa: E402
-from rasters import write_geotiff  # noqa: E402
-from stores import arrays, assert_same, invoke, run  # noqa: E402
-from videos import write_video  # noqa: E402
-
-from segbatch.lease import Lease, read_lease, write_lease  # noqa: E402
+from segbatch.lease import Lease, read_lease, write_lease
+from tests.helpers.drivers import start_driver, wait_for_units
+from tests.helpers.rasters import write_geotiff
+from tests.helpers.stores import arrays, assert_same, invoke, run
+from tests.helpers.videos import write_video
 
 
 @pytest.fixture(scope="module")
@@ -273,7 +271,7 @@ def test_verify_checks_stitched_raster_chunks_and_image_stores(ray_address, runn
 
 
 def test_marking_failed_that_fails_keeps_the_first_cause():
-    from segbatch.engine.driver import recorded_outcome
+    from segbatch.engine.run import recorded_outcome
     from segbatch.errors import RunError
 
     class ReadOnlyAttrs(dict):
@@ -309,24 +307,17 @@ def _worker_failing_with(error: BaseException) -> type:
     [("CheckpointError('/models/m.pt: no such checkpoint on this node')", "InputError"), ("MemoryError('cannot allocate')", "RunError")],
 )
 def test_a_worker_that_cannot_start_is_classified_by_its_errors_type(ray_address, error, expected):
-    import ray
 
     from segbatch import errors
-    from segbatch.engine.driver import _ActorPool
-    from segbatch.engine.job import RunConfig
+    from segbatch.engine.pool import ActorPool
 
     worker = _worker_failing_with(eval(error, vars(errors)))
-    pool = _ActorPool(worker, "job", RunConfig(input=Path("in.mp4"), out=Path("out.zarr")), 0.0)
-    pool.start()
-    try:
-        ref = next(iter(pool.starting))
-        ray.wait([ref], timeout=120)
+    with ActorPool(worker, "job", actors=1, cpus=1, gpus=0) as pool:
+        pool.submit("a unit")
         with pytest.raises(getattr(errors, expected)) as caught:
-            pool.on_started(ref)
-        assert type(caught.value) is getattr(errors, expected)
-        assert str(caught.value).startswith("a worker could not start:")
-    finally:
-        pool.close()
+            pool.get_next()
+    assert type(caught.value) is getattr(errors, expected)
+    assert str(caught.value).startswith("a worker could not start:")
 
 
 # 9. Crash windows

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import importlib.util
-import sys
 from pathlib import Path
 
 import pytest
@@ -11,10 +10,8 @@ import zarr
 
 from segbatch import location
 from segbatch.errors import InputError
-
-sys.path.insert(0, str(Path(__file__).parents[1] / "sources"))
-from rasters import write_geotiff  # noqa: E402
-from stores import arrays, assert_same, invoke  # noqa: E402
+from tests.helpers.rasters import write_geotiff
+from tests.helpers.stores import arrays, assert_same, invoke
 
 
 def test_urls_stay_urls_and_map_to_gdal_virtual_file_systems():
@@ -81,7 +78,7 @@ def test_a_url_without_its_fsspec_backend_is_one_line_exit_2(runner, cli):
 
 
 def test_a_node_that_cannot_see_the_input_says_which_node(tmp_path):
-    from segbatch.engine.worker import require_readable
+    from segbatch.engine.pipeline import require_readable
 
     require_readable(tmp_path)  # seen: no error
     with pytest.raises(InputError, match=r"node .+ cannot read the input .*missing\.mp4 \(is it on a path or URL every node sees\?\)"):

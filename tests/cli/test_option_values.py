@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).parents[1]))
-from stores import invoke  # noqa: E402
+from tests.helpers.stores import invoke
 
 
 def _one_error_line(output: str) -> str:

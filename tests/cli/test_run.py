@@ -16,10 +16,9 @@ import torch
 import xarray as xr
 import zarr
 
-sys.path.insert(0, str(Path(__file__).parents[1] / "sources"))
-from drivers import finished_units, kill_driver_mid_run, start_driver, total_units, wait_for_units  # noqa: E402
-from stores import arrays, assert_same, run  # noqa: E402
-from videos import corrupt, frame_index, write_audio_only, write_understated_reorder, write_video  # noqa: E402
+from tests.helpers.drivers import finished_units, kill_driver_mid_run, start_driver, total_units, wait_for_units
+from tests.helpers.stores import arrays, assert_same, run
+from tests.helpers.videos import corrupt, frame_index, write_audio_only, write_understated_reorder, write_video
 
 SAMPLES_DIR = Path(__file__).parents[3] / "shared" / "samples"
 
@@ -55,20 +54,24 @@ def test_every_frame_is_segmented_in_place(ray_address, runner, cli, video, tiny
     assert attrs["status"] == "complete" and attrs["samples"] == 3 and attrs["seed"] == 7
     assert attrs["source"]["kind"] == "video" and attrs["model"]["arch"] == "segnet-basic" and len(attrs["model"]["sha256"]) == 64
 
-    # each stored frame is the model's answer on that very frame (none lost, duplicated or shifted)
+    # each stored frame is the model's answer on that very frame (none lost, duplicated or shifted), in the batch the
+    # worker gave it: --batch-size consecutive frames from the start of its unit, each with its own seed
     from segbatch.mc import derive_seed, mc_predict
     from segbatch.model import load_checkpoint
     from segbatch.sources.video import probe_video, read_frames
 
     model = load_checkpoint(tiny_model).model
     plan = probe_video(video)
-    for i, rgb in read_frames(plan, 0, 40):
-        assert frame_index(rgb) == i
-        if i % 9 == 0:
-            x = torch.from_numpy(rgb).permute(2, 0, 1)[None].float() / 255
-            ref = mc_predict(model, x, samples=3, seed=derive_seed(7, i))
-            np.testing.assert_array_equal(ds.labels.values[i], ref["labels"][0].numpy())
-            np.testing.assert_array_equal(ds.uncertainty.values[i], ref["uncertainty"][0].numpy().astype(np.float16))
+    frames = dict(read_frames(plan, 0, 40))
+    assert [frame_index(rgb) for rgb in frames.values()] == list(frames) == list(range(40))
+    unit = attrs["unit_frames"]
+    for i in range(0, 40, 9):
+        lo = i // unit * unit + (i % unit) // 3 * 3
+        batch = range(lo, min(lo + 3, i // unit * unit + unit, 40))
+        x = torch.from_numpy(np.stack([frames[j] for j in batch])).permute(0, 3, 1, 2).float() / 255
+        ref = mc_predict(model, x, samples=3, seed=[derive_seed(7, j) for j in batch])
+        np.testing.assert_array_equal(ds.labels.values[i], ref["labels"][i - lo].numpy())
+        np.testing.assert_array_equal(ds.uncertainty.values[i], ref["uncertainty"][i - lo].numpy().astype(np.float16))
 
 
 def test_same_seed_same_arrays_with_1_or_3_actors(ray_address, runner, cli, video, tiny_model, tmp_path):

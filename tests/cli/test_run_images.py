@@ -1,9 +1,7 @@
 """`segbatch run` on image folders, through the CLI as a user runs it, on the session's shared Ray runtime."""
 
 import json
-import sys
 import warnings
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -11,10 +9,9 @@ import torch
 import xarray as xr
 import zarr
 
-sys.path.insert(0, str(Path(__file__).parents[1] / "sources"))
-from drivers import kill_driver_mid_run, start_driver  # noqa: E402
-from folders import pixels, write_image, write_many, write_mixed_folder  # noqa: E402
-from stores import arrays, assert_same, run  # noqa: E402
+from tests.helpers.drivers import kill_driver_mid_run, start_driver
+from tests.helpers.folders import pixels, write_image, write_many, write_mixed_folder
+from tests.helpers.stores import arrays, assert_same, run
 
 
 @pytest.fixture(scope="module")

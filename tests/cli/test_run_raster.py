@@ -1,7 +1,6 @@
 """`segbatch run` on GeoTIFFs, `segbatch stitch`, and COG export, through the CLI on the session's Ray runtime."""
 
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -12,10 +11,9 @@ import xarray as xr
 import zarr
 from rasterio.transform import Affine
 
-sys.path.insert(0, str(Path(__file__).parents[1] / "sources"))
-from drivers import kill_driver_mid_run, start_driver  # noqa: E402
-from rasters import write_geotiff  # noqa: E402
-from stores import arrays, run  # noqa: E402
+from tests.helpers.drivers import kill_driver_mid_run, start_driver
+from tests.helpers.rasters import write_geotiff
+from tests.helpers.stores import arrays, run
 
 SAMPLES = Path(__file__).parents[3] / "shared" / "samples"
 

@@ -4,15 +4,13 @@ import os
 import signal
 import sys
 import time
-from pathlib import Path
 
 import pytest
 import zarr
 
-sys.path.insert(0, str(Path(__file__).parents[1] / "sources"))
-from drivers import descendants, finished_units, start_driver, start_local_driver, still_alive, total_units, wait_for_units  # noqa: E402
-from stores import arrays, assert_same, run  # noqa: E402
-from videos import write_video  # noqa: E402
+from tests.helpers.drivers import descendants, finished_units, start_driver, start_local_driver, still_alive, total_units, wait_for_units
+from tests.helpers.stores import arrays, assert_same, run
+from tests.helpers.videos import write_video
 
 LEFTOVER_DEADLINE_S = 45  # Ray's own agents linger about 65 s after their raylet is killed; the reaper ends them in seconds
 

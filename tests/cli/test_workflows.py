@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import re
 import shlex
-import sys
 from pathlib import Path
 
 import click
@@ -13,9 +12,7 @@ import pytest
 import yaml
 
 from segbatch.cli.main import cli as root_cli
-
-sys.path.insert(0, str(Path(__file__).parents[1]))
-from stores import invoke  # noqa: E402
+from tests.helpers.stores import invoke
 
 WORKFLOWS = Path(__file__).parents[2] / "workflows"
 CONFIGS = sorted(WORKFLOWS.glob("*.yaml"))
@@ -78,8 +75,7 @@ def test_dashcam_workflow_runs_and_flags_override_the_file(runner, cli, ray_addr
 
 
 def test_geotiff_workflow_runs(runner, cli, ray_address, tiny_model, tmp_path):
-    sys.path.insert(0, str(Path(__file__).parents[1] / "sources"))
-    from rasters import write_geotiff
+    from tests.helpers.rasters import write_geotiff
 
     raster = write_geotiff(tmp_path / "scene.tif", height=80, width=96)
     store = tmp_path / "scene.zarr"

@@ -2,11 +2,11 @@
 
 import numpy as np
 import pytest
-from folders import pixels, write_image, write_mixed_folder
 
 from segbatch.engine.images import model_input, plan_image_units, unit_images_for
 from segbatch.errors import DataError, InputError
 from segbatch.sources.images import probe_folder
+from tests.helpers.folders import pixels, write_image, write_mixed_folder
 
 
 def test_plan_lists_sorted_relative_paths_with_header_sizes(tmp_path):

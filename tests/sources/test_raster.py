@@ -3,11 +3,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 from rasterio.transform import Affine
-from rasters import write_geotiff
 
 from segbatch.errors import InputError
 from segbatch.sources.raster import georeference, probe_raster, read_window
 from segbatch.tiling import Window
+from tests.helpers.rasters import write_geotiff
 
 SAMPLES = Path(__file__).parents[3] / "shared" / "samples"
 

@@ -5,10 +5,10 @@ from types import SimpleNamespace
 import av
 import numpy as np
 import pytest
-from videos import corrupt, encode_index, frame_index, write_audio_only, write_empty_video, write_understated_reorder, write_video
 
 from segbatch.errors import InputError
 from segbatch.sources.video import DecodeReport, probe_video, read_frames
+from tests.helpers.videos import corrupt, encode_index, frame_index, write_audio_only, write_empty_video, write_understated_reorder, write_video
 
 
 @pytest.fixture(scope="module")

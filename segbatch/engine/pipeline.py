@@ -1,0 +1,374 @@
+"""The worker: one model per actor, and a pipeline per unit that keeps the device busy.
+
+A unit flows through three stages that run side by side:
+
+    read-ahead thread    the source's batches (decode, windowed reads), stacked, into a bounded queue
+    this thread          host -> device, the model (MC dropout), device -> host copies started
+    writer thread        copies finished, the source's placer cuts whole chunks, fenced writes, digests
+
+so decoding the next batch and writing the last one happen while the model
+runs. On CUDA the copies back go into pinned memory on their own stream;
+the writer waits on an event, never the model. The actor runs up to two
+units at once (Ray's `max_concurrency`); the model itself is used by one at a
+time, so one unit's first reads and last writes hide behind the other's model
+work. Queues are bounded: memory stays flat whatever the input's length.
+
+Each unit's ledger entry records its run, node, chunk digests, and the
+seconds each stage spent (read, to_device, model, to_host, write, and the
+model thread's waits), so `segbatch info` can say where the time goes.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import numpy as np
+
+from segbatch.engine.source import Item, SourceJob, UnitReport, Write
+from segbatch.errors import InputError
+from segbatch.lease import check_fence
+from segbatch.mc import derive_seed, mc_predict
+from segbatch.store import open_store, record_unit, write_region
+
+QUEUE_BATCHES = 2  # batches waiting between stages: enough to hide jitter, few enough to bound memory
+STAGES = ("read", "to_device", "model", "to_host", "write", "wait")
+
+
+class PipelineWorker:
+    """What every actor holds: its torch threads, its device (the GPU Ray gave it, else CPU), the model, the store."""
+
+    def __init__(self, job: SourceJob) -> None:
+        import torch
+
+        from segbatch.model.checkpoint import load_checkpoint
+
+        torch.set_num_threads(max(1, job.threads))
+        self.job = job
+        self.device = torch.device("cuda" if torch.cuda.is_available() and _ray_gave_gpu() else "cpu")
+        self.cuda = self.device.type == "cuda"
+        model = load_checkpoint(job.checkpoint).model.to(self.device).eval()
+        # on GPUs, channels-last feeds cuDNN's tensor-core kernels without layout conversions (same results: tested on CPU)
+        self.model = model.to(memory_format=torch.channels_last) if self.cuda else model  # type: ignore[call-overload]
+        self.model_lock = threading.Lock()  # two units in flight, one model: its calls take turns
+        self.copy_stream = torch.cuda.Stream(self.device) if self.cuda else None  # type: ignore[no-untyped-call]
+        self.root = open_store(job.store, mode="r+")
+        self.node = _node_id()
+        job.check_node()
+
+    def device_name(self) -> str:
+        return str(self.device)
+
+    def process(self, unit: Any) -> dict[str, Any]:
+        """Run one unit through the pipeline; write its chunks, then its ledger entry; return the entry."""
+        job = self.job
+        started = time.perf_counter()
+        report = UnitReport()
+        times = dict.fromkeys(STAGES, 0.0)
+        digests: dict[str, str] = {}
+        placer = job.placer(unit, self.model.num_classes)
+        batches: queue.Queue[Any] = queue.Queue(QUEUE_BATCHES)
+        results: queue.Queue[Any] = queue.Queue(QUEUE_BATCHES)
+        reader = _Stage(lambda stage: self._read(unit, report, stage, times), batches)
+        writer = _Stage(lambda stage: self._write(placer, stage, digests, times), results)
+        reader.start()
+        writer.start()
+        try:
+            while True:
+                t = time.perf_counter()
+                batch = reader.get()
+                times["wait"] += time.perf_counter() - t
+                if batch is None:
+                    break
+                items, host = batch
+                results_for_batch = self._infer(items, host, times)
+                t = time.perf_counter()
+                writer.put((items, results_for_batch))
+                times["wait"] += time.perf_counter() - t
+            writer.put(None)
+            writer.join()
+        finally:
+            reader.stop()
+            writer.stop()
+        stats = job.unit_stats(unit, report)
+        stats["seconds"] = round(time.perf_counter() - started, 3)
+        stats["stages"] = {k: round(v, 4) for k, v in times.items()}
+        check_fence(job.store, job.run)
+        entry = {**stats, "node": self.node, "run": job.run, "chunks": dict(sorted(digests.items()))}
+        record_unit(self.root, _unit_id(unit), entry)
+        return entry
+
+    def _read(self, unit: Any, report: UnitReport, out: _Stage, times: dict[str, float]) -> None:
+        """Read-ahead thread: the source's batches, stacked on the host (pinned on CUDA), into the queue."""
+        batches = iter(self.job.read(unit, report))
+        while True:
+            t = time.perf_counter()
+            items = next(batches, None)
+            host = None if items is None else self._stack(items)
+            times["read"] += time.perf_counter() - t
+            out.emit(None if items is None else (items, host))
+            if items is None:
+                return
+
+    def _stack(self, items: list[Item]) -> Any:
+        import torch
+
+        x = torch.from_numpy(np.ascontiguousarray(np.stack([item.data for item in items])))
+        return x.pin_memory() if self.cuda else x
+
+    def _infer(self, items: list[Item], host: Any, times: dict[str, float]) -> Any:
+        """The model step: to the device, MC dropout, the store's arrays computed there, copies back started."""
+        import torch
+
+        job = self.job
+        t = time.perf_counter()
+        with self.model_lock:
+            times["wait"] += time.perf_counter() - t  # the other unit in flight had the model
+            t = time.perf_counter()
+            x = job.to_model(host.to(self.device, non_blocking=True))
+            times["to_device"] += time.perf_counter() - t
+            t = time.perf_counter()
+            seeds = [derive_seed(job.seed, item.index) for item in items]
+            outputs = predict(self.model, x, seeds, job.samples, job.resize, job.model_outputs, job.float_dtype, job.precision)
+            times["model"] += time.perf_counter() - t
+            t = time.perf_counter()
+            if not self.cuda:
+                host_outputs: Any = {name: value.numpy() for name, value in outputs.items()}
+            else:
+                assert self.copy_stream is not None
+                self.copy_stream.wait_stream(torch.cuda.current_stream(self.device))
+                with torch.cuda.stream(self.copy_stream):
+                    pinned = {name: torch.empty(v.shape, dtype=v.dtype, pin_memory=True) for name, v in outputs.items()}
+                    for name, value in outputs.items():
+                        value.record_stream(self.copy_stream)
+                        pinned[name].copy_(value, non_blocking=True)
+                    done = torch.cuda.Event()  # type: ignore[no-untyped-call]
+                    done.record(self.copy_stream)
+                host_outputs = (pinned, done)
+            times["to_host"] += time.perf_counter() - t
+        return host_outputs
+
+    def _write(self, placer: Any, results: _Stage, digests: dict[str, str], times: dict[str, float]) -> None:
+        """Writer thread: wait for each batch's copies, let the source's placer cut whole chunks, write them fenced."""
+        while True:
+            got = results.take()
+            if got is None:
+                writes = placer.close()
+                t = time.perf_counter()
+                self._store(writes, digests)
+                times["write"] += time.perf_counter() - t
+                return
+            items, outputs = got
+            t = time.perf_counter()
+            if isinstance(outputs, tuple):  # CUDA: pinned tensors and the event that says they are filled
+                pinned, done = outputs
+                done.synchronize()
+                outputs = {name: value.numpy() for name, value in pinned.items()}
+            times["to_host"] += time.perf_counter() - t
+            t = time.perf_counter()
+            self._store(placer.put(items, outputs), digests)
+            times["write"] += time.perf_counter() - t
+
+    def _store(self, writes: list[Write], digests: dict[str, str]) -> None:
+        for w in writes:
+            check_fence(self.job.store, self.job.run)  # nothing is written once this run no longer owns the store
+            written = write_region(self.root, w.region, w.arrays)
+            if w.digests:
+                digests.update(written)
+
+
+class _Stopped(Exception):
+    """The model thread let go of a stage (the unit failed): its thread ends quietly."""
+
+
+class _Stage:
+    """A pipeline thread and its bounded queue; an error in the thread is raised where the model thread uses the queue."""
+
+    def __init__(self, body: Callable[[_Stage], None], channel: queue.Queue[Any]) -> None:
+        self.channel = channel
+        self.error: BaseException | None = None
+        self.stopped = threading.Event()
+
+        def run() -> None:
+            try:
+                body(self)
+            except _Stopped:
+                pass
+            except BaseException as exc:  # handed to the model thread, which raises it
+                self.error = exc
+
+        self.thread = threading.Thread(target=run, daemon=True)
+
+    def start(self) -> None:
+        self.thread.start()
+
+    # the model thread's side
+
+    def get(self) -> Any:
+        """The next item the thread produced (None at its end); the thread's error if it failed."""
+        while True:
+            self._raise()
+            try:
+                return self.channel.get(timeout=0.1)
+            except queue.Empty:
+                if not self.thread.is_alive():
+                    self._raise()
+                    return self.channel.get_nowait() if not self.channel.empty() else None
+
+    def put(self, item: Any) -> None:
+        """Hand the thread an item (waits while its queue is full); the thread's error if it failed."""
+        while True:
+            self._raise()
+            try:
+                self.channel.put(item, timeout=0.1)
+                return
+            except queue.Full:
+                continue
+
+    def join(self) -> None:
+        self.thread.join()
+        self._raise()
+
+    def stop(self) -> None:
+        """On the way out, also after an error: the thread stops at its next step (it is not waited for)."""
+        self.stopped.set()
+
+    def _raise(self) -> None:
+        if self.error is not None:
+            raise self.error
+
+    # the stage thread's side
+
+    def emit(self, item: Any) -> None:
+        while True:
+            if self.stopped.is_set():
+                raise _Stopped
+            try:
+                self.channel.put(item, timeout=0.1)
+                return
+            except queue.Full:
+                continue
+
+    def take(self) -> Any:
+        while True:
+            if self.stopped.is_set():
+                raise _Stopped
+            try:
+                return self.channel.get(timeout=0.1)
+            except queue.Empty:
+                continue
+
+
+def predict(
+    model: Any,
+    x: Any,
+    seeds: list[int],
+    samples: int,
+    resize: tuple[int, int] | None,
+    outputs: tuple[str, ...],
+    float_dtype: str,
+    precision: str = "fp32",
+) -> dict[str, Any]:
+    """The store's arrays for a batch `x` (B, C, H, W floats in [0, 1]), as tensors on its device, one seed per item.
+
+    `labels` always; then each of `outputs` (probs, uncertainty, entropy,
+    confidence, mutual_information) that the run writes, cast to `float_dtype`
+    on the device (less to copy back). With `resize` the model runs at that
+    size and its outputs come back to (H, W): probabilities bilinear, then
+    argmax; entropy from the resampled probabilities; variance and the mean
+    per-sample entropy (for MI) bilinear.
+    """
+    import torch
+    import torch.nn.functional as F
+
+    from segbatch.mc import class_entropy
+
+    size = x.shape[-2:]
+    if resize is not None:
+        x = F.interpolate(x, size=resize, mode="bilinear", antialias=True, align_corners=False)
+    if x.is_cuda:
+        x = x.contiguous(memory_format=torch.channels_last)
+    res = mc_predict(model, x, samples=samples, seed=seeds, precision=precision)
+    if resize is not None:
+
+        def up(v: torch.Tensor) -> torch.Tensor:
+            return F.interpolate(v, size=size, mode="bilinear", align_corners=False)
+
+        probs = up(res["probs"])
+        entropy = class_entropy(probs)
+        resampled = {"probs": probs, "labels": probs.argmax(1).to(torch.uint8), "entropy": entropy}
+        if "uncertainty" in res:
+            resampled["uncertainty"] = up(res["uncertainty"][:, None])[:, 0]
+            expected = up((res["entropy"] - res["mutual_information"])[:, None])[:, 0]
+            resampled["mutual_information"] = (entropy - expected).clamp_min(0.0)
+        res = resampled
+    dtype = getattr(torch, float_dtype)
+    out = {"labels": res["labels"]}
+    for name in outputs:
+        if name == "probs":
+            out[name] = res["probs"].permute(0, 2, 3, 1).to(dtype).contiguous()
+        elif name == "confidence":
+            out[name] = res["probs"].amax(1).to(dtype)
+        elif name in res and name != "labels":
+            out[name] = res[name].to(dtype)
+    return out
+
+
+def _unit_id(unit: Any) -> int:
+    return int(unit if isinstance(unit, int) else unit.id)
+
+
+def require_readable(path: str) -> None:
+    """At an actor's start: its node must see the input (a shared path or a URL), or the run stops with one line saying where."""
+    from segbatch import location
+
+    try:
+        ok = location.exists(location.parse(path))
+    except OSError:
+        ok = False
+    if not ok:
+        raise InputError(f"node {_node_ip()} cannot read the input {path} (is it on a path or URL every node sees?)")
+
+
+def batched(items: Iterator[Item], size: int) -> Iterator[list[Item]]:
+    """Consecutive runs of `size` items (the last may be shorter): batches fixed by the unit alone."""
+    batch: list[Item] = []
+    for item in items:
+        batch.append(item)
+        if len(batch) == size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+def _node_ip() -> str:
+    try:
+        import ray
+
+        return str(ray.util.get_node_ip_address())  # type: ignore[no-untyped-call]
+    except Exception:  # outside Ray
+        import socket
+
+        return socket.gethostname()
+
+
+def _node_id() -> str | None:
+    try:
+        import ray
+
+        return ray.get_runtime_context().get_node_id() if ray.is_initialized() else None
+    except Exception:  # outside Ray: no node
+        return None
+
+
+def _ray_gave_gpu() -> bool:
+    try:
+        import ray
+
+        return ray.is_initialized() and bool(ray.get_gpu_ids())
+    except Exception:  # outside Ray (tests, one process): use CUDA when present
+        return True

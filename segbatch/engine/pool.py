@@ -1,0 +1,247 @@
+"""The elastic actor pool: units in, finished units out, whatever happens to the actors in between.
+
+Symmetric, like Ray's own `ActorPool`: `submit` units, `get_next` finished
+ones while `has_next`, `close` at the end. Inside, the pool starts its actors
+(placement and model loading happen in the background), keeps at most
+IN_FLIGHT_PER_ACTOR units on each ready actor (one near the end, so no unit
+waits behind a busy actor), replaces an actor that dies (its node lost, its
+process killed) wherever the cluster has room and puts its units back at the
+front of the queue (each redone at most `retries` times: units are idempotent,
+whole chunks then their ledger entry), and, unless its size was fixed, grows
+while the cluster has free room for another actor.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections import deque
+from collections.abc import Callable
+from typing import Any
+
+from segbatch.errors import InputError, RunError, SegbatchError, first_line
+from segbatch.progress import note
+
+IN_FLIGHT_PER_ACTOR = 2  # a queued unit hides the driver's round trip; the actor runs two units' pipelines side by side
+UNIT_RETRIES = 3  # a unit whose worker dies is redone on a fresh one this many times
+MAX_START_FAILURES = 3  # actors that die while starting before the run gives up
+GROW_EVERY_S = 5.0  # how often the pool looks for room for more actors (and wakes to say it is waiting)
+PLACEMENT_NOTE_AFTER_S = 30.0
+
+
+class ActorPool:
+    """Ray actors of one worker class, each built from the same job, running units.
+
+    Args:
+        worker: the actor class; `worker(job)` builds one, `.device_name()`
+            says it is ready, `.process(unit)` runs a unit and returns its stats.
+        job: what every actor is built from (sent once to each).
+        actors: how many to start with.
+        cpus, gpus: each actor's resources.
+        grow: add actors while the cluster has free room for one more.
+        describe: a unit in messages.
+        quiet: no notes on stderr.
+    """
+
+    def __init__(
+        self,
+        worker: type,
+        job: Any,
+        actors: int,
+        cpus: float,
+        gpus: float,
+        grow: bool = False,
+        describe: Callable[[Any], str] = str,
+        retries: int = UNIT_RETRIES,
+        quiet: bool = True,
+    ) -> None:
+        import ray
+
+        self.cls: Any = ray.remote(max_restarts=0, max_task_retries=0)(_guarded(worker))
+        self.job, self.cpus, self.gpus, self.grows = job, cpus, gpus, grow
+        self.describe, self.retries, self.quiet = describe, retries, quiet
+        self.actors: dict[int, Any] = {}  # slot -> actor handle (starting or ready)
+        self.starting: dict[Any, int] = {}  # device_name() ref -> slot
+        self.ready: set[int] = set()  # slots whose actor answered
+        self.queue: deque[Any] = deque()  # units not yet sent
+        self.in_flight: dict[Any, tuple[int, Any]] = {}  # process() ref -> (slot, unit)
+        self.lost: dict[int, int] = {}  # id(unit) -> times its actor died under it
+        self.device = ""  # what the first ready actor runs on
+        self.most_ready = 0  # the largest number of ready actors at once
+        self._failures = 0
+        self._next_slot = 0
+        self._last_grow = self._waiting_since = time.monotonic()
+        self._noted = False
+        self.job_ref = ray.put(job)
+        for _ in range(actors):
+            self._start()
+
+    def __enter__(self) -> ActorPool:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def submit(self, unit: Any) -> None:
+        """Queue a unit (sent to an actor as soon as one has room)."""
+        self.queue.append(unit)
+        self._fill()
+
+    def has_next(self) -> bool:
+        """Whether a unit is still queued or running."""
+        return bool(self.queue or self.in_flight)
+
+    def get_next(self) -> tuple[Any, Any]:
+        """The next unit to finish, and what its worker returned (in completion order).
+
+        A unit whose actor died is redone elsewhere; an error the unit's
+        worker raised stops the run, as its own type when it is ours
+        (InputError: exit 2) and as a RunError otherwise.
+        """
+        import ray
+        from ray.exceptions import RayActorError, RayTaskError
+
+        if not self.has_next():
+            raise ValueError("get_next() with no unit queued or running")
+        while True:
+            self._maybe_grow()
+            ready, _ = ray.wait([*self.in_flight, *self.starting], num_returns=1, timeout=GROW_EVERY_S)
+            if not ready:
+                self._note_waiting()
+                continue
+            ref = ready[0]
+            if ref in self.starting:
+                self._on_started(ref)
+                continue
+            slot, unit = self.in_flight.pop(ref)
+            try:
+                result = ray.get(ref)
+            except RayTaskError as exc:
+                cause = exc.cause if isinstance(getattr(exc, "cause", None), BaseException) else None
+                if isinstance(cause, SegbatchError):
+                    raise cause from None
+                raise RunError(f"{self.describe(unit)} failed: {first_line(cause or exc)}") from None
+            except RayActorError:
+                self._on_lost(slot, unit)
+                continue
+            self._fill()
+            return unit, result
+
+    def close(self) -> None:
+        """Stop every actor (units still running are abandoned: the ledger says they are not finished)."""
+        import ray
+
+        for actor in self.actors.values():
+            ray.kill(actor, no_restart=True)
+        self.actors.clear()
+        self.ready.clear()
+        self.starting.clear()
+
+    # inside
+
+    def _start(self) -> None:
+        slot, self._next_slot = self._next_slot, self._next_slot + 1
+        name = f"segbatch-worker-{os.getpid()}-{slot}"
+        actor = self.cls.options(num_cpus=self.cpus, num_gpus=self.gpus, name=name, max_concurrency=IN_FLIGHT_PER_ACTOR).remote(self.job_ref)
+        self.actors[slot] = actor
+        self.starting[actor.device_name.remote()] = slot
+
+    def _on_started(self, ref: Any) -> None:
+        """The actor answered (ready), or died starting (replaced; or the run stops when its constructor raised)."""
+        import ray
+        from ray.exceptions import RayActorError, RayTaskError
+
+        slot = self.starting.pop(ref)
+        try:
+            self.device = self.device or str(ray.get(ref))
+        except RayTaskError as exc:
+            # the constructor raised (the checkpoint or the store is unreadable from that node, say): no retry fixes it
+            cause = exc.cause if isinstance(getattr(exc, "cause", None), BaseException) else exc
+            kind = InputError if isinstance(cause, InputError) else RunError
+            raise kind(f"a worker could not start: {first_line(cause)}") from None
+        except RayActorError:
+            self._failures += 1
+            if self._failures >= MAX_START_FAILURES:
+                raise RunError(f"{self._failures} workers died while starting (out of memory, or their nodes went away)") from None
+            self._replace(slot)  # lost while being placed or started (its node went away): try again elsewhere
+            return
+        if slot in self.actors:
+            self.ready.add(slot)
+            self.most_ready = max(self.most_ready, len(self.ready))
+        self._fill()
+
+    def _on_lost(self, slot: int, unit: Any) -> None:
+        key = id(unit)
+        self.lost[key] = self.lost.get(key, 0) + 1
+        if self.lost[key] > self.retries:
+            raise RunError(f"{self.describe(unit)} lost its worker {self.lost[key]} times (out of memory?); lower --batch-size and finish with --resume")
+        self.queue.appendleft(unit)
+        if self._replace(slot):
+            note(f"warning: a worker was lost (node gone or process killed); its units are redone on the others ({self.describe(unit)})", self.quiet)
+        self._fill()
+
+    def _replace(self, slot: int) -> bool:
+        """Retire a dead actor and start another in its place; False when the slot was replaced already."""
+        import ray
+
+        actor = self.actors.pop(slot, None)
+        if actor is None:
+            return False
+        self.ready.discard(slot)
+        ray.kill(actor, no_restart=True)
+        self._start()
+        return True
+
+    def _fill(self) -> None:
+        """Send queued units to ready actors: IN_FLIGHT_PER_ACTOR each while many remain, one each near the end."""
+        busy: dict[int, int] = {}
+        for slot, _ in self.in_flight.values():
+            busy[slot] = busy.get(slot, 0) + 1
+        for slot in sorted(self.ready):
+            limit = IN_FLIGHT_PER_ACTOR if len(self.queue) >= len(self.ready) else 1
+            while self.queue and busy.get(slot, 0) < limit:
+                unit = self.queue.popleft()
+                self.in_flight[self.actors[slot].process.remote(unit)] = (slot, unit)
+                busy[slot] = busy.get(slot, 0) + 1
+
+    def _maybe_grow(self) -> None:
+        """Start one more actor when the cluster has room for it now (none still starting, work for it queued)."""
+        import ray
+
+        if not self.grows or time.monotonic() - self._last_grow < GROW_EVERY_S:
+            return
+        self._last_grow = time.monotonic()
+        if self.starting or len(self.queue) <= len(self.actors):
+            return
+        free: dict[str, float] = ray.available_resources()  # type: ignore[no-untyped-call]
+        if free.get("CPU", 0.0) + 1e-9 >= self.cpus and free.get("GPU", 0.0) + 1e-9 >= self.gpus:
+            self._start()
+
+    def _note_waiting(self) -> None:
+        if not self.ready and not self._noted and time.monotonic() - self._waiting_since > PLACEMENT_NOTE_AFTER_S:
+            note(f"waiting for the cluster to place actors ({self.cpus:g} CPU, {self.gpus:g} GPU each); it may be busy", self.quiet)
+            self._noted = True
+
+
+def _guarded(worker: type) -> type:
+    """`worker` with its constructor's error kept and raised by the first call (`device_name`).
+
+    Ray reports a failed constructor as text only; raised from a method, the
+    error reaches the driver as the task's typed cause, so its exit code
+    follows its type (an unreadable checkpoint on a node is bad input: 2).
+    """
+
+    def __init__(self: Any, *args: Any) -> None:
+        self.start_error = None
+        try:
+            init: Callable[..., None] = getattr(worker, "__init__")  # noqa: B009  (the class's own constructor, on the guarded instance)
+            init(self, *args)
+        except Exception as exc:
+            self.start_error = exc
+
+    def device_name(self: Any) -> str:
+        if self.start_error is not None:
+            raise self.start_error
+        return str(getattr(worker, "device_name")(self))  # noqa: B009  (any worker class: typed as `type`)
+
+    return type(worker.__name__, (worker,), {"__init__": __init__, "device_name": device_name, "__module__": worker.__module__})

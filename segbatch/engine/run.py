@@ -1,0 +1,257 @@
+"""`segbatch run`, once for every source: the prologue, the pool, the outcome, the store's final attributes.
+
+The run: check the options and the target (the store must be new, or
+replaced with --overwrite, or finished with --resume, and no other live
+run's: its lease), load the checkpoint, let the source plan, join or start
+Ray, size the pool, create or reopen the store, send the pending units to
+the elastic pool, and let the source finish (finalise, or stitch). Only
+small per-unit statistics travel back to the driver.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+from segbatch import location
+from segbatch.engine.job import RunConfig, config_digest, software_versions
+from segbatch.engine.session import ray_session, stop_signal
+from segbatch.engine.source import Source
+from segbatch.errors import InputError, Interrupted, RunError, first_line
+from segbatch.lease import Lease, LeaseKeeper, LeaseLostError, claim
+from segbatch.location import Location
+from segbatch.progress import note, progress_bar
+from segbatch.store import base_attrs, create_store, finished_units, open_store, remove_store, reopen_for_resume, store_attrs, update_attrs
+
+T = TypeVar("T")
+UNITS_PER_ACTOR = 8  # units are cut so each actor gets at least this many: no actor idles long at the end
+
+
+@dataclass
+class RunSummary:
+    """What the run did, for the closing line and the store's attributes."""
+
+    items: int = 0  # frames, tiles or images done by this run
+    units: int = 0
+    skipped_units: int = 0
+    seconds: float = 0.0
+    actors: int = 0
+    device: str = ""
+    problems: list[dict[str, Any]] = field(default_factory=list)
+    noun: str = "frame"
+    stitch_seconds: float | None = None
+
+    def line(self, out: Location) -> str:
+        rate = self.items / self.seconds if self.seconds > 0 else 0.0
+        resumed = f", {self.skipped_units} units already done" if self.skipped_units else ""
+        stitched = f", stitched in {self.stitch_seconds:.1f} s" if self.stitch_seconds is not None else ""
+        return (
+            f"segmented {self.items} {self.noun}s in {self.seconds:.1f} s ({rate:.2f} {self.noun}s/s) on {self.actors} actor(s) "
+            f"[{self.device}]{resumed}{stitched} -> {out}"
+        )
+
+
+def run(cfg: RunConfig, make_source: Callable[[RunConfig, Any], Source]) -> RunSummary:
+    """Segment `cfg.input` into `cfg.out` with the source `make_source(cfg, checkpoint)` plans."""
+    from segbatch.engine.pipeline import PipelineWorker
+    from segbatch.engine.pool import ActorPool
+    from segbatch.engine.session import pool_size
+    from segbatch.model.checkpoint import load_checkpoint
+
+    if cfg.resume and cfg.overwrite:
+        raise InputError("--resume and --overwrite exclude each other")
+    lease = Lease.new()
+    ckpt = load_checkpoint(resolve_model(cfg.model, cfg.quiet))
+    source = make_source(cfg, ckpt)
+    config = fingerprint(cfg, ckpt.sha256, source)
+    check_target(cfg, lease, ckpt.path)
+    with LeaseKeeper(cfg.out, lease) as keeper, ray_session(cfg.address):
+        actors, gpus = pool_size(cfg.actors, cfg.gpus_per_actor, cfg.cpus_per_actor, source.max_units)  # before a store exists
+        root = _prepare_store(cfg, source, ckpt, config, actors, keeper)
+        units = source.units(store_attrs(root))
+        done = finished_units(root)
+        pending = [u for u in units if unit_id(u) not in done]
+        job = source.job(location.absolute(cfg.out), location.absolute(ckpt.path), lease.run)
+        summary = RunSummary(units=len(units), skipped_units=len(units) - len(pending), noun=source.noun)
+        started = time.perf_counter()
+        with recorded_outcome(root, len(units), "units"):
+            if pending:
+                with (
+                    ActorPool(
+                        PipelineWorker, job, actors, cfg.cpus_per_actor, gpus, grow=cfg.actors is None, describe=source.describe, quiet=cfg.quiet
+                    ) as pool,
+                    progress_bar(sum(source.size(u) for u in pending), "segmenting", source.noun, cfg.quiet) as bar,
+                ):
+                    for unit in pending:
+                        pool.submit(unit)
+                    while pool.has_next():
+                        unit, _ = pool.get_next()
+                        summary.items += source.size(unit)
+                        bar.update(source.size(unit))
+                    summary.actors, summary.device = pool.most_ready, pool.device
+            summary.seconds = time.perf_counter() - started
+            keeper.renew()
+            keeper.check()  # the driver's own writes are fenced too: a run whose store was taken over finalises nothing
+            source.finish(root, units, pending, summary, keeper)
+        return summary
+
+
+def fingerprint(cfg: RunConfig, model_sha256: str, source: Source) -> dict[str, Any]:
+    """The settings that decide the output's bits; --resume requires them unchanged (and names what differs)."""
+    return {
+        "model_sha256": model_sha256,
+        "samples": cfg.samples,
+        "seed": cfg.seed,
+        "float_dtype": cfg.float_dtype,
+        "precision": cfg.precision,
+        "software": software_versions(),
+        **source.fingerprint(),
+    }
+
+
+def _prepare_store(cfg: RunConfig, source: Source, ckpt: Any, config: dict[str, Any], actors: int, keeper: LeaseKeeper) -> Any:
+    """Reopen the store for --resume, or create it (replacing the old one for --overwrite): driver-only metadata."""
+    if location.exists(cfg.out) and cfg.resume:
+        root = open_store(cfg.out)
+        source.check_resume(root, store_attrs(root))
+        root, _ = reopen_for_resume(cfg.out, config, keeper.lease.run)
+        return root
+
+    def create() -> Any:
+        layout, attrs = source.new_store(actors)
+        attrs = (
+            base_attrs(attrs.pop("source"), model_attrs(ckpt), cfg.samples, cfg.seed, config, keeper.lease.run) | {"fingerprint": config_digest(config)} | attrs
+        )
+        return create_store(cfg.out, layout, attrs, keeper.lease)
+
+    return replace_store(cfg, keeper, create)
+
+
+def replace_store(cfg: RunConfig, keeper: LeaseKeeper, create: Callable[[], T]) -> T:
+    """--overwrite (or a new store): delete the old one and create the new one, with no lease renewal in between."""
+    with keeper.lock:
+        if location.exists(cfg.out) and cfg.overwrite:
+            remove_store(cfg.out)
+        return create()
+
+
+def unit_id(unit: Any) -> int:
+    """A unit's row in the ledger: a tile's id is the tile number, other units carry `.id`."""
+    return int(unit if isinstance(unit, int) else unit.id)
+
+
+def model_attrs(ckpt: Any) -> dict[str, Any]:
+    """The store's `model` attribute: what labelled it, and how to colour its classes."""
+    return {
+        "arch": ckpt.spec.arch,
+        "classes": list(ckpt.spec.class_names),
+        "palette": [list(c) for c in ckpt.spec.palette],
+        "sha256": ckpt.sha256,
+        "path": str(ckpt.path),
+        "dropout": ckpt.spec.dropout,
+        "width": ckpt.spec.width,
+    }
+
+
+def resolve_model(model: Path | None, quiet: bool) -> Path:
+    """The checkpoint to use: the user's, or the built-in demo model (with a notice)."""
+    if model is not None:
+        return model
+    from segbatch.demo.model import DEMO_NOTICE, demo_checkpoint_path
+
+    note(DEMO_NOTICE, quiet)
+    return demo_checkpoint_path()
+
+
+def check_target(cfg: RunConfig, lease: Lease, checkpoint: Location) -> None:
+    """Before any work: the store must be new, or be replaced (--overwrite) or finished (--resume), and no other live run's.
+
+    An existing store is claimed for this run (its lease), so a second run of
+    the same command is refused with one line naming the holder; the files
+    the job reads may not lie inside a store that --overwrite would delete.
+    """
+    there = location.exists(cfg.out)
+    if there and not (cfg.resume or cfg.overwrite):
+        raise InputError(f"{cfg.out} exists; pass --resume to finish it or --overwrite to replace it")
+    if there and cfg.overwrite:
+        open_store(cfg.out)  # only ever delete a store segbatch wrote
+        for what, path in (("input", cfg.input), ("checkpoint", checkpoint)):
+            if location.inside(path, cfg.out):
+                raise InputError(f"the {what} {path} is inside {cfg.out}, which --overwrite would delete; move it out first")
+    if there:
+        previous = claim(cfg.out, lease)
+        if previous is not None:
+            gone = "is gone" if previous.dead() else f"has not renewed its lease for {previous.age():.0f} s"
+            note(f"warning: taking over {cfg.out} from {previous.holder()}, which {gone}")  # even with --quiet: who owned the store matters
+    if location.is_url(cfg.out):
+        return  # object stores have no folders to check; a missing bucket or credentials fail at creation, in one line
+    out = Path(cfg.out)
+    parent = out.parent if str(out.parent) else Path(".")
+    if not parent.is_dir():
+        raise InputError(f"cannot create {out}: folder {parent} does not exist")
+    if not os.access(parent, os.W_OK):
+        raise InputError(f"cannot create {out}: folder {parent} is not writable")
+
+
+@contextmanager
+def recorded_outcome(root: Any, total: int, what: str) -> Iterator[None]:
+    """Make a run's end visible in the store: Ctrl-C, SIGTERM or SIGHUP leave it resumable (exit 130, 143, 129), any failure marks it failed."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        left = total - len(finished_units(root))
+        message = f"interrupted with {left} of {total} {what} left; finish with the same command and --resume"
+        raise Interrupted(message, signum=stop_signal()) from None
+    except Exception as exc:
+        if not isinstance(exc, LeaseLostError):  # a run that lost its store writes nothing more to it
+            try:
+                update_attrs(root, status="failed", error=first_line(exc))
+            except Exception:  # noqa: S110  (marking it failed failed too, a read-only store say: the first cause is what the user needs)
+                pass
+        raise
+
+
+def finished_or_fail(root: Any, units: Sequence[Any]) -> dict[int, dict[str, Any]]:
+    """The ledger, every unit in it (else the store is marked failed and the run says --resume finishes it)."""
+    ledger = finished_units(root)
+    missing = [unit_id(u) for u in units if unit_id(u) not in ledger]
+    if missing:
+        update_attrs(root, status="failed", error=f"{len(missing)} units never finished")
+        raise RunError(f"{len(missing)} units never finished (first: {missing[0]}); finish with --resume")
+    return ledger
+
+
+def stage_totals(ledger: Mapping[int, Mapping[str, Any]]) -> dict[str, Any]:
+    """Seconds per pipeline stage over every unit, and the stage that bounds the run (what to make faster)."""
+    totals: dict[str, float] = {}
+    for entry in ledger.values():
+        for stage, seconds in entry.get("stages", {}).items():
+            totals[stage] = totals.get(stage, 0.0) + float(seconds)
+    if not totals:
+        return {}
+    busy = {k: v for k, v in totals.items() if k != "wait"}
+    return {"seconds": {k: round(v, 3) for k, v in totals.items()}, "bottleneck": max(busy, key=lambda k: busy[k]) if busy else None}
+
+
+def mark_complete(root: Any, problems: list[dict[str, Any]], summary: RunSummary, totals: dict[str, Any], ledger: Mapping[int, Mapping[str, Any]]) -> None:
+    """The final attributes: status complete, the problems, and the run's figures (stage times included)."""
+    summary.problems = problems
+    update_attrs(
+        root,
+        drop=("error",),
+        status="complete",
+        problems=problems,
+        summary={
+            **totals,
+            "worker_seconds": round(sum(float(s.get("seconds", 0.0)) for s in ledger.values()), 3),
+            "wall_seconds": round(summary.seconds, 3),
+            "actors": summary.actors,
+            "device": summary.device,
+            "stages": stage_totals(ledger),
+        },
+    )

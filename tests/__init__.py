@@ -1,0 +1,1 @@
+"""segbatch tests: one package, so test helpers import as `tests.helpers.*` (pyproject: pytest pythonpath = ["."])."""

@@ -1,0 +1,113 @@
+"""The elastic actor pool over no-op workers: every unit once, lost actors replaced, errors by type, growth."""
+
+import os
+import time
+
+import pytest
+
+from segbatch import errors
+from segbatch.engine import pool as pool_module
+from segbatch.engine.pool import ActorPool
+
+
+def _worker(die_on=None, die_once_marker=None, raise_on=None, sleep=0.0):
+    """A no-op worker class (local, so Ray ships it by value); it can die or raise on chosen units, once or always."""
+
+    class Worker:
+        def __init__(self, job):
+            import threading
+
+            self.job = job
+            self.lock = threading.Lock()
+            self.running = self.most = 0
+
+        def device_name(self):
+            return "cpu"
+
+        def process(self, unit):
+            with self.lock:
+                self.running += 1
+                self.most = max(self.most, self.running)
+            try:
+                if unit == die_on and (die_once_marker is None or not os.path.exists(die_once_marker)):
+                    if die_once_marker is not None:
+                        open(die_once_marker, "w").close()
+                    os._exit(1)  # the process dies under the unit, as a node lost or an OOM kill would
+                if unit == raise_on:
+                    raise self.job  # the job is the exception to raise
+                time.sleep(sleep)
+                return {"unit": unit, "pid": os.getpid(), "most": self.most}
+            finally:
+                with self.lock:
+                    self.running -= 1
+
+    return Worker
+
+
+def drain(pool, units):
+    for unit in units:
+        pool.submit(unit)
+    out = {}
+    while pool.has_next():
+        unit, result = pool.get_next()
+        assert unit not in out, f"unit {unit} came back twice"
+        out[unit] = result
+    return out
+
+
+def test_every_unit_once_and_at_most_two_in_flight_per_actor(ray_address):
+    with ActorPool(_worker(sleep=0.05), "job", actors=3, cpus=1, gpus=0) as pool:
+        out = drain(pool, range(40))
+        assert 1 <= pool.most_ready <= 3 and pool.device == "cpu"
+    assert sorted(out) == list(range(40))
+    assert {r["unit"] for r in out.values()} == set(range(40))
+    assert max(r["most"] for r in out.values()) <= pool_module.IN_FLIGHT_PER_ACTOR
+
+
+def test_a_lost_actor_is_replaced_and_its_unit_redone(ray_address, tmp_path):
+    marker = tmp_path / "died"
+    with ActorPool(_worker(die_on=5, die_once_marker=str(marker), sleep=0.02), "job", actors=2, cpus=1, gpus=0) as pool:
+        out = drain(pool, range(12))
+        assert pool.lost and set(pool.lost.values()) == {1}  # the units in flight on the lost actor, each redone once
+    assert marker.exists() and sorted(out) == list(range(12))
+
+
+def test_a_unit_that_always_kills_its_worker_stops_the_run(ray_address):
+    with ActorPool(_worker(die_on=1), "job", actors=1, cpus=1, gpus=0, retries=1, describe=lambda u: f"unit {u}") as pool:
+        for unit in range(3):
+            pool.submit(unit)
+        with pytest.raises(errors.RunError, match=r"unit [01] lost its worker 2 times"):  # unit 0 shares the dying actor with unit 1
+            while pool.has_next():
+                pool.get_next()
+
+
+@pytest.mark.parametrize(
+    ("raised", "expected", "message"),
+    [(errors.InputError("bad frame data"), errors.InputError, "^bad frame data$"), (ValueError("boom"), errors.RunError, "^unit 2 failed: boom$")],
+)
+def test_an_error_in_a_unit_stops_the_run_as_its_type(ray_address, raised, expected, message):
+    with ActorPool(_worker(raise_on=2), raised, actors=1, cpus=1, gpus=0, describe=lambda u: f"unit {u}") as pool:
+        for unit in range(4):
+            pool.submit(unit)
+        with pytest.raises(expected, match=message) as caught:
+            while pool.has_next():
+                pool.get_next()
+    assert type(caught.value) is expected
+
+
+def test_the_pool_grows_into_free_room_only_when_asked_and_there_is_work(ray_address):
+    for grow, queued, started in ((True, 10, 2), (False, 10, 1), (True, 0, 1)):
+        with ActorPool(_worker(), "job", actors=1, cpus=1, gpus=0, grow=grow) as pool:
+            pool.queue.extend(range(queued))  # work waiting (not sent: no actor is ready yet)
+            while pool.starting:  # the first actor placed and started
+                pool._on_started(next(iter(pool.starting)))
+            pool._last_grow = 0.0  # the growth check is due
+            pool._maybe_grow()
+            assert len(pool.actors) == started, (grow, queued)
+            out = drain(pool, [])
+        assert sorted(out) == list(range(queued))
+
+
+def test_get_next_without_work_is_a_usage_error(ray_address):
+    with ActorPool(_worker(), "job", actors=1, cpus=1, gpus=0) as pool, pytest.raises(ValueError):
+        pool.get_next()
