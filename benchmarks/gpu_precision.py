@@ -8,6 +8,8 @@ for fp32, fp16 and bf16 (autocast). FLOPs per frame are counted with
 torch.utils.flop_counter on one pass of the prefix plus `samples` passes of the
 rest; "of peak" divides the achieved FLOP/s by --peak-tflops (default: H100 SXM
 dense bf16/fp16 tensor-core peak, 989 TFLOP/s; its fp32 non-tensor peak is 67).
+A first line times the dropout masks of one frame on the device (all layers,
+`samples` rows) and checks they equal the CPU's bit for bit.
 """
 
 from __future__ import annotations
@@ -20,12 +22,41 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from segbatch.mc import mc_predict
 from segbatch.model import build_model
+from segbatch.model.segnet import dropout_keys, dropout_layers, keep_mask
 
 
 def flops_per_frame(model: torch.nn.Module, x: torch.Tensor, samples: int) -> float:
     with FlopCounterMode(display=False) as counter:
         mc_predict(model, x[:1], samples=samples, seed=0)
     return float(counter.get_total_flops())
+
+
+def check_masks(model: torch.nn.Module, x: torch.Tensor, samples: int, repeats: int) -> str:
+    """Time one frame's masks on x's device and compare them with the CPU's, bit for bit."""
+    drops = dropout_layers(model)
+    shapes: list[tuple[int, ...]] = []
+    hooks = [d.register_forward_pre_hook(lambda _m, args: shapes.append(tuple(args[0].shape[1:]))) for d in drops]
+    mc_predict(model, x[:1], samples=1, seed=0)
+    for h in hooks:
+        h.remove()
+    keys = torch.from_numpy(dropout_keys([0], range(samples), len(drops)).view("int64")).reshape(len(drops), samples)
+    on_device = keys.to(x.device)
+    same = all(torch.equal(keep_mask(on_device[i], shape, d.p).cpu(), keep_mask(keys[i], shape, d.p)) for i, (d, shape) in enumerate(zip(drops, shapes)))
+
+    def masks() -> None:
+        for i, (d, shape) in enumerate(zip(drops, shapes)):
+            keep_mask(on_device[i], shape, d.p)
+        if x.is_cuda:
+            torch.cuda.synchronize()
+
+    masks()
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        masks()
+        best = min(best, time.perf_counter() - start)
+    elements = samples * sum(int(torch.tensor(s).prod()) for s in shapes)
+    return f"masks: {elements / 1e6:.1f} M elements per frame, {best * 1e3:.2f} ms per frame on {x.device.type}; equal to the CPU's bit for bit: {same}"
 
 
 def main() -> None:
@@ -48,6 +79,7 @@ def main() -> None:
     flops = flops_per_frame(model, x, args.samples)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
     print(f"{name}: SegNet {h}x{w}, {args.samples} samples, batch {args.batch}; {flops / 1e9:.1f} GFLOP per frame")
+    print("  " + check_masks(model, x, args.samples, args.repeats))
     for precision in ("fp32", "fp16", "bf16"):
         mc_predict(model, x, samples=args.samples, seed=list(range(args.batch)), precision=precision)  # warm-up (cuDNN autotune)
         if device.type == "cuda":

@@ -131,8 +131,7 @@ class PipelineWorker:
             x = job.to_model(host.to(self.device, non_blocking=True))
             times["to_device"] += time.perf_counter() - t
             t = time.perf_counter()
-            seeds = [derive_seed(job.seed, item.index) for item in items]
-            outputs = predict(self.model, x, seeds, job.samples, job.resize, job.model_outputs, job.float_dtype, job.precision)
+            outputs = self.predict(x, [derive_seed(job.seed, item.index) for item in items])
             times["model"] += time.perf_counter() - t
             t = time.perf_counter()
             if not self.cuda:
@@ -150,6 +149,11 @@ class PipelineWorker:
                 host_outputs = (pinned, done)
             times["to_host"] += time.perf_counter() - t
         return host_outputs
+
+    def predict(self, x: Any, seeds: list[int]) -> dict[str, Any]:
+        """The model on a batch on the device: the store's arrays, still there (a benchmark's stand-in device replaces this)."""
+        job = self.job
+        return predict(self.model, x, seeds, job.samples, job.resize, job.model_outputs, job.float_dtype, job.precision)
 
     def _write(self, placer: Any, results: _Stage, digests: dict[str, str], times: dict[str, float]) -> None:
         """Writer thread: wait for each batch's copies, let the source's placer cut whole chunks, write them fenced."""

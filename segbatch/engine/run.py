@@ -56,8 +56,12 @@ class RunSummary:
         )
 
 
-def run(cfg: RunConfig, make_source: Callable[[RunConfig, Any], Source]) -> RunSummary:
-    """Segment `cfg.input` into `cfg.out` with the source `make_source(cfg, checkpoint)` plans."""
+def run(cfg: RunConfig, make_source: Callable[[RunConfig, Any], Source], worker: type | None = None) -> RunSummary:
+    """Segment `cfg.input` into `cfg.out` with the source `make_source(cfg, checkpoint)` plans.
+
+    `worker` is the actor class (default: engine.pipeline.PipelineWorker; a
+    benchmark passes a subclass whose `predict` stands in for a device).
+    """
     from segbatch.engine.pipeline import PipelineWorker
     from segbatch.engine.pool import ActorPool
     from segbatch.engine.session import pool_size

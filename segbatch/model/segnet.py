@@ -11,7 +11,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import cast
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -40,35 +42,119 @@ class State:
         )
 
 
+# Counter-based dropout masks. A keep bit is a pure function of (item seed, sample,
+# dropout layer, element index), computed with integer tensor ops on the device the
+# activations live on: nothing per element is drawn on the host or crosses PCIe, and
+# CPU and CUDA give the same bits because integer arithmetic is exact (int64 add and
+# multiply wrap modulo 2**64 on both; right shifts are made logical with a mask).
+#
+#   key(seed, sample, layer) = mix(mix(mix(seed + G) + (sample + 1) G) + (layer + 1) G)  (host, one per row and layer)
+#   z_j = mix(key + (j + 1) G)                                                           (device, one per 4 elements)
+#   element e keeps  <=>  int16 lane (e mod 4) of z_(e div 4), little-endian, >= T(p)
+#
+# mix is splitmix64's finaliser, G its odd increment; the element index e is the
+# row-major position in the item's (C, H, W) activation (memory layout plays no
+# part). A 64-bit z gives four 16-bit lanes; with T(p) = round(p * 2**16) - 2**15 a
+# lane (uniform over the int16 range) keeps with probability 1 - round(p * 2**16) / 2**16,
+# so p is used to the nearest 2**-16 (exactly for 0.5). Lanes are read little-endian, as
+# every platform torch runs on stores them.
+
+_GOLDEN = 0x9E3779B97F4A7C15
+_MIX1 = 0xBF58476D1CE4E5B9
+_MIX2 = 0x94D049BB133111EB
+LANES = 4  # keep bits per 64-bit hash
+MAX_SEED = (1 << 64) - 1
+
+
+def _int64(v: int) -> int:
+    """A 64-bit pattern as the signed value an int64 tensor holds."""
+    return v - (1 << 64) if v >= 1 << 63 else v
+
+
+def _mix64(z: Tensor) -> Tensor:
+    """splitmix64's finaliser, in place on an int64 tensor (a bijection of the 64-bit patterns)."""
+    t = torch.empty_like(z)
+    for shift, mult in ((30, _MIX1), (27, _MIX2), (31, None)):
+        torch.bitwise_right_shift(z, shift, out=t)  # arithmetic on int64 ...
+        t.bitwise_and_((1 << (64 - shift)) - 1)  # ... made logical
+        z.bitwise_xor_(t)
+        if mult is not None:
+            z.mul_(_int64(mult))  # wraps modulo 2**64
+    return z
+
+
+def _mix64_np(z: np.ndarray) -> np.ndarray:
+    z = z ^ (z >> np.uint64(30))
+    z = z * np.uint64(_MIX1)
+    z = z ^ (z >> np.uint64(27))
+    z = z * np.uint64(_MIX2)
+    return cast(np.ndarray, z ^ (z >> np.uint64(31)))
+
+
+def dropout_keys(seeds: Sequence[int], samples: Sequence[int], layers: int) -> np.ndarray:
+    """Per-row mask keys, shape (layers, len(samples), len(seeds)), uint64: key[l, s, i] for (seeds[i], samples[s], layer l)."""
+    if any(not 0 <= s <= MAX_SEED for s in seeds):
+        raise InputError(f"seeds must be integers in [0, 2**64), got {list(seeds)}")
+    g = np.uint64(_GOLDEN)
+    with np.errstate(over="ignore"):  # uint64 arithmetic wraps, as intended
+        k = _mix64_np(np.array(seeds, dtype=np.uint64) + g)[None, :]
+        k = _mix64_np(k + (np.array(samples, dtype=np.uint64)[:, None] + np.uint64(1)) * g)[None]
+        return _mix64_np(k + (np.arange(layers, dtype=np.uint64)[:, None, None] + np.uint64(1)) * g)
+
+
+def keep_threshold(p: float) -> int:
+    """The int16 value a lane must reach to keep its element: keep probability 1 - round(p * 2**16) / 2**16."""
+    return round(p * 65536) - 32768
+
+
+def keep_mask(keys: Tensor, shape: Sequence[int], p: float) -> Tensor:
+    """Keep bits (bool, (rows, *shape)) for rows with int64 `keys` (one per row), on the keys' device.
+
+    Row r depends only on keys[r]: what else is in the batch plays no part.
+    """
+    n = 1
+    for d in shape:
+        n *= int(d)
+    m = -(-n // LANES)
+    z = torch.arange(1, m + 1, dtype=torch.int64, device=keys.device).mul_(_int64(_GOLDEN))
+    z = _mix64(keys.reshape(-1, 1) + z)
+    lanes = z.view(torch.int16)[:, :n]  # little-endian: lane k of z_j is bits [16k, 16k + 16)
+    return lanes.ge(keep_threshold(p)).reshape(-1, *shape)
+
+
 class MCDropout(nn.Module):
-    """Element-wise dropout (as Caffe's), switchable to seeded Monte-Carlo masks at test time.
+    """Element-wise dropout (as Caffe's), switchable to counter-based Monte-Carlo masks at test time.
 
     In training it is ordinary dropout. In eval mode it is the identity unless
-    `segbatch.mc` hands it one random generator per batch row: then each row's
-    mask comes from its own generator, so a sample's mask depends only on
-    (seed, item, sample), never on what else is in the batch.
+    `segbatch.mc` hands it one mask key per batch row (`row_keys`, int64 on the
+    activations' device, from `dropout_keys`): then each row's mask is
+    `keep_mask` of its key, a function of (item seed, sample, this layer's
+    index), never of what else is in the batch or of the device.
     """
 
     def __init__(self, p: float) -> None:
         super().__init__()
         self.p = p
-        self.row_generators: Sequence[torch.Generator] | None = None
+        self.row_keys: Tensor | None = None
 
     def forward(self, x: Tensor) -> Tensor:
         if self.training:
             return F.dropout(x, self.p, training=True)
-        gens = self.row_generators
-        if gens is None or self.p == 0.0:
+        keys = self.row_keys
+        if keys is None or self.p == 0.0:
             return x
-        if len(gens) != x.shape[0]:
-            raise RuntimeError(f"MC dropout got {len(gens)} generators for a batch of {x.shape[0]}")
-        # Masks are drawn on the CPU (its generator gives the same stream on every machine;
-        # CUDA's does not), then moved: a sample's mask is the same on any device.
-        keep = torch.stack([torch.rand(x.shape[1:], generator=g) >= self.p for g in gens])
-        return x * keep.to(device=x.device, dtype=x.dtype, non_blocking=True) / (1.0 - self.p)
+        if keys.shape[0] != x.shape[0]:
+            raise RuntimeError(f"MC dropout got {keys.shape[0]} mask keys for a batch of {x.shape[0]}")
+        keep = keep_mask(keys.to(x.device), x.shape[1:], self.p)
+        return x.mul(keep).mul_(1.0 / (1.0 - self.p))
 
     def extra_repr(self) -> str:
         return f"p={self.p}"
+
+
+def dropout_layers(model: nn.Module) -> list[MCDropout]:
+    """A model's MC dropout layers in module order: a layer's index in this list is the layer index of its masks."""
+    return [m for m in model.modules() if isinstance(m, MCDropout)]
 
 
 def _conv_bn(cin: int, cout: int, kernel: int, relu: bool) -> list[nn.Module]:
