@@ -1,6 +1,6 @@
 """End-to-end `segbatch run` on video against model-only throughput, and peak memory vs video length.
 
-    python benchmarks/run_video.py throughput [--frames 300] [--size 360x480] [--samples 8] [--batch-size 4] [--model CKPT]
+    python benchmarks/run_video.py throughput [--frames 300] [--size 360x480] [--input VIDEO] [--samples 8] [--batch-size 4] [--model CKPT]
     python benchmarks/run_video.py memory [--short 200] [--long 2000] [--size 360x480] [--samples 1] [--model CKPT]
 
 throughput: the same frames, samples, batch size and frame size, measured in one
@@ -128,17 +128,20 @@ def main() -> None:
     ap.add_argument("--samples", type=int)
     ap.add_argument("--batch-size", type=int, default=4)
     ap.add_argument("--model", type=Path, default=demo_checkpoint_path())
+    ap.add_argument("--input", type=Path, help="throughput: this video (e.g. ../shared/samples/bikes.mp4) instead of a generated one")
     args = ap.parse_args()
     h, w = (int(v) for v in args.size.split("x"))
     with tempfile.TemporaryDirectory() as tmp:
         d = Path(tmp)
         if args.mode == "throughput":
             samples = 8 if args.samples is None else args.samples
-            video = write_demo_video(d / "v.mp4", args.frames, h, w, seed=3)
+            video = args.input or write_demo_video(d / "v.mp4", args.frames, h, w, seed=3)
+            with av.open(str(video)) as c:
+                frames, w, h = c.streams.video[0].frames, c.streams.video[0].width, c.streams.video[0].height
             fps_model = model_only_fps(video, args.model, samples, args.batch_size)
             seconds, peak = run_segbatch(video, d / "o.zarr", args.model, samples, args.batch_size)
-            fps_e2e = args.frames / seconds
-            print(f"{args.frames} frames {w}x{h}, {samples} samples, batch {args.batch_size}, {os.cpu_count()} CPUs")
+            fps_e2e = frames / seconds
+            print(f"{video.name}: {frames} frames {w}x{h}, {samples} samples, batch {args.batch_size}, {os.cpu_count()} CPUs")
             print(f"model only (pre-decoded, one process): {fps_model:.2f} frames/s")
             print(f"segbatch run end to end:               {fps_e2e:.2f} frames/s ({seconds:.1f} s, Ray start-up included; peak RSS {peak / 2**20:.0f} MiB)")
             print(f"ratio {fps_e2e / fps_model:.3f} (target >= 0.95)")
