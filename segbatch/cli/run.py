@@ -115,7 +115,6 @@ def run(
 ) -> None:
     """Segment a video, a georeferenced raster or a folder of images into a Zarr store: labels, uncertainty, entropy."""
     from segbatch.engine.job import RunConfig
-    from segbatch.errors import InputError
     from segbatch.sources import source_kind
 
     # workers on other nodes have other working folders: local paths leave the driver absolute (URLs as they are)
@@ -147,14 +146,13 @@ def run(
     )
     from segbatch.engine.run import run as run_job
 
-    if location.is_dir(input_path):
-        given = [f"--{name.replace('_', '-')}" for name in ("frames", "bands", "tile", "overlap", "keep_tiles", "hwaccel") if _given(name)]
-        if given:
-            raise InputError(f"{', '.join(given)}: not for an image folder (video or raster options)")
+    kind = "images" if location.is_dir(input_path) else source_kind(input_path)
+    refuse_options_not_for(kind)
+    if kind == "images":
         from segbatch.engine.images import ImageSource
 
         summary = run_job(cfg, ImageSource)
-    elif source_kind(input_path) == "video":
+    elif kind == "video":
         from segbatch.engine.video import VideoSource
 
         summary = run_job(cfg, VideoSource)
@@ -167,6 +165,36 @@ def run(
     click.echo(summary.line(out), err=True)
     for line in problem_lines(summary.problems):
         click.echo(f"warning: {line}", err=True)
+
+
+# the options that apply to some kinds of input only: one table, checked before anything runs
+ONLY_FOR = {
+    "frames": ("video",),
+    "hwaccel": ("video",),
+    "batch_size": ("video",),  # a raster tile or an image (sizes differ) goes to the model alone
+    "resize": ("video", "images"),
+    "extra_outputs": ("video", "images"),
+    "tile": ("raster",),
+    "overlap": ("raster",),
+    "bands": ("raster",),
+    "keep_tiles": ("raster",),
+}
+KIND_WORDS = {"video": "a video", "raster": "a raster", "images": "an image folder"}
+
+
+def refuse_options_not_for(kind: str) -> None:
+    """One line, exit 2, naming every option the user set that does not apply to this kind of input (and what it is for)."""
+    from segbatch.errors import InputError
+
+    wrong = [(name, kinds) for name, kinds in ONLY_FOR.items() if kind not in kinds and _given(name)]
+    if wrong:
+        flags = ", ".join(_flag(name) for name, _ in wrong)
+        uses = "; ".join(f"{_flag(name)} is for {' and '.join(KIND_WORDS[k].split(' ', 1)[1] + 's' for k in kinds)}" for name, kinds in wrong)
+        raise InputError(f"{flags}: not for {KIND_WORDS[kind]} ({uses})")
+
+
+def _flag(name: str) -> str:
+    return "--outputs" if name == "extra_outputs" else f"--{name.replace('_', '-')}"
 
 
 def _given(name: str) -> bool:

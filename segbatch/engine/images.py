@@ -133,8 +133,6 @@ class ImageSource:
     noun = "image"
 
     def __init__(self, cfg: RunConfig, ckpt: Any) -> None:
-        if cfg.frames or cfg.bands or cfg.keep_tiles:
-            raise InputError("--frames, --bands and --keep-tiles are not for image folders")
         if location.is_url(cfg.input):
             raise InputError(f"{cfg.input}: an image folder must be a path every node sees (a shared file system), not a URL")
         self.cfg, self.ckpt = cfg, ckpt

@@ -114,8 +114,6 @@ class RasterSource:
     noun = "tile"
 
     def __init__(self, cfg: RunConfig, ckpt: Any) -> None:
-        if cfg.extra_outputs or cfg.resize or cfg.frames or cfg.hwaccel:
-            raise InputError("--outputs, --resize, --frames and --hwaccel are for video; rasters run at their own resolution")
         self.cfg, self.ckpt = cfg, ckpt
         self.plan = probe_raster(cfg.input, cfg.bands, ckpt.spec.in_channels)
         if self.plan.crs_wkt is None:
