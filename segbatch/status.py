@@ -1,4 +1,4 @@
-"""Exit codes, defined once (DESIGN.md, CLI contract)."""
+"""Exit codes, defined once (docs/architecture.md, "Exit codes")."""
 
 from __future__ import annotations
 

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from segbatch.lease import check_fence
-from segbatch.store import NODATA_LABEL, open_store, record_unit, write_region
+from segbatch.store import NODATA_LABEL, ledger_array, open_store, record_unit, write_region
 from segbatch.tilestore import PROB_NODATA, PROB_SCALE
 from segbatch.tiling import TilePlan, blend_weights
 
@@ -56,7 +56,7 @@ def stitch_chunks(job: StitchJob, chunk_ids: Sequence[int], skipped: frozenset[i
     for cid in chunk_ids:
         check_fence(job.store, job.run)
         digests = _stitch_one(root, job, cid, skipped, cache)
-        entry = json.loads(str(root["ledger"][cid]) or "{}")
+        entry = json.loads(str(ledger_array(root)[cid]) or "{}")
         check_fence(job.store, job.run)
         record_unit(root, cid, {**entry, "chunks": digests})
     return len(chunk_ids)

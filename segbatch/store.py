@@ -5,15 +5,25 @@ starts (shapes are known from the source plan); workers only write whole
 chunks of the units they own, then their unit's ledger entry. The ledger is a
 string array with one chunk per unit, so its entries are written by their
 units' workers alone, like any other chunk, and a store read back after a
-crash says exactly which units are finished.
+crash says exactly which units are finished. It lives in the `_segbatch`
+group, out of sight of `xarray.open_zarr` (which shows the root's arrays
+only); stores made before kept it at the root, and are read as they are.
+
+The metadata is what xarray, rioxarray and CF tools look for: `Conventions`,
+`_FillValue` (255 for labels, NaN for floats, as xarray encodes attributes in
+Zarr v3), `flag_values`/`flag_meanings` on labels, `units` on floats, and on
+raster stores the GeoZarr `proj:`/`spatial:` keys beside a CF grid mapping.
 """
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import os
+import re
 import shutil
+import struct
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -32,6 +42,12 @@ OPTIONAL_OUTPUTS = ("mutual_information", "probs")
 NODATA_LABEL = 255
 STATUSES = ("creating", "running", "stitching", "complete", "failed", "damaged")
 KINDS = ("video", "raster", "images")
+LEDGER = "_segbatch/ledger"  # the ledger's path; stores made before it moved there have it at LEGACY_LEDGER
+LEGACY_LEDGER = "ledger"
+CF_CONVENTIONS = "CF-1.10"
+# a float _FillValue of NaN as xarray writes and reads it in a Zarr v3 attribute (base64 of the little-endian double):
+# JSON has no NaN, and with Zarr v3 xarray masks by the _FillValue attribute, not by the array's fill_value
+NAN_FILL_ATTR = base64.standard_b64encode(struct.pack("<d", float("nan"))).decode()
 
 
 @dataclass(frozen=True)
@@ -47,6 +63,7 @@ class StoreLayout:
     float_dtype: str = "float16"
     coords: Mapping[str, tuple[tuple[str, ...], np.ndarray, dict[str, Any]]] = field(default_factory=dict)  # name -> (dims, values, attrs)
     array_attrs: Mapping[str, Any] = field(default_factory=dict)  # added to every output array (e.g. grid_mapping)
+    root_attrs: Mapping[str, Any] = field(default_factory=dict)  # top-level root attributes beside `segbatch` (e.g. GeoZarr's)
     extra: tuple[ArraySpec, ...] = ()  # worker-written arrays beyond the outputs (e.g. the raster tile store)
 
 
@@ -77,9 +94,9 @@ def create_store(path: Location, layout: StoreLayout, attrs: dict[str, Any], lea
     if location.exists(path):
         raise InputError(f"{path} exists; pass --resume to finish it or --overwrite to replace it")
     if location.is_url(path):
-        root = zarr.open_group(location.zarr_store(path, read_only=False), mode="w-", zarr_format=3, attributes={"segbatch": {**attrs, "status": "creating"}})
+        root = zarr.open_group(location.zarr_store(path, read_only=False), mode="w-", zarr_format=3, attributes=_root_attrs(layout, attrs, "creating"))
         write_lease(path, lease)
-        _create_arrays(root, layout)
+        _create_arrays(root, layout, _class_names(attrs, layout.num_classes))
         update_attrs(root, status="running")
         return root
     path = Path(path)
@@ -88,8 +105,8 @@ def create_store(path: Location, layout: StoreLayout, attrs: dict[str, Any], lea
         raise InputError(f"cannot create {path}: folder {parent} does not exist")
     building = parent / f".{path.name}.creating-{uuid.uuid4().hex[:8]}"
     try:
-        root = zarr.open_group(str(building), mode="w-", zarr_format=3, attributes={"segbatch": {**attrs, "status": "running"}})
-        _create_arrays(root, layout)
+        root = zarr.open_group(str(building), mode="w-", zarr_format=3, attributes=_root_attrs(layout, attrs, "running"))
+        _create_arrays(root, layout, _class_names(attrs, layout.num_classes))
         consolidate(root)
         write_lease(building, lease)
         os.rename(building, path)
@@ -102,9 +119,28 @@ def create_store(path: Location, layout: StoreLayout, attrs: dict[str, Any], lea
     return zarr.open_group(str(path), mode="r+", zarr_format=3)
 
 
-def _create_arrays(root: Any, layout: StoreLayout) -> None:
+def _root_attrs(layout: StoreLayout, attrs: dict[str, Any], status: str) -> dict[str, Any]:
+    """The root group's attributes: CF's `Conventions`, the layout's own (GeoZarr's keys), and segbatch's."""
+    return {"Conventions": CF_CONVENTIONS, **layout.root_attrs, "segbatch": {**attrs, "status": status}}
+
+
+def _class_names(attrs: Mapping[str, Any], count: int) -> list[str]:
+    """The model's class names (attribute `model`), or class_0, class_1, ... when they are missing or do not fit."""
+    names = attrs.get("model", {}).get("classes") if isinstance(attrs.get("model"), dict) else None
+    if not isinstance(names, list) or len(names) != count:
+        return [f"class_{i}" for i in range(count)]
+    return [str(n) for n in names]
+
+
+def flag_meanings(names: Sequence[str]) -> str:
+    """CF flag_meanings: one word per class, blank-separated (characters outside CF's set, spaces included, become _)."""
+    return " ".join(re.sub(r"[^A-Za-z0-9_.+@-]", "_", n.strip()) or f"class_{i}" for i, n in enumerate(names))
+
+
+def _create_arrays(root: Any, layout: StoreLayout, class_names: Sequence[str]) -> None:
     coord_names = " ".join(n for n, (dims, _, _) in layout.coords.items() if dims not in ((n,),))  # x(x), y(y) are found by name
     common = ({"coordinates": coord_names} if coord_names else {}) | dict(layout.array_attrs)
+    floats = {"_FillValue": NAN_FILL_ATTR, "units": "1"}  # every float output is dimensionless (entropy and MI: see _COMMENTS)
     for name in layout.outputs:
         if name == "labels":
             root.create_array(
@@ -117,8 +153,9 @@ def _create_arrays(root: Any, layout: StoreLayout) -> None:
                 attributes={
                     **common,
                     "long_name": "class label (argmax of the mean softmax)",
-                    "flag_values": NODATA_LABEL,
-                    "flag_meanings": "nodata_or_not_computed",
+                    "_FillValue": NODATA_LABEL,  # nodata, or not computed
+                    "flag_values": list(range(layout.num_classes)),
+                    "flag_meanings": flag_meanings(class_names),
                 },
             )
         elif name == "probs":
@@ -129,7 +166,7 @@ def _create_arrays(root: Any, layout: StoreLayout) -> None:
                 dtype=layout.float_dtype,
                 fill_value=np.nan,
                 dimension_names=[*layout.dims, "class"],
-                attributes={**common, "long_name": "mean class probabilities"},
+                attributes={**common, **floats, "long_name": "mean class probabilities"},
             )
         else:
             root.create_array(
@@ -139,7 +176,7 @@ def _create_arrays(root: Any, layout: StoreLayout) -> None:
                 dtype=layout.float_dtype,
                 fill_value=np.nan,
                 dimension_names=list(layout.dims),
-                attributes={**common, "long_name": _LONG_NAMES[name]},
+                attributes={**common, **floats, "long_name": _LONG_NAMES[name], **({"comment": _COMMENTS[name]} if name in _COMMENTS else {})},
             )
     for name, (dims, values, coord_attrs) in layout.coords.items():
         # text as zarr v3's variable-length string type: numpy's fixed-width unicode has no v3 specification (zarr warns)
@@ -150,8 +187,9 @@ def _create_arrays(root: Any, layout: StoreLayout) -> None:
         root.create_array(
             spec.name, shape=spec.shape, chunks=spec.chunks, shards=spec.shards, dtype=spec.dtype, fill_value=spec.fill_value, dimension_names=list(spec.dims)
         )
-    root.create_array(
-        "ledger",
+    group, name = LEDGER.split("/")
+    root.create_group(group, attributes={"description": "segbatch's bookkeeping (not results): the ledger of finished units"}).create_array(
+        name,
         shape=(layout.units,),
         chunks=(1,),
         dtype=str,
@@ -159,6 +197,14 @@ def _create_arrays(root: Any, layout: StoreLayout) -> None:
         dimension_names=["unit"],
         attributes={"long_name": "finished work units (JSON per unit; empty = not finished)"},
     )
+
+
+def ledger_array(root: Any) -> Any:
+    """The store's ledger array: at LEDGER, or at the root in stores made before it moved (StoreError when there is none)."""
+    for path in (LEDGER, LEGACY_LEDGER):
+        if path in root:
+            return root[path]
+    raise StoreError(f"{_store_name(root)}: it has no ledger array; the store was altered")
 
 
 def consolidate(root: Any) -> Any:
@@ -181,6 +227,11 @@ _LONG_NAMES = {
     "entropy": "predictive entropy of the mean softmax (nats)",
     "confidence": "probability of the chosen label (max of the mean softmax), for calibration",
     "mutual_information": "BALD mutual information between prediction and weights (nats)",
+}
+# CF (UDUNITS) has no unit of information: entropy and mutual information are in nats (natural logarithm), units "1"
+_COMMENTS = {
+    "entropy": "in nats (natural logarithm); units 1 as CF has no unit of information",
+    "mutual_information": "in nats (natural logarithm); units 1 as CF has no unit of information",
 }
 
 
@@ -274,10 +325,8 @@ def finished_units(root: Any) -> dict[int, dict[str, Any]]:
     the run that made it and each that resumed it): an entry a fenced-off
     run still managed to write is not a finished unit.
     """
-    if "ledger" not in root:
-        raise StoreError(f"{_store_name(root)}: it has no ledger array; the store was altered")
+    entries = ledger_array(root)[...]
     runs = store_attrs(root).get("runs")
-    entries = root["ledger"][...]
     out = {}
     for i in np.flatnonzero(entries != ""):
         try:
@@ -295,7 +344,7 @@ def check_ledger(root: Any, attrs: Mapping[str, Any]) -> None:
     """A store that says `complete` must have every unit in its ledger: otherwise it was altered and is refused."""
     if attrs.get("status") != "complete":
         return
-    total = int(root["ledger"].shape[0])
+    total = int(ledger_array(root).shape[0])
     done = finished_units(root)
     if len(done) < total:
         first = next(i for i in range(total) if i not in done)
@@ -325,8 +374,9 @@ def reopen_for_resume(path: Location, fingerprint: Mapping[str, Any], run: str) 
     runs = attrs.get("runs")
     if attrs["status"] == "damaged":
         # `segbatch verify` found these units' chunks missing or altered: their ledger entries go, so they are redone
+        entries = ledger_array(root)
         for unit in attrs.get("verify", {}).get("bad_units", []):
-            root["ledger"][int(unit)] = ""
+            entries[int(unit)] = ""
     update_attrs(root, drop=("verify",), status="running", **({"runs": [*runs, run]} if runs is not None else {}))
     return root, store_attrs(root)
 
@@ -334,7 +384,7 @@ def reopen_for_resume(path: Location, fingerprint: Mapping[str, Any], run: str) 
 def record_unit(root: Any, unit: int, stats: dict[str, Any]) -> None:
     """Worker: mark `unit` finished, after all of its chunks are written."""
     try:
-        root["ledger"][unit] = json.dumps(stats, sort_keys=True)
+        ledger_array(root)[unit] = json.dumps(stats, sort_keys=True)
     except OSError as exc:
         raise RunError(f"writing the store failed: {exc.strerror or exc}") from None
 
@@ -432,7 +482,7 @@ def describe_store(path: Location) -> dict[str, Any]:
     check_ledger(root, attrs)
     arrays = {}
     for name, arr in root.arrays():
-        if name == "ledger":
+        if name == LEGACY_LEDGER:
             continue
         arrays[name] = {"shape": list(arr.shape), "dtype": str(arr.dtype), "chunks": list(arr.chunks), "dims": list(arr.metadata.dimension_names or ())}
     done = len(finished_units(root))
@@ -445,7 +495,7 @@ def describe_store(path: Location) -> dict[str, Any]:
         "model": attrs.get("model"),
         "samples": attrs.get("samples"),
         "seed": attrs.get("seed"),
-        "units": {"finished": done, "total": int(root["ledger"].shape[0])},
+        "units": {"finished": done, "total": int(ledger_array(root).shape[0])},
         "arrays": arrays,
         "problems": attrs.get("problems", []),
         "summary": attrs.get("summary"),

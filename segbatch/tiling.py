@@ -6,7 +6,7 @@ receptive field around a pixel to label it as it would in the whole image.
 Each core is exactly one output chunk, so the worker that runs a tile and the
 stitcher task that writes a chunk are the only writers of their chunks.
 
-Blending (see DESIGN.md, "Stitching: what was measured"): inside its core a
+Blending (docs/architecture.md, "Stitching: what was measured"): inside its core a
 tile has weight 1; beyond the core its weight falls with a cosine over the
 inner half of the margin and is 0 on the outer half, whose pixels saw the
 least context. Every pixel lies in exactly one core, so weights never sum to

@@ -19,7 +19,7 @@ from typing import Any
 
 from segbatch.lease import read_lease
 from segbatch.location import Location
-from segbatch.store import FILL_DIGEST, chunk_region, digest, finished_units, open_store, store_attrs, update_attrs
+from segbatch.store import FILL_DIGEST, chunk_region, digest, finished_units, ledger_array, open_store, store_attrs, update_attrs
 
 READ_THREADS = 8
 BATCH = 256  # chunks handed to the threads at a time: memory stays at a few chunks per thread
@@ -67,7 +67,7 @@ def verify_store(path: Location, threads: int = READ_THREADS) -> VerifyReport:
     root = open_store(path)
     attrs = store_attrs(root)
     ledger = finished_units(root)
-    report = VerifyReport(store=str(path), units=int(root["ledger"].shape[0]))
+    report = VerifyReport(store=str(path), units=int(ledger_array(root).shape[0]))
     if attrs["status"] in ("complete", "damaged"):
         report.unfinished = [u for u in range(report.units) if u not in ledger]
     report.unchecked_units = sum(1 for entry in ledger.values() if "chunks" not in entry)

@@ -56,6 +56,7 @@ def render_index(summary: dict[str, Any], result: ScanResult, thumbs: list[dict[
             ("truth", f"{escape(truth['source'])}: {truth['items_with_truth']:,} {summary['item']}s with truth, {truth['items_without_truth']:,} without"),
             ("accuracy / mIoU", f"{_pct(truth['accuracy'])} / {_num(truth['miou'], 3)} over {truth['pixels']:,} labelled pixels"),
             ("AUROC (errors)", ", ".join(f"{escape(k)} {_num(v, 3)}" for k, v in truth["auroc"].items()) or "–"),
+            ("finds errors best", _best(truth, m)),
             ("ECE", _num(truth["ece"], 3) if truth["ece"] is not None else "– (the store has no confidence or probs array)"),
         ]
     parts = [
@@ -83,6 +84,17 @@ def render_index(summary: dict[str, Any], result: ScanResult, thumbs: list[dict[
     parts.append(_top(summary, thumbs))
     parts.append("</body></html>")
     return "\n".join(parts)
+
+
+def _best(truth: dict[str, Any], ranked: str) -> str:
+    """Which measure had the best AUROC, and whether the ranking uses it."""
+    best = truth.get("best_measure")
+    if best is None:
+        return "– (no measure has an AUROC: the labelled pixels are all right or all wrong)"
+    text = f"<b>{escape(best)}</b> (AUROC {_num(truth['auroc'][best], 3)})"
+    if best == ranked:
+        return text + "; the ranking uses it"
+    return text + f"; the ranking uses {escape(ranked)} (AUROC {_num(truth['auroc'].get(ranked), 3)}): <code>--rank-by {escape(best)}</code> ranks by it"
 
 
 def _problems(summary: dict[str, Any]) -> str:
@@ -135,4 +147,14 @@ def _top(summary: dict[str, Any], thumbs: list[dict[str, str]]) -> str:
         )
     if not rows:
         return f"<h2>Most uncertain {escape(summary['item'])}s</h2><p>No {escape(summary['item'])} has pixels.</p>"
-    return f"<h2>Most uncertain {escape(summary['item'])}s (top {len(rows)})</h2><table>{head}{''.join(rows)}</table>"
+    ranking = summary.get("ranking") or {}
+    how = f"ranked by mean {escape(m)}"
+    if ranking.get("spacing", "none") != "none":
+        how += f", {escape(ranking['spacing'])}"
+    note = ""
+    if not ranking.get("exact", True):
+        note = (
+            f"<p class='warn'>The picks were drawn from the {ranking['candidates']:,} highest-scoring {escape(summary['item'])}s only; "
+            "a pass over every item could add more. Lower --min-gap or --top for an exact ranking.</p>"
+        )
+    return f"<h2>Most uncertain {escape(summary['item'])}s (top {len(rows)}, {how})</h2>{note}<table>{head}{''.join(rows)}</table>"

@@ -116,29 +116,38 @@ def reliability(path: Path, bins: list[dict[str, float]], ece: float) -> str:
     return _save(fig, path)
 
 
-def coverage(path: Path, curves: dict[str, list[dict[str, float]]]) -> str:
-    """Accuracy on the pixels kept after dropping the most uncertain, per measure: honest uncertainty rises to the left."""
+def coverage_figure(curves: dict[str, list[dict[str, float]]], auroc: dict[str, float | None] | None = None, ranked: str | None = None) -> Any:
+    """Accuracy on the pixels kept after dropping the most uncertain, one curve per measure (AUROC in the legend;
+    the ranking measure drawn thicker): the measure that finds errors best rises highest to the left."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(5.6, 4.2))
     for name, points in curves.items():
         accuracy = [np.nan if p["accuracy"] is None else p["accuracy"] for p in points]
-        ax.plot([p["coverage"] * 100 for p in points], accuracy, marker="o", ms=3, label=name)
+        score = (auroc or {}).get(name)
+        label = name + (f" (AUROC {score:.3f})" if score is not None else "") + (" [ranking]" if name == ranked else "")
+        ax.plot([p["coverage"] * 100 for p in points], accuracy, marker="o", ms=3, lw=2.2 if name == ranked else 1.2, label=label)
     ax.set_xlabel("% of pixels kept (most uncertain dropped first)")
     ax.set_ylabel("accuracy on kept pixels")
-    ax.set_title("Accuracy vs coverage")
+    ax.set_title("Accuracy vs coverage, per measure")
     ax.grid(alpha=0.3)
-    ax.legend()
-    return _save(fig, path)
+    ax.legend(fontsize=8)
+    return fig
 
 
-def confusion(path: Path, matrix: np.ndarray, names: Sequence[str]) -> str:
-    """The confusion matrix, each truth row normalised to 1 (numbers are row percentages)."""
+def coverage(path: Path, curves: dict[str, list[dict[str, float]]], auroc: dict[str, float | None] | None = None, ranked: str | None = None) -> str:
+    """coverage_figure as a PNG."""
+    return _save(coverage_figure(curves, auroc, ranked), path)
+
+
+def confusion_figure(matrix: np.ndarray, names: Sequence[str]) -> Any:
+    """The confusion matrix, each truth row normalised to 100 %: the cells' numbers, their colours and the colour
+    bar are all the same unit (% of the truth row)."""
     plt = _pyplot()
     rows = matrix.sum(axis=1, keepdims=True)
-    norm = np.divide(matrix, rows, out=np.zeros(matrix.shape, float), where=rows > 0)
+    percent = 100 * np.divide(matrix, rows, out=np.zeros(matrix.shape, float), where=rows > 0)
     side = 0.45 * len(names) + 2.2
     fig, ax = plt.subplots(figsize=(side + 1, side))
-    im = ax.imshow(norm, cmap="viridis", vmin=0, vmax=1)
+    im = ax.imshow(percent, cmap="viridis", vmin=0, vmax=100)
     ax.set_xticks(range(len(names)), names, rotation=60, ha="right")
     ax.set_yticks(range(len(names)), names)
     ax.set_xlabel("predicted")
@@ -146,8 +155,14 @@ def confusion(path: Path, matrix: np.ndarray, names: Sequence[str]) -> str:
     if len(names) <= 20:
         for i in range(len(names)):
             for j in range(len(names)):
-                if norm[i, j] >= 0.005:
-                    ax.text(j, i, f"{norm[i, j] * 100:.0f}", ha="center", va="center", fontsize=7, color="white" if norm[i, j] < 0.6 else "black")
-    fig.colorbar(im, ax=ax, fraction=0.046)
-    ax.set_title("Confusion (row %)")
-    return _save(fig, path)
+                if percent[i, j] >= 0.5:
+                    ax.text(j, i, f"{percent[i, j]:.0f}", ha="center", va="center", fontsize=7, color="white" if percent[i, j] < 60 else "black")
+    bar = fig.colorbar(im, ax=ax, fraction=0.046)
+    bar.set_label("% of the truth row's pixels")
+    ax.set_title("Confusion (% of each truth row)")
+    return fig
+
+
+def confusion(path: Path, matrix: np.ndarray, names: Sequence[str]) -> str:
+    """confusion_figure as a PNG."""
+    return _save(confusion_figure(matrix, names), path)

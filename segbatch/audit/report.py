@@ -21,7 +21,7 @@ from segbatch import __version__, location
 from segbatch.audit import plots
 from segbatch.audit.html import render_index
 from segbatch.audit.metrics import bin_edges, class_iou, mean_iou
-from segbatch.audit.scan import AuditOptions, ScanResult, scan_store
+from segbatch.audit.scan import AuditOptions, ScanResult, ranking_plan, scan_store
 from segbatch.audit.thumbnails import InputReader, write_thumbnails
 from segbatch.errors import InputError
 from segbatch.store import open_complete_store
@@ -32,6 +32,7 @@ REPORT_MARK = "segbatch_audit"  # key of summary.json that says "this folder is 
 def audit(store: location.Location, report: Path, opts: AuditOptions, overwrite: bool = False) -> dict[str, Any]:
     """Audit `store` into the folder `report`; returns the summary (also written as summary.json)."""
     root, attrs = open_complete_store(store, "auditing")
+    ranking_plan(root, attrs, opts)  # --rank-by and --min-gap checked before any folder is made
     _check_target(report, overwrite, {"store": store, "--truth": opts.truth})
     building = report.parent / f".{report.name}.building-{uuid.uuid4().hex[:8]}"
     building.mkdir()
@@ -206,6 +207,7 @@ def summarise(result: ScanResult, attrs: dict[str, Any], store: location.Locatio
         "above_threshold": result.above / result.pixels if result.pixels else float("nan"),
         **measures,
         "classes": classes,
+        "ranking": result.ranking,
         "top": [{"rank": k + 1, **r.row} for k, r in enumerate(result.top)],
         "timeline": result.timeline,
         "problems": attrs.get("problems", []),
@@ -220,6 +222,7 @@ def summarise(result: ScanResult, attrs: dict[str, Any], store: location.Locatio
             c["iou"] = float(iou[i])
             c["truth_pixels"] = int(conf[i].sum())
         first = next(iter(t.honesty.values()), None)
+        auroc = {m: acc.auroc() for m, acc in t.honesty.items()}
         summary["truth"] = {
             "source": t.description,
             "ignore_index": opts.ignore_index,
@@ -234,10 +237,20 @@ def summarise(result: ScanResult, attrs: dict[str, Any], store: location.Locatio
             "confidence": t.confidence_source,
             "ece": (first.ece() if first is not None and t.confidence_source else None),
             "reliability": first.reliability() if first is not None and t.confidence_source else [],
-            "auroc": {m: acc.auroc() for m, acc in t.honesty.items()},
+            "auroc": auroc,
+            "best_measure": best_measure(auroc),
             "accuracy_vs_coverage": {m: acc.accuracy_vs_coverage() for m, acc in t.honesty.items()},
         }
     return cast(dict[str, Any], _clean(summary))
+
+
+def best_measure(auroc: dict[str, float | None]) -> str | None:
+    """The measure whose AUROC for errors is highest (the first of equals); None when no measure has one."""
+    best: str | None = None
+    for m, v in auroc.items():
+        if v is not None and math.isfinite(v) and (best is None or v > cast(float, auroc[best])):
+            best = m
+    return best
 
 
 def _class_means(summary: dict[str, Any], measure: str) -> np.ndarray:
@@ -256,6 +269,6 @@ def _plots(result: ScanResult, summary: dict[str, Any], folder: Path) -> dict[st
     if truth and truth["pixels"]:
         if truth["ece"] is not None:
             out["reliability"] = plots.reliability(folder / "reliability.png", truth["reliability"], truth["ece"])
-        out["coverage"] = plots.coverage(folder / "coverage.png", truth["accuracy_vs_coverage"])
+        out["coverage"] = plots.coverage(folder / "coverage.png", truth["accuracy_vs_coverage"], truth["auroc"], m)
         out["confusion"] = plots.confusion(folder / "confusion.png", np.asarray(truth["confusion"]), result.classes)
     return out

@@ -2,14 +2,13 @@
 
 Memory is bounded whatever the store's size: blocks of whole chunks are read
 a few at a time (read-ahead on threads, which decompress while numpy works),
-rows go straight to items.csv, the ranking keeps only the top K, histograms
-have fixed bins, and a video's timeline is averaged into at most
-TIMELINE_POINTS points.
+rows go straight to items.csv, the ranking keeps a bounded pool of candidates
+(audit/ranking.py), histograms have fixed bins, and a video's timeline is
+averaged into at most TIMELINE_POINTS points.
 """
 
 from __future__ import annotations
 
-import heapq
 import math
 from collections import deque
 from collections.abc import Callable, Iterator
@@ -22,8 +21,9 @@ import numpy as np
 
 from segbatch.audit.items import Block, Item, item_count, item_noun, item_stats, iter_blocks, squeeze_item
 from segbatch.audit.metrics import HonestyAccumulator, confusion_matrix, mean_iou, value_bins
+from segbatch.audit.ranking import CompactRows, DiverseTop, Spacing, spacing_for
 from segbatch.audit.truth import TruthSource, labelled_mask, open_truth
-from segbatch.errors import DataError
+from segbatch.errors import DataError, InputError
 from segbatch.progress import progress_bar
 from segbatch.store import sample_values
 
@@ -32,6 +32,7 @@ TIMELINE_POINTS = 2000
 READ_AHEAD = 4
 THRESHOLD_QUANTILE = 0.9  # default threshold: the store's 90th percentile (sampled), "the most uncertain tenth"
 VARIANCE_MAX = 0.25  # the variance of a probability is at most 1/4
+MEASURES = ("uncertainty", "entropy", "mutual_information")  # per-pixel measures of how unsure the model is, as the store names them
 
 
 @dataclass(frozen=True)
@@ -41,6 +42,24 @@ class AuditOptions:
     truth: Path | None = None
     ignore_index: int | None = None
     quiet: bool = False
+    rank_by: str | None = None  # one of MEASURES; None: uncertainty, or entropy for a store run with --samples 0
+    min_gap: float | None = None  # spacing of the ranked items (audit/ranking.py); None: the kind's default
+
+
+def ranking_plan(root: Any, attrs: dict[str, Any], opts: AuditOptions) -> tuple[str, Spacing]:
+    """The measure items are ranked by and how far apart the picks are; a measure the store lacks is an InputError."""
+    kind = attrs["source"]["kind"]
+    if opts.rank_by is None:
+        measure = "uncertainty" if "uncertainty" in root else "entropy"
+    elif opts.rank_by not in MEASURES:
+        raise InputError(f"--rank-by {opts.rank_by}: one of {', '.join(MEASURES)}")
+    elif opts.rank_by not in root:
+        have = ", ".join(m for m in MEASURES if m in root) or "none"
+        how = {"mutual_information": "; a run with --outputs mutual_information writes it", "uncertainty": "; a run with --samples >= 1 writes it"}
+        raise InputError(f"--rank-by {opts.rank_by}: the store has no {opts.rank_by} array (it has {have}){how.get(opts.rank_by, '')}")
+    else:
+        measure = opts.rank_by
+    return measure, spacing_for(root, kind, opts.min_gap)
 
 
 @dataclass
@@ -61,7 +80,7 @@ class ScanResult:
     items: int
     classes: list[str]
     palette: list[list[int]]
-    measure: str  # "uncertainty", or "entropy" for stores run with --samples 0
+    measure: str  # the ranking measure: --rank-by, else "uncertainty", or "entropy" for stores run with --samples 0
     threshold: float
     threshold_source: str
     columns: list[str]
@@ -74,6 +93,7 @@ class ScanResult:
     items_with_pixels: int = 0
     above: int = 0
     top: list[Ranked] = field(default_factory=list)
+    ranking: dict[str, Any] = field(default_factory=dict)  # how the top was picked (DiverseTop.summary)
     timeline: dict[str, list[float]] | None = None
     truth: TruthSummary | None = None
 
@@ -98,8 +118,8 @@ def scan_store(root: Any, attrs: dict[str, Any], opts: AuditOptions, write_row: 
     kind = attrs["source"]["kind"]
     classes = list(attrs["model"]["classes"])
     k = len(classes)
-    measure = "uncertainty" if "uncertainty" in root else "entropy"
-    measures = [m for m in ("uncertainty", "entropy") if m in root]
+    measure, spacing = ranking_plan(root, attrs, opts)
+    measures = [m for m in MEASURES if m in root]
     if opts.threshold is not None:
         threshold, source = float(opts.threshold), "--threshold"
     else:
@@ -127,7 +147,7 @@ def scan_store(root: Any, attrs: dict[str, Any], opts: AuditOptions, write_row: 
     truth = _open_truth_summary(opts, root, attrs, k) if opts.truth else None
     result.truth = truth
     timeline = _Timeline(n_items) if kind == "video" else None
-    heap: list[tuple[float, int, Ranked]] = []
+    ranked, packed = DiverseTop(opts.top, spacing), CompactRows()
     needed = ["labels", *measures]
     if truth is not None:
         needed += [m for m in truth.honesty if m not in needed]
@@ -146,16 +166,14 @@ def scan_store(root: Any, attrs: dict[str, Any], opts: AuditOptions, write_row: 
                     result.columns = list(row)
                 write_row(row)
                 score = row[f"{measure}_mean"]
-                if row["valid_pixels"] and opts.top > 0 and np.isfinite(score):
-                    entry = (score, -item.index, Ranked(score, item, row))
-                    if len(heap) < opts.top:
-                        heapq.heappush(heap, entry)
-                    elif entry[:2] > heap[0][:2]:
-                        heapq.heapreplace(heap, entry)
+                if row["valid_pixels"] and np.isfinite(score):
+                    ranked.offer(score, item, packed.pack(row))
                 if timeline is not None:
                     timeline.add(item, row, measure)
                 bar.update(1)
-    result.top = [r for _, _, r in sorted(heap, key=lambda e: e[:2], reverse=True)]
+    picks = ranked.picks()
+    result.top = [Ranked(score, item, packed.unpack(row)) for score, item, row in picks]
+    result.ranking = {"measure": measure, **ranked.summary(len(picks))}
     result.timeline = timeline.points() if timeline is not None else None
     return result
 
@@ -173,7 +191,7 @@ def _item_row(result: ScanResult, item: Item, values: dict[str, np.ndarray], mea
     result.class_pixels += stats.class_pixels
     result.class_measure_sum += np.nan_to_num(stats.class_measure_mean) * stats.class_pixels
     row: dict[str, Any] = {"item": item.index, "name": item.name, **item.meta, "valid_pixels": stats.valid_pixels}
-    for m in ("uncertainty", "entropy"):
+    for m in ("uncertainty", "entropy", *(["mutual_information"] if "mutual_information" in measures else [])):
         mean, p95 = stats.measures.get(m, (float("nan"), float("nan")))
         row[f"{m}_mean"], row[f"{m}_p95"] = mean, p95
     row["above_threshold"] = stats.above_threshold
@@ -192,7 +210,7 @@ def column_name(name: str) -> str:
 def _open_truth_summary(opts: AuditOptions, root: Any, attrs: dict[str, Any], k: int) -> TruthSummary:
     assert opts.truth is not None
     source = open_truth(opts.truth, root, attrs)
-    measures = [m for m in ("uncertainty", "entropy", "mutual_information") if m in root]
+    measures = [m for m in MEASURES if m in root]
     honesty = {m: HonestyAccumulator(VARIANCE_MAX if m == "uncertainty" else math.log(k)) for m in measures}
     confidence = "confidence" if "confidence" in root else "probs" if "probs" in root else None
     return TruthSummary(source.description, np.zeros((k, k), np.int64), honesty, confidence, source=source)

@@ -20,28 +20,52 @@ from segbatch.cli.options import LOCATION, overwrite_opt, path_type, quiet_opt
 )
 @click.option("--top", type=click.IntRange(min=0), default=20, show_default=True, help="Most uncertain items shown with thumbnails.")
 @click.option(
+    "--rank-by",
+    type=click.Choice(["uncertainty", "entropy", "mutual_information"]),
+    help="Measure that ranks the items (and sets the threshold, plots and heat maps); default: uncertainty, entropy for a --samples 0 store.",
+)
+@click.option(
+    "--min-gap",
+    type=click.FloatRange(min=0),
+    help="Spacing of the ranked items: video, seconds between picks (default 1); raster, no two picks within this many tiles "
+    "(default 1: no neighbours); 0: plain top-K.",
+)
+@click.option(
     "--threshold",
     type=click.FloatRange(min=0),
-    help="Uncertainty above which a pixel counts as unsure (default: the store's 90th percentile, sampled).",
+    help="Value of the ranking measure above which a pixel counts as unsure (default: the store's 90th percentile, sampled).",
 )
 @click.option("--ignore-index", type=int, help="A truth value to ignore (values outside the model's classes are always ignored).")
 @overwrite_opt
 @config_opt
 @quiet_opt
 def audit(
-    store: Path | str, report: Path, truth: Path | None, top: int, threshold: float | None, ignore_index: int | None, overwrite: bool, quiet: bool
+    store: Path | str,
+    report: Path,
+    truth: Path | None,
+    top: int,
+    rank_by: str | None,
+    min_gap: float | None,
+    threshold: float | None,
+    ignore_index: int | None,
+    overwrite: bool,
+    quiet: bool,
 ) -> None:
     """Audit STORE: per-item uncertainty, the most uncertain items, and with --truth IoU, AUROC, calibration (ECE) and coverage."""
     from segbatch.audit.report import audit as run_audit
     from segbatch.audit.scan import AuditOptions
 
-    summary = run_audit(store, report, AuditOptions(top=top, threshold=threshold, truth=truth, ignore_index=ignore_index, quiet=quiet), overwrite)
+    opts = AuditOptions(top=top, threshold=threshold, truth=truth, ignore_index=ignore_index, quiet=quiet, rank_by=rank_by, min_gap=min_gap)
+    summary = run_audit(store, report, opts, overwrite)
     m = summary["measure"]
     line = f"audited {summary['items']} {summary['item']}s ({summary['pixels']:,} pixels): mean {m} {_fmt(summary[m]['mean'])}"
     t = summary["truth"]
     if t:
         auroc = t["auroc"].get(m)
         line += f"; mIoU {_fmt(t['miou'])}, AUROC {_fmt(auroc)}, ECE {_fmt(t['ece'])}"
+        best = t.get("best_measure")
+        if best is not None and best != m:
+            line += f"; {best} finds errors better (AUROC {_fmt(t['auroc'][best])}: --rank-by {best})"
         if t["items_without_truth"]:
             click.echo(f"warning: {t['items_without_truth']} {summary['item']}(s) have no truth (listed in items.csv and summary.json)", err=True)
     click.echo(f"{line} -> {report / 'index.html'}", err=True)

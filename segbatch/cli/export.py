@@ -8,10 +8,30 @@ import click
 
 from segbatch.cli.options import LOCATION, overwrite_opt, path_type, quiet_opt, refuse_existing
 
+# as in segbatch.export, which imports numpy: kept here so `segbatch --help` stays instant
+X264_PRESETS = ("ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower", "veryslow", "placebo")
+
+
+def _creation_options(ctx: click.Context, param: click.Parameter, values: tuple[str, ...]) -> dict[str, str]:
+    """Repeated --co KEY=VALUE -> {KEY: VALUE} (keys upper-cased; a later one wins, as with rio)."""
+    if not values:
+        return {}
+    from segbatch.errors import InputError
+    from segbatch.export import parse_creation_option
+
+    options: dict[str, str] = {}
+    for text in values:
+        try:
+            key, value = parse_creation_option(text)
+        except InputError as exc:
+            raise click.BadParameter(str(exc).removeprefix("--co ")) from None
+        options[key] = value
+    return options
+
 
 @click.command()
 @click.argument("store", type=LOCATION)
-@click.option("--to", type=path_type(), required=True, help="overlay.mp4 (or .mkv/.mov), or a folder for PNG frames.")
+@click.option("--to", type=path_type(), required=True, help="labels.tif (raster store); overlay.mp4 (or .mkv/.mov), or a folder for PNG frames (video store).")
 @click.option("--alpha", type=click.FloatRange(0, 1), default=0.5, show_default=True, help="Video: opacity of the label colours.")
 @click.option(
     "--what",
@@ -20,13 +40,51 @@ from segbatch.cli.options import LOCATION, overwrite_opt, path_type, quiet_opt, 
     show_default=True,
     help="Raster: the array to export as a COG.",
 )
+@click.option(
+    "--co",
+    "creation_options",
+    metavar="KEY=VALUE",
+    multiple=True,
+    callback=_creation_options,
+    help="Raster: a GDAL creation option for the COG, as with rio/gdal_translate (repeatable), e.g. --co COMPRESS=ZSTD --co LEVEL=15. "
+    "Defaults: COMPRESS=DEFLATE BLOCKSIZE=512 BIGTIFF=IF_SAFER, OVERVIEW_RESAMPLING=NEAREST (labels) or AVERAGE.",
+)
+@click.option(
+    "--crf",
+    type=click.FloatRange(0, 51),
+    default=None,
+    help="Video: libx264's constant rate factor, as ffmpeg's -crf: 0 best, 51 worst; lower is better and bigger.  [default: 20]",
+)
+@click.option(
+    "--preset",
+    type=click.Choice(X264_PRESETS),
+    default=None,
+    help="Video: libx264's speed/size preset, as ffmpeg's -preset: slower presets make smaller files at the same --crf.  [default: veryfast]",
+)
 @overwrite_opt
 @quiet_opt
-def export(store: Path | str, to: Path, alpha: float, what: str, overwrite: bool, quiet: bool) -> None:
-    """Export a store: a raster one as a COG (.tif); a video one as source | labels blended in, beside the uncertainty heat map."""
+def export(
+    store: Path | str,
+    to: Path,
+    alpha: float,
+    what: str,
+    creation_options: dict[str, str],
+    crf: float | None,
+    preset: str | None,
+    overwrite: bool,
+    quiet: bool,
+) -> None:
+    """Export a store: a raster one as a COG (.tif); a video one as source | labels blended in, beside the uncertainty heat map, with a legend below.
+
+    The COG's band is named after the array; labels carry the class palette as its colour map, and the class names as GDAL
+    category names and a raster attribute table in the `.aux.xml` beside it (where GDAL and QGIS read them). The overlay
+    keeps the source's timestamps: an export of `run --frames 100:112` starts where frame 100 is in the source.
+    """
     from segbatch.export import export as run_export
 
     if to.suffix or (to.is_dir() and any(to.iterdir())):
         refuse_existing(to, overwrite)
-    n = run_export(store, to, alpha=alpha, what=what, quiet=quiet)
+    if to.suffix.lower() in (".tif", ".tiff"):
+        refuse_existing(f"{to}.aux.xml", overwrite)  # GDAL's sidecar: the export replaces (labels) or removes it
+    n = run_export(store, to, alpha=alpha, what=what, quiet=quiet, creation_options=creation_options, crf=crf, preset=preset)
     click.echo(f"wrote {to} ({n} {'rows' if to.suffix.lower() in ('.tif', '.tiff') else 'frames'})", err=True)

@@ -46,6 +46,19 @@ def path_type(**kwargs: Any) -> PathType:
 
 
 quiet_opt = click.option("--quiet", "-q", is_flag=True, help="No progress bar or notes (the one-line summary and warnings stay).")
+verbose_opt = click.option(
+    "--verbose",
+    "-v",
+    count=True,
+    help="More on stderr: -v a line per finished unit (seconds, stages) and the stage times at the end; -vv Ray's own logs too.",
+)
+progress_opt = click.option(
+    "--progress",
+    type=click.Choice(["bar", "json"]),
+    default="bar",
+    show_default=True,
+    help="bar: a progress bar at a terminal; json: one JSON line per finished unit on stderr (done, total, items, rate, eta), for orchestrators.",
+)
 json_opt = click.option("--json", "as_json", is_flag=True, help="Machine-readable JSON on stdout.")
 seed_opt = click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True, help="Random seed (dropout masks, shuffles).")
 overwrite_opt = click.option("--overwrite", is_flag=True, help="Replace an existing output.")
@@ -56,6 +69,12 @@ width_opt = click.option(
     show_default=True,
     help="Channel-width multiplier (e.g. 0.25 for a small CPU model).",
 )
+
+
+def check_verbosity(quiet: bool, verbose: int) -> None:
+    """--quiet and --verbose ask for opposite things: refused, rather than one silently winning."""
+    if quiet and verbose:
+        raise click.UsageError("--quiet and --verbose exclude each other")
 
 
 arch_opt = click.option("--arch", type=click.Choice(ARCHS), default="segnet-basic", show_default=True, help="Model architecture.")

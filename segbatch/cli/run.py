@@ -8,7 +8,7 @@ import click
 
 from segbatch import location
 from segbatch.cli.config import config_opt
-from segbatch.cli.options import LOCATION, overwrite_opt, parse_size, quiet_opt, seed_opt
+from segbatch.cli.options import LOCATION, check_verbosity, overwrite_opt, parse_size, progress_opt, quiet_opt, seed_opt, verbose_opt
 
 
 def _parse_frames(ctx: click.Context, param: click.Parameter, value: str | None) -> tuple[int | None, int | None] | None:
@@ -88,6 +88,8 @@ def _parse_bands(ctx: click.Context, param: click.Parameter, value: str | None) 
 @overwrite_opt
 @config_opt
 @quiet_opt
+@verbose_opt
+@progress_opt
 def run(
     input_path: location.Location,
     out: Path,
@@ -112,11 +114,14 @@ def run(
     resume: bool,
     overwrite: bool,
     quiet: bool,
+    verbose: int,
+    progress: str,
 ) -> None:
     """Segment a video, a georeferenced raster or a folder of images into a Zarr store: labels, uncertainty, entropy."""
     from segbatch.engine.job import RunConfig
     from segbatch.sources import source_kind
 
+    check_verbosity(quiet, verbose)
     # workers on other nodes have other working folders: local paths leave the driver absolute (URLs as they are)
     input_path = location.parse(location.absolute(input_path))
     cfg = RunConfig(
@@ -137,6 +142,8 @@ def run(
         resume=resume,
         overwrite=overwrite,
         quiet=quiet,
+        verbose=verbose,
+        progress=progress,
         bands=bands,
         tile=tile,
         overlap=overlap,

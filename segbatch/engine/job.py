@@ -33,6 +33,8 @@ class RunConfig:
     resume: bool = False
     overwrite: bool = False
     quiet: bool = False
+    verbose: int = 0  # -v: a line per finished unit and the stage times; -vv: Ray's own logs too
+    progress: str = "bar"  # bar (at a terminal) | json (one line per finished unit on stderr)
     bands: tuple[int, ...] | None = None  # rasters: 1-based bands for the model, in order
     tile: int = 512  # rasters: tile side (core + 2 x overlap)
     overlap: int = 64  # rasters: margin of context on each side of a tile's core

@@ -26,7 +26,7 @@ from segbatch.errors import InputError
 from segbatch.lease import Lease, LeaseKeeper, claim
 from segbatch.problems import index_ranges
 from segbatch.progress import note
-from segbatch.sources.raster import RasterPlan, georeference, probe_raster, read_window
+from segbatch.sources.raster import RasterPlan, georeference, geozarr_attrs, probe_raster, read_window
 from segbatch.stitch import StitchJob
 from segbatch.store import ArraySpec, StoreLayout, consolidate, open_store, store_attrs, update_attrs
 from segbatch.tilestore import PROB_NODATA, PROB_SCALE, tile_side
@@ -126,7 +126,7 @@ class RasterSource:
 
     def new_store(self, actors: int) -> tuple[StoreLayout, dict[str, Any]]:
         plan, tiles, cfg = self.plan, self.tiles, self.cfg
-        geo = georeference(plan)
+        geo, geozarr = georeference(plan), geozarr_attrs(plan)
         k = self.ckpt.spec.num_classes
         side_h, side_w = tile_side(tiles)
         n = len(tiles)
@@ -146,7 +146,8 @@ class RasterSource:
                 "y": (("y",), geo["y"], {"standard_name": "projection_y_coordinate", "long_name": "y at pixel centres"}),
                 "spatial_ref": ((), np.array(0, np.int64), geo["spatial_ref"]),
             },
-            array_attrs={"grid_mapping": "spatial_ref"},
+            array_attrs={"grid_mapping": "spatial_ref", **geozarr},
+            root_attrs=geozarr,
             extra=tuple(extra),
         )
         source = {
@@ -161,7 +162,8 @@ class RasterSource:
             "tile": tiles.tile,
             "overlap": tiles.overlap,
         }
-        return layout, {"source": source, "geozarr": _geozarr(plan)}
+        # segbatch.geozarr: the same keys again where earlier stores kept them, so readers of that place keep working
+        return layout, {"source": source, "geozarr": geozarr}
 
     def units(self, attrs: Mapping[str, Any]) -> list[int]:
         return list(range(len(self.tiles)))
@@ -198,15 +200,6 @@ class RasterSource:
     def finish(self, root: Any, units: Sequence[int], ran: Sequence[int], summary: RunSummary, keeper: Any) -> None:
         job = StitchJob(store=location.absolute(self.cfg.out), tiles=self.tiles, run=keeper.lease.run)
         stitch_store(root, job, self.cfg.keep_tiles, self.cfg.quiet, summary, keeper)
-
-
-def _geozarr(plan: Any) -> dict[str, Any]:
-    """GeoZarr proj:/spatial: attributes (the CF grid mapping carries the same facts for rioxarray)."""
-    x0, dx, _, y0, _, dy = plan.transform
-    out: dict[str, Any] = {"spatial:dimensions": ["y", "x"], "spatial:transform": [dx, 0.0, x0, 0.0, dy, y0], "spatial:shape": [plan.height, plan.width]}
-    if plan.crs_wkt:
-        out["proj:wkt2"] = plan.crs_wkt
-    return out
 
 
 def stitch_store(root: Any, job: StitchJob, keep_tiles: bool, quiet: bool, summary: RunSummary, keeper: LeaseKeeper) -> None:
@@ -252,8 +245,8 @@ def skipped_problems(skipped: frozenset[int]) -> list[dict[str, Any]]:
     return [{"kind": "skipped_tiles", "reason": "all nodata", "tiles": index_ranges(skipped), "count": len(skipped)}]
 
 
-def restitch(path: Path | str, quiet: bool) -> RunSummary:
-    """`segbatch stitch STORE`: blend a store's kept tiles again."""
+def restitch(path: Path | str, quiet: bool, verbose: int = 0) -> RunSummary:
+    """`segbatch stitch STORE`: blend a store's kept tiles again (`verbose` >= 2: Ray's own logs on stderr)."""
     root = open_store(path, mode="r+")
     attrs = store_attrs(root)
     if attrs["source"]["kind"] != "raster":
@@ -265,7 +258,7 @@ def restitch(path: Path | str, quiet: bool) -> RunSummary:
     src = attrs["source"]
     job = StitchJob(store=location.absolute(path), tiles=plan_tiles(src["height"], src["width"], src["tile"], src["overlap"]), run=lease.run)
     summary = RunSummary(units=len(job.tiles), noun="tile")
-    with LeaseKeeper(path, lease) as keeper, ray_session(None):
+    with LeaseKeeper(path, lease) as keeper, ray_session(None, verbose):
         with recorded_outcome(root, len(job.tiles), "tiles"):
             stitch_store(root, job, keep_tiles=True, quiet=quiet, summary=summary, keeper=keeper)
     return summary

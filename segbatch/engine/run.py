@@ -25,7 +25,7 @@ from segbatch.engine.source import Source
 from segbatch.errors import InputError, Interrupted, RunError, first_line
 from segbatch.lease import Lease, LeaseKeeper, LeaseLostError, claim
 from segbatch.location import Location
-from segbatch.progress import note, progress_bar
+from segbatch.progress import RunProgress, note
 from segbatch.store import base_attrs, create_store, finished_units, open_store, remove_store, reopen_for_resume, store_attrs, update_attrs
 
 T = TypeVar("T")
@@ -74,7 +74,7 @@ def run(cfg: RunConfig, make_source: Callable[[RunConfig, Any], Source], worker:
     source = make_source(cfg, ckpt)
     config = fingerprint(cfg, ckpt.sha256, source)
     check_target(cfg, lease, ckpt.path)
-    with LeaseKeeper(cfg.out, lease) as keeper, ray_session(cfg.address):
+    with LeaseKeeper(cfg.out, lease) as keeper, ray_session(cfg.address, cfg.verbose):
         actors, gpus = pool_size(cfg.actors, cfg.gpus_per_actor, cfg.cpus_per_actor, source.max_units)  # before a store exists
         root = _prepare_store(cfg, source, ckpt, config, actors, keeper)
         units = source.units(store_attrs(root))
@@ -89,20 +89,28 @@ def run(cfg: RunConfig, make_source: Callable[[RunConfig, Any], Source], worker:
                     ActorPool(
                         PipelineWorker, job, actors, cfg.cpus_per_actor, gpus, grow=cfg.actors is None, describe=source.describe, quiet=cfg.quiet
                     ) as pool,
-                    progress_bar(sum(source.size(u) for u in pending), "segmenting", source.noun, cfg.quiet) as bar,
+                    run_progress(cfg, source, units, pending) as progress,
                 ):
                     for unit in pending:
                         pool.submit(unit)
                     while pool.has_next():
-                        unit, _ = pool.get_next()
+                        unit, entry = pool.get_next()
                         summary.items += source.size(unit)
-                        bar.update(source.size(unit))
+                        progress.unit_done(unit, entry)
                     summary.actors, summary.device = pool.most_ready, pool.device
             summary.seconds = time.perf_counter() - started
             keeper.renew()
             keeper.check()  # the driver's own writes are fenced too: a run whose store was taken over finalises nothing
             source.finish(root, units, pending, summary, keeper)
         return summary
+
+
+def run_progress(cfg: RunConfig, source: Source, units: Sequence[Any], pending: Sequence[Any]) -> RunProgress:
+    """What the run says as units finish (bar, `-v` lines, `--progress json`), counting the store's units done before it."""
+    items, left = sum(source.size(u) for u in units), sum(source.size(u) for u in pending)
+    return RunProgress(
+        len(units), items, len(units) - len(pending), items - left, source.noun, source.describe, source.size, cfg.quiet, cfg.verbose, cfg.progress
+    )
 
 
 def fingerprint(cfg: RunConfig, model_sha256: str, source: Source) -> dict[str, Any]:

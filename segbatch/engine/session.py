@@ -138,7 +138,7 @@ PROBE_TIMEOUT_S = 5.0
 
 
 @contextmanager
-def ray_session(address: str | None) -> Iterator[None]:
+def ray_session(address: str | None, verbose: int = 0) -> Iterator[None]:
     """Ray for the length of a command: joined or started on entry, shut down on exit if this started it.
 
     Meanwhile SIGTERM and SIGHUP stop the command like Ctrl-C (exit 143, 129),
@@ -146,7 +146,7 @@ def ray_session(address: str | None) -> Iterator[None]:
     """
     before = child_processes()
     with runtime_tag() as tag:  # every process of a runtime ray.init starts here carries it
-        started = ensure_ray(address)
+        started = ensure_ray(address, verbose)
     reaper = reap_on_exit(before, tag) if started else None
     with stop_signals():  # after ray.init, which installs its own SIGTERM handling
         try:
@@ -160,8 +160,11 @@ def ray_session(address: str | None) -> Iterator[None]:
                 reaper.close()
 
 
-def ensure_ray(address: str | None) -> bool:
-    """Join the given cluster, or start a local Ray runtime; True when this call started it."""
+def ensure_ray(address: str | None, verbose: int = 0) -> bool:
+    """Join the given cluster, or start a local Ray runtime; True when this call started it.
+
+    Ray's own logs (its driver's, and what workers print) reach stderr at `verbose` >= 2 (`-vv`); otherwise only its errors.
+    """
     import logging
 
     import ray
@@ -173,7 +176,13 @@ def ensure_ray(address: str | None) -> bool:
     if address and address != "auto":
         probe(address)
     try:
-        ray.init(address=address, include_dashboard=False, log_to_driver=False, logging_level=logging.ERROR, configure_logging=True)
+        ray.init(
+            address=address,
+            include_dashboard=False,
+            log_to_driver=verbose >= 2,
+            logging_level=logging.INFO if verbose >= 2 else logging.ERROR,
+            configure_logging=True,
+        )
     except (ConnectionError, ValueError, RuntimeError) as exc:
         raise InputError(f"cannot reach the Ray cluster at {address}: {first_line(exc)}") from None
     return True

@@ -307,7 +307,7 @@ def build_model(
     p: float = 0.5,
     width: float = 1.0,
 ) -> SegNet:
-    """Build an untrained SegNet-family model (public API, see DESIGN.md)."""
+    """Build an untrained SegNet-family model (public API, see README.md, "Python API")."""
     return SegNet(arch, num_classes, in_channels=in_channels, dropout=dropout, p=p, width=width)
 
 

@@ -138,7 +138,7 @@ def plan_from_store(source: dict[str, Any], spatial_ref: Any) -> RasterPlan:
 
 
 def georeference(plan: RasterPlan) -> dict[str, Any]:
-    """CF grid-mapping coordinates and GeoZarr attributes for the store: x and y at pixel centres, spatial_ref."""
+    """CF grid-mapping coordinates for the store: x and y at pixel centres, spatial_ref (what rioxarray reads)."""
     x0, dx, _, y0, _, dy = plan.transform
     x = x0 + dx * (np.arange(plan.width) + 0.5)
     y = y0 + dy * (np.arange(plan.height) + 0.5)
@@ -146,3 +146,42 @@ def georeference(plan: RasterPlan) -> dict[str, Any]:
     if plan.crs_wkt:
         ref |= {"crs_wkt": plan.crs_wkt, "spatial_ref": plan.crs_wkt}
     return {"x": x, "y": y, "spatial_ref": ref}
+
+
+# GeoZarr's conventions, registered by UUID alone: the UUID is what identifies a convention for good, while
+# its schema and spec URLs and its name changed between releases (geo-proj -> proj, zarr-experimental ->
+# zarr-conventions) and each published schema pins them to constants; every one accepts an entry with its UUID.
+GEOZARR_PROJ = {"uuid": "f17cb550-5864-4468-aeb7-f3180cfb622f", "description": "Coordinate reference system information for geospatial data"}
+GEOZARR_SPATIAL = {"uuid": "689b58e2-cf7b-45e0-9fff-9cfc0883d6b4", "description": "Spatial coordinate information"}
+
+
+def geozarr_attrs(plan: RasterPlan) -> dict[str, Any]:
+    """GeoZarr `proj:` and `spatial:` attributes, at the top level of a node's attributes as the conventions define.
+
+    The same keys go on the root group (where `proj:` applies to every array
+    beside it) and on each (y, x) array, so a reader that opens one array
+    alone finds them too. `proj:wkt2` is WKT2 (2019); `proj:code` is written
+    when the CRS is equivalent to an EPSG one (PROJ's identification, 70%
+    and up: same definition, maybe another name). `spatial:transform` is in
+    rasterio's Affine order (a, b, c, d, e, f), not GDAL's.
+    """
+    x0, dx, rx, y0, ry, dy = plan.transform
+    xs, ys = [x0, x0 + dx * plan.width], [y0, y0 + dy * plan.height]  # north-up: probe_raster refuses rotated grids
+    out: dict[str, Any] = {"zarr_conventions": [GEOZARR_SPATIAL]}
+    if plan.crs_wkt:
+        from rasterio.crs import CRS
+        from rasterio.enums import WktVersion
+
+        crs = CRS.from_wkt(plan.crs_wkt)
+        out["zarr_conventions"] = [GEOZARR_PROJ, GEOZARR_SPATIAL]
+        code = crs.to_epsg()
+        if code is not None:
+            out["proj:code"] = f"EPSG:{code}"
+        out["proj:wkt2"] = crs.to_wkt(version=WktVersion.WKT2_2019)
+    return out | {
+        "spatial:dimensions": ["y", "x"],
+        "spatial:shape": [plan.height, plan.width],
+        "spatial:transform": [dx, rx, x0, ry, dy, y0],
+        "spatial:bbox": [min(xs), min(ys), max(xs), max(ys)],
+        "spatial:registration": "pixel",
+    }

@@ -45,7 +45,8 @@ def video_store(tmp_path_factory, ray_address):
 def test_video_audit_with_truth_writes_a_complete_report(runner, cli, video_store, tmp_path):
     folder, store = video_store
     report = tmp_path / "report"
-    result = invoke(runner, cli, "audit", store, "--report", report, "--truth", folder / "truth.npy", "--top", "4", "--quiet")
+    # 24 frames are under a second of video: --min-gap 0 (the plain top-K) to rank four of them
+    result = invoke(runner, cli, "audit", store, "--report", report, "--truth", folder / "truth.npy", "--top", "4", "--min-gap", "0", "--quiet")
     assert result.exit_code == 0, result.output
     assert "AUROC" in result.output and str(report / "index.html") in result.output
 
@@ -64,12 +65,14 @@ def test_video_audit_with_truth_writes_a_complete_report(runner, cli, video_stor
     # the paper's claim on the user's data: misclassified pixels are the uncertain ones
     assert truth["auroc"]["uncertainty"] > 0.65
     assert truth["auroc"]["entropy"] > 0.65
+    assert truth["best_measure"] == max(truth["auroc"], key=lambda m: truth["auroc"][m])
     coverage = [p["accuracy"] for p in truth["accuracy_vs_coverage"]["uncertainty"]]
     assert coverage[0] > coverage[-1] + 0.1  # dropping the most uncertain pixels leaves fewer errors
     assert 0 <= truth["ece"] < 0.5 and len(truth["reliability"]) == 15
     assert len(summary["timeline"]["time"]) == FRAMES
     ranked = [r["uncertainty_mean"] for r in summary["top"]]
     assert len(ranked) == 4 and ranked == sorted(ranked, reverse=True)
+    assert summary["ranking"]["spacing"] == "none" and summary["ranking"]["exact"]
     assert ranked[0] == pytest.approx(max(float(r["uncertainty_mean"]) for r in rows), rel=1e-5)
 
     refs = _references(report / "index.html")
@@ -106,7 +109,7 @@ def test_report_folder_is_never_clobbered(runner, cli, video_store, tmp_path):
     assert invoke(runner, cli, "audit", store, "--report", report, "--top", "1", "--quiet").exit_code == 0
     again = invoke(runner, cli, "audit", store, "--report", report, "--quiet")
     assert again.exit_code == 2 and "--overwrite" in again.output
-    assert invoke(runner, cli, "audit", store, "--report", report, "--top", "2", "--overwrite", "--quiet").exit_code == 0
+    assert invoke(runner, cli, "audit", store, "--report", report, "--top", "2", "--min-gap", "0", "--overwrite", "--quiet").exit_code == 0
     assert len(json.loads((report / "summary.json").read_text())["top"]) == 2
     other = tmp_path / "mine"
     other.mkdir()
@@ -216,6 +219,14 @@ def test_calibration_certain_and_right_vs_confidently_wrong(runner, cli, ray_add
     s = json.loads((tmp_path / "right" / "summary.json").read_text())
     assert s["item"] == "tile" and s["items"] == len(list(csv.DictReader((tmp_path / "right" / "items.csv").open())))
     assert s["truth"]["ece"] < 0.01 and s["truth"]["accuracy"] == 1.0 and s["truth"]["auroc"]["uncertainty"] is None  # no errors to detect
+    assert s["truth"]["best_measure"] is None
+    # the ranking's default spacing: no two picks are neighbouring tiles (Chebyshev distance 1 in the tile grid)
+    rows = list(csv.DictReader((tmp_path / "right" / "items.csv").open()))
+    grid_row = {v: i for i, v in enumerate(sorted({int(r["row"]) for r in rows}))}
+    grid_col = {v: i for i, v in enumerate(sorted({int(r["col"]) for r in rows}))}
+    picks = [(grid_row[t["row"]], grid_col[t["col"]]) for t in s["top"]]
+    assert s["ranking"]["spacing"] == "no two within 1 tile" and 1 <= len(picks) < len(rows)
+    assert all(max(abs(a[0] - b[0]), abs(a[1] - b[1])) > 1 for i, a in enumerate(picks) for b in picks[:i])
 
     wrong = invoke(runner, cli, "audit", store, "--report", tmp_path / "wrong", "--truth", _label_raster(tmp_path / "t1.tif", raster, 1), "--quiet")
     assert wrong.exit_code == 0, wrong.output
@@ -247,7 +258,7 @@ def test_raster_truth_on_another_grid_is_refused(runner, cli, ray_address, tmp_p
 def _synthetic_video_store(path: Path, frames: int) -> Path:
     """A complete video-kind store written directly (no model), with smooth, compressible values."""
     from segbatch.lease import Lease
-    from segbatch.store import StoreLayout, base_attrs, create_store, update_attrs
+    from segbatch.store import LEDGER, StoreLayout, base_attrs, create_store, update_attrs
 
     layout = StoreLayout(
         dims=("frame", "y", "x"),
@@ -262,7 +273,7 @@ def _synthetic_video_store(path: Path, frames: int) -> Path:
     model = {"arch": "segnet-basic", "classes": [f"c{i}" for i in range(11)], "palette": [[i * 20, 0, 0] for i in range(11)], "sha256": "0" * 64}
     lease = Lease.new()
     root = create_store(path, layout, base_attrs(source, model, 4, 0, {}, lease.run) | {"unit_frames": frames}, lease)
-    root["ledger"][0] = json.dumps({"unit": 0, "frames": [0, frames], "run": lease.run})  # one unit, finished: a complete store's ledger is whole
+    root[LEDGER][0] = json.dumps({"unit": 0, "frames": [0, frames], "run": lease.run})  # one unit, finished: a complete store's ledger is whole
     yy, xx = np.mgrid[:H, :W]
     for lo in range(0, frames, 8):
         k = np.arange(lo, min(lo + 8, frames))[:, None, None]
@@ -300,3 +311,140 @@ def test_audit_memory_does_not_grow_with_the_store(tmp_path):
     assert large_mib < small_mib + 60, (small_mib, large_mib)  # loading the large store's arrays would add > 172 MiB
     summary = json.loads((tmp_path / "large.report" / "summary.json").read_text())
     assert summary["items"] == 2000 and summary["pixels"] == 2000 * H * W
+
+
+FPS = 25.0
+
+
+def _ranked_video_store(path: Path, frames: int = 60, mutual_information: bool = False) -> tuple[Path, Path]:
+    """A complete video-kind store written directly (no model, no Ray) whose measures rank frames differently, and its truth.
+
+    uncertainty: a run of consecutive frames 20..29 peaks at frame 24 (0.2, less 0.001 per frame away), a lower
+    bump at frame 50 (0.1), 0.01 elsewhere; the same for every pixel of a frame, so it says nothing about which
+    pixels are wrong. entropy: 1.5 on the left quarter of every frame, where the truth disagrees with the labels,
+    and a frame-dependent 0.2..0.3 elsewhere: it finds every error (AUROC 1) and ranks frames in another order.
+    mutual_information (when asked for): half the entropy.
+    """
+    from segbatch.lease import Lease
+    from segbatch.store import LEDGER, StoreLayout, base_attrs, create_store, update_attrs
+
+    outputs = ("labels", "entropy", "confidence", "uncertainty", *(("mutual_information",) if mutual_information else ()))
+    layout = StoreLayout(
+        dims=("frame", "y", "x"),
+        shape=(frames, H, W),
+        chunks=(8, H, W),
+        num_classes=11,
+        units=1,
+        outputs=outputs,
+        float_dtype="float32",
+        coords={"time": (("frame",), np.arange(frames) / FPS, {"units": "s"})},
+    )
+    source = {"path": str(path.with_suffix(".mp4")), "kind": "video", "frames": frames, "height": H, "width": W, "frame_range": [0, frames]}
+    model = {"arch": "segnet-basic", "classes": [f"c{i}" for i in range(11)], "palette": [[i * 20, 0, 0] for i in range(11)], "sha256": "0" * 64}
+    lease = Lease.new()
+    root = create_store(path, layout, base_attrs(source, model, 4, 0, {}, lease.run) | {"unit_frames": frames}, lease)
+    root[LEDGER][0] = json.dumps({"unit": 0, "frames": [0, frames], "run": lease.run})
+    f = np.arange(frames)
+    unc = np.where(abs(f - 24) <= 5, 0.2 - 0.001 * abs(f - 24), 0.01)
+    unc[50] = 0.1
+    yy, xx = np.mgrid[:H, :W]
+    labels = ((xx // 16 + yy // 16 + f[:, None, None]) % 11).astype(np.uint8)
+    left = np.broadcast_to(xx < W // 4, labels.shape)
+    entropy = np.where(left, 1.5, 0.2 + 0.1 * ((7 * f) % frames / frames)[:, None, None])
+    root["labels"][...] = labels
+    root["uncertainty"][...] = np.broadcast_to(unc[:, None, None], labels.shape).astype(np.float32)
+    root["entropy"][...] = entropy.astype(np.float32)
+    root["confidence"][...] = np.float32(0.8)
+    if mutual_information:
+        root["mutual_information"][...] = (entropy / 2).astype(np.float32)
+    update_attrs(root, status="complete")
+    truth = path.with_suffix(".truth.npy")
+    np.save(truth, np.where(left, (labels + 1) % 11, labels).astype(np.uint8))
+    return path, truth
+
+
+def _audit(runner, cli, store: Path, report: Path, *args) -> dict:
+    result = invoke(runner, cli, "audit", store, "--report", report, "--quiet", *args)
+    assert result.exit_code == 0, result.output
+    return json.loads((report / "summary.json").read_text())
+
+
+def test_ranking_spaces_its_picks_by_min_gap(runner, cli, tmp_path):
+    """A run of near-duplicate uncertain frames gives one pick, the best first; --min-gap 0 is the plain top-K."""
+    store, _ = _ranked_video_store(tmp_path / "v.zarr")
+
+    spaced = _audit(runner, cli, store, tmp_path / "spaced", "--top", "5")  # default: about a second (25 frames) apart
+    assert [t["frame"] for t in spaced["top"]] == [24, 50]  # the peak of the run, then the other bump; nothing else is 1 s from both
+    assert spaced["ranking"] == {
+        "measure": "uncertainty",
+        "min_gap": 1.0,
+        "unit": "s",
+        "spacing": "at least 1 s apart",
+        "picked": 2,
+        "candidates": 60,
+        "exact": True,
+    }
+    assert "at least 1 s apart" in (tmp_path / "spaced" / "index.html").read_text()
+
+    wider = _audit(runner, cli, store, tmp_path / "wider", "--top", "5", "--min-gap", "0.2")  # 5 frames
+    times = [t["time"] for t in wider["top"]]
+    assert wider["top"][0]["frame"] == 24 and len(times) == 5
+    assert all(abs(a - b) >= 0.2 - 1e-6 for i, a in enumerate(times) for b in times[:i])
+    means = [t["uncertainty_mean"] for t in wider["top"]]
+    assert means == sorted(means, reverse=True)
+
+    plain = _audit(runner, cli, store, tmp_path / "plain", "--top", "5", "--min-gap", "0")
+    with (tmp_path / "plain" / "items.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    old = sorted(rows, key=lambda r: (-float(r["uncertainty_mean"]), int(r["item"])))[:5]  # the ranking before spacing: top K by score
+    assert [t["frame"] for t in plain["top"]] == [int(r["frame"]) for r in old] == [24, 23, 25, 22, 26]
+    assert plain["ranking"]["spacing"] == "none"
+
+
+def test_rank_by_entropy_ranks_by_it_and_the_report_names_the_best_measure(runner, cli, tmp_path):
+    store, truth = _ranked_video_store(tmp_path / "v.zarr", mutual_information=True)
+    report = tmp_path / "r"
+    result = invoke(runner, cli, "audit", store, "--report", report, "--truth", truth, "--rank-by", "entropy", "--min-gap", "0", "--top", "6")
+    assert result.exit_code == 0, result.output
+    s = json.loads((report / "summary.json").read_text())
+    assert s["measure"] == s["ranking"]["measure"] == "entropy"
+    rows = list(csv.DictReader((report / "items.csv").open()))
+    by_entropy = sorted(rows, key=lambda r: (-float(r["entropy_mean"]), int(r["item"])))[:6]
+    assert [t["frame"] for t in s["top"]] == [int(r["frame"]) for r in by_entropy]
+    assert s["top"][0]["frame"] == 17 != 24  # entropy's best frame, not uncertainty's
+    entropies = [t["entropy_mean"] for t in s["top"]]
+    assert entropies == sorted(entropies, reverse=True)
+    assert "mutual_information_mean" in rows[0]
+
+    t = s["truth"]
+    assert t["auroc"]["entropy"] == pytest.approx(1.0) and t["auroc"]["uncertainty"] == pytest.approx(0.5, abs=0.01)
+    assert t["best_measure"] == "entropy"  # mutual information (half the entropy) ties with it: the first of equals
+    assert set(t["accuracy_vs_coverage"]) == {"uncertainty", "entropy", "mutual_information"}
+    for curve in t["accuracy_vs_coverage"].values():
+        assert len(curve) == 20 and all(0 <= p["coverage"] <= 1 for p in curve)
+    assert t["accuracy_vs_coverage"]["entropy"][14]["accuracy"] == pytest.approx(1.0)  # the errors (a quarter) dropped first
+    assert (report / "coverage.png").is_file() and "coverage.png" in _references(report / "index.html")
+    page = (report / "index.html").read_text()
+    assert "finds errors best" in page and "<b>entropy</b>" in page and "the ranking uses it" in page
+
+    # ranked by uncertainty, the report and the command's line point to the better measure
+    other = tmp_path / "u"
+    result = invoke(runner, cli, "audit", store, "--report", other, "--truth", truth, "--top", "1")
+    assert result.exit_code == 0, result.output
+    assert "entropy finds errors better" in result.output and "--rank-by entropy" in result.output
+    assert "<code>--rank-by entropy</code>" in (other / "index.html").read_text()
+
+    mi = _audit(runner, cli, store, tmp_path / "mi", "--rank-by", "mutual_information", "--min-gap", "0", "--top", "3")
+    assert mi["measure"] == "mutual_information" and [t["frame"] for t in mi["top"]] == [t["frame"] for t in s["top"][:3]]
+
+
+def test_rank_by_a_measure_the_store_lacks_is_one_line_exit_2(runner, cli, tmp_path):
+    store, _ = _ranked_video_store(tmp_path / "v.zarr")
+    report = tmp_path / "r"
+    result = invoke(runner, cli, "audit", store, "--report", report, "--rank-by", "mutual_information")
+    assert result.exit_code == 2, result.output
+    assert len(result.output.strip().splitlines()) == 1
+    assert "no mutual_information array" in result.output and "--outputs mutual_information" in result.output
+    assert not report.exists() and not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+    result = invoke(runner, cli, "audit", store, "--report", report, "--rank-by", "variance")
+    assert result.exit_code == 2 and "variance" in result.output

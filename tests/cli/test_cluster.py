@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import zarr
 
+from segbatch.store import LEDGER
 from tests.helpers.drivers import kill_driver_mid_run, total_units
 from tests.helpers.stores import arrays, assert_same
 
@@ -55,7 +56,7 @@ def _driver(address: str, *args: object) -> subprocess.Popen:
 
 def _ledger(store: Path) -> list[dict]:
     try:
-        entries = zarr.open_group(str(store), mode="r")["ledger"][...]
+        entries = zarr.open_group(str(store), mode="r")[LEDGER][...]
     except Exception:
         return []
     return [json.loads(e) for e in entries if e]

@@ -21,6 +21,7 @@ import pytest
 import zarr
 
 from segbatch.lease import Lease, read_lease, write_lease
+from segbatch.store import LEDGER
 from tests.helpers.drivers import start_driver, wait_for_units
 from tests.helpers.rasters import write_geotiff
 from tests.helpers.stores import arrays, assert_same, invoke, run
@@ -135,8 +136,8 @@ def test_a_dead_or_stale_lease_is_taken_over_with_a_warning(ray_address, runner,
 def test_ledger_entries_of_another_run_are_not_counted(made, tmp_path, runner, cli):
     out = copy_store(made, tmp_path)
     root = zarr.open_group(str(out), mode="r+")
-    entry = json.loads(str(root["ledger"][2]))
-    root["ledger"][2] = json.dumps({**entry, "run": "a-fenced-off-run"})
+    entry = json.loads(str(root[LEDGER][2]))
+    root[LEDGER][2] = json.dumps({**entry, "run": "a-fenced-off-run"})
     r = invoke(runner, cli, "info", out)
     assert r.exit_code == 2 and "ledger lacks 1 of 4 units (first: 2)" in one_line(r.output)
 
@@ -205,14 +206,14 @@ def test_tampered_attributes_are_one_line_exit_2_everywhere(ray_address, runner,
 
 def test_a_non_json_ledger_entry_is_one_line_exit_2(runner, cli, made, tmp_path):
     out = copy_store(made, tmp_path)
-    zarr.open_group(str(out), mode="r+")["ledger"][1] = "{not json"
+    zarr.open_group(str(out), mode="r+")[LEDGER][1] = "{not json"
     r = invoke(runner, cli, "info", out)
     assert r.exit_code == 2 and "ledger entry 1 is not a JSON object" in one_line(r.output)
 
 
 def test_a_complete_store_missing_a_unit_is_refused_then_redone(ray_address, runner, cli, made, video, tiny_model, tmp_path):
     out = copy_store(made, tmp_path)
-    zarr.open_group(str(out), mode="r+")["ledger"][1] = ""
+    zarr.open_group(str(out), mode="r+")[LEDGER][1] = ""
     shutil.rmtree(out / "labels" / "c" / "1")
     for args in (("info", out), ("audit", out, "--report", tmp_path / "report"), ("export", out, "--to", tmp_path / "o.mp4")):
         r = invoke(runner, cli, *args)

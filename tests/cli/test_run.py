@@ -16,9 +16,9 @@ import torch
 import xarray as xr
 import zarr
 
-from tests.helpers.drivers import finished_units, kill_driver_mid_run, start_driver, total_units, wait_for_units
+from tests.helpers.drivers import finished_units, start_driver, total_units, wait_for_units
 from tests.helpers.stores import arrays, assert_same, run
-from tests.helpers.videos import corrupt, frame_index, write_audio_only, write_understated_reorder, write_video
+from tests.helpers.videos import corrupt, frame_index, write_understated_reorder, write_video
 
 SAMPLES_DIR = Path(__file__).parents[3] / "shared" / "samples"
 
@@ -72,13 +72,6 @@ def test_every_frame_is_segmented_in_place(ray_address, runner, cli, video, tiny
         ref = mc_predict(model, x, samples=3, seed=[derive_seed(7, j) for j in batch])
         np.testing.assert_array_equal(ds.labels.values[i], ref["labels"][i - lo].numpy())
         np.testing.assert_array_equal(ds.uncertainty.values[i], ref["uncertainty"][i - lo].numpy().astype(np.float16))
-
-
-def test_same_seed_same_arrays_with_1_or_3_actors(ray_address, runner, cli, video, tiny_model, tmp_path):
-    for k in (1, 3):
-        r = run(runner, cli, "--input", video, "--out", tmp_path / f"a{k}.zarr", "--model", tiny_model, "--samples", 2, "--actors", k)
-        assert r.exit_code == 0, r.output
-    assert_same(arrays(tmp_path / "a1.zarr"), arrays(tmp_path / "a3.zarr"))
 
 
 def test_frames_range_resize_and_extra_outputs(ray_address, runner, cli, video, tiny_model, tmp_path):
@@ -135,24 +128,6 @@ def test_hwaccel_without_a_device_is_one_line_exit_2(ray_address, runner, cli, v
     assert r.exit_code == 2 and "--hwaccel cuda" in r.output and len(r.output.strip().splitlines()) == 1
 
 
-def test_store_is_never_overwritten_silently(ray_address, runner, cli, video, tiny_model, tmp_path):
-    args = ["--input", video, "--out", tmp_path / "s.zarr", "--model", tiny_model, "--samples", 1, "--frames", ":16"]
-    assert run(runner, cli, *args).exit_code == 0
-    r = run(runner, cli, *args)
-    assert r.exit_code == 2 and "--overwrite" in r.output
-    assert run(runner, cli, *args, "--overwrite").exit_code == 0
-    r = run(runner, cli, *args[:-4], "--samples", 2, "--frames", ":16", "--resume")
-    assert r.exit_code == 2 and "samples: store has 1, now 2" in r.output
-
-
-def test_overwrite_refuses_a_folder_that_is_not_a_store(ray_address, runner, cli, video, tiny_model, tmp_path):
-    (tmp_path / "precious").mkdir()
-    (tmp_path / "precious" / "thesis.tex").write_text("years of work")
-    r = run(runner, cli, "--input", video, "--out", tmp_path / "precious", "--model", tiny_model, "--overwrite")
-    assert r.exit_code == 2
-    assert (tmp_path / "precious" / "thesis.tex").exists()
-
-
 def test_a_killed_actor_is_replaced_and_the_result_unchanged(ray_address, runner, cli, long_video, tiny_model, tmp_path, clean_long):
     import ray
 
@@ -176,19 +151,6 @@ def test_a_killed_actor_is_replaced_and_the_result_unchanged(ray_address, runner
     assert r.exit_code == 0, r.output
     assert killed and killed[0][1] < total_units(out), "the kill did not land mid-run"
     assert_same(arrays(out), clean_long)
-
-
-def test_a_killed_driver_is_finished_by_resume(ray_address, runner, cli, long_video, tiny_model, tmp_path, clean_long):
-    out = tmp_path / "resumed.zarr"
-    proc = start_driver(ray_address, "--input", long_video, "--out", out, "--model", tiny_model, "--samples", 2, "--actors", 1)
-    done = kill_driver_mid_run(out, proc)
-    r = run(runner, cli, "--input", long_video, "--out", out, "--model", tiny_model, "--samples", 2, "--actors", 2, "--resume")
-    assert r.exit_code == 0, r.output
-    # the actor may finish one more unit between the driver's death and its own
-    skipped = int(r.output.split(" units already done")[0].rsplit(" ", 1)[-1])
-    assert skipped >= done
-    assert_same(arrays(out), clean_long)
-    assert zarr.open_group(str(out)).attrs["segbatch"]["status"] == "complete"
 
 
 def test_ctrl_c_exits_130_and_resume_finishes(ray_address, runner, cli, long_video, tiny_model, tmp_path, clean_long):
@@ -307,34 +269,6 @@ def test_truncated_faststart_mp4_accounts_for_every_declared_frame(ray_address, 
     assert f"{64 - rows} frames missing (the file is truncated)" in text and f"frames {rows}:64 missing (truncated: " in text
 
 
-@pytest.mark.parametrize(
-    ("make", "message"),
-    [
-        (lambda d: d / "missing.mp4", "no such file"),
-        (lambda d: (d / "notes.mp4").write_text("hello") and d / "notes.mp4", "not a readable video"),
-        (lambda d: write_audio_only(d / "song.mka"), "no video stream"),
-    ],
-)
-def test_bad_input_is_one_line_and_exit_2(ray_address, runner, cli, tiny_model, tmp_path, make, message):
-    r = run(runner, cli, "--input", make(tmp_path), "--out", tmp_path / "x.zarr", "--model", tiny_model)
-    assert r.exit_code == 2, r.output
-    assert message in r.output and len(r.output.strip().splitlines()) == 1
-    assert not (tmp_path / "x.zarr").exists()
-
-
-def test_model_that_does_not_fit_video(ray_address, runner, cli, video, tmp_path):
-    ckpt = tmp_path / "ms.pt"
-    assert runner.invoke(cli, ["model", "init", "--classes", "3", "--in-channels", "4", "--width", "0.25", "--out", str(ckpt)]).exit_code == 0
-    r = run(runner, cli, "--input", video, "--out", tmp_path / "x.zarr", "--model", ckpt)
-    assert r.exit_code == 2 and "4 input bands" in r.output
-    assert not (tmp_path / "x.zarr").exists()
-
-
-def test_unwritable_output_path(ray_address, runner, cli, video, tiny_model, tmp_path):
-    r = run(runner, cli, "--input", video, "--out", tmp_path / "no" / "such" / "dir" / "x.zarr", "--model", tiny_model)
-    assert r.exit_code == 2 and "does not exist" in r.output
-
-
 def test_variable_frame_rate_times_reach_the_store(ray_address, runner, cli, tiny_model, tmp_path):
     pts = [0, 40, 80, 200, 210, 220, 500, 540, 580, 600]
     path = write_video(tmp_path / "vfr.mkv", 10, pts=pts, time_base=Fraction(1, 1000))
@@ -369,7 +303,7 @@ def test_export_overlay_video_and_png_frames(ray_address, runner, cli, video, ti
 
     with av.open(str(tmp_path / "overlay.mp4")) as c:
         frames = [f.to_ndarray(format="rgb24") for f in c.decode(video=0)]
-    assert len(frames) == 16 and frames[0].shape == (48, 128, 3)  # source | heat map, side by side
+    assert len(frames) == 16 and frames[0].shape[1:] == (128, 3) and frames[0].shape[0] > 48  # source | heat map, side by side, the legend below
     # the left half is the source under a 50% palette tint: its bit blocks still read as the source frame index
     assert [frame_index(f[:, :64]) for f in frames] == list(range(4, 20))
     r = runner.invoke(cli, ["export", str(out), "--to", str(tmp_path / "pngs"), "--quiet"])

@@ -11,17 +11,19 @@ from pathlib import Path
 
 import zarr
 
+from segbatch.store import LEDGER
+
 
 def finished_units(store: Path) -> int:
     """Ledger entries written so far (0 while the store does not exist yet)."""
     try:
-        return int((zarr.open_group(str(store), mode="r")["ledger"][...] != "").sum())
+        return int((zarr.open_group(str(store), mode="r")[LEDGER][...] != "").sum())
     except Exception:
         return 0
 
 
 def total_units(store: Path) -> int:
-    return zarr.open_group(str(store), mode="r")["ledger"].shape[0]
+    return zarr.open_group(str(store), mode="r")[LEDGER].shape[0]
 
 
 def start_driver(ray_address: str, *args: object) -> subprocess.Popen:

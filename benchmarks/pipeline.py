@@ -1,0 +1,248 @@
+"""Simulated accelerator: how busy the worker pipeline keeps a device that needs 1.5x the host work per item.
+
+    python benchmarks/pipeline.py [--frames 400] [--size 360x480] [--hd-frames 120] [--hd-size 1080x1920]
+                                  [--raster-side 4096] [--samples 8] [--batch-size 4] [--keep DIR] [--calibrate]
+
+Inside real actors (`segbatch.engine.run.run`, a fresh local Ray, one actor
+with 1 CPU and no GPU: "one device"), the network call is replaced by a
+stand-in (`StandInWorker.predict`) that builds outputs of the right shapes
+and dtypes cheaply from the input, then holds the "device" until a fixed
+time per item has passed since the call began, sleeping with the GIL
+released as a CUDA stream would. Everything else is the engine's: decoding or
+windowed reads, stacking, the uint8 -> float conversion (`to_device`), the
+copies back, the placer, encoding, fenced writes, digests, the ledger.
+
+Each case runs twice:
+
+1. calibration: the stand-in holds the device ~0 s. Host work per item is the
+   ledger's read + to_device + to_host + write seconds (summed over units)
+   divided by the items (decode is inside read; encoding and digests inside
+   write). `--calibrate` stops here and prints these stage times.
+2. measurement: the stand-in holds the device 1.5x that host work per item.
+   Efficiency = measured items/s divided by the stand-in's ideal items/s
+   (1 / its seconds per item): 1.0 would be a device never idle.
+
+Measured items/s is over the span the actor works: from the first unit's
+start to the last unit's end, as the actor sees them (wall clock). The
+driver's whole-run figure (Ray start-up excluded, actor start-up and the
+model load included) is printed beside it; with a few seconds of work the
+start-up dominates it, and it is not what the target is about.
+
+Cases: the demo video at --size (360x480), at --hd-size (1080p), and a
+3-band uint8 tiled DEFLATE GeoTIFF of --raster-side (tiles 512, overlap 64:
+one tile per unit). A case with 0 frames (or side 0) is skipped. Each
+prints its host work per item by stage (ms; the raster also per megapixel
+of raster), the stand-in's seconds, and its efficiency. The last line is
+`simulated-device efficiency X.XX`: the lowest of the targeted cases (the
+--size video and the raster; target >= 0.9), the 1080p case is reported
+but not part of it. Defaults: 8 samples (the stand-in ignores them; with
+samples > 0 the store has an uncertainty array) and batch 4, like real runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from segbatch.engine.job import RunConfig
+from segbatch.engine.pipeline import PipelineWorker
+from segbatch.engine.raster import RasterSource
+from segbatch.engine.run import run
+from segbatch.engine.video import VideoSource
+from segbatch.store import finished_units, open_store
+from segbatch.tiling import plan_tiles
+
+HOST_STAGES = ("read", "to_device", "to_host", "write")
+DEVICE_FACTOR = 1.5  # the stand-in's time per item over the measured host work per item
+TARGETED = ("video", "raster")
+
+
+class StandInWorker(PipelineWorker):
+    """The engine's worker with the network replaced by a device stand-in; records each unit's wall-clock span.
+
+    The benchmark sets `seconds_per_item` and `spans` on a subclass per run
+    (see `stand_in`); Ray ships this `__main__` class by value.
+    """
+
+    seconds_per_item = 0.0
+    spans = ""  # a JSON-lines file: one {"unit", "begun", "ended"} per unit
+
+    def predict(self, x: Any, seeds: list[int]) -> dict[str, Any]:
+        import torch
+
+        began = time.perf_counter()
+        job = self.job
+        dtype = getattr(torch, job.float_dtype)
+        first = x[:, 0]  # (B, H, W) floats in [0, 1]: outputs that vary, cheaply
+        out = {"labels": (first * 10).to(torch.uint8)}
+        for name in job.model_outputs:
+            if name == "probs":  # channel-last (B, H, W, K), as the model step hands it
+                k = int(self.model.num_classes)
+                out[name] = (first[..., None] / k).expand(*first.shape, k).to(dtype).contiguous()
+            else:
+                out[name] = first.to(dtype)
+        left = self.seconds_per_item * len(seeds) - (time.perf_counter() - began)
+        if left > 0:
+            time.sleep(left)  # the GIL is released, as while a CUDA stream runs
+        return out
+
+    def process(self, unit: Any) -> dict[str, Any]:
+        begun = time.time()
+        entry = super().process(unit)
+        with open(self.spans, "a") as f:  # one short O_APPEND write per unit: lines never interleave
+            f.write(json.dumps({"unit": entry.get("unit"), "begun": begun, "ended": time.time()}) + "\n")
+        return entry
+
+
+def stand_in(seconds_per_item: float, spans: Path) -> type:
+    return type("StandInWorker", (StandInWorker,), {"seconds_per_item": seconds_per_item, "spans": str(spans), "__module__": __name__})
+
+
+@dataclass
+class Result:
+    items: int
+    span: float  # first unit's start to last unit's end (s)
+    wall: float  # the driver's figure: pool start to last unit
+    stages: dict[str, float]  # seconds per stage, summed over units
+    units: int
+
+    def per_item(self, stage: str) -> float:
+        return self.stages.get(stage, 0.0) / self.items
+
+    @property
+    def host(self) -> float:
+        return sum(self.per_item(s) for s in HOST_STAGES)
+
+
+def run_case(cfg: RunConfig, make_source: Any, seconds_per_item: float, spans: Path) -> Result:
+    spans.unlink(missing_ok=True)
+    summary = run(cfg, make_source, worker=stand_in(seconds_per_item, spans))
+    lines = [json.loads(line) for line in spans.read_text().splitlines()] if spans.exists() else []
+    if not lines:
+        raise SystemExit("no unit recorded a span: run() did not use the stand-in worker (does it pass `worker` to the pool?)")
+    ledger = finished_units(open_store(cfg.out))
+    stages: dict[str, float] = {}
+    for entry in ledger.values():
+        for stage, seconds in entry.get("stages", {}).items():
+            stages[stage] = stages.get(stage, 0.0) + float(seconds)
+    span = max(s["ended"] for s in lines) - min(s["begun"] for s in lines)
+    return Result(items=summary.items, span=span, wall=summary.seconds, stages=stages, units=len(ledger))
+
+
+def stage_line(r: Result, noun: str, per_mp: float | None = None) -> str:
+    parts = [f"{s} {1e3 * r.per_item(s):.2f}" for s in (*HOST_STAGES, "model", "wait")]
+    line = f"  ms per {noun}: " + ", ".join(parts) + f"; host (read+to_device+to_host+write) {1e3 * r.host:.2f}"
+    if per_mp is not None:
+        line += f" = {1e3 * r.host * per_mp:.1f} ms per megapixel of raster"
+    return line
+
+
+def case(name: str, label: str, cfg: RunConfig, make_source: Any, work: Path, calibrate_only: bool, noun: str, per_mp: float | None = None) -> float | None:
+    """Calibrate, then (unless calibrate_only) measure at DEVICE_FACTOR x the host work; the efficiency."""
+    print(f"{label}:", flush=True)
+    cal = run_case(_with(cfg, out=str(work / f"{name}-calibrate.zarr")), make_source, 0.0, work / f"{name}-calibrate.spans")
+    print(f"  calibration (stand-in ~0 s): {cal.items} {noun}s in {cal.units} units, {cal.items / cal.span:.1f} {noun}s/s (host-bound)")
+    print(stage_line(cal, noun, per_mp))
+    if calibrate_only:
+        return None
+    s = DEVICE_FACTOR * cal.host
+    r = run_case(_with(cfg, out=str(work / f"{name}.zarr")), make_source, s, work / f"{name}.spans")
+    ideal = 1.0 / s
+    rate = r.items / r.span
+    efficiency = rate / ideal
+    print(f"  stand-in: {1e3 * s:.2f} ms per {noun} ({DEVICE_FACTOR}x host) -> ideal {ideal:.1f} {noun}s/s")
+    print(
+        f"  measured: {r.items} {noun}s in {r.span:.2f} s = {rate:.1f} {noun}s/s; device busy {r.stages.get('model', 0.0) / r.span:.2f} of the span; "
+        f"whole run (actor start-up included) {r.items / r.wall:.1f} {noun}s/s = {r.items / r.wall / ideal:.2f} of ideal"
+    )
+    print(stage_line(r, noun, per_mp))
+    print(f"  {name} efficiency {efficiency:.2f}", flush=True)
+    return efficiency
+
+
+def _with(cfg: RunConfig, **changes: Any) -> RunConfig:
+    from dataclasses import replace
+
+    return replace(cfg, **changes)
+
+
+def make_video(path: Path, frames: int, size: tuple[int, int]) -> Path:
+    from segbatch.demo.video import write_demo_video
+
+    if not path.exists():
+        write_demo_video(path, frames, *size)
+    return path
+
+
+def make_raster(path: Path, side: int) -> Path:
+    if not path.exists():
+        sys.path.insert(0, str(Path(__file__).parent))
+        from run_raster import make_raster as write
+
+        write(path, side)
+    return path
+
+
+def parse_size(text: str) -> tuple[int, int]:
+    h, w = text.lower().split("x")
+    return int(h), int(w)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--frames", type=int, default=400, help="frames of the --size video (0: skip it)")
+    ap.add_argument("--size", type=parse_size, default=(360, 480), help="HxW of the targeted video")
+    ap.add_argument("--hd-frames", type=int, default=120, help="frames of the --hd-size video (0: skip it)")
+    ap.add_argument("--hd-size", type=parse_size, default=(1080, 1920))
+    ap.add_argument("--raster-side", type=int, default=4096, help="side of the square raster (0: skip it)")
+    ap.add_argument("--samples", type=int, default=8)
+    ap.add_argument("--batch-size", type=int, default=4)
+    ap.add_argument("--keep", type=Path, help="make inputs and stores in this folder and keep them (inputs are reused)")
+    ap.add_argument("--calibrate", action="store_true", help="only measure the host work per item by stage")
+    args = ap.parse_args()
+
+    with tempfile.TemporaryDirectory() as tmp:
+        work = args.keep or Path(tmp)
+        work.mkdir(parents=True, exist_ok=True)
+
+        def config(path: Path) -> RunConfig:  # one actor of 1 CPU: one device; `out` is set per run
+            return RunConfig(
+                input=str(path), out="", samples=args.samples, batch_size=args.batch_size, actors=1, cpus_per_actor=1.0, overwrite=True, quiet=True
+            )
+
+        results: dict[str, float | None] = {}
+        if args.frames:
+            h, w = args.size
+            video = make_video(work / f"street-{h}x{w}-{args.frames}.mp4", args.frames, args.size)
+            cfg = config(video)
+            results["video"] = case("video", f"video {h}x{w}, {args.frames} frames", cfg, VideoSource, work, args.calibrate, "frame")
+        if args.hd_frames:
+            h, w = args.hd_size
+            video = make_video(work / f"street-{h}x{w}-{args.hd_frames}.mp4", args.hd_frames, args.hd_size)
+            cfg = config(video)
+            results["hd"] = case("hd", f"video {h}x{w}, {args.hd_frames} frames", cfg, VideoSource, work, args.calibrate, "frame")
+        if args.raster_side:
+            side = args.raster_side
+            raster = make_raster(work / f"raster-{side}.tif", side)
+            cfg = config(raster)
+            tiles_per_mp = len(plan_tiles(side, side, cfg.tile, cfg.overlap)) * 1e6 / (side * side)  # tiles overlap: per megapixel of raster
+            label = f"raster {side}x{side}, 3-band uint8, tiles {cfg.tile} (overlap {cfg.overlap}), {tiles_per_mp:.2f} tiles per megapixel"
+            results["raster"] = case("raster", label, cfg, RasterSource, work, args.calibrate, "tile", per_mp=tiles_per_mp)
+        if args.calibrate:
+            return
+        targeted = {k: v for k, v in results.items() if k in TARGETED and v is not None}
+        if not targeted:
+            raise SystemExit("no targeted case ran (the --size video or the raster)")
+        worst = min(targeted, key=lambda k: targeted[k] or 0.0)
+        print(f"(lowest of {', '.join(targeted)}: {worst}; target >= 0.9)")
+        print(f"simulated-device efficiency {targeted[worst]:.2f}")
+
+
+if __name__ == "__main__":
+    main()

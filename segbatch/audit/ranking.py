@@ -1,0 +1,182 @@
+"""The audit's top-K with diversity: the best items, no two of them close together.
+
+Consecutive frames of a video look alike, and so do neighbouring tiles of a
+raster: a plain top-K of a video is a run of near-duplicate frames (16, 17,
+15, 12, ...). Picks are therefore spaced: in score order, an item is skipped
+when it is close to one already picked (greedy non-maximum suppression).
+
+- video: picks are at least `--min-gap` seconds apart (the store's `time`
+  coordinate; default 1 s);
+- raster: no two picks within `--min-gap` tiles of each other (Chebyshev
+  distance in the tile grid, so 1 leaves out the 8 neighbours; default 1);
+- images: no spacing (the images of a folder are not a sequence).
+
+Memory stays bounded: the scan keeps a heap of the best `top * neighbourhood`
+items only, where the neighbourhood is the most items one pick can exclude
+(itself included; 49 frames at 25 fps and 1 s, 9 tiles at 1 tile). Each pick
+removes at most a neighbourhood from that pool, so greedy selection over it
+finds at least `top` picks, and they are exactly those of greedy selection
+over the whole store (the pool holds the first items of the same score
+order). The pool is capped at MAX_CANDIDATES items; when the cap binds and
+fewer than `top` picks are found in it, the ranking may miss picks that a
+pass over the whole store would add, and `summary.json` says so
+(`ranking.exact` false).
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from segbatch.audit.items import Item
+from segbatch.errors import InputError
+
+MAX_CANDIDATES = 10_000  # a candidate holds its Item and its items.csv row packed (CompactRows): ~1 kB + 8 bytes a column
+DEFAULT_GAP = {"video": 1.0, "raster": 1.0, "images": 0.0}
+GAP_UNIT = {"video": "s", "raster": "tiles", "images": ""}
+TIME_TOLERANCE = 1e-6  # seconds: frames 25 apart at 25 fps are 1 s apart, whatever the float rounding of `time`
+
+
+@dataclass(frozen=True)
+class Spacing:
+    """Where an item is (a point) and how far apart two picks must be: close means Chebyshev distance < radius."""
+
+    kind: str
+    gap: float  # as given: seconds (video), tiles (raster), 0 (images)
+    radius: float  # picks closer than this exclude each other (0: none do)
+    neighbourhood: int  # the most items one pick can exclude, itself included
+    tile: tuple[int, int] = (1, 1)  # a raster's chunk shape: pixel offsets to tile-grid positions
+
+    @property
+    def unit(self) -> str:
+        return GAP_UNIT[self.kind]
+
+    def position(self, item: Item) -> tuple[float, ...]:
+        if self.kind == "video":
+            return (float(item.meta["time"]),)
+        if self.kind == "raster":
+            return (float(item.meta["row"] // self.tile[0]), float(item.meta["col"] // self.tile[1]))
+        return (float(item.index),)
+
+    def describe(self) -> str:
+        """How the picks are spaced, for the report: "at least 1 s apart", "no two within 1 tile", or ""."""
+        if self.radius <= 0:
+            return ""
+        if self.kind == "video":
+            return f"at least {self.gap:g} s apart"
+        return f"no two within {self.gap:g} tile{'s' if self.gap != 1 else ''}"
+
+
+def spacing_for(root: Any, kind: str, min_gap: float | None) -> Spacing:
+    """The spacing `--min-gap` asks for on this store (None: the kind's default)."""
+    if min_gap is not None and (not math.isfinite(min_gap) or min_gap < 0):
+        raise InputError(f"--min-gap must be a number >= 0, got {min_gap}")
+    if kind == "images":
+        if min_gap:
+            raise InputError("--min-gap applies to video (seconds) and raster (tiles) stores; the images of a folder are not spaced")
+        return Spacing(kind, 0.0, 0.0, 1)
+    gap = DEFAULT_GAP[kind] if min_gap is None else float(min_gap)
+    if gap == 0:
+        return Spacing(kind, 0.0, 0.0, 1)
+    if kind == "video":
+        radius = gap - TIME_TOLERANCE
+        times = np.sort(np.asarray(root["time"][...], np.float64))
+        within = np.searchsorted(times, times + radius, side="left") - np.searchsorted(times, times - radius, side="right")
+        return Spacing(kind, gap, radius, max(1, int(within.max(initial=1))))
+    chunks = tuple(int(c) for c in root["labels"].chunks)
+    grid = [-(-int(n) // c) for n, c in zip(root["labels"].shape, chunks)]
+    reach = int(math.floor(gap))  # tiles at Chebyshev distance <= gap are excluded
+    side = [min(2 * reach + 1, g) for g in grid]
+    return Spacing(kind, gap, reach + 1.0, side[0] * side[1], (chunks[0], chunks[1]))
+
+
+class DiverseTop:
+    """The scan's ranking state: a bounded heap of candidates, then greedy spaced selection."""
+
+    def __init__(self, top: int, spacing: Spacing) -> None:
+        self.top = top
+        self.spacing = spacing
+        self.capacity = min(top * spacing.neighbourhood, max(top, MAX_CANDIDATES))
+        self.heap: list[tuple[float, int, Any]] = []
+        self.dropped = False  # an item fell out of the pool: the pool is not the whole store
+
+    def offer(self, score: float, item: Item, payload: Any) -> None:
+        """An item with its ranking score (higher first; ties: the earlier item) and what the report keeps of it."""
+        if self.top <= 0:
+            return
+        entry = (score, -item.index, (item, payload))
+        if len(self.heap) < self.capacity:
+            heapq.heappush(self.heap, entry)
+        elif entry[:2] > self.heap[0][:2]:
+            heapq.heapreplace(self.heap, entry)
+            self.dropped = True
+        else:
+            self.dropped = True
+
+    def picks(self) -> list[tuple[float, Item, Any]]:
+        """The best items in score order, each far enough from every earlier pick; at most `top`."""
+        ordered = sorted(self.heap, key=lambda e: e[:2], reverse=True)
+        out: list[tuple[float, Item, Any]] = []
+        taken: list[tuple[float, ...]] = []
+        for score, _, (item, payload) in ordered:
+            if len(out) == self.top:
+                break
+            if self.spacing.radius > 0:
+                p = self.spacing.position(item)
+                if taken and bool((np.abs(np.asarray(taken) - p).max(axis=1) < self.spacing.radius).any()):
+                    continue
+                taken.append(p)
+            out.append((score, item, payload))
+        return out
+
+    def exact(self, picked: int) -> bool:
+        """Whether the picks are those of greedy selection over the whole store (see the module's note)."""
+        return picked >= self.top or not self.dropped
+
+    def summary(self, picked: int) -> dict[str, Any]:
+        return {
+            "min_gap": self.spacing.gap,
+            "unit": self.spacing.unit or None,
+            "spacing": self.spacing.describe() or "none",
+            "picked": picked,
+            "candidates": len(self.heap),
+            "exact": self.exact(picked),
+        }
+
+
+class CompactRows:
+    """items.csv rows held by the candidate pool: numbers in one float64 array a row (8 bytes a column, ints flagged),
+    the few other values (names, truth status) aside, column names and int flags shared between rows. A dict of
+    Python floats costs ~80 bytes a column: 10,000 candidates of a 150-class model would hold ~250 MB."""
+
+    def __init__(self) -> None:
+        self._keys: tuple[str, ...] = ()
+        self._ints: frozenset[int] = frozenset()
+
+    def pack(self, row: dict[str, Any]) -> tuple[tuple[str, ...], frozenset[int], np.ndarray, dict[int, Any]]:
+        keys = tuple(row)
+        if keys != self._keys:
+            self._keys = keys
+        numbers = np.full(len(keys), np.nan)
+        ints, others = [], {}
+        for i, v in enumerate(row.values()):
+            if isinstance(v, int | np.integer) and not isinstance(v, bool) and abs(int(v)) <= 2**53:  # exact as a float64
+                numbers[i] = v
+                ints.append(i)
+            elif isinstance(v, float | np.floating):
+                numbers[i] = v
+            else:
+                others[i] = v
+        flags = frozenset(ints)
+        if flags != self._ints:
+            self._ints = flags
+        return self._keys, self._ints, numbers, others
+
+    @staticmethod
+    def unpack(packed: tuple[tuple[str, ...], frozenset[int], np.ndarray, dict[int, Any]]) -> dict[str, Any]:
+        keys, ints, numbers, others = packed
+        return {k: others[i] if i in others else int(numbers[i]) if i in ints else float(numbers[i]) for i, k in enumerate(keys)}
