@@ -71,3 +71,85 @@ def init(
         load_vgg16_encoder(net, vgg16)
     save_checkpoint(net, out, ModelSpec.of(net, class_names=class_names, palette=palette))
     click.echo(f"wrote {out}: {arch}, {count_parameters(net):,} parameters, {num_classes} classes", err=True)
+
+
+def _read_import_classes(path: Path) -> tuple[tuple[str, ...], tuple[tuple[int, int, int], ...]]:
+    """Class names (and optional colours) from a JSON list / {"names", "palette"} or a text file: `name [r g b]` a line."""
+    import json
+
+    from segbatch.errors import InputError
+
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise InputError(f"{path}: cannot read the classes file ({type(exc).__name__})") from None
+    names: list[str] = []
+    colours: list[tuple[int, int, int]] = []
+    try:
+        data = json.loads(text)
+    except ValueError:
+        data = None
+    try:
+        if isinstance(data, dict):
+            names = [str(n) for n in data["names"]]
+            colours = [(int(c[0]), int(c[1]), int(c[2])) for c in data.get("palette", ())]
+        elif isinstance(data, list):
+            for item in data:
+                if isinstance(item, str):
+                    names.append(item)
+                else:  # {"name": ..., "colour": [r, g, b]}
+                    names.append(str(item["name"]))
+                    colour = item.get("colour", item.get("color"))
+                    if colour is not None:
+                        colours.append((int(colour[0]), int(colour[1]), int(colour[2])))
+        else:
+            for line in text.splitlines():
+                parts = line.replace(",", " ").split()
+                if not parts or parts[0].startswith("#"):
+                    continue
+                if len(parts) >= 4 and all(p.lstrip("-").isdigit() for p in parts[-3:]):
+                    names.append(" ".join(parts[:-3]))
+                    colours.append((int(parts[-3]), int(parts[-2]), int(parts[-1])))
+                else:
+                    names.append(" ".join(parts))
+    except (KeyError, TypeError, ValueError, IndexError) as exc:
+        raise InputError(f"{path}: not a classes file ({type(exc).__name__})") from None
+    if not names:
+        raise InputError(f"{path}: no class names")
+    if colours and (len(colours) != len(names) or any(not 0 <= v <= 255 for c in colours for v in c)):
+        raise InputError(f"{path}: give a colour (r g b, 0-255) for every class or for none")
+    return tuple(names), tuple(colours)
+
+
+@model.command("import")
+@click.option("--prototxt", type=path_type(exists=True, dir_okay=False), required=True, help="Caffe model definition (text .prototxt).")
+@click.option("--weights", type=path_type(exists=True, dir_okay=False), required=True, help="Caffe weights (binary .caffemodel).")
+@click.option(
+    "--classes",
+    "classes_path",
+    type=path_type(exists=True, dir_okay=False),
+    help='Class names: JSON list (or {"names", "palette"}) or text, one `name [r g b]` a line (default for 11 classes: CamVid\'s).',
+)
+@click.option("--out", type=path_type(dir_okay=False), required=True, help="Checkpoint file to write.")
+@overwrite_opt
+def import_(prototxt: Path, weights: Path, classes_path: Path | None, out: Path, overwrite: bool) -> None:
+    """Import a released SegNet / Bayesian SegNet Caffe model (no Caffe needed)."""
+    from segbatch.errors import InputError
+    from segbatch.model.caffe import CAMVID_CLASSES, CAMVID_PALETTE, import_caffe
+    from segbatch.model.checkpoint import ModelSpec, save_checkpoint
+    from segbatch.model.segnet import count_parameters
+
+    refuse_existing(out, overwrite)
+    imported = import_caffe(prototxt, weights)
+    net = imported.model
+    names: tuple[str, ...] = ()
+    palette: tuple[tuple[int, int, int], ...] = ()
+    if classes_path is not None:
+        names, palette = _read_import_classes(Path(classes_path))
+        if len(names) != net.num_classes:
+            raise InputError(f"{classes_path} names {len(names)} classes; the model has {net.num_classes}")
+    elif net.num_classes == len(CAMVID_CLASSES):
+        names, palette = CAMVID_CLASSES, CAMVID_PALETTE
+    save_checkpoint(net, out, ModelSpec.of(net, class_names=names, palette=palette, extra=imported.provenance))
+    drop = f"dropout {net.dropout_placement} p={net.p:g}" if net.drops else "no dropout"
+    click.echo(f"wrote {out}: {net.arch} (width {net.width:g}), {count_parameters(net):,} parameters, {net.num_classes} classes, {drop}", err=True)

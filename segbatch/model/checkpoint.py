@@ -19,7 +19,7 @@ from segbatch import location
 from segbatch.atomic import atomic_path
 from segbatch.errors import CheckpointError
 from segbatch.model.catalog import width_problem
-from segbatch.model.segnet import SegNet, build_model, count_parameters
+from segbatch.model.segnet import SegNet, build_model, count_parameters, lrn_problem
 
 FORMAT = "segbatch-checkpoint"
 FORMAT_VERSION = 1
@@ -38,6 +38,7 @@ class ModelSpec:
     class_names: tuple[str, ...] = ()
     palette: tuple[tuple[int, int, int], ...] = ()
     extra: dict[str, Any] = field(default_factory=dict)  # provenance: training command, data, scores
+    lrn: tuple[float, ...] = ()  # input local response normalisation (local_size, alpha, beta, k): imported SegNet-Basic
 
     def __post_init__(self) -> None:
         names = self.class_names or tuple(f"class{i}" for i in range(self.num_classes))
@@ -48,14 +49,19 @@ class ModelSpec:
             raise CheckpointError(f"{len(palette)} palette colours for {self.num_classes} classes")
         object.__setattr__(self, "class_names", tuple(str(n) for n in names))
         object.__setattr__(self, "palette", tuple(tuple(int(v) for v in c) for c in palette))
+        problem = lrn_problem(self.lrn)
+        if problem:
+            raise CheckpointError(problem)
+        object.__setattr__(self, "lrn", tuple(float(v) for v in self.lrn))
 
     @classmethod
     def of(cls, model: SegNet, **kwargs: Any) -> ModelSpec:
         """The spec of a built model, with names, palette or provenance added."""
+        kwargs.setdefault("lrn", model.lrn)
         return cls(model.arch, model.num_classes, model.in_channels, model.width, model.dropout_placement, model.p, **kwargs)
 
     def build(self) -> SegNet:
-        return build_model(self.arch, self.num_classes, self.in_channels, self.dropout, self.p, self.width)
+        return build_model(self.arch, self.num_classes, self.in_channels, self.dropout, self.p, self.width, self.lrn)
 
 
 def default_palette(num_classes: int) -> tuple[tuple[int, int, int], ...]:
@@ -92,6 +98,7 @@ class Checkpoint:
             "input_normalisation": {
                 "mean": [round(v, 6) for v in self.model.input_mean.tolist()],
                 "std": [round(v, 6) for v in self.model.input_std.tolist()],
+                **({"lrn": dict(zip(("local_size", "alpha", "beta", "k"), self.spec.lrn))} if self.spec.lrn else {}),
             },
             "sha256": self.sha256,
             **({"provenance": self.spec.extra} if self.spec.extra else {}),
@@ -104,6 +111,9 @@ def save_checkpoint(model: SegNet, path: str | Path, spec: ModelSpec | None = No
     meta = asdict(spec)
     meta["class_names"] = list(spec.class_names)
     meta["palette"] = [list(c) for c in spec.palette]
+    meta["lrn"] = list(spec.lrn)
+    if not spec.lrn:
+        del meta["lrn"]  # files without one stay exactly as before
     payload = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
@@ -158,4 +168,8 @@ def _spec_from_meta(meta: Any) -> ModelSpec:
     if not isinstance(extra, dict):
         raise CheckpointError("provenance must be a mapping")
     json.dumps(extra)  # plain JSON only (no tensors)
-    return ModelSpec(**{**meta, "class_names": tuple(names), "palette": tuple(tuple(c) for c in palette)})
+    lrn = meta.get("lrn", ())
+    problem = lrn_problem(lrn)
+    if problem:
+        raise CheckpointError(problem)
+    return ModelSpec(**{**meta, "class_names": tuple(names), "palette": tuple(tuple(c) for c in palette), "lrn": tuple(lrn)})

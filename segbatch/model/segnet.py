@@ -174,6 +174,9 @@ class SegNet(nn.Module):
         dropout: placement name from `PLACEMENTS` ("central" is the released Bayesian SegNet).
         p: dropout probability.
         width: multiplier on every hidden channel count (small CPU models).
+        lrn: (local_size, alpha, beta, k) of a local response normalisation across
+            channels applied to the normalised input, as Caffe's LRN layer (the
+            released SegNet-Basic models have one); () for none.
 
     The input is a float tensor in [0, 1] of shape (N, in_channels, H, W), any
     H and W; the model normalises it with its `input_mean`/`input_std` buffers,
@@ -191,6 +194,7 @@ class SegNet(nn.Module):
         dropout: str = "central",
         p: float = 0.5,
         width: float = 1.0,
+        lrn: Sequence[float] = (),
     ) -> None:
         super().__init__()
         if arch not in ARCHS:
@@ -207,6 +211,10 @@ class SegNet(nn.Module):
             raise InputError(problem)
         if not 0.0 <= p < 1.0:
             raise InputError(f"dropout p must be in [0, 1), got {p}")
+        problem = lrn_problem(lrn)
+        if problem:
+            raise InputError(problem)
+        self.lrn: tuple[float, ...] = tuple(float(v) for v in lrn)
         self.arch, self.num_classes, self.in_channels = arch, num_classes, in_channels
         self.dropout_placement, self.p, self.width = dropout, p, width
 
@@ -285,7 +293,28 @@ class SegNet(nn.Module):
             raise InputError(f"expected input (N, {self.in_channels}, H, W), got {tuple(x.shape)}")
         mean = self.input_mean.view(1, -1, 1, 1).to(x.dtype)
         std = self.input_std.view(1, -1, 1, 1).to(x.dtype)
-        return (x - mean) / std
+        x = (x - mean) / std
+        if self.lrn:
+            size, alpha, beta, k = self.lrn
+            x = F.local_response_norm(x, int(size), alpha=alpha, beta=beta, k=k)
+        return x
+
+
+def lrn_problem(lrn: object) -> str | None:
+    """Why `lrn` is not () or (local_size, alpha, beta, k) with an odd local_size >= 1, or None when it is."""
+    if isinstance(lrn, (list, tuple)) and not lrn:
+        return None
+    if (
+        not isinstance(lrn, (list, tuple))
+        or len(lrn) != 4
+        or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in lrn)
+        or lrn[0] < 1
+        or int(lrn[0]) != lrn[0]
+        or int(lrn[0]) % 2 == 0
+        or lrn[3] <= 0
+    ):
+        return f"lrn must be () or (local_size, alpha, beta, k) with an odd local_size and k > 0, got {lrn!r}"
+    return None
 
 
 def _pool(state: State) -> State:
@@ -306,9 +335,10 @@ def build_model(
     dropout: str = "central",
     p: float = 0.5,
     width: float = 1.0,
+    lrn: Sequence[float] = (),
 ) -> SegNet:
     """Build an untrained SegNet-family model (public API, see README.md, "Python API")."""
-    return SegNet(arch, num_classes, in_channels=in_channels, dropout=dropout, p=p, width=width)
+    return SegNet(arch, num_classes, in_channels=in_channels, dropout=dropout, p=p, width=width, lrn=lrn)
 
 
 def count_parameters(model: nn.Module) -> int:

@@ -1,0 +1,152 @@
+"""`segbatch model import`: Caffe SegNet definitions + weights (written here by tests/helpers/caffe.py) round-trip exactly."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from segbatch.mc import mc_predict
+from segbatch.model import build_model
+from segbatch.model.caffe import CAMVID_CLASSES
+from segbatch.model.checkpoint import load_checkpoint
+from segbatch.model.segnet import SegNet
+from tests.helpers.caffe import write_caffe
+
+
+def _caffe_like(arch: str, width: float, dropout: str = "none", lrn: tuple[float, ...] = (), classes: int = 11, seed: int = 0) -> SegNet:
+    """A random model that Caffe can express: BGR 0-255 input (mean 0, std 1/255), non-trivial BatchNorm."""
+    torch.manual_seed(seed)
+    model = build_model(arch, classes, width=width, dropout=dropout, lrn=lrn)
+    for bn in model.modules():
+        if isinstance(bn, torch.nn.BatchNorm2d):
+            bn.running_mean.normal_(0, 0.5)
+            bn.running_var.uniform_(0.5, 2.0)
+            bn.weight.data.uniform_(0.5, 1.5)
+            bn.bias.data.normal_(0, 0.1)
+    model.input_mean.zero_()
+    model.input_std.fill_(1 / 255)
+    return model.eval()
+
+
+def _import(runner, cli, tmp_path: Path, model: SegNet, *extra: str, **kw) -> SegNet:
+    proto, weights = write_caffe(model, tmp_path, **kw)
+    out = tmp_path / "imported.pt"
+    r = runner.invoke(cli, ["model", "import", "--prototxt", str(proto), "--weights", str(weights), "--out", str(out), *extra])
+    assert r.exit_code == 0, r.output
+    return load_checkpoint(out).model
+
+
+@pytest.mark.parametrize(
+    ("arch", "width", "lrn", "size"),
+    [("segnet-basic", 0.25, (5, 1e-4, 0.75, 1.0), (45, 61)), ("segnet", 0.125, (), (45, 61)), ("segnet", 0.125, (), (33, 40))],
+)
+def test_round_trip_equals_the_original(runner, cli, tmp_path, arch, width, lrn, size):
+    model = _caffe_like(arch, width, lrn=lrn)
+    imported = _import(runner, cli, tmp_path, model, height=size[0], width=size[1])
+    assert imported.arch == arch and imported.width == width and imported.dropout_placement == "none"
+    assert imported.lrn == tuple(float(v) for v in lrn)
+    x = torch.rand(2, 3, *size)
+    with torch.no_grad():
+        torch.testing.assert_close(imported(x), model(x), atol=1e-5, rtol=0)
+
+
+def test_bayesian_dropout_placement_and_mc_samples_equal(runner, cli, tmp_path):
+    model = _caffe_like("segnet-basic", 0.25, dropout="central", lrn=(5, 1e-4, 0.75, 1.0))
+    imported = _import(runner, cli, tmp_path, model)
+    assert imported.dropout_placement == "central" and imported.p == 0.5
+    x = torch.rand(2, 3, 45, 61)
+    for samples in (0, 3):
+        a = mc_predict(model, x, samples=samples, seed=7)
+        b = mc_predict(imported, x, samples=samples, seed=7)
+        torch.testing.assert_close(b["probs"], a["probs"], atol=1e-5, rtol=0)
+
+
+def test_segnet_bayesian_central_and_camvid_defaults(runner, cli, tmp_path):
+    model = _caffe_like("segnet", 0.125, dropout="central")
+    imported = _import(runner, cli, tmp_path, model, legacy_shape=True)
+    assert imported.dropout_placement == "central"
+    ckpt = load_checkpoint(tmp_path / "imported.pt")
+    assert ckpt.spec.class_names == CAMVID_CLASSES and ckpt.spec.palette[4] == (60, 40, 222)
+    prov = ckpt.spec.extra
+    assert prov["imported_from"] == "Caffe" and len(prov["caffemodel"]["sha256"]) == 64 and prov["input"]["channel_order"] == "BGR"
+    x = torch.rand(1, 3, 45, 61)
+    with torch.no_grad():
+        torch.testing.assert_close(imported(x), model(x), atol=1e-5, rtol=0)
+
+
+def test_classes_file_text_with_colours(runner, cli, tmp_path):
+    model = _caffe_like("segnet-basic", 0.25, classes=3)
+    (tmp_path / "classes.txt").write_text("wall 10 20 30\nfloor 1 2 3\n# comment\nbed 4 5 6\n")
+    _import(runner, cli, tmp_path, model, "--classes", str(tmp_path / "classes.txt"))
+    spec = load_checkpoint(tmp_path / "imported.pt").spec
+    assert spec.class_names == ("wall", "floor", "bed") and spec.palette == ((10, 20, 30), (1, 2, 3), (4, 5, 6))
+    (tmp_path / "c.json").write_text(json.dumps(["a", "b"]))
+    proto, weights = tmp_path / "model.prototxt", tmp_path / "model.caffemodel"
+    r = runner.invoke(
+        cli, ["model", "import", "--prototxt", str(proto), "--weights", str(weights), "--out", str(tmp_path / "x.pt"), "--classes", str(tmp_path / "c.json")]
+    )
+    assert r.exit_code == 2 and "2 classes; the model has 3" in r.output
+
+
+def _refused(runner, cli, proto: Path, weights: Path, out: Path) -> str:
+    r = runner.invoke(cli, ["model", "import", "--prototxt", str(proto), "--weights", str(weights), "--out", str(out)])
+    assert r.exit_code == 2, r.output
+    lines = [ln for ln in r.output.splitlines() if ln.strip()]
+    assert len(lines) == 1, r.output
+    assert not out.exists()
+    return lines[0]
+
+
+def test_malformed_truncated_and_unsupported_files_get_one_line(runner, cli, tmp_path):
+    proto, weights = write_caffe(_caffe_like("segnet-basic", 0.25), tmp_path)
+    out = tmp_path / "out.pt"
+    data = weights.read_bytes()
+    (tmp_path / "trunc.caffemodel").write_bytes(data[: len(data) // 2])
+    assert "not a Caffe weights file" in _refused(runner, cli, proto, tmp_path / "trunc.caffemodel", out)
+    (tmp_path / "junk.caffemodel").write_bytes(b"\xff" * 64)
+    assert "not a Caffe weights file" in _refused(runner, cli, proto, tmp_path / "junk.caffemodel", out)
+    text = proto.read_text()
+    (tmp_path / "broken.prototxt").write_text(text[: len(text) // 2])
+    assert "not a Caffe model definition" in _refused(runner, cli, tmp_path / "broken.prototxt", weights, out)
+    (tmp_path / "tanh.prototxt").write_text(text.replace('name: "relu2" type: "ReLU"', 'name: "relu2" type: "TanH"'))
+    assert "'relu2'" in _refused(runner, cli, tmp_path / "tanh.prototxt", weights, out)
+    (tmp_path / "learn.prototxt").write_text(text.replace("bn_mode: INFERENCE", "bn_mode: LEARN", 1))
+    assert "'conv1_bn'" in _refused(runner, cli, tmp_path / "learn.prototxt", weights, out)
+    (tmp_path / "wide.prototxt").write_text(text.replace("num_output: 16 kernel_size: 7", "num_output: 32 kernel_size: 7", 1))
+    assert "'conv1'" in _refused(runner, cli, tmp_path / "wide.prototxt", weights, out)
+    (tmp_path / "up.prototxt").write_text(text.replace("upsample_h: 45", "upsample_h: 46"))
+    assert "'upsample1'" in _refused(runner, cli, tmp_path / "up.prototxt", weights, out)
+
+
+def test_a_dropout_placement_that_matches_none_is_refused(runner, cli, tmp_path):
+    proto, weights = write_caffe(_caffe_like("segnet-basic", 0.25, dropout="central"), tmp_path)
+    text = proto.read_text()
+    # without encdrop4 the dropouts sit after pool3, dec4 and dec3: no placement of segbatch's
+    kept = [ln for ln in text.splitlines() if 'name: "encdrop4"' not in ln]
+    fixed = "\n".join(kept).replace('bottom: "encdrop4"', 'bottom: "pool4"')
+    (tmp_path / "odd.prototxt").write_text(fixed)
+    line = _refused(runner, cli, tmp_path / "odd.prototxt", weights, tmp_path / "o.pt")
+    assert "'encdrop3'" in line and "matches no segbatch placement" in line
+
+
+def test_from_caffemodel_to_an_overlay_video_in_three_commands(ray_address, runner, cli, tmp_path):
+    from tests.helpers.videos import write_video
+
+    proto, weights = write_caffe(_caffe_like("segnet-basic", 0.25, dropout="central", lrn=(5, 1e-4, 0.75, 1.0)), tmp_path, height=48, width=64)
+    video = write_video(tmp_path / "drive.mp4", 8)
+    ckpt, store, overlay = tmp_path / "bayesian.pt", tmp_path / "drive.zarr", tmp_path / "overlay.mp4"
+    for args in (
+        ["model", "import", "--prototxt", proto, "--weights", weights, "--out", ckpt],
+        ["run", "--input", video, "--out", store, "--model", ckpt, "--samples", 2, "--quiet"],
+        ["export", store, "--to", overlay],
+    ):
+        r = runner.invoke(cli, [str(a) for a in args])
+        assert r.exit_code == 0, (args[0], r.output)
+    import zarr
+
+    attrs = zarr.open_group(str(store)).attrs["segbatch"]
+    assert attrs["status"] == "complete" and attrs["model"]["dropout"] == "central" and attrs["model"]["classes"][0] == "Sky"
+    assert overlay.stat().st_size > 0
