@@ -42,7 +42,7 @@ from torch import Tensor, nn
 from segbatch.errors import InputError
 from segbatch.model.segnet import MCDropout, SegNet, State, dropout_keys, dropout_layers
 
-CPU_BUDGET = 2 << 30  # bytes of activations for the stochastic rows of one sub-batch, on CPU (and any non-CUDA device)
+CPU_BUDGET = 512 << 20  # bytes of activations for the stochastic rows of one sub-batch, on CPU (and any non-CUDA device): an actor per core stays small
 CUDA_BUDGET_FRACTION = 0.25  # on CUDA, that fraction of the GPU's total memory
 
 

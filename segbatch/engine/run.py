@@ -87,7 +87,7 @@ def run(cfg: RunConfig, make_source: Callable[[RunConfig, Any], Source], worker:
             if pending:
                 with (
                     ActorPool(
-                        PipelineWorker, job, actors, cfg.cpus_per_actor, gpus, grow=cfg.actors is None, describe=source.describe, quiet=cfg.quiet
+                        worker or PipelineWorker, job, actors, cfg.cpus_per_actor, gpus, grow=cfg.actors is None, describe=source.describe, quiet=cfg.quiet
                     ) as pool,
                     run_progress(cfg, source, units, pending) as progress,
                 ):
