@@ -428,19 +428,25 @@ def chunk_digests(arr: Any, region: Sequence[slice], values: np.ndarray) -> dict
     for index in np.ndindex(*(((s.stop - 1) // c) - (s.start // c) + 1 for s, c in zip(full, arr.chunks))):
         idx = tuple(s.start // c + i for s, c, i in zip(full, arr.chunks, index))
         bounds = chunk_region(arr, idx)
-        block = np.full(tuple(b.stop - b.start for b in bounds), arr.fill_value, arr.dtype)
         inner = tuple(slice(max(b.start, s.start), min(b.stop, s.stop)) for b, s in zip(bounds, full))
-        block[tuple(slice(i.start - b.start, i.stop - b.start) for i, b in zip(inner, bounds))] = values[
-            tuple(slice(i.start - s.start, i.stop - s.start) for i, s in zip(inner, full))
-        ]
+        part = values[tuple(slice(i.start - s.start, i.stop - s.start) for i, s in zip(inner, full))]
+        if inner == bounds:  # the region covers the whole chunk (the usual case): no copy
+            block = part
+        else:
+            block = np.full(tuple(b.stop - b.start for b in bounds), arr.fill_value, arr.dtype)
+            block[tuple(slice(i.start - b.start, i.stop - b.start) for i, b in zip(inner, bounds))] = part
         out[f"{arr.path}/{'.'.join(map(str, idx))}"] = digest(block, arr.fill_value)
     return out
 
 
 def digest(block: np.ndarray, fill_value: Any) -> str:
     """A chunk's digest: FILL_DIGEST when it is all fill, else BLAKE2b-128 of its bytes (lossless codecs keep them)."""
-    is_fill = np.isnan(block).all() if isinstance(fill_value, float) and np.isnan(fill_value) else (block == fill_value).all()
-    return FILL_DIGEST if is_fill else hashlib.blake2b(np.ascontiguousarray(block).tobytes(), digest_size=16).hexdigest()
+    first = block.flat[0] if block.size else fill_value  # most chunks are not fill: their first element says so without a scan
+    if isinstance(fill_value, (float, np.floating)) and np.isnan(fill_value):
+        is_fill = bool(np.isnan(first)) and bool(np.isnan(block).all())
+    else:
+        is_fill = bool(first == fill_value) and bool((block == fill_value).all())
+    return FILL_DIGEST if is_fill else hashlib.blake2b(np.ascontiguousarray(block).data, digest_size=16).hexdigest()
 
 
 def chunk_region(arr: Any, index: Sequence[int]) -> tuple[slice, ...]:

@@ -238,12 +238,14 @@ def test_verify_finds_missing_and_altered_chunks_and_resume_repairs_them(ray_add
     altered.write_bytes(altered.read_bytes()[:-5] + b"xxxxx")  # unit 3's uncertainty chunk no longer decodes
     entropy = zarr.open_group(str(out), mode="r+")["entropy"]
     entropy[0, 0, 0] = np.float16(7.0)  # unit 0's entropy chunk rewritten with one other value
+    (out / "confidence" / "c" / "1" / "0" / "0").unlink()  # unit 1's confidence chunk deleted too (a float array: reads back NaN)
     r = invoke(runner, cli, "verify", out)
     assert r.exit_code == 1
     assert "unit 1: chunk labels/1.0.0 missing" in r.output
     assert "unit 3: chunk uncertainty/3.0.0 altered" in r.output
     assert "unit 0: chunk entropy/0.0.0 altered" in r.output
-    assert "3 bad in 3 units" in r.output
+    assert "unit 1: chunk confidence/1.0.0 missing" in r.output
+    assert "4 bad in 3 units" in r.output
     assert zarr.open_group(str(out)).attrs["segbatch"]["status"] == "damaged"
     r = invoke(runner, cli, "export", out, "--to", tmp_path / "o.mp4")
     assert r.exit_code == 2 and "verify" in one_line(r.output)
