@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from segbatch import location
-from segbatch.engine.job import RunConfig
+from segbatch.engine.job import RunConfig, job_basics
 from segbatch.engine.pipeline import require_readable
 from segbatch.engine.run import UNITS_PER_ACTOR, RunSummary, finished_or_fail, mark_complete
 from segbatch.engine.source import Item, UnitReport, Write
@@ -184,13 +184,7 @@ class ImageSource:
     def job(self, store: str, checkpoint: str, run: str) -> ImageJob:
         cfg = self.cfg
         return ImageJob(
-            store=store,
-            checkpoint=checkpoint,
-            run=run,
-            threads=max(1, int(cfg.cpus_per_actor)),
-            samples=cfg.samples,
-            seed=cfg.seed,
-            precision=cfg.precision,
+            **job_basics(cfg, store, checkpoint, run),
             float_dtype=cfg.float_dtype,
             resize=cfg.resize,
             outputs=self.outputs,

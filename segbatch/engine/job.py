@@ -66,3 +66,16 @@ def source_identity(path: Location) -> dict[str, Any]:
 
 def config_digest(config: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def job_basics(cfg: RunConfig, store: str, checkpoint: str, run: str) -> dict[str, Any]:
+    """The fields every source's worker job shares: where to write and read, the run that owns the store, and the model step's settings."""
+    return {
+        "store": store,
+        "checkpoint": checkpoint,
+        "run": run,
+        "threads": max(1, int(cfg.cpus_per_actor)),
+        "samples": cfg.samples,
+        "seed": cfg.seed,
+        "precision": cfg.precision,
+    }

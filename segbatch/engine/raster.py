@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from segbatch import location
-from segbatch.engine.job import RunConfig, source_identity
+from segbatch.engine.job import RunConfig, job_basics, source_identity
 from segbatch.engine.pipeline import require_readable
 from segbatch.engine.run import RunSummary, finished_or_fail, recorded_outcome, stage_totals
 from segbatch.engine.session import ray_session
@@ -171,13 +171,7 @@ class RasterSource:
     def job(self, store: str, checkpoint: str, run: str) -> RasterJob:
         cfg = self.cfg
         return RasterJob(
-            store=store,
-            checkpoint=checkpoint,
-            run=run,
-            threads=max(1, int(cfg.cpus_per_actor)),
-            samples=cfg.samples,
-            seed=cfg.seed,
-            precision=cfg.precision,
+            **job_basics(cfg, store, checkpoint, run),
             store_dtype=cfg.float_dtype,
             plan=self.plan,
             tiles=self.tiles,

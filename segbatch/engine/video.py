@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from segbatch import location
-from segbatch.engine.job import RunConfig, source_identity
+from segbatch.engine.job import RunConfig, job_basics, source_identity
 from segbatch.engine.pipeline import batched, require_readable
 from segbatch.engine.run import UNITS_PER_ACTOR, RunSummary, finished_or_fail, mark_complete
 from segbatch.engine.source import Item, UnitReport, Write
@@ -257,13 +257,7 @@ class VideoSource:
     def job(self, store: str, checkpoint: str, run: str) -> VideoJob:
         cfg = self.cfg
         return VideoJob(
-            store=store,
-            checkpoint=checkpoint,
-            run=run,
-            threads=max(1, int(cfg.cpus_per_actor)),
-            samples=cfg.samples,
-            seed=cfg.seed,
-            precision=cfg.precision,
+            **job_basics(cfg, store, checkpoint, run),
             float_dtype=cfg.float_dtype,
             resize=cfg.resize,
             outputs=self.outputs,

@@ -32,6 +32,7 @@ from typing import Any, cast
 import torch
 from torch import Tensor, nn
 
+from segbatch.demo.scenes import PALETTE
 from segbatch.errors import CheckpointError
 from segbatch.model.catalog import BASIC_PLACEMENTS, SEGNET_PLACEMENTS, width_problem
 from segbatch.model.segnet import SegNet, build_model
@@ -50,19 +51,7 @@ CAMVID_CLASSES: tuple[str, ...] = (
     "Pedestrian",
     "Bicyclist",
 )
-CAMVID_PALETTE: tuple[tuple[int, int, int], ...] = (
-    (128, 128, 128),
-    (128, 0, 0),
-    (192, 192, 128),
-    (128, 64, 128),
-    (60, 40, 222),
-    (128, 128, 0),
-    (192, 128, 128),
-    (64, 64, 128),
-    (64, 0, 128),
-    (64, 64, 0),
-    (0, 128, 192),
-)
+CAMVID_PALETTE = PALETTE  # the SegNet-Tutorial scripts' colours, which the demo scenes use too
 
 BN_EPS = 1e-5  # nn.BatchNorm2d's; a folded Caffe BN (y = scale * x + shift) gets running var 1 - eps
 
