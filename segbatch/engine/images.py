@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from segbatch import location
-from segbatch.engine.job import RunConfig, job_basics
+from segbatch.engine.job import JobBasics, RunConfig
 from segbatch.engine.pipeline import require_readable
 from segbatch.engine.run import UNITS_PER_ACTOR, RunSummary, finished_or_fail, mark_complete
 from segbatch.engine.source import Item, UnitReport, Write
@@ -65,16 +65,9 @@ def model_input(image: np.ndarray, in_channels: int, path: Path) -> np.ndarray:
 
 
 @dataclass(frozen=True)
-class ImageJob:
+class ImageJob(JobBasics):
     """The worker half: everything an actor needs besides the unit (sent once to each)."""
 
-    store: str
-    checkpoint: str
-    run: str
-    threads: int
-    samples: int
-    seed: int
-    precision: str
     float_dtype: str
     resize: tuple[int, int] | None
     outputs: tuple[str, ...]  # the store's arrays
@@ -184,7 +177,7 @@ class ImageSource:
     def job(self, store: str, checkpoint: str, run: str) -> ImageJob:
         cfg = self.cfg
         return ImageJob(
-            **job_basics(cfg, store, checkpoint, run),
+            **JobBasics.of(cfg, store, checkpoint, run),
             float_dtype=cfg.float_dtype,
             resize=cfg.resize,
             outputs=self.outputs,

@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from segbatch.engine.source import Item, SourceJob, UnitReport, Write
+from segbatch.engine.source import Item, SourceJob, UnitReport, Write, unit_id
 from segbatch.errors import InputError
 from segbatch.lease import check_fence
 from segbatch.mc import derive_seed, mc_predict
@@ -98,7 +98,7 @@ class PipelineWorker:
         stats["stages"] = {k: round(v, 4) for k, v in times.items()}
         check_fence(job.store, job.run)
         entry = {**stats, "node": self.node, "run": job.run, "chunks": dict(sorted(digests.items()))}
-        record_unit(self.root, _unit_id(unit), entry)
+        record_unit(self.root, unit_id(unit), entry)
         return entry
 
     def _read(self, unit: Any, report: UnitReport, out: _Stage, times: dict[str, float]) -> None:
@@ -319,10 +319,6 @@ def predict(
         elif name in res and name != "labels":
             out[name] = res[name].to(dtype)
     return out
-
-
-def _unit_id(unit: Any) -> int:
-    return int(unit if isinstance(unit, int) else unit.id)
 
 
 def require_readable(path: str) -> None:

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from segbatch import location
-from segbatch.engine.job import RunConfig, job_basics, source_identity
+from segbatch.engine.job import JobBasics, RunConfig, source_identity
 from segbatch.engine.pipeline import require_readable
 from segbatch.engine.run import RunSummary, finished_or_fail, recorded_outcome, stage_totals
 from segbatch.engine.session import ray_session
@@ -34,16 +34,9 @@ from segbatch.tiling import TilePlan, padded_side, plan_tiles
 
 
 @dataclass(frozen=True)
-class RasterJob:
+class RasterJob(JobBasics):
     """The worker half: everything an actor needs besides the tile id (sent once to each)."""
 
-    store: str
-    checkpoint: str
-    run: str
-    threads: int
-    samples: int
-    seed: int
-    precision: str
     store_dtype: str  # tiles/uncertainty's dtype (the model step computes in float32; probs are quantised to uint8)
     plan: RasterPlan
     tiles: TilePlan
@@ -171,7 +164,7 @@ class RasterSource:
     def job(self, store: str, checkpoint: str, run: str) -> RasterJob:
         cfg = self.cfg
         return RasterJob(
-            **job_basics(cfg, store, checkpoint, run),
+            **JobBasics.of(cfg, store, checkpoint, run),
             store_dtype=cfg.float_dtype,
             plan=self.plan,
             tiles=self.tiles,

@@ -21,7 +21,7 @@ from typing import Any, TypeVar
 from segbatch import location
 from segbatch.engine.job import RunConfig, config_digest, software_versions
 from segbatch.engine.session import ray_session, stop_signal
-from segbatch.engine.source import Source
+from segbatch.engine.source import Source, unit_id
 from segbatch.errors import InputError, Interrupted, RunError, first_line
 from segbatch.lease import Lease, LeaseKeeper, LeaseLostError, claim
 from segbatch.location import Location
@@ -150,11 +150,6 @@ def replace_store(cfg: RunConfig, keeper: LeaseKeeper, create: Callable[[], T]) 
         if location.exists(cfg.out) and cfg.overwrite:
             remove_store(cfg.out)
         return create()
-
-
-def unit_id(unit: Any) -> int:
-    """A unit's row in the ledger: a tile's id is the tile number, other units carry `.id`."""
-    return int(unit if isinstance(unit, int) else unit.id)
 
 
 def model_attrs(ckpt: Any) -> dict[str, Any]:

@@ -151,3 +151,8 @@ class Source(Protocol):
     def finish(self, root: Any, units: Sequence[Any], ran: Sequence[Any], summary: Any, keeper: Any) -> None:
         """All units are in the ledger: write the final attributes (or stitch, then write them)."""
         ...
+
+
+def unit_id(unit: Any) -> int:
+    """A unit's row in the ledger: a tile's id is the tile number, other units carry `.id`."""
+    return int(unit if isinstance(unit, int) else unit.id)

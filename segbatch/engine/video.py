@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from segbatch import location
-from segbatch.engine.job import RunConfig, job_basics, source_identity
+from segbatch.engine.job import JobBasics, RunConfig, source_identity
 from segbatch.engine.pipeline import batched, require_readable
 from segbatch.engine.run import UNITS_PER_ACTOR, RunSummary, finished_or_fail, mark_complete
 from segbatch.engine.source import Item, UnitReport, Write
@@ -95,16 +95,9 @@ def empty_outputs(names: Sequence[str], shape: tuple[int, ...], num_classes: int
 
 
 @dataclass(frozen=True)
-class VideoJob:
+class VideoJob(JobBasics):
     """The worker half: everything an actor needs besides the unit (sent once to each)."""
 
-    store: str
-    checkpoint: str
-    run: str
-    threads: int
-    samples: int
-    seed: int
-    precision: str
     float_dtype: str
     resize: tuple[int, int] | None
     outputs: tuple[str, ...]  # the store's arrays
@@ -257,7 +250,7 @@ class VideoSource:
     def job(self, store: str, checkpoint: str, run: str) -> VideoJob:
         cfg = self.cfg
         return VideoJob(
-            **job_basics(cfg, store, checkpoint, run),
+            **JobBasics.of(cfg, store, checkpoint, run),
             float_dtype=cfg.float_dtype,
             resize=cfg.resize,
             outputs=self.outputs,
