@@ -7,6 +7,13 @@ layer's ``bn_param`` 45, ``upsample_param`` 137, Dropout's
 ``sample_weights_test`` 2). Fields it does not know are skipped in the binary
 file and, with ``allow_unknown_field``, in the text file.
 
+Batch normalisation comes in three forms, each mapped onto ``nn.BatchNorm2d``:
+the SegNet fork's ``BN`` with 2 blobs (scale, shift; inference mode, the
+statistics folded in by SegNet-Tutorial's ``compute_bn_statistics.py``), a
+``BN`` with 4 blobs (scale, shift, running mean, running variance, the order of
+the forks that keep statistics, e.g. PSPNet's), and upstream Caffe's
+``BatchNorm`` (mean * s, variance * s, s) followed by its ``Scale`` layer.
+
 The definition is matched step by step against the plan of a segbatch
 `SegNet` built with the architecture, width, classes, dropout placement and
 input LRN that the definition implies; anything that does not fit raises one
@@ -54,26 +61,55 @@ CAMVID_CLASSES: tuple[str, ...] = (
 CAMVID_PALETTE = PALETTE  # the SegNet-Tutorial scripts' colours, which the demo scenes use too
 
 BN_EPS = 1e-5  # nn.BatchNorm2d's; a folded Caffe BN (y = scale * x + shift) gets running var 1 - eps
+# The variance epsilon of a 4-blob BN: the SegNet fork's bn_layer.cpp hard-codes var_eps_ = 1e-9 (no bn_param field
+# sets it) and compute_bn_statistics.py folds the statistics with the same 1e-9. Upstream BatchNorm reads its own eps.
+SEGNET_BN_EPS = 1e-9
 
 # Layers that feed or score the network and do not change its output.
 _INPUT_TYPES = {"Input", "Data", "DenseImageData", "ImageData", "MemoryData", "DummyData", "HDF5Data"}
 _SCORE_TYPES = {"SoftmaxWithLoss", "Accuracy", "Silence", "ArgMax"}
-# V1 (legacy `layers`) types: caffe.proto's V1LayerParameter.LayerType value, its name there, and today's type string
-# (BN = 43 is the SegNet fork's).
+# V1 (legacy `layers`) types: the SegNet fork's V1LayerParameter.LayerType (caffe.proto's list plus BN = 43): value,
+# enum name, and the type string Caffe's upgrade gives it. The list has no Upsample, BatchNorm or Scale.
 _V1 = {
     1: ("ACCURACY", "Accuracy"),
+    2: ("BNLL", "BNLL"),
+    3: ("CONCAT", "Concat"),
     4: ("CONVOLUTION", "Convolution"),
     5: ("DATA", "Data"),
     6: ("DROPOUT", "Dropout"),
+    7: ("EUCLIDEAN_LOSS", "EuclideanLoss"),
+    8: ("FLATTEN", "Flatten"),
+    9: ("HDF5_DATA", "HDF5Data"),
+    10: ("HDF5_OUTPUT", "HDF5Output"),
+    11: ("IM2COL", "Im2col"),
     12: ("IMAGE_DATA", "ImageData"),
+    13: ("INFOGAIN_LOSS", "InfogainLoss"),
+    14: ("INNER_PRODUCT", "InnerProduct"),
     15: ("LRN", "LRN"),
+    16: ("MULTINOMIAL_LOGISTIC_LOSS", "MultinomialLogisticLoss"),
     17: ("POOLING", "Pooling"),
     18: ("RELU", "ReLU"),
+    19: ("SIGMOID", "Sigmoid"),
     20: ("SOFTMAX", "Softmax"),
     21: ("SOFTMAX_LOSS", "SoftmaxWithLoss"),
+    22: ("SPLIT", "Split"),
+    23: ("TANH", "TanH"),
+    24: ("WINDOW_DATA", "WindowData"),
+    25: ("ELTWISE", "Eltwise"),
+    26: ("POWER", "Power"),
+    27: ("SIGMOID_CROSS_ENTROPY_LOSS", "SigmoidCrossEntropyLoss"),
+    28: ("HINGE_LOSS", "HingeLoss"),
     29: ("MEMORY_DATA", "MemoryData"),
+    30: ("ARGMAX", "ArgMax"),
+    31: ("THRESHOLD", "Threshold"),
     32: ("DUMMY_DATA", "DummyData"),
+    33: ("SLICE", "Slice"),
+    34: ("MVN", "MVN"),
+    35: ("ABSVAL", "AbsVal"),
     36: ("SILENCE", "Silence"),
+    37: ("CONTRASTIVE_LOSS", "ContrastiveLoss"),
+    38: ("EXP", "Exp"),
+    39: ("DECONVOLUTION", "Deconvolution"),
     43: ("BN", "BN"),
 }
 
@@ -179,6 +215,8 @@ def _schema() -> dict[str, Any]:
         [("NormRegion", [("ACROSS_CHANNELS", 0), ("WITHIN_CHANNEL", 1)])],
     )
     message("BNParameter", [("bn_mode", 3, OPT, ENUM, "BNParameter.BNMode")], [("BNMode", [("LEARN", 0), ("INFERENCE", 1)])])
+    message("BatchNormParameter", [("use_global_stats", 1, OPT, BOOL, ""), ("moving_average_fraction", 2, OPT, FLT, ""), ("eps", 3, OPT, FLT, "")])
+    message("ScaleParameter", [("axis", 1, OPT, I32, ""), ("num_axes", 2, OPT, I32, ""), ("bias_term", 4, OPT, BOOL, "")])
     message(
         "UpsampleParameter",
         [
@@ -210,6 +248,8 @@ def _schema() -> dict[str, Any]:
             ("pooling_param", 121, OPT, MSG, "PoolingParameter"),
             ("softmax_param", 125, OPT, MSG, "SoftmaxParameter"),
             ("upsample_param", 137, OPT, MSG, "UpsampleParameter"),
+            ("batch_norm_param", 139, OPT, MSG, "BatchNormParameter"),
+            ("scale_param", 142, OPT, MSG, "ScaleParameter"),
         ],
     )
     message(
@@ -290,7 +330,10 @@ def read_prototxt(path: str | Path) -> tuple[list[Layer], Any]:
     try:
         text_format.Parse(text, net, allow_unknown_field=True, allow_unknown_extension=True)
     except text_format.ParseError as exc:
-        raise CheckpointError(f"{path} is not a Caffe model definition: {str(exc).splitlines()[0]}") from None
+        reason = str(exc).splitlines()[0]
+        if "V1LayerParameter.LayerType" in reason:  # a legacy `layers` entry with a type the V1 list does not have
+            reason += " (the legacy 'layers' form has no Upsample, BatchNorm or Scale type: use the current 'layer' form)"
+        raise CheckpointError(f"{path} is not a Caffe model definition: {reason}") from None
     layers = _layers(net)
     if not layers:
         raise CheckpointError(f"{path} is not a Caffe model definition (no layers)")
@@ -299,6 +342,11 @@ def read_prototxt(path: str | Path) -> tuple[list[Layer], Any]:
 
 def read_caffemodel(path: str | Path) -> dict[str, list[Tensor]]:
     """Blobs by layer name from a binary .caffemodel (NetParameter in protobuf wire format)."""
+    return _read_caffemodel(path)[0]
+
+
+def _read_caffemodel(path: str | Path) -> tuple[dict[str, list[Tensor]], bool]:
+    """Blobs by layer name, and whether the file holds them in legacy V1 `layers` entries."""
     from google.protobuf.message import DecodeError
 
     path = Path(path)
@@ -317,7 +365,7 @@ def read_caffemodel(path: str | Path) -> dict[str, list[Tensor]]:
             weights[layer.name] = [_blob(b, f"{path}: layer {layer.name!r}") for b in layer.blobs]
     if not weights:
         raise CheckpointError(f"{path} is not a Caffe weights file (no layer has weights)")
-    return weights
+    return weights, any(layer.blobs for layer in net.layers)
 
 
 def _blob(b: Any, where: str) -> Tensor:
@@ -348,7 +396,17 @@ def _layers(net: Any) -> list[Layer]:
     return out
 
 
-_PARAMS = ("convolution_param", "pooling_param", "dropout_param", "lrn_param", "bn_param", "upsample_param", "transform_param")
+_PARAMS = (
+    "convolution_param",
+    "pooling_param",
+    "dropout_param",
+    "lrn_param",
+    "bn_param",
+    "upsample_param",
+    "transform_param",
+    "batch_norm_param",
+    "scale_param",
+)
 _V1_PARAMS = ("convolution_param", "pooling_param", "dropout_param", "lrn_param", "transform_param")
 
 
@@ -392,7 +450,8 @@ class _Conv:
     layer: Layer
     cout: int
     kernel: int
-    bn: Layer | None = None
+    bn: Layer | None = None  # a BN, or an upstream BatchNorm
+    scale: Layer | None = None  # the Scale layer after an upstream BatchNorm
     relu: bool = False
     closed: bool = False  # a Dropout follows: nothing more belongs to this convolution
 
@@ -425,6 +484,11 @@ def _walk(layers: list[Layer]) -> _Net:
         if len(layer.bottom) < n or (current is not None and layer.bottom[0] != current):
             raise _fail(layer, f"takes {layer.bottom[:1] or 'nothing'}, expected the previous layer's output {current!r}")
 
+    def refuse_lone_batchnorm(then: str) -> None:
+        last = block[-1] if block else None
+        if last is not None and last.bn is not None and last.bn.type == "BatchNorm" and last.scale is None:
+            raise _fail(last.bn, f"a BatchNorm without its Scale layer after it ({then}); BatchNorm only normalises, SegNet's BN also scales and shifts")
+
     for layer in layers:
         kind = layer.type
         if kind in _INPUT_TYPES:
@@ -441,6 +505,8 @@ def _walk(layers: list[Layer]) -> _Net:
             continue
         if current is None:
             current = layer.bottom[0] if layer.bottom else None
+        if kind != "Scale":
+            refuse_lone_batchnorm(f"{kind} {layer.name!r} follows it")
         if kind == "LRN":
             need_bottom(layer)
             if net.encoders or block or net.lrn is not None:
@@ -466,11 +532,21 @@ def _walk(layers: list[Layer]) -> _Net:
             if phase == "decoder-end":
                 raise _fail(layer, "a second convolution after the classifier")
             block.append(_Conv(layer, int(p.num_output), kernel))
-        elif kind == "BN":
+        elif kind in ("BN", "BatchNorm"):
             need_bottom(layer)
             if not block or block[-1].bn is not None or block[-1].relu or block[-1].closed:
-                raise _fail(layer, "a BN layer that does not follow a convolution")
+                raise _fail(layer, f"a {kind} layer that does not follow a convolution")
             block[-1].bn = layer
+        elif kind == "Scale":
+            need_bottom(layer)
+            if not block or block[-1].bn is None or block[-1].bn.type != "BatchNorm" or block[-1].scale is not None:
+                raise _fail(layer, "a Scale layer that does not follow a BatchNorm; SegNet scales only as part of its batch normalisation")
+            p = layer.params.get("scale_param")
+            axis = p.axis if p is not None and p.HasField("axis") else 1
+            axes = p.num_axes if p is not None and p.HasField("num_axes") else 1
+            if len(layer.bottom) > 1 or axis != 1 or axes != 1:
+                raise _fail(layer, "a Scale layer that is not per channel (a second bottom, or axis/num_axes other than 1)")
+            block[-1].scale = layer
         elif kind == "ReLU":
             need_bottom(layer)
             if not block or block[-1].relu or block[-1].closed:
@@ -529,9 +605,13 @@ def _walk(layers: list[Layer]) -> _Net:
             need_bottom(layer)
             ended = True
         else:
-            raise _fail(layer, f"layer type {kind!r} is not part of SegNet (supported: Convolution, BN, ReLU, Pooling, Upsample, Dropout, LRN, Softmax)")
+            raise _fail(
+                layer,
+                f"layer type {kind!r} is not part of SegNet (supported: Convolution, BN or BatchNorm + Scale, ReLU, Pooling, Upsample, Dropout, LRN, Softmax)",
+            )
         if layer.top:
             current = layer.top[0]
+    refuse_lone_batchnorm("it ends the definition")
     if phase != "decoder":
         raise CheckpointError("the definition has no decoder (no Upsample layer): not a SegNet")
     if masks:
@@ -595,7 +675,7 @@ def _placement(net: _Net, arch: str) -> tuple[str, float, bool]:
 def import_caffe(prototxt: str | Path, weights: str | Path) -> Imported:
     """Read a SegNet-family Caffe model (definition + weights) into a segbatch SegNet in eval mode."""
     layers, proto = read_prototxt(prototxt)
-    blobs = read_caffemodel(weights)
+    blobs, legacy_weights = _read_caffemodel(weights)
     net = _walk(layers)
     arch, width = _arch(net)
     placement, p, sampling = _placement(net, arch)
@@ -620,15 +700,14 @@ def import_caffe(prototxt: str | Path, weights: str | Path) -> Imported:
         if int(lrn[0]) % 2 == 0:
             raise _fail(net.lrn, f"LRN local_size {int(lrn[0])}; only odd sizes are supported")
     model = build_model(arch, net.classifier.cout, in_channels=in_channels, dropout=placement, p=p, width=width, lrn=lrn)
-    _copy(net, model, blobs)
+    bn_forms = _copy(net, model, blobs)
     bgr = in_channels == 3
     mean, scale = _input_scaling(net, in_channels)
     with torch.no_grad():
         if bgr:
             conv = _units(model.encoders["enc1"])[0][0]
             conv.weight.copy_(conv.weight.flip(1))  # Caffe's channel 0 is blue: ours is red
-            mean = mean[::-1]
-        model.input_mean.copy_(torch.tensor([m / 255.0 for m in mean]))
+        model.input_mean.copy_(torch.tensor([m / 255.0 for m in (mean[::-1] if bgr else mean)]))
         model.input_std.fill_(1.0 / (255.0 * scale))
     _check_input_shape(proto, net, in_channels)
     model.eval()
@@ -637,6 +716,9 @@ def import_caffe(prototxt: str | Path, weights: str | Path) -> Imported:
         "prototxt": {"name": Path(prototxt).name, "sha256": _sha256(prototxt)},
         "caffemodel": {"name": Path(weights).name, "sha256": _sha256(weights)},
         "net_name": str(proto.name),
+        "layer_format": {"prototxt": "legacy V1 layers" if len(proto.layers) else "layer", "caffemodel": "legacy V1 layers" if legacy_weights else "layer"},
+        "batch_norm": bn_forms,
+        # as the definition states them: mean_value in Caffe's channel order, subtracted before the scale
         "input": {"channel_order": "BGR" if bgr else "as stored", "range": "0-255", "mean": list(mean), "scale": scale},
         "dropout_sampled_at_test": sampling,
     }
@@ -704,8 +786,9 @@ def _blobs_of(layer: Layer, blobs: dict[str, list[Tensor]]) -> list[Tensor]:
     return found
 
 
-def _copy(net: _Net, model: SegNet, blobs: dict[str, list[Tensor]]) -> None:
-    """Copy every convolution's and BN's blobs into the model, checking that each shape fits."""
+def _copy(net: _Net, model: SegNet, blobs: dict[str, list[Tensor]]) -> list[str]:
+    """Copy every convolution's and BN's blobs into the model, checking that each shape fits; the BN forms met."""
+    forms: set[str] = set()
     ours_enc = [_units(model.encoders[f"enc{k}"]) for k in range(1, len(net.encoders) + 1)]
     depth = len(net.encoders)
     ours_dec = [_units(model.decoders[f"dec{k}"]) for k in range(depth, 0, -1)]
@@ -723,9 +806,10 @@ def _copy(net: _Net, model: SegNet, blobs: dict[str, list[Tensor]]) -> None:
             if conv.relu != relu:
                 raise _fail(conv.layer, f"{'a' if conv.relu else 'no'} ReLU after it; {model.arch} has {'one' if relu else 'none'} there")
             _copy_conv(conv, mine, blobs)
-            _copy_bn(conv.bn, bn, blobs)
+            forms.add(_copy_bn(conv, bn, blobs))
     assert net.classifier is not None
     _copy_conv(net.classifier, model.classifier, blobs)
+    return sorted(forms)
 
 
 def _units(seq: nn.Module) -> list[tuple[nn.Conv2d, nn.BatchNorm2d, bool]]:
@@ -754,23 +838,83 @@ def _copy_conv(conv: _Conv, mine: nn.Conv2d, blobs: dict[str, list[Tensor]]) -> 
         mine.bias.copy_(b.reshape(-1))
 
 
-def _copy_bn(layer: Layer, bn: nn.BatchNorm2d, blobs: dict[str, list[Tensor]]) -> None:
+def _copy_bn(conv: _Conv, bn: nn.BatchNorm2d, blobs: dict[str, list[Tensor]]) -> str:
+    """Make `bn` compute what the Caffe normalisation after `conv` computes; returns its form (for the provenance)."""
+    layer = conv.bn
+    assert layer is not None
     found = _blobs_of(layer, blobs)
+    mean: Tensor | None
+    var: Tensor | None
+    if layer.type == "BatchNorm":
+        assert conv.scale is not None  # _walk refuses a BatchNorm without its Scale
+        mean, var, eps = _batchnorm_statistics(layer, found)
+        gamma, beta = _scale_blobs(conv.scale, blobs)
+        form = f"BatchNorm + Scale (eps {eps:g})"
+    else:
+        p = layer.params.get("bn_param")
+        inference = p is not None and p.bn_mode == 1
+        if len(found) == 2:
+            if not inference:
+                raise _fail(
+                    layer,
+                    "BN in LEARN mode normalises with each batch's statistics; use the inference definition and weights "
+                    "(bn_mode: INFERENCE, statistics folded in by SegNet-Tutorial's compute_bn_statistics.py)",
+                )
+            gamma, beta = found
+            mean = var = None
+            eps = 0.0
+            form = "BN scale/shift (statistics folded in)"
+        elif len(found) == 4:
+            # The fork's own BN never stores statistics (bn_layer.cpp keeps 2 blobs; LEARN mode normalises each
+            # batch); forks whose BN has 4 blobs (PSPNet's: scale, shift, history mean, history variance) use the
+            # stored statistics at test time, and so does the import.
+            if inference:
+                raise _fail(layer, "a BN layer with running statistics (4 blobs) in bn_mode INFERENCE, which applies only scale and shift: remove bn_mode")
+            gamma, beta, mean, var = found
+            eps = SEGNET_BN_EPS
+            form = f"BN with running statistics (eps {eps:g})"
+        else:
+            raise _fail(layer, f"a BN layer with {len(found)} blobs; SegNet's BN has 2 (scale, shift) or 4 (scale, shift, running mean, running variance)")
     c = bn.num_features
-    p = layer.params.get("bn_param")
-    if len(found) != 2:
-        raise _fail(layer, f"a BN layer with {len(found)} blobs; the SegNet fork's BN has 2 (scale, shift)")
-    if p is None or p.bn_mode != 1:
-        raise _fail(
-            layer,
-            "BN in LEARN mode normalises with each batch's statistics; use the inference definition and weights "
-            "(bn_mode: INFERENCE, statistics folded in by SegNet-Tutorial's compute_bn_statistics.py)",
-        )
-    scale, shift = found
-    if scale.numel() != c or shift.numel() != c:
-        raise _fail(layer, f"scale/shift of {scale.numel()}/{shift.numel()} values; the convolution before it has {c} channels")
+    sizes = [t.numel() for t in (gamma, beta, mean, var) if t is not None]
+    if any(n != c for n in sizes):
+        raise _fail(layer, f"parameters of {'/'.join(map(str, sizes))} values; the convolution before it has {c} channels")
     with torch.no_grad():
-        bn.weight.copy_(scale.reshape(-1))
-        bn.bias.copy_(shift.reshape(-1))
-        cast(Tensor, bn.running_mean).zero_()
-        cast(Tensor, bn.running_var).fill_(1.0 - bn.eps)
+        if mean is None or var is None:  # y = scale * x + shift: no normalisation left to do
+            bn.weight.copy_(gamma.reshape(-1))
+            bn.bias.copy_(beta.reshape(-1))
+            cast(Tensor, bn.running_mean).zero_()
+            cast(Tensor, bn.running_var).fill_(1.0 - bn.eps)
+            return form
+        var = var.reshape(-1)
+        if bool((var < 0).any()) or bool((var + eps <= 0).any()):
+            raise _fail(layer, f"a running variance of {float(var.min()):g} with eps {eps:g}: not a variance")
+        # Keep the statistics (a later fine-tuning needs them) and fold the eps difference into the weight.
+        bn.weight.copy_(gamma.reshape(-1) * torch.sqrt((var + bn.eps) / (var + eps)))
+        bn.bias.copy_(beta.reshape(-1))
+        cast(Tensor, bn.running_mean).copy_(mean.reshape(-1))
+        cast(Tensor, bn.running_var).copy_(var)
+    return form
+
+
+def _batchnorm_statistics(layer: Layer, found: list[Tensor]) -> tuple[Tensor, Tensor, float]:
+    """Mean, variance and eps of an upstream BatchNorm: blobs (mean * s, variance * s, s), s the moving-average sum."""
+    p = layer.params.get("batch_norm_param")
+    if p is not None and p.HasField("use_global_stats") and not p.use_global_stats:
+        raise _fail(layer, "BatchNorm with use_global_stats: false normalises with each batch's statistics; use the stored ones (remove it)")
+    if len(found) != 3 or found[2].numel() != 1:
+        raise _fail(layer, f"a BatchNorm with {len(found)} blobs; Caffe's has 3 (mean, variance, and their one-value scale factor)")
+    s = float(found[2].reshape(-1)[0])
+    factor = 0.0 if s == 0 else 1.0 / s  # as Caffe's batch_norm_layer.cpp
+    eps = float(p.eps) if p is not None and p.HasField("eps") else 1e-5
+    return found[0] * factor, found[1] * factor, eps
+
+
+def _scale_blobs(layer: Layer, blobs: dict[str, list[Tensor]]) -> tuple[Tensor, Tensor]:
+    """Gamma and beta of the Scale layer after a BatchNorm (beta 0 without bias_term)."""
+    found = _blobs_of(layer, blobs)
+    p = layer.params.get("scale_param")
+    bias = bool(p is not None and p.bias_term)
+    if len(found) != (2 if bias else 1):
+        raise _fail(layer, f"a Scale layer with {len(found)} blobs; with bias_term {str(bias).lower()} it has {2 if bias else 1}")
+    return found[0], found[1] if bias else torch.zeros_like(found[0])

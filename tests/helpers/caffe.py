@@ -1,9 +1,23 @@
 """Write a segbatch SegNet as a Caffe model (.prototxt + .caffemodel) in the released models' layer naming.
 
-The model's input normalisation must be Caffe's: mean 0, std 1/255 (BGR 0-255
-input), which the writer expresses by reversing the first convolution's input
-channels. BatchNorm is folded into the SegNet fork's inference-mode BN
-(y = scale * x + shift), as SegNet-Tutorial's compute_bn_statistics.py does.
+The model's input normalisation must be one Caffe can state: mean 0 and std
+1/255 (BGR 0-255 input, the released models), written as a plain `input`; or
+any mean with one std for all bands, written as a data layer whose
+``transform_param`` has ``mean_value`` (BGR order) and ``scale``. The first
+convolution's input channels are reversed (Caffe's input is BGR).
+
+Batch normalisation is written in one of three forms (``bn``):
+- ``"folded"``: the SegNet fork's inference-mode BN (y = scale * x + shift), as
+  SegNet-Tutorial's compute_bn_statistics.py leaves it;
+- ``"stats"``: a BN with 4 blobs (scale, shift, running mean, running
+  variance), its variance eps being the SegNet fork's 1e-9;
+- ``"batchnorm"``: upstream Caffe's BatchNorm (mean * s, variance * s, s) and
+  a Scale layer with bias.
+
+``legacy_weights`` writes the caffemodel's layers as legacy V1 ``layers``
+entries (enum types, blobs field 6). ``legacy_definition`` writes the
+prototxt in the V1 form too; the V1 type list has no Upsample, so that file
+names ``UPSAMPLE``, which no Caffe reads: it exists to test the refusal.
 """
 
 from __future__ import annotations
@@ -14,8 +28,22 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from segbatch.model.caffe import _messages
+from segbatch.model.caffe import SEGNET_BN_EPS, _messages
 from segbatch.model.segnet import SegNet
+
+# The V1 enum names of the types the writer uses (UPSAMPLE is not one of caffe.proto's).
+_V1_NAMES = {
+    "Convolution": ("CONVOLUTION", 4),
+    "BN": ("BN", 43),
+    "ReLU": ("RELU", 18),
+    "Pooling": ("POOLING", 17),
+    "Dropout": ("DROPOUT", 6),
+    "LRN": ("LRN", 15),
+    "Softmax": ("SOFTMAX", 20),
+    "ImageData": ("IMAGE_DATA", 12),
+    "Upsample": ("UPSAMPLE", None),
+}
+BATCHNORM_FACTOR = 0.75  # the moving-average sum s that upstream BatchNorm's blobs are multiplied by
 
 
 def _units(seq: nn.Module) -> list[tuple[nn.Conv2d, nn.BatchNorm2d, bool]]:
@@ -27,18 +55,57 @@ def _units(seq: nn.Module) -> list[tuple[nn.Conv2d, nn.BatchNorm2d, bool]]:
     ]
 
 
-def write_caffe(model: SegNet, folder: Path, *, height: int = 45, width: int = 61, legacy_shape: bool = False) -> tuple[Path, Path]:
-    """Write MODEL.prototxt and MODEL.caffemodel for `model` into `folder`; returns their paths."""
+def _transform(model: SegNet) -> tuple[list[float], float] | None:
+    """The data layer's (mean_value in Caffe's channel order, scale) for the model's normalisation; None for plain BGR 0-255."""
+    mean = [float(v) for v in model.input_mean.double()]
+    std = [float(v) for v in model.input_std.double()]
+    if all(m == 0 for m in mean) and all(abs(v * 255 - 1) < 1e-6 for v in std):
+        return None
+    if max(std) - min(std) > 1e-9 * max(std):
+        raise ValueError(f"Caffe's transform_param has one scale for all bands; the model's std is {std}")
+    values = [m * 255 for m in mean]
+    return (values[::-1] if model.in_channels == 3 else values), 1 / (255 * std[0])
+
+
+def write_caffe(
+    model: SegNet,
+    folder: Path,
+    *,
+    height: int = 45,
+    width: int = 61,
+    legacy_shape: bool = False,
+    bn: str = "folded",
+    legacy_weights: bool = False,
+    legacy_definition: bool = False,
+) -> tuple[Path, Path]:
+    """Write model.prototxt and model.caffemodel for `model` into `folder`; returns their paths."""
+    if bn not in ("folded", "stats", "batchnorm"):
+        raise ValueError(f"bn={bn!r}")
+    if bn == "batchnorm" and (legacy_weights or legacy_definition):
+        raise ValueError("the legacy V1 layer types have no BatchNorm or Scale")
     model = model.eval()
     basic = model.arch == "segnet-basic"
-    text: list[str] = [f'name: "{model.arch}-test"', 'input: "data"']
-    text += [f"input_dim: {d}" for d in (1, model.in_channels, height, width)]
-    blobs: dict[str, list[Tensor]] = {}
+    transform = _transform(model)
+    text: list[str] = [f'name: "{model.arch}-test"']
+    blobs: dict[str, tuple[str, list[Tensor]]] = {}  # layer name -> (type, blobs)
     current = "data"
 
     def layer(name: str, kind: str, bottoms: list[str], tops: list[str], params: str = "") -> None:
         body = "".join(f' bottom: "{b}"' for b in bottoms) + "".join(f' top: "{t}"' for t in tops)
-        text.append(f'layer {{ name: "{name}" type: "{kind}"{body} {params} }}')
+        if legacy_definition:  # V1 spells learning rates as blobs_lr and has no bn_param (its BN is always LEARN)
+            params = params.replace("param { lr_mult: 1 } ", "").split("bn_param {")[0]
+            text.append(f'layers {{ name: "{name}" type: {_V1_NAMES[kind][0]}{body} {params} }}')
+        else:
+            text.append(f'layer {{ name: "{name}" type: "{kind}"{body} {params} }}')
+
+    if transform is None:
+        text += ['input: "data"', *(f"input_dim: {d}" for d in (1, model.in_channels, height, width))]
+    else:
+        means, scale = transform
+        values = " ".join(f"mean_value: {float(f'{v:.7g}')!r}" for v in means)  # float32 fields
+        kind = "ImageData" if legacy_definition else "DenseImageData"
+        source = "image_data_param" if legacy_definition else "dense_image_data_param"
+        layer("data", kind, [], ["data", "label"], f'transform_param {{ {values} scale: {scale:.7g} }} {source} {{ source: "test.txt" batch_size: 1 }}')
 
     def conv(name: str, mod: nn.Conv2d, first: bool = False) -> None:
         nonlocal current
@@ -54,16 +121,29 @@ def write_caffe(model: SegNet, folder: Path, *, height: int = 45, width: int = 6
         if first and model.in_channels == 3:
             w = w.flip(1)  # Caffe's input is BGR
         assert mod.bias is not None
-        blobs[name] = [w, mod.bias.detach().double()]
+        blobs[name] = ("Convolution", [w, mod.bias.detach().double()])
         current = name
 
-    def bn(name: str, mod: nn.BatchNorm2d) -> None:
+    def norm(name: str, mod: nn.BatchNorm2d) -> None:
         assert mod.running_var is not None and mod.running_mean is not None
-        scale = mod.weight.detach().double() / torch.sqrt(mod.running_var.double() + mod.eps)
-        shift = mod.bias.detach().double() - mod.running_mean.double() * scale
-        c = scale.numel()
-        layer(name, "BN", [current], [current], 'bn_param { bn_mode: INFERENCE scale_filler { type: "constant" value: 1 } }')
-        blobs[name] = [scale.reshape(1, c, 1, 1), shift.reshape(1, c, 1, 1)]
+        mean, var = mod.running_mean.double(), mod.running_var.double()
+        gamma, beta = mod.weight.detach().double(), mod.bias.detach().double()
+        c = gamma.numel()
+        if bn == "folded":
+            scale = gamma / torch.sqrt(var + mod.eps)
+            layer(name, "BN", [current], [current], 'bn_param { bn_mode: INFERENCE scale_filler { type: "constant" value: 1 } }')
+            blobs[name] = ("BN", [scale.reshape(1, c, 1, 1), (beta - mean * scale).reshape(1, c, 1, 1)])
+        elif bn == "stats":  # Caffe adds 1e-9 where torch adds mod.eps: the variance written makes the two equal
+            layer(name, "BN", [current], [current], 'bn_param { scale_filler { type: "constant" value: 1 } }')
+            stats = [gamma, beta, mean, var + mod.eps - SEGNET_BN_EPS]
+            blobs[name] = ("BN", [t.reshape(1, c, 1, 1) for t in stats])
+        else:
+            layer(name, "BatchNorm", [current], [current], f"batch_norm_param {{ use_global_stats: true eps: {mod.eps!r} }}")
+            s = BATCHNORM_FACTOR
+            blobs[name] = ("BatchNorm", [mean * s, var * s, torch.tensor([s], dtype=torch.float64)])
+            scale_name = name.removesuffix("_bn") + "_scale"
+            layer(scale_name, "Scale", [current], [current], "scale_param { bias_term: true }")
+            blobs[scale_name] = ("Scale", [gamma, beta])
 
     def drop(name: str, place: str) -> None:
         nonlocal current
@@ -85,7 +165,7 @@ def write_caffe(model: SegNet, folder: Path, *, height: int = 45, width: int = 6
             name = f"conv{k}" if basic else f"conv{k}_{j}"
             conv(name, c, first)
             first = False
-            bn(f"{name}_bn", b)
+            norm(f"{name}_bn", b)
             if relu:
                 layer(f"relu{k}" if basic else f"relu{k}_{j}", "ReLU", [current], [current])
         layer(f"pool{k}", "Pooling", [current], [f"pool{k}", f"pool{k}_mask"], "pooling_param { pool: MAX kernel_size: 2 stride: 2 }")
@@ -102,7 +182,7 @@ def write_caffe(model: SegNet, folder: Path, *, height: int = 45, width: int = 6
         for j, (c, b, relu) in enumerate(units):
             name = f"conv_decode{k}" if basic else f"conv{k}_{n - j}_D"
             conv(name, c)
-            bn(f"{name}_bn", b)
+            norm(f"{name}_bn", b)
             if relu:
                 layer(f"relu{k}_{n - j}_D", "ReLU", [current], [current])
         drop(f"decdrop{k}", f"dec{k}")
@@ -115,8 +195,8 @@ def write_caffe(model: SegNet, folder: Path, *, height: int = 45, width: int = 6
     msgs = _messages()
     net: Any = msgs["NetParameter"]()
     net.name = f"{model.arch}-test"
-    for name, tensors in blobs.items():
-        lay = net.layer.add(name=name, type="BN" if name.endswith("_bn") else "Convolution")
+    for name, (kind, tensors) in blobs.items():
+        lay = net.layers.add(name=name, type=_V1_NAMES[kind][1]) if legacy_weights else net.layer.add(name=name, type=kind)
         for t in tensors:
             blob = lay.blobs.add()
             if legacy_shape and t.ndim == 4:

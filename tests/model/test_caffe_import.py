@@ -150,3 +150,117 @@ def test_from_caffemodel_to_an_overlay_video_in_three_commands(ray_address, runn
     attrs = zarr.open_group(str(store)).attrs["segbatch"]
     assert attrs["status"] == "complete" and attrs["model"]["dropout"] == "central" and attrs["model"]["classes"][0] == "Sky"
     assert overlay.stat().st_size > 0
+
+
+@pytest.mark.parametrize(
+    ("arch", "width", "dropout", "lrn", "bn"),
+    [
+        ("segnet-basic", 0.25, "none", (5, 1e-4, 0.75, 1.0), "stats"),
+        ("segnet", 0.125, "central", (), "batchnorm"),
+        ("segnet-basic", 0.25, "none", (), "batchnorm"),
+    ],
+)
+def test_batch_norm_with_running_statistics_round_trips(runner, cli, tmp_path, arch, width, dropout, lrn, bn):
+    """A 4-blob BN (scale, shift, mean, variance; eps 1e-9) and upstream BatchNorm + Scale give the original's outputs."""
+    model = _caffe_like(arch, width, dropout=dropout, lrn=lrn)
+    imported = _import(runner, cli, tmp_path, model, bn=bn, height=33, width=40)
+    forms = load_checkpoint(tmp_path / "imported.pt").spec.extra["batch_norm"]
+    assert forms == (["BN with running statistics (eps 1e-09)"] if bn == "stats" else ["BatchNorm + Scale (eps 1e-05)"])
+    first = next(m for m in imported.modules() if isinstance(m, torch.nn.BatchNorm2d))
+    original = next(m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d))
+    torch.testing.assert_close(first.running_mean, original.running_mean)  # the statistics are kept, not folded away
+    x = torch.rand(2, 3, 33, 40)
+    with torch.no_grad():
+        torch.testing.assert_close(imported(x), model(x), atol=1e-5, rtol=0)
+
+
+def test_batch_norm_forms_that_do_not_fit_are_refused_naming_the_layer(runner, cli, tmp_path):
+    out = tmp_path / "out.pt"
+    (tmp_path / "up").mkdir()
+    proto, weights = write_caffe(_caffe_like("segnet-basic", 0.25), tmp_path / "up", bn="batchnorm")
+    text = proto.read_text()
+    lone = "\n".join(ln for ln in text.splitlines() if 'name: "conv2_scale"' not in ln)
+    (tmp_path / "lone.prototxt").write_text(lone)
+    line = _refused(runner, cli, tmp_path / "lone.prototxt", weights, out)
+    assert "'conv2_bn'" in line and "without its Scale" in line and "'relu2'" in line
+    (tmp_path / "batch.prototxt").write_text(text.replace("use_global_stats: true", "use_global_stats: false", 1))
+    assert "'conv1_bn'" in _refused(runner, cli, tmp_path / "batch.prototxt", weights, out)
+    (tmp_path / "nobias.prototxt").write_text(text.replace("scale_param { bias_term: true }", "scale_param { }", 1))
+    assert "'conv1_scale'" in _refused(runner, cli, tmp_path / "nobias.prototxt", weights, out)
+    (tmp_path / "st").mkdir()
+    proto, weights = write_caffe(_caffe_like("segnet-basic", 0.25), tmp_path / "st", bn="stats")
+    (tmp_path / "inf.prototxt").write_text(proto.read_text().replace("bn_param {", "bn_param { bn_mode: INFERENCE", 1))
+    line = _refused(runner, cli, tmp_path / "inf.prototxt", weights, out)
+    assert "'conv1_bn'" in line and "4 blobs" in line
+
+
+@pytest.mark.parametrize(("arch", "width", "bn"), [("segnet-basic", 0.25, "folded"), ("segnet", 0.125, "stats")])
+def test_legacy_v1_caffemodel_round_trips(runner, cli, tmp_path, arch, width, bn):
+    model = _caffe_like(arch, width, dropout="central", lrn=(5, 1e-4, 0.75, 1.0) if arch == "segnet-basic" else ())
+    imported = _import(runner, cli, tmp_path, model, bn=bn, legacy_weights=True, legacy_shape=True)
+    assert load_checkpoint(tmp_path / "imported.pt").spec.extra["layer_format"] == {"prototxt": "layer", "caffemodel": "legacy V1 layers"}
+    x = torch.rand(2, 3, 45, 61)
+    with torch.no_grad():
+        torch.testing.assert_close(imported(x), model(x), atol=1e-5, rtol=0)
+
+
+def test_legacy_v1_definitions_truncated_weights_and_unknown_types_get_one_line(runner, cli, tmp_path):
+    """The V1 type list has no Upsample: a SegNet definition cannot be legacy; what is legacy is read or refused in one line."""
+    proto, weights = write_caffe(_caffe_like("segnet-basic", 0.25, lrn=(5, 1e-4, 0.75, 1.0)), tmp_path, legacy_weights=True, legacy_definition=True)
+    out = tmp_path / "out.pt"
+    line = _refused(runner, cli, proto, weights, out)
+    assert "UPSAMPLE" in line and "current 'layer' form" in line
+    text = proto.read_text().splitlines()
+    head = text[: next(i for i, ln in enumerate(text) if "type: UPSAMPLE" in ln)]
+    assert sum(ln.startswith("layers {") for ln in head) > 10 and not any(ln.startswith("layer {") for ln in head)
+    (tmp_path / "tanh.prototxt").write_text("\n".join(head).replace('name: "relu1" type: RELU', 'name: "relu1" type: TANH'))
+    line = _refused(runner, cli, tmp_path / "tanh.prototxt", weights, out)
+    assert "'relu1'" in line and "'TanH'" in line
+    (tmp_path / "head.prototxt").write_text("\n".join(head))  # every V1 layer read, and no decoder to find
+    assert "no Upsample layer" in _refused(runner, cli, tmp_path / "head.prototxt", weights, out)
+    (tmp_path / "current").mkdir()  # a definition that reads, with a truncated legacy caffemodel
+    proto, weights = write_caffe(_caffe_like("segnet-basic", 0.25), tmp_path / "current", legacy_weights=True)
+    data = weights.read_bytes()
+    for cut in (len(data) // 3, len(data) - 7):
+        (tmp_path / "trunc.caffemodel").write_bytes(data[:cut])
+        assert "not a Caffe weights file" in _refused(runner, cli, proto, tmp_path / "trunc.caffemodel", out)
+
+
+def _normalised_like_caffe(model: SegNet, bgr_mean: tuple[float, float, float], scale: float) -> SegNet:
+    """`model` taking (x - mean) * scale of BGR 0-255 input, as a definition's transform_param says."""
+    with torch.no_grad():
+        model.input_mean.copy_(torch.tensor(bgr_mean[::-1]) / 255)
+        model.input_std.fill_(1 / (255 * scale))
+    return model
+
+
+def test_transform_param_mean_and_scale_are_recorded_and_fed_as_run_feeds(runner, cli, tmp_path):
+    model = _normalised_like_caffe(_caffe_like("segnet-basic", 0.25), (104.0, 117.0, 123.0), 0.017)
+    proto, _ = write_caffe(model, tmp_path)
+    assert "mean_value: 104.0 mean_value: 117.0 mean_value: 123.0" in proto.read_text()  # Caffe's (BGR) order
+    imported = _import(runner, cli, tmp_path, model)
+    given = load_checkpoint(tmp_path / "imported.pt").spec.extra["input"]
+    assert given["channel_order"] == "BGR" and given["mean"] == [104.0, 117.0, 123.0] and abs(given["scale"] - 0.017) < 1e-8
+    torch.testing.assert_close(imported.input_mean, torch.tensor([123.0, 117.0, 104.0]) / 255)
+    torch.testing.assert_close(imported.input_std, torch.full((3,), 1 / (255 * 0.017)))
+    bgr = torch.randint(0, 256, (2, 3, 45, 61), dtype=torch.uint8)  # what Caffe's data layer reads (OpenCV order)
+    rgb = bgr.flip(1).float().div_(255)  # what `segbatch run` hands the model (video.py: RGB frames / 255)
+    with torch.no_grad():
+        torch.testing.assert_close(imported(rgb), model(rgb), atol=1e-5, rtol=0)
+
+
+def test_info_shows_an_imported_checkpoints_provenance(runner, cli, tmp_path):
+    import hashlib
+
+    model = _normalised_like_caffe(_caffe_like("segnet-basic", 0.25, dropout="central", lrn=(5, 1e-4, 0.75, 1.0)), (104.0, 117.0, 123.0), 0.5)
+    _import(runner, cli, tmp_path, model, bn="stats", legacy_weights=True)
+    r = runner.invoke(cli, ["info", str(tmp_path / "imported.pt")])
+    assert r.exit_code == 0, r.output
+    rows = r.output.splitlines()
+    digest = {name: hashlib.sha256((tmp_path / name).read_bytes()).hexdigest()[:12] for name in ("model.prototxt", "model.caffemodel")}
+    assert f"imported    from Caffe: model.prototxt (sha256 {digest['model.prototxt']})" in rows
+    assert f"            and model.caffemodel (sha256 {digest['model.caffemodel']}) (legacy V1 layers)" in rows
+    assert "input LRN   local_size 5, alpha 0.0001, beta 0.75, k 1" in rows
+    assert "input       BGR 0-255, mean 104 117 123 (B, G, R) subtracted, then scale 0.5" in rows
+    assert "batch norm  BN with running statistics (eps 1e-09)" in rows
+    assert any("sample at test time" in row for row in rows)
