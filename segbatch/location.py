@@ -50,7 +50,11 @@ def name(location: Location) -> str:
 
 
 def suffix(location: Location) -> str:
-    return Path(name(location)).suffix.lower()
+    """The file's suffix, lower case; an http(s) URL's query and fragment (a signed URL's ?X-Amz-...) are not part of it."""
+    text = str(location)
+    if is_url(text) and text.split("://", 1)[0].lower() in ("http", "https"):
+        text = text.split("#", 1)[0].split("?", 1)[0]
+    return Path(name(text)).suffix.lower()
 
 
 def storage_options(url: str) -> dict[str, Any]:

@@ -80,8 +80,11 @@ class ArraySpec:
     shards: tuple[int, ...] | None = None
 
 
-def create_store(path: Location, layout: StoreLayout, attrs: dict[str, Any], lease: Lease) -> Any:
+def create_store(path: Location, layout: StoreLayout, attrs: dict[str, Any], lease: Lease | None) -> Any:
     """Create the store with every array, coordinate, the root attributes (status "running") and the run's lease.
+
+    A group of a job store (`segbatch.jobstore`) has no lease of its own
+    (`lease` None): the job's root holds the one lease that fences every write.
 
     A local store is built beside its final place and renamed into it, so a
     driver killed half-way never leaves a store that --resume would take for a
@@ -95,7 +98,8 @@ def create_store(path: Location, layout: StoreLayout, attrs: dict[str, Any], lea
         raise InputError(f"{path} exists; pass --resume to finish it or --overwrite to replace it")
     if location.is_url(path):
         root = zarr.open_group(location.zarr_store(path, read_only=False), mode="w-", zarr_format=3, attributes=_root_attrs(layout, attrs, "creating"))
-        write_lease(path, lease)
+        if lease is not None:
+            write_lease(path, lease)
         _create_arrays(root, layout, _class_names(attrs, layout.num_classes))
         update_attrs(root, status="running")
         return root
@@ -108,7 +112,8 @@ def create_store(path: Location, layout: StoreLayout, attrs: dict[str, Any], lea
         root = zarr.open_group(str(building), mode="w-", zarr_format=3, attributes=_root_attrs(layout, attrs, "running"))
         _create_arrays(root, layout, _class_names(attrs, layout.num_classes))
         consolidate(root)
-        write_lease(building, lease)
+        if lease is not None:
+            write_lease(building, lease)
         os.rename(building, path)
     except OSError as exc:
         shutil.rmtree(building, ignore_errors=True)
@@ -212,14 +217,16 @@ def consolidate(root: Any) -> Any:
 
     zarr warns that consolidation is not yet in the v3 spec; xarray and
     zarr-python both read it, and a reader without it still finds every array.
+    That one warning is filtered for the whole process (not in a
+    `catch_warnings` block, which is not thread-safe: a job creates its groups
+    in threads).
     """
     import warnings
 
     import zarr
 
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="Consolidated metadata", category=UserWarning)
-        return zarr.consolidate_metadata(root.store)
+    warnings.filterwarnings("ignore", message="Consolidated metadata is currently not part", category=UserWarning)
+    return zarr.consolidate_metadata(root.store)
 
 
 _LONG_NAMES = {
@@ -257,6 +264,8 @@ def store_attrs(root: Any) -> dict[str, Any]:
     where = _store_name(root)
     if not isinstance(attrs, dict):
         raise StoreError(f"{where}: its 'segbatch' attribute is a {type(attrs).__name__}, not a mapping; the store was altered")
+    if attrs.get("kind") == "job":
+        raise InputError(f"{where} is a job of many inputs: name one with --group NAME (segbatch info {where} lists them)")
     problems = []
     source = attrs.get("source")
     if not isinstance(source, dict) or source.get("kind") not in KINDS or not isinstance(source.get("path"), str):

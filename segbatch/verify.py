@@ -61,8 +61,12 @@ class VerifyReport:
         }
 
 
-def verify_store(path: Location, threads: int = READ_THREADS) -> VerifyReport:
-    """Check every recorded chunk digest of the store at `path`; mark it damaged (or whole again) when it is writable and no run holds it."""
+def verify_store(path: Location, threads: int = READ_THREADS, lease: Location | None = None) -> VerifyReport:
+    """Check every recorded chunk digest of the store at `path`; mark it damaged (or whole again) when it is writable and no run holds it.
+
+    `lease`: where the lease of the run that may hold it lives (a job's
+    groups: the job's root; default the store itself).
+    """
     started = time.perf_counter()
     root = open_store(path)
     attrs = store_attrs(root)
@@ -94,7 +98,7 @@ def verify_store(path: Location, threads: int = READ_THREADS) -> VerifyReport:
             report.chunks += len(batch)
             report.bad.extend(b for b in pool.map(check, batch) if b is not None)
     report.seconds = time.perf_counter() - started
-    _mark(path, attrs, report)
+    _mark(path, attrs, report, lease if lease is not None else path)
     return report
 
 
@@ -109,9 +113,9 @@ def _batches(items: Iterator[tuple[int, str, str]]) -> Iterator[list[tuple[int, 
         yield batch
 
 
-def _mark(path: Location, attrs: dict[str, Any], report: VerifyReport) -> None:
+def _mark(path: Location, attrs: dict[str, Any], report: VerifyReport, lease: Location) -> None:
     """Record the outcome in the store when it can be written and is not in a live run's hands (verify stays read-only otherwise)."""
-    held = read_lease(path)
+    held = read_lease(lease)
     if held is not None and not held.released and not held.stale():
         return
     status = attrs["status"]

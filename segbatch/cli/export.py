@@ -31,7 +31,14 @@ def _creation_options(ctx: click.Context, param: click.Parameter, values: tuple[
 
 @click.command()
 @click.argument("store", type=LOCATION)
-@click.option("--to", type=path_type(), required=True, help="labels.tif (raster store); overlay.mp4 (or .mkv/.mov), or a folder for PNG frames (video store).")
+@click.option(
+    "--to",
+    type=path_type(),
+    required=True,
+    help="labels.tif (raster store); overlay.mp4 (or .mkv/.mov), or a folder for PNG frames (video store). "
+    "A job of many inputs: with --group one input, else a pattern with {name} for every input, e.g. 'overlays/{name}.mp4'.",
+)
+@click.option("--group", metavar="NAME", help="A job of many inputs: export the group of input NAME.")
 @click.option("--alpha", type=click.FloatRange(0, 1), default=0.5, show_default=True, help="Video: opacity of the label colours.")
 @click.option(
     "--what",
@@ -66,6 +73,7 @@ def _creation_options(ctx: click.Context, param: click.Parameter, values: tuple[
 def export(
     store: Path | str,
     to: Path,
+    group: str | None,
     alpha: float,
     what: str,
     creation_options: dict[str, str],
@@ -80,11 +88,28 @@ def export(
     category names and a raster attribute table in the `.aux.xml` beside it (where GDAL and QGIS read them). The overlay
     keeps the source's timestamps: an export of `run --frames 100:112` starts where frame 100 is in the source.
     """
+    from segbatch import location
+    from segbatch.errors import InputError
     from segbatch.export import export as run_export
+    from segbatch.jobstore import group_location, group_of, is_job, job_attrs
+    from segbatch.store import open_store
 
-    if to.suffix or (to.is_dir() and any(to.iterdir())):
-        refuse_existing(to, overwrite)
-    if to.suffix.lower() in (".tif", ".tiff"):
-        refuse_existing(f"{to}.aux.xml", overwrite)  # GDAL's sidecar: the export replaces (labels) or removes it
-    n = run_export(store, to, alpha=alpha, what=what, quiet=quiet, creation_options=creation_options, crf=crf, preset=preset)
-    click.echo(f"wrote {to} ({n} {'rows' if to.suffix.lower() in ('.tif', '.tiff') else 'frames'})", err=True)
+    if group is None and is_job(open_store(store)):
+        if "{name}" not in str(to):
+            example = f"out/{{name}}{to.suffix}"
+            raise InputError(f"{store} is a job of many inputs: pass --group NAME, or a --to with {{name}} to export every input (e.g. '{example}')")
+        names = [i["name"] for i in job_attrs(open_store(store))["inputs"] if i["status"] == "complete" and location.exists(group_location(store, i["name"]))]
+        targets = [(group_location(store, name), Path(str(to).replace("{name}", name))) for name in names]
+    else:
+        targets = [(group_of(store, group, "export"), to)]
+    for _, target in targets:  # every target is checked before anything is written
+        if location.inside(target, store):
+            raise InputError(f"{target} is inside the store {store}; export somewhere else")
+        if target.suffix or (target.is_dir() and any(target.iterdir())):
+            refuse_existing(target, overwrite)
+        if target.suffix.lower() in (".tif", ".tiff"):
+            refuse_existing(f"{target}.aux.xml", overwrite)  # GDAL's sidecar: the export replaces (labels) or removes it
+    for source, target in targets:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        n = run_export(source, target, alpha=alpha, what=what, quiet=quiet, creation_options=creation_options, crf=crf, preset=preset)
+        click.echo(f"wrote {target} ({n} {'rows' if target.suffix.lower() in ('.tif', '.tiff') else 'frames'})", err=True)

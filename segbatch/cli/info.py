@@ -10,21 +10,27 @@ import click
 
 from segbatch.cli.options import LOCATION, json_opt
 
+MAX_INPUT_ROWS = 20  # inputs listed in the text of a job's summary (--json lists all)
+
 
 @click.command()
 @click.argument("path", type=LOCATION)
+@click.option("--group", metavar="NAME", help="A job of many inputs: summarise the group of input NAME.")
 @json_opt
-def info(path: Path | str, as_json: bool) -> None:
-    """Summarise a store (a folder) or a checkpoint (a file)."""
+def info(path: Path | str, group: str | None, as_json: bool) -> None:
+    """Summarise a store (a folder), a job of many inputs, one input of a job (--group), or a checkpoint (a file)."""
     from segbatch import location
 
     if not location.exists(path):
         raise click.BadParameter(f"{path}: no such store or checkpoint", param_hint="PATH")
     if location.is_dir(path):
-        from segbatch.store import describe_store
+        from segbatch.jobstore import describe_job, group_of, is_job
+        from segbatch.store import describe_store, open_store
 
-        summary = describe_store(path)
-        text = format_store
+        if group is None and is_job(open_store(path)):
+            summary, text = describe_job(path), format_job
+        else:
+            summary, text = describe_store(group_of(path, group, "summarise")), format_store
     else:
         from segbatch.model.checkpoint import load_checkpoint
 
@@ -85,6 +91,37 @@ def format_store(s: dict[str, Any]) -> str:
     return "\n".join(f"{k:<12} {v}" for k, v in rows)
 
 
+def format_job(s: dict[str, Any]) -> str:
+    """The `info` text for a job of many inputs: its status, the inputs done and failed, then one row per input (the failed first)."""
+    from segbatch.problems import printable
+
+    model, counts, summary = s.get("model") or {}, s["counts"], s.get("summary") or {}
+    total = sum(counts.values())
+    rows = [
+        ("store", printable(s["path"])),
+        ("status", f"{s['status']}: {counts['complete']} of {total} {s['input_kind']} inputs complete, {counts['failed']} failed, {counts['pending']} to do"),
+        *([("run", _lease_line(s["lease"]))] if s.get("lease") and not s["lease"]["released"] else []),
+        ("inputs", printable(str(s.get("spec")))),
+        ("model", f"{model.get('arch')} ({len(model.get('classes', []))} classes, sha256 {str(model.get('sha256'))[:12]})"),
+        ("samples", f"{s['samples']} (seed {s['seed']})"),
+    ]
+    if summary.get("wall_seconds") is not None:
+        done = f"{summary['items']} {summary.get('noun', 'item')}s in {summary['wall_seconds']:.1f} s"
+        rows.append(("run", f"{done} on {summary['actors']} actor(s) [{summary['device']}]"))
+    if s.get("error"):
+        rows.append(("error", printable(s["error"])))
+    lines = [f"{k:<12} {v}" for k, v in rows]
+    order = {"failed": 0, "pending": 1, "complete": 2}
+    shown = sorted(s["inputs"], key=lambda i: order[i["status"]])[:MAX_INPUT_ROWS]
+    width = max((len(i["name"]) for i in shown), default=0)
+    for i in shown:
+        detail = printable(i["error"]) if i.get("error") else f"{i.get('items') or 0} items, {i.get('problems') or 0} problems"
+        lines.append(f"  {printable(i['name']):<{width}}  {i['status']:<8} {detail}")
+    if len(s["inputs"]) > len(shown):
+        lines.append(f"  ... and {len(s['inputs']) - len(shown)} more (--json lists them all; --group NAME for one)")
+    return "\n".join(lines)
+
+
 def format_checkpoint(s: dict[str, Any]) -> str:
     """The `info` text for a checkpoint: one fact per line, names aligned."""
     rows = [
@@ -95,11 +132,34 @@ def format_checkpoint(s: dict[str, Any]) -> str:
         ("classes", f"{len(s['classes'])}: {', '.join(s['classes'])}"),
         ("input mean", " ".join(f"{v:.3f}" for v in s["input_normalisation"]["mean"])),
         ("input std", " ".join(f"{v:.3f}" for v in s["input_normalisation"]["std"])),
-        ("sha256", s["sha256"]),
     ]
-    training = s.get("provenance", {}).get("training")
+    lrn = s["input_normalisation"].get("lrn")
+    if lrn:
+        rows.append(("input LRN", ", ".join(f"{k} {v:g}" for k, v in lrn.items())))
+    rows.append(("sha256", s["sha256"]))
+    provenance = s.get("provenance", {})
+    training = provenance.get("training")
     if isinstance(training, dict) and "epoch" in training:
         rows.append(("trained", f"epoch {training['epoch']}, validation mIoU {training.get('val_miou', float('nan')):.3f}"))
+    if provenance.get("imported_from"):  # an imported model: the files it came from and the input they expect
+        formats = provenance.get("layer_format") or {}
+        files = []
+        for key in ("prototxt", "caffemodel"):
+            source = provenance.get(key) or {}
+            legacy = " (legacy V1 layers)" if str(formats.get(key, "")).startswith("legacy") else ""
+            files.append(f"{source.get('name')} (sha256 {str(source.get('sha256'))[:12]}){legacy}")
+        rows.append(("imported", f"from {provenance['imported_from']}: {files[0]}"))
+        rows.append(("", f"and {files[1]}"))
+        given = provenance.get("input") or {}
+        if given:
+            order = "".join(given.get("channel_order", ""))
+            means = " ".join(f"{v:g}" for v in given.get("mean", []))
+            label = f" ({', '.join(order)})" if order == "BGR" else ""
+            rows.append(("input", f"{order} {given.get('range', '')}, mean {means}{label} subtracted, then scale {given.get('scale', 1):g}"))
+        if provenance.get("batch_norm"):
+            rows.append(("batch norm", "; ".join(provenance["batch_norm"])))
+        if provenance.get("dropout_sampled_at_test"):
+            rows.append(("", "its Dropout layers sample at test time (sample_weights_test): a Bayesian model"))
     return "\n".join(f"{k:<11} {v}" for k, v in rows)
 
 

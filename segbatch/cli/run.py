@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
 from segbatch import location
 from segbatch.cli.config import config_opt
 from segbatch.cli.options import LOCATION, check_verbosity, overwrite_opt, parse_size, progress_opt, quiet_opt, seed_opt, verbose_opt
+
+if TYPE_CHECKING:
+    from segbatch.engine.job import RunConfig
 
 
 def _parse_frames(ctx: click.Context, param: click.Parameter, value: str | None) -> tuple[int | None, int | None] | None:
@@ -51,8 +55,14 @@ def _parse_bands(ctx: click.Context, param: click.Parameter, value: str | None) 
     "input_path",
     type=LOCATION,
     required=True,
-    help="Video (MP4, MKV, MOV, AVI, ...), raster (GeoTIFF, ...), or a folder of images (PNG, JPEG, TIFF; nested folders too).",
+    help=(
+        "Video (MP4, MKV, MOV, AVI, ...), raster (GeoTIFF, ...), or a folder of images (PNG, JPEG, TIFF; nested folders too). "
+        "Many inputs, one group each in one store: a folder of videos or of rasters, a quoted glob ('drives/**/*.mp4'), "
+        "@FILE (one path or URL per line), or a STAC Item/ItemCollection JSON with --asset."
+    ),
 )
+@click.option("--asset", metavar="KEY", help="STAC inputs: the asset of each item to segment (e.g. visual).")
+@click.option("--add-inputs", is_flag=True, help="With --resume, many inputs: add the inputs that are new since the job was made.")
 @click.option("--out", type=LOCATION, required=True, help="Zarr store to write: a folder, or an fsspec URL (s3://bucket/run.zarr).")
 @click.option("--model", type=LOCATION, help="Checkpoint, a path or a URL (default: the built-in demo model).")
 @click.option("--samples", type=click.IntRange(min=0), default=8, show_default=True, help="MC dropout samples; 0 = one pass with dropout off.")
@@ -92,6 +102,8 @@ def _parse_bands(ctx: click.Context, param: click.Parameter, value: str | None) 
 @progress_opt
 def run(
     input_path: location.Location,
+    asset: str | None,
+    add_inputs: bool,
     out: Path,
     model: Path | None,
     samples: int,
@@ -122,6 +134,7 @@ def run(
     from segbatch.sources import source_kind
 
     check_verbosity(quiet, verbose)
+    spec = str(input_path)  # as given: a manifest (@FILE) or a glob is not a path to make absolute
     # workers on other nodes have other working folders: local paths leave the driver absolute (URLs as they are)
     input_path = location.parse(location.absolute(input_path))
     cfg = RunConfig(
@@ -152,7 +165,15 @@ def run(
         hwaccel=hwaccel,
     )
     from segbatch.engine.run import run as run_job
+    from segbatch.inputs import is_many
 
+    if asset is not None or is_many(spec):
+        _run_many(cfg, spec, asset, add_inputs)
+        return
+    if add_inputs:
+        from segbatch.errors import InputError
+
+        raise InputError("--add-inputs is for jobs of many inputs (a folder, a glob, @FILE or STAC as --input)")
     kind = "images" if location.is_dir(input_path) else source_kind(input_path)
     refuse_options_not_for(kind)
     if kind == "images":
@@ -172,6 +193,31 @@ def run(
     click.echo(summary.line(out), err=True)
     for line in problem_lines(summary.problems):
         click.echo(f"warning: {line}", err=True)
+
+
+def _run_many(cfg: RunConfig, spec: str, asset: str | None, add_inputs: bool) -> None:
+    """Many inputs, one store with a group each: the summary, each input's problems, and exit 2 when any input failed."""
+    from segbatch.engine.many import run_many
+    from segbatch.errors import InputError
+    from segbatch.inputs import expand_inputs
+    from segbatch.problems import MAX_LINES, problem_lines
+
+    inputs = expand_inputs(spec, asset)
+    kind = inputs[0].kind
+    refuse_options_not_for(kind)
+    if kind == "video":
+        from segbatch.engine.video import VideoSource as make
+    else:
+        from segbatch.engine.raster import RasterSource as make  # type: ignore[assignment]
+    summary = run_many(cfg, inputs, spec, make, add_inputs)
+    click.echo(summary.line(cfg.out), err=True)
+    lines = [f"{p['input']}: {line}" for p in summary.problems[:MAX_LINES] for line in problem_lines([p])]
+    more = [f"and {len(summary.problems) - MAX_LINES} more problems (segbatch info {cfg.out})"] if len(summary.problems) > MAX_LINES else []
+    for line in lines + more:
+        click.echo(f"warning: {line}", err=True)
+    if summary.failed:
+        name, why = summary.failed[0]
+        raise InputError(f"{len(summary.failed)} of {summary.inputs} inputs failed (first: {name}: {why}); `segbatch info {cfg.out}` lists them")
 
 
 # the options that apply to some kinds of input only: one table, checked before anything runs

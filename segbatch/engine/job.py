@@ -80,6 +80,12 @@ class JobBasics:
     seed: int
     precision: str
 
+    def where(self, unit: Any) -> tuple[str, int]:
+        """A single input's store: the unit writes into the store itself, in its own ledger row."""
+        from segbatch.engine.source import unit_id
+
+        return "", unit_id(unit)
+
     @staticmethod
     def of(cfg: RunConfig, store: str, checkpoint: str, run: str) -> dict[str, Any]:
         """These fields for a job's constructor, from the run's options."""

@@ -28,12 +28,14 @@ from typing import Any
 
 import numpy as np
 
-from segbatch.engine.source import Item, SourceJob, UnitReport, Write, unit_id
+from segbatch.engine.source import Item, SourceJob, UnitReport, Write
 from segbatch.errors import InputError
+from segbatch.jobstore import group_location
 from segbatch.lease import check_fence
 from segbatch.mc import derive_seed, mc_predict
 from segbatch.store import open_store, record_unit, write_region
 
+OPEN_GROUPS = 64  # groups of a job store an actor keeps open (units of one input tend to come together)
 QUEUE_BATCHES = 2  # batches waiting between stages: enough to hide jitter, few enough to bound memory
 STAGES = ("read", "to_device", "model", "to_host", "write", "wait")
 
@@ -56,6 +58,7 @@ class PipelineWorker:
         self.model_lock = threading.Lock()  # two units in flight, one model: its calls take turns
         self.copy_stream = torch.cuda.Stream(self.device) if self.cuda else None  # type: ignore[no-untyped-call]
         self.root = open_store(job.store, mode="r+")
+        self.groups: dict[str, Any] = {}  # a job store's groups this actor wrote to, opened once each
         self.node = _node_id()
         job.check_node()
 
@@ -65,6 +68,8 @@ class PipelineWorker:
     def process(self, unit: Any) -> dict[str, Any]:
         """Run one unit through the pipeline; write its chunks, then its ledger entry; return the entry."""
         job = self.job
+        group, row = job.where(unit)
+        root = self._root(group)
         started = time.perf_counter()
         report = UnitReport()
         times = dict.fromkeys(STAGES, 0.0)
@@ -73,7 +78,7 @@ class PipelineWorker:
         batches: queue.Queue[Any] = queue.Queue(QUEUE_BATCHES)
         results: queue.Queue[Any] = queue.Queue(QUEUE_BATCHES)
         reader = _Stage(lambda stage: self._read(unit, report, stage, times), batches)
-        writer = _Stage(lambda stage: self._write(placer, stage, digests, times), results)
+        writer = _Stage(lambda stage: self._write(root, placer, stage, digests, times), results)
         reader.start()
         writer.start()
         try:
@@ -98,8 +103,18 @@ class PipelineWorker:
         stats["stages"] = {k: round(v, 4) for k, v in times.items()}
         check_fence(job.store, job.run)
         entry = {**stats, "node": self.node, "run": job.run, "chunks": dict(sorted(digests.items()))}
-        record_unit(self.root, unit_id(unit), entry)
+        record_unit(root, row, entry)
         return entry
+
+    def _root(self, group: str) -> Any:
+        """Where a unit's chunks and ledger entry go: the store, or one group of a job store (opened once per actor)."""
+        if not group:
+            return self.root
+        if group not in self.groups:
+            if len(self.groups) >= OPEN_GROUPS:
+                self.groups.pop(next(iter(self.groups)))
+            self.groups[group] = open_store(group_location(self.job.store, group), mode="r+")
+        return self.groups[group]
 
     def _read(self, unit: Any, report: UnitReport, out: _Stage, times: dict[str, float]) -> None:
         """Read-ahead thread: the source's batches, stacked on the host (pinned on CUDA), into the queue."""
@@ -155,14 +170,14 @@ class PipelineWorker:
         job = self.job
         return predict(self.model, x, seeds, job.samples, job.resize, job.model_outputs, job.float_dtype, job.precision)
 
-    def _write(self, placer: Any, results: _Stage, digests: dict[str, str], times: dict[str, float]) -> None:
+    def _write(self, root: Any, placer: Any, results: _Stage, digests: dict[str, str], times: dict[str, float]) -> None:
         """Writer thread: wait for each batch's copies, let the source's placer cut whole chunks, write them fenced."""
         while True:
             got = results.take()
             if got is None:
                 writes = placer.close()
                 t = time.perf_counter()
-                self._store(writes, digests)
+                self._store(root, writes, digests)
                 times["write"] += time.perf_counter() - t
                 return
             items, outputs = got
@@ -173,13 +188,13 @@ class PipelineWorker:
                 outputs = {name: value.numpy() for name, value in pinned.items()}
             times["to_host"] += time.perf_counter() - t
             t = time.perf_counter()
-            self._store(placer.put(items, outputs), digests)
+            self._store(root, placer.put(items, outputs), digests)
             times["write"] += time.perf_counter() - t
 
-    def _store(self, writes: list[Write], digests: dict[str, str]) -> None:
+    def _store(self, root: Any, writes: list[Write], digests: dict[str, str]) -> None:
         for w in writes:
             check_fence(self.job.store, self.job.run)  # nothing is written once this run no longer owns the store
-            written = write_region(self.root, w.region, w.arrays)
+            written = write_region(root, w.region, w.arrays)
             if w.digests:
                 digests.update(written)
 

@@ -41,6 +41,9 @@ class ActorPool:
         grow: add actors while the cluster has free room for one more.
         describe: a unit in messages.
         quiet: no notes on stderr.
+        unit_errors: errors a unit's worker raises that concern that unit
+            alone: `get_next` returns them as the unit's result instead of
+            stopping the run (a job of many inputs: one bad input among good ones).
     """
 
     def __init__(
@@ -54,12 +57,13 @@ class ActorPool:
         describe: Callable[[Any], str] = str,
         retries: int = UNIT_RETRIES,
         quiet: bool = True,
+        unit_errors: tuple[type[BaseException], ...] = (),
     ) -> None:
         import ray
 
         self.cls: Any = ray.remote(max_restarts=0, max_task_retries=0)(_guarded(worker))
         self.job, self.cpus, self.gpus, self.grows = job, cpus, gpus, grow
-        self.describe, self.retries, self.quiet = describe, retries, quiet
+        self.describe, self.retries, self.quiet, self.unit_errors = describe, retries, quiet, unit_errors
         self.actors: dict[int, Any] = {}  # slot -> actor handle (starting or ready)
         self.starting: dict[Any, int] = {}  # device_name() ref -> slot
         self.ready: set[int] = set()  # slots whose actor answered
@@ -96,7 +100,8 @@ class ActorPool:
 
         A unit whose actor died is redone elsewhere; an error the unit's
         worker raised stops the run, as its own type when it is ours
-        (InputError: exit 2) and as a RunError otherwise.
+        (InputError: exit 2) and as a RunError otherwise, unless it is one of
+        `unit_errors` (then it is the unit's result).
         """
         import ray
         from ray.exceptions import RayActorError, RayTaskError
@@ -118,6 +123,9 @@ class ActorPool:
                 result = ray.get(ref)
             except RayTaskError as exc:
                 cause = exc.cause if isinstance(getattr(exc, "cause", None), BaseException) else None
+                if self.unit_errors and isinstance(cause, self.unit_errors):
+                    self._fill()
+                    return unit, cause
                 if isinstance(cause, SegbatchError):
                     raise cause from None
                 raise RunError(f"{self.describe(unit)} failed: {first_line(cause or exc)}") from None

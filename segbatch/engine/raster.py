@@ -185,7 +185,8 @@ class RasterSource:
             raise InputError(f"{self.cfg.out} has no tiles/ left to resume from (status {attrs['status']}); use --overwrite to run again")
 
     def finish(self, root: Any, units: Sequence[int], ran: Sequence[int], summary: RunSummary, keeper: Any) -> None:
-        job = StitchJob(store=location.absolute(self.cfg.out), tiles=self.tiles, run=keeper.lease.run)
+        # a job store's groups are fenced by the lease at the job's root (the keeper's store)
+        job = StitchJob(store=location.absolute(self.cfg.out), tiles=self.tiles, run=keeper.lease.run, lease=location.absolute(keeper.store))
         stitch_store(root, job, self.cfg.keep_tiles, self.cfg.quiet, summary, keeper)
 
 

@@ -115,6 +115,11 @@ def run_progress(cfg: RunConfig, source: Source, units: Sequence[Any], pending: 
 
 def fingerprint(cfg: RunConfig, model_sha256: str, source: Source) -> dict[str, Any]:
     """The settings that decide the output's bits; --resume requires them unchanged (and names what differs)."""
+    return model_fingerprint(cfg, model_sha256) | source.fingerprint()
+
+
+def model_fingerprint(cfg: RunConfig, model_sha256: str) -> dict[str, Any]:
+    """The part of a fingerprint that is not the source's: the model, the sampling, the software."""
     return {
         "model_sha256": model_sha256,
         "samples": cfg.samples,
@@ -122,7 +127,6 @@ def fingerprint(cfg: RunConfig, model_sha256: str, source: Source) -> dict[str, 
         "float_dtype": cfg.float_dtype,
         "precision": cfg.precision,
         "software": software_versions(),
-        **source.fingerprint(),
     }
 
 
@@ -135,13 +139,17 @@ def _prepare_store(cfg: RunConfig, source: Source, ckpt: Any, config: dict[str, 
         return root
 
     def create() -> Any:
-        layout, attrs = source.new_store(actors)
-        attrs = (
-            base_attrs(attrs.pop("source"), model_attrs(ckpt), cfg.samples, cfg.seed, config, keeper.lease.run) | {"fingerprint": config_digest(config)} | attrs
-        )
+        layout, attrs = new_store_attrs(cfg, source, ckpt, config, actors, keeper.lease.run)
         return create_store(cfg.out, layout, attrs, keeper.lease)
 
     return replace_store(cfg, keeper, create)
+
+
+def new_store_attrs(cfg: RunConfig, source: Source, ckpt: Any, config: dict[str, Any], actors: int, run: str) -> tuple[Any, dict[str, Any]]:
+    """A new store's layout and root attributes (a single input's store, or one group of a job's)."""
+    layout, attrs = source.new_store(actors)
+    attrs = base_attrs(attrs.pop("source"), model_attrs(ckpt), cfg.samples, cfg.seed, config, run) | {"fingerprint": config_digest(config)} | attrs
+    return layout, attrs
 
 
 def replace_store(cfg: RunConfig, keeper: LeaseKeeper, create: Callable[[], T]) -> T:
@@ -175,19 +183,20 @@ def resolve_model(model: Path | None, quiet: bool) -> Path:
     return demo_checkpoint_path()
 
 
-def check_target(cfg: RunConfig, lease: Lease, checkpoint: Location) -> None:
+def check_target(cfg: RunConfig, lease: Lease, checkpoint: Location, inputs: Sequence[Location] | None = None) -> None:
     """Before any work: the store must be new, or be replaced (--overwrite) or finished (--resume), and no other live run's.
 
     An existing store is claimed for this run (its lease), so a second run of
     the same command is refused with one line naming the holder; the files
-    the job reads may not lie inside a store that --overwrite would delete.
+    the job reads (`inputs`: default the run's one input) may not lie inside
+    a store that --overwrite would delete.
     """
     there = location.exists(cfg.out)
     if there and not (cfg.resume or cfg.overwrite):
         raise InputError(f"{cfg.out} exists; pass --resume to finish it or --overwrite to replace it")
     if there and cfg.overwrite:
         open_store(cfg.out)  # only ever delete a store segbatch wrote
-        for what, path in (("input", cfg.input), ("checkpoint", checkpoint)):
+        for what, path in [*(("input", i) for i in (inputs if inputs is not None else [cfg.input])), ("checkpoint", checkpoint)]:
             if location.inside(path, cfg.out):
                 raise InputError(f"the {what} {path} is inside {cfg.out}, which --overwrite would delete; move it out first")
     if there:
@@ -206,18 +215,23 @@ def check_target(cfg: RunConfig, lease: Lease, checkpoint: Location) -> None:
 
 
 @contextmanager
-def recorded_outcome(root: Any, total: int, what: str) -> Iterator[None]:
-    """Make a run's end visible in the store: Ctrl-C, SIGTERM or SIGHUP leave it resumable (exit 130, 143, 129), any failure marks it failed."""
+def recorded_outcome(root: Any, total: int, what: str, left: Callable[[], int] | None = None, fail: Callable[[str], None] | None = None) -> Iterator[None]:
+    """Make a run's end visible in the store: Ctrl-C, SIGTERM or SIGHUP leave it resumable (exit 130, 143, 129), any failure marks it failed.
+
+    `left` counts what is still to do and `fail` marks the store failed
+    (defaults: a single store's ledger and attributes; a job store has its own).
+    """
     try:
         yield
     except KeyboardInterrupt:
-        left = total - len(finished_units(root))
-        message = f"interrupted with {left} of {total} {what} left; finish with the same command and --resume"
+        todo = left() if left is not None else total - len(finished_units(root))
+        of = f" of {total}" if left is None else ""
+        message = f"interrupted with {todo}{of} {what} left; finish with the same command and --resume"
         raise Interrupted(message, signum=stop_signal()) from None
     except Exception as exc:
         if not isinstance(exc, LeaseLostError):  # a run that lost its store writes nothing more to it
             try:
-                update_attrs(root, status="failed", error=first_line(exc))
+                (fail or (lambda why: update_attrs(root, status="failed", error=why)))(first_line(exc))
             except Exception:  # noqa: S110  (marking it failed failed too, a read-only store say: the first cause is what the user needs)
                 pass
         raise

@@ -98,6 +98,10 @@ class SourceJob(Protocol):
         """At an actor's start: its node can read the input (and decode it as asked)."""
         ...
 
+    def where(self, unit: Any) -> tuple[str, int]:
+        """The group of a job store the unit writes into ("" = the store itself), and its row in that group's ledger."""
+        ...
+
     def read(self, unit: Any, report: UnitReport) -> Iterator[list[Item]]:
         """The unit's items, in batches whose composition depends on the unit only (that fixes the bits)."""
         ...

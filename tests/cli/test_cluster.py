@@ -94,3 +94,46 @@ def test_a_dead_driver_leaves_a_store_that_resume_completes(cluster, clip, tiny_
     _, err = resumed.communicate(timeout=180)
     assert resumed.returncode == 0, err
     assert_same(arrays(store), reference)
+
+
+@pytest.fixture(scope="module")
+def fleet(tmp_path_factory):
+    """Four short clips: a many-input job (one group each)."""
+    from tests.helpers.videos import write_video
+
+    folder = tmp_path_factory.mktemp("fleet")
+    for name in "abcd":
+        write_video(folder / f"{name}.mp4", 32, height=96, width=128, gop=8)
+    return folder
+
+
+def _job_ledger(store: Path) -> list[dict]:
+    return [e for name in "abcd" for e in _ledger(store / name)]
+
+
+def test_a_many_input_job_loses_a_node_and_loses_no_unit(cluster, fleet, tiny_model, ray_address, tmp_path):
+    from click.testing import CliRunner
+
+    from segbatch.cli.main import cli
+
+    reference = tmp_path / "reference.zarr"
+    args = ["--input", str(fleet), "--model", str(tiny_model), "--samples", "4"]
+    r = CliRunner().invoke(cli, ["run", *args, "--out", str(reference), "--actors", "1", "--address", ray_address, "--quiet"])
+    assert r.exit_code == 0, r.output
+    c, nodes = cluster
+    store = tmp_path / "job.zarr"
+    proc = _driver(c.address, *args, "--out", store)
+    doomed = nodes[1].node_id
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None and not any(e.get("node") == doomed for e in _job_ledger(store)):
+        time.sleep(0.05)
+    assert proc.poll() is None and len(_job_ledger(store)) < 16 - 2, "the job ended before a node could be lost"
+    c.remove_node(nodes[1])
+    _, err = proc.communicate(timeout=180)
+    assert proc.returncode == 0, err
+    assert "a worker was lost" in err
+    ledger = _job_ledger(store)
+    assert len(ledger) == 16 and {e["node"] for e in ledger} == {nodes[0].node_id, doomed}
+    for name in "abcd":
+        assert_same(arrays(store / name), arrays(reference / name))
+    assert zarr.open_group(str(store), mode="r").attrs["segbatch"]["summary"]["complete"] == 4

@@ -95,6 +95,19 @@ def test_an_error_in_a_unit_stops_the_run_as_its_type(ray_address, raised, expec
     assert type(caught.value) is expected
 
 
+def test_errors_that_concern_a_unit_alone_come_back_as_its_result_and_the_rest_finish(ray_address):
+    raised = errors.InputError("clip 2 has no frames")
+    with ActorPool(_worker(raise_on=2), raised, actors=1, cpus=1, gpus=0, unit_errors=(errors.InputError,)) as pool:
+        out = drain(pool, range(5))
+    assert sorted(out) == list(range(5))
+    assert isinstance(out[2], errors.InputError) and str(out[2]) == "clip 2 has no frames"
+    assert all(out[u]["unit"] == u for u in (0, 1, 3, 4))
+    # other errors still stop the job: a bug is not one input's problem
+    with ActorPool(_worker(raise_on=1), ValueError("boom"), actors=1, cpus=1, gpus=0, unit_errors=(errors.InputError,)) as pool:
+        with pytest.raises(errors.RunError, match="boom"):
+            drain(pool, range(3))
+
+
 def test_the_pool_grows_into_free_room_only_when_asked_and_there_is_work(ray_address):
     for grow, queued, started in ((True, 10, 2), (False, 10, 1), (True, 0, 1)):
         with ActorPool(_worker(), "job", actors=1, cpus=1, gpus=0, grow=grow) as pool:

@@ -1,0 +1,431 @@
+"""`segbatch run` over many inputs: one store with a group per input, one actor pool for every input's units.
+
+The job plans its inputs' headers in parallel threads (each input its own
+source, exactly as a single run would plan it), creates one group per
+input laid out as that input's own store, and sends the units of all inputs
+to one elastic pool, longest first, so the actors load the model once and
+the tail is short. Dropout masks are seeded per input as in a single run
+(run seed, frame or tile index) and units are cut the same way, so a group
+holds the bits a run of that input alone gives with the same settings.
+
+A bad input (unreadable, no frames, the wrong bands, a unit its worker
+refuses) becomes that input's failure; the others finish, and the job's
+summary and exit code say how many failed. `--resume` finishes exactly the
+groups and units that are missing; a list of inputs that changed is refused
+with the difference named, unless `--add-inputs` (new inputs only).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from segbatch import location
+from segbatch.engine.job import JobBasics, RunConfig
+from segbatch.engine.run import (
+    RunSummary,
+    check_target,
+    fingerprint,
+    model_attrs,
+    model_fingerprint,
+    new_store_attrs,
+    recorded_outcome,
+    replace_store,
+    resolve_model,
+)
+from segbatch.engine.session import ray_session
+from segbatch.engine.source import Source, SourceJob, UnitReport, unit_id
+from segbatch.errors import InputError, SegbatchError, first_line
+from segbatch.inputs import Input, sanitize_name
+from segbatch.jobstore import create_job_root, group_location, is_job, job_attrs, live_inputs, new_job_attrs, update_job
+from segbatch.lease import Lease, LeaseKeeper
+from segbatch.location import Location
+from segbatch.progress import RunProgress
+from segbatch.store import check_resumable, create_store, open_store, reopen_for_resume, store_attrs, update_attrs
+
+PLAN_THREADS = 16  # inputs whose headers are read at once (I/O bound: local disks, object stores)
+JOBS_PER_ACTOR = 256  # inputs' worker jobs an actor keeps after fetching them
+
+
+@dataclass(frozen=True)
+class GroupUnit:
+    """A unit of one input of the job: its place in the job, its group, and the input's own unit."""
+
+    id: int  # its index among the job's units (progress, the pool)
+    group: str
+    unit: Any  # the input's own unit: its row in the group's ledger is unit_id(unit)
+    size: int  # items (frames, tiles) for progress and ordering
+    job: Any  # the input's worker job, as a Ray object reference (sent once per input, fetched once per actor)
+
+
+_jobs: OrderedDict[Any, SourceJob] = OrderedDict()  # per actor process: the inputs' jobs fetched so far
+_jobs_lock = threading.Lock()
+
+
+@dataclass(frozen=True)
+class ManyJob(JobBasics):
+    """The worker half of a job: the settings every input shares; each unit brings its input's own job by reference."""
+
+    template: Any  # one input's job: the model step's settings, the same for every input of the job
+
+    @property
+    def float_dtype(self) -> str:
+        return str(self.template.float_dtype)
+
+    @property
+    def resize(self) -> tuple[int, int] | None:
+        return self.template.resize  # type: ignore[no-any-return]
+
+    @property
+    def model_outputs(self) -> tuple[str, ...]:
+        return tuple(self.template.model_outputs)
+
+    def check_node(self) -> None:
+        """Nothing here: each input is checked on the node the first time one of its units is read (a bad one fails alone)."""
+
+    def where(self, unit: GroupUnit) -> tuple[str, int]:
+        return unit.group, unit_id(unit.unit)
+
+    def read(self, unit: GroupUnit, report: UnitReport) -> Any:
+        return self.input_job(unit).read(unit.unit, report)
+
+    def to_model(self, x: Any) -> Any:
+        return self.template.to_model(x)
+
+    def placer(self, unit: GroupUnit, num_classes: int) -> Any:
+        return self.input_job(unit).placer(unit.unit, num_classes)
+
+    def unit_stats(self, unit: GroupUnit, report: UnitReport) -> dict[str, Any]:
+        return self.input_job(unit).unit_stats(unit.unit, report)
+
+    @staticmethod
+    def input_job(unit: GroupUnit) -> SourceJob:
+        """The unit's input's job: fetched (and its node check run) the first time this actor sees that input."""
+        ref = unit.job
+        if not _is_ref(ref):
+            return ref  # type: ignore[no-any-return]  # outside Ray (tests): the job itself
+        with _jobs_lock:
+            known = _jobs.get(ref)
+            if known is not None:
+                _jobs.move_to_end(ref)
+                return known
+        import ray
+
+        job: SourceJob = ray.get(ref)
+        job.check_node()
+        with _jobs_lock:
+            _jobs[ref] = job
+            while len(_jobs) > JOBS_PER_ACTOR:
+                _jobs.popitem(last=False)
+        return job
+
+
+def _is_ref(value: Any) -> bool:
+    return type(value).__name__ == "ObjectRef"
+
+
+@dataclass
+class InputState:
+    """What the driver knows of one input during the job."""
+
+    input: Input
+    status: str = "pending"  # pending | complete | failed
+    error: str | None = None
+    source: Source | None = None
+    units: list[Any] = field(default_factory=list)
+    pending: list[Any] = field(default_factory=list)  # the units this run sends (not in the ledger when it started)
+    left: int = 0  # of those, not finished yet
+
+    def fail(self, error: str) -> None:
+        if self.status != "failed":
+            self.status, self.error = "failed", error
+
+    def entry(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"name": self.input.name, "path": location.absolute(self.input.location), "status": self.status}
+        return out | ({"error": self.error} if self.error else {})
+
+
+@dataclass
+class JobSummary(RunSummary):
+    """A job's figures: its units' as a run's, and the inputs done and failed."""
+
+    inputs: int = 0
+    complete: int = 0
+    already: int = 0  # inputs complete before this run (--resume)
+    failed: list[tuple[str, str]] = field(default_factory=list)  # (name, why)
+
+    def line(self, out: Location) -> str:
+        rate = self.items / self.seconds if self.seconds > 0 else 0.0
+        failed = f", {len(self.failed)} failed" if self.failed else ""
+        stitched = f", stitched in {self.stitch_seconds:.1f} s" if self.stitch_seconds is not None else ""
+        already = f" ({self.already} done before)" if self.already else ""
+        return (
+            f"segmented {self.items} {self.noun}s of {self.complete} of {self.inputs} inputs{already}{failed} in {self.seconds:.1f} s "
+            f"({rate:.2f} {self.noun}s/s) on {self.actors} actor(s) [{self.device}]{stitched} -> {out}"
+        )
+
+
+def run_many(
+    cfg: RunConfig, inputs: Sequence[Input], spec: str, make_source: Callable[[RunConfig, Any], Source], add_inputs: bool = False, worker: type | None = None
+) -> JobSummary:
+    """Segment every input of `inputs` (one kind) into its group of the job store `cfg.out`."""
+    from segbatch.engine.pipeline import PipelineWorker
+    from segbatch.engine.pool import ActorPool
+    from segbatch.engine.session import pool_size
+    from segbatch.model.checkpoint import load_checkpoint
+
+    if cfg.resume and cfg.overwrite:
+        raise InputError("--resume and --overwrite exclude each other")
+    if add_inputs and not cfg.resume:
+        raise InputError("--add-inputs adds inputs to a job when resuming it; pass --resume too")
+    lease = Lease.new()
+    ckpt = load_checkpoint(resolve_model(cfg.model, cfg.quiet))
+    check_target(cfg, lease, ckpt.path, inputs=[i.location for i in inputs])
+    kind = inputs[0].kind
+    config = job_fingerprint(cfg, ckpt.sha256, kind)
+    with LeaseKeeper(cfg.out, lease) as keeper, ray_session(cfg.address, cfg.verbose):
+        resuming = location.exists(cfg.out) and cfg.resume
+        states, done_before = _resume_states(cfg, inputs, config, add_inputs) if resuming else ([InputState(i) for i in inputs], [])
+        _plan(cfg, ckpt, make_source, states)
+        planned = [s for s in states if s.source is not None]
+        max_units = sum(s.source.max_units for s in planned if s.source is not None)
+        actors, gpus = pool_size(cfg.actors, cfg.gpus_per_actor, cfg.cpus_per_actor, max(1, max_units))
+        every = done_before + states
+        if resuming:
+            root = open_store(cfg.out, mode="r+")
+            update_job(root, drop=("error",), status="running", inputs=[s.entry() for s in every], runs=[*job_attrs(root)["runs"], lease.run])
+        else:
+            attrs = new_job_attrs(kind, spec, [s.entry() for s in every], model_attrs(ckpt), cfg, config, lease.run)
+            root = replace_store(cfg, keeper, lambda: create_job_root(cfg.out, attrs, keeper.lease))
+        summary = JobSummary(noun=planned[0].source.noun if planned and planned[0].source else "frame", inputs=len(every), already=len(done_before))
+        with recorded_outcome(root, 0, "units", left=lambda: sum(s.left for s in states), fail=lambda why: update_job(root, status="failed", error=why)):
+            _open_groups(cfg, ckpt, planned, actors, keeper)
+            units = _job_units(cfg, ckpt, planned, lease.run)
+            summary.units = sum(len(s.units) for s in states)
+            summary.skipped_units = summary.units - len(units)
+            started = time.perf_counter()
+            by_name = {s.input.name: s for s in states}
+            if units:
+                template = ray_get_first(units)
+                job = ManyJob(**JobBasics.of(cfg, location.absolute(cfg.out), location.absolute(ckpt.path), lease.run), template=template)
+                with (
+                    ActorPool(
+                        worker or PipelineWorker,
+                        job,
+                        actors,
+                        cfg.cpus_per_actor,
+                        gpus,
+                        grow=cfg.actors is None,
+                        describe=lambda u: f"{u.group}: {by_name[u.group].source.describe(u.unit)}",  # type: ignore[union-attr]
+                        quiet=cfg.quiet,
+                        unit_errors=(InputError,),
+                    ) as pool,
+                    _progress(cfg, states, units, summary.noun) as progress,
+                ):
+                    for unit in units:
+                        pool.submit(unit)
+                    while pool.has_next():
+                        unit, result = pool.get_next()
+                        state = by_name[unit.group]
+                        state.left -= 1
+                        if isinstance(result, BaseException):
+                            state.fail(first_line(result))
+                            continue
+                        summary.items += unit.size
+                        progress.unit_done(unit, result)
+                    summary.actors, summary.device = pool.most_ready, pool.device
+            summary.seconds = time.perf_counter() - started
+            keeper.renew()
+            keeper.check()
+            _finish_groups(cfg, planned, summary, keeper)
+            summary.complete = sum(1 for s in every if s.status == "complete")
+            summary.failed = [(s.input.name, s.error or "failed") for s in every if s.status == "failed"]
+            update_job(
+                root,
+                drop=("error",),
+                status="complete",
+                inputs=[s.entry() for s in every],
+                summary={
+                    "inputs": len(every),
+                    "complete": summary.complete,
+                    "failed": len(summary.failed),
+                    "items": summary.items,
+                    "noun": summary.noun,
+                    "wall_seconds": round(summary.seconds, 3),
+                    "actors": summary.actors,
+                    "device": summary.device,
+                },
+            )
+        return summary
+
+
+def job_fingerprint(cfg: RunConfig, model_sha256: str, kind: str) -> dict[str, Any]:
+    """The settings every group shares (each group's own fingerprint adds its input's identity): --resume requires them unchanged."""
+    if kind == "video":
+        options = {"batch_size": cfg.batch_size, "frames": list(cfg.frames) if cfg.frames else None, "resize": list(cfg.resize) if cfg.resize else None}
+    else:
+        options = {"bands": list(cfg.bands) if cfg.bands else None, "tile": cfg.tile, "overlap": cfg.overlap}
+    return model_fingerprint(cfg, model_sha256) | options | {"outputs": list(cfg.extra_outputs), "hwaccel": cfg.hwaccel, "input_kind": kind}
+
+
+def _resume_states(cfg: RunConfig, inputs: Sequence[Input], config: dict[str, Any], add_inputs: bool) -> tuple[list[InputState], list[InputState]]:
+    """--resume: the inputs still to do (incomplete groups, earlier failures, added inputs) and those complete before, checked.
+
+    The store's list of inputs must be the one given now: an input it has
+    that is not given is refused (a job never drops a group), an input given
+    that it lacks is refused unless --add-inputs.
+    """
+    root = open_store(cfg.out)
+    if not is_job(root):
+        raise InputError(f"{cfg.out} holds one input, not a job of many; resume it with that input as --input")
+    attrs = job_attrs(root)
+    check_resumable(attrs, config)
+    recorded = live_inputs(cfg.out, attrs)
+    given = {location.absolute(i.location): i for i in inputs}
+    known = {e["path"] for e in recorded}
+    dropped = [e for e in recorded if e["path"] not in given]
+    if dropped:
+        raise InputError(
+            f"cannot resume: {len(dropped)} input(s) of {cfg.out} are not among the inputs given now (first: {dropped[0]['name']}, {dropped[0]['path']}); "
+            "give the same inputs, or --overwrite to start again"
+        )
+    added = [i for path, i in given.items() if path not in known]
+    if added and not add_inputs:
+        raise InputError(
+            f"cannot resume: {len(added)} input(s) are not in {cfg.out} (first: {location.absolute(added[0].location)}); "
+            "pass --add-inputs to add them, or --overwrite to start again"
+        )
+    taken = {e["name"].casefold() for e in recorded}
+    states, done = [], []
+    for e in recorded:
+        state = InputState(replace(given[e["path"]], name=e["name"]))  # names are the store's: they never change
+        if e["status"] == "complete":
+            state.status = "complete"
+            done.append(state)
+        else:
+            states.append(state)
+    for i in added:
+        name = i.name if i.name.casefold() not in taken else sanitize_name(f"{i.name}-{abs(hash(location.absolute(i.location))) % 16**8:08x}")
+        taken.add(name.casefold())
+        states.append(InputState(replace(i, name=name)))
+    return states, done
+
+
+def _plan(cfg: RunConfig, ckpt: Any, make_source: Callable[[RunConfig, Any], Source], states: Sequence[InputState]) -> None:
+    """Each input's source, planned in parallel threads; an input that cannot be planned fails alone."""
+
+    def plan(state: InputState) -> None:
+        try:
+            state.source = make_source(input_config(cfg, state.input), ckpt)
+        except (SegbatchError, OSError) as exc:
+            state.fail(first_line(exc))
+
+    with ThreadPoolExecutor(min(PLAN_THREADS, max(1, len(states)))) as pool:
+        list(pool.map(plan, states))
+
+
+def input_config(cfg: RunConfig, item: Input) -> RunConfig:
+    """One input's options: the job's, with that input and its group as the store."""
+    return replace(cfg, input=item.location, out=group_location(cfg.out, item.name))
+
+
+def _open_groups(cfg: RunConfig, ckpt: Any, states: Sequence[InputState], actors: int, keeper: LeaseKeeper) -> None:
+    """Create each planned input's group (or reopen it for --resume, checked as a single store is); failures stay the input's."""
+    run = keeper.lease.run
+
+    def open_group(state: InputState) -> None:
+        assert state.source is not None
+        icfg = input_config(cfg, state.input)
+        config = fingerprint(icfg, ckpt.sha256, state.source)
+        try:
+            if location.exists(icfg.out):
+                group = open_store(icfg.out)
+                state.source.check_resume(group, store_attrs(group))
+                group, attrs = reopen_for_resume(icfg.out, config, run)
+            else:
+                layout, attrs = new_store_attrs(icfg, state.source, ckpt, config, actors, run)
+                group = create_store(icfg.out, layout, attrs, None)
+                attrs = store_attrs(group)
+            state.units = list(state.source.units(attrs))
+            from segbatch.store import finished_units
+
+            done = finished_units(group)
+            state.pending = [u for u in state.units if unit_id(u) not in done]
+            state.left = len(state.pending)
+        except (SegbatchError, OSError) as exc:
+            state.fail(first_line(exc))
+            state.source = None
+
+    with ThreadPoolExecutor(min(PLAN_THREADS, max(1, len(states)))) as pool:
+        list(pool.map(open_group, states))
+    keeper.check()
+
+
+def _job_units(cfg: RunConfig, ckpt: Any, states: Sequence[InputState], run: str) -> list[GroupUnit]:
+    """Every input's pending units for one pool, longest first (the largest inputs first among equals): a short tail."""
+    import ray
+
+    units = []
+    for state in states:
+        if state.source is None or not state.pending:
+            continue
+        icfg = input_config(cfg, state.input)
+        ref = ray.put(state.source.job(location.absolute(icfg.out), location.absolute(ckpt.path), run))
+        total = sum(state.source.size(u) for u in state.units)
+        for u in state.pending:
+            units.append((state.source.size(u), total, GroupUnit(0, state.input.name, u, state.source.size(u), ref)))
+    units.sort(key=lambda t: (-t[0], -t[1]))
+    return [replace(u, id=i) for i, (_, _, u) in enumerate(units)]
+
+
+def ray_get_first(units: Sequence[GroupUnit]) -> SourceJob:
+    """The job of the first unit's input: its settings are every input's (one configuration per job)."""
+    import ray
+
+    return ray.get(units[0].job)  # type: ignore[no-any-return]
+
+
+def _progress(cfg: RunConfig, states: Sequence[InputState], units: Sequence[GroupUnit], noun: str) -> RunProgress:
+    total_units = sum(len(s.units) for s in states if s.source is not None)
+    total_items = sum(sum(s.source.size(u) for u in s.units) for s in states if s.source is not None)
+    left = sum(u.size for u in units)
+    return RunProgress(
+        total_units,
+        total_items,
+        total_units - len(units),
+        total_items - left,
+        noun,
+        lambda u: f"{u.group}: unit {unit_id(u.unit)}",
+        lambda u: u.size,
+        cfg.quiet,
+        cfg.verbose,
+        cfg.progress,
+    )
+
+
+def _finish_groups(cfg: RunConfig, states: Sequence[InputState], summary: JobSummary, keeper: LeaseKeeper) -> None:
+    """Each input whose units are all done: finish its group as a single run would (finalise, or stitch); others fail alone."""
+    for state in states:
+        if state.source is None:
+            continue
+        icfg = input_config(cfg, state.input)
+        group = open_store(icfg.out, mode="r+")
+        if state.status == "failed":
+            update_attrs(group, status="failed", error=state.error)
+            continue
+        part = RunSummary(units=len(state.units), noun=summary.noun, seconds=summary.seconds, actors=summary.actors, device=summary.device)
+        try:
+            state.source.finish(group, state.units, state.pending, part, keeper)
+        except (SegbatchError, OSError) as exc:
+            state.fail(first_line(exc))
+            continue
+        state.status = "complete"
+        if part.stitch_seconds is not None:
+            summary.stitch_seconds = (summary.stitch_seconds or 0.0) + part.stitch_seconds
+        summary.problems += [{**p, "input": state.input.name} for p in part.problems]
+    keeper.check()

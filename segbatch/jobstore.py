@@ -1,0 +1,204 @@
+"""A job over many inputs: one Zarr store, one group per input, the job's own attributes at the root.
+
+Each group (`job.zarr/<name>/`) is laid out exactly as a single-input store
+(its arrays, coordinates, attributes and ledger), so `xarray.open_zarr(job,
+group=name)` reads what a run of that input alone gives, and every reader
+of a store (info, export, verify, audit) works on a group as on a store.
+The root holds what belongs to the job: the inputs (name, location, status),
+the configuration every group shares, the runs, and the one lease that
+fences every write of the job (groups have none of their own).
+
+The root's list of inputs is written by the driver at the job's start and
+end; a group's own status is the live one while a run goes on.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import uuid
+from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+from segbatch import __version__, location
+from segbatch.errors import InputError, RunError, StoreError
+from segbatch.lease import Lease, write_lease
+from segbatch.location import Location
+
+JOB_KIND = "job"
+INPUT_KINDS = ("video", "raster")
+INPUT_STATUSES = ("pending", "complete", "failed")
+JOB_STATUSES = ("running", "complete", "failed")
+READ_THREADS = 16  # groups' attributes read at once (object stores: one request each)
+
+
+def group_location(store: Location, name: str) -> Location:
+    """Where group `name` of a job store lives: a path inside the store's folder, or a key under its URL."""
+    if location.is_url(store):
+        return f"{str(store).rstrip('/')}/{name}"
+    return Path(store) / name
+
+
+def is_job(root: Any) -> bool:
+    """Whether an opened segbatch store is a job over many inputs (its root holds groups, not arrays)."""
+    attrs = root.attrs.get("segbatch")
+    return isinstance(attrs, dict) and attrs.get("kind") == JOB_KIND
+
+
+def job_attrs(root: Any) -> dict[str, Any]:
+    """The job root's `segbatch` attribute, checked: a tampered one is a one-line StoreError, never a crash later."""
+    attrs = root.attrs.get("segbatch")
+    problems = []
+    if not isinstance(attrs, dict):
+        raise StoreError("the job store's 'segbatch' attribute is not a mapping; the store was altered")
+    if attrs.get("input_kind") not in INPUT_KINDS:
+        problems.append(f"input_kind {attrs.get('input_kind')!r} is not one of {', '.join(INPUT_KINDS)}")
+    if attrs.get("status") not in JOB_STATUSES:
+        problems.append(f"status {attrs.get('status')!r} is not one of {', '.join(JOB_STATUSES)}")
+    inputs = attrs.get("inputs")
+    if not isinstance(inputs, list) or not all(
+        isinstance(i, dict) and isinstance(i.get("name"), str) and isinstance(i.get("path"), str) and i.get("status") in INPUT_STATUSES for i in inputs
+    ):
+        problems.append("inputs must be a list of {name, path, status}")
+    for key, kind in (("model", dict), ("config", dict), ("runs", list)):
+        if not isinstance(attrs.get(key), kind):
+            problems.append(f"{key} is missing or not a {kind.__name__}")
+    if problems:
+        raise StoreError(f"the job store's attributes are not what segbatch wrote ({'; '.join(problems)}); the store was altered")
+    return dict(attrs)
+
+
+def new_job_attrs(
+    input_kind: str, spec: str, inputs: Sequence[Mapping[str, Any]], model: dict[str, Any], cfg: Any, config: dict[str, Any], run: str
+) -> dict[str, Any]:
+    """The root's `segbatch` attribute for a new job: what it reads, how, and the runs whose writes count."""
+    return {
+        "version": __version__,
+        "kind": JOB_KIND,
+        "input_kind": input_kind,
+        "spec": spec,
+        "inputs": [dict(i) for i in inputs],
+        "model": model,
+        "samples": cfg.samples,
+        "seed": cfg.seed,
+        "config": config,
+        "status": "running",
+        "runs": [run],
+    }
+
+
+def create_job_root(path: Location, attrs: dict[str, Any], lease: Lease) -> Any:
+    """The job's root group with its attributes and the run's lease; locally built aside and renamed into place."""
+    import zarr
+
+    meta: dict[str, Any] = {"segbatch": attrs}
+    if location.is_url(path):
+        root = zarr.open_group(location.zarr_store(path, read_only=False), mode="w-", zarr_format=3, attributes=meta)
+        write_lease(path, lease)
+        return root
+    path = Path(path)
+    building = path.parent / f".{path.name}.creating-{uuid.uuid4().hex[:8]}"
+    try:
+        zarr.open_group(str(building), mode="w-", zarr_format=3, attributes=meta)
+        write_lease(building, lease)
+        os.rename(building, path)
+    except OSError as exc:
+        shutil.rmtree(building, ignore_errors=True)
+        raise InputError(f"cannot create {path}: {exc.strerror or exc}") from None
+    return zarr.open_group(str(path), mode="r+", zarr_format=3)
+
+
+def update_job(root: Any, drop: tuple[str, ...] = (), **changes: Any) -> None:
+    """Driver-only: change the job's attributes (inputs and their statuses, status, summary)."""
+    try:
+        root.attrs["segbatch"] = {k: v for k, v in {**job_attrs(root), **changes}.items() if k not in drop}
+    except OSError as exc:
+        raise RunError(f"writing the store failed: {exc.strerror or exc}") from None
+
+
+def live_inputs(store: Location, attrs: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """The job's inputs with each group's own status and figures (what a run still going on has done so far)."""
+    from segbatch.store import open_store
+
+    def read(entry: Mapping[str, Any]) -> dict[str, Any]:
+        out = dict(entry)
+        where = group_location(store, entry["name"])
+        if entry["status"] == "failed" or not location.exists(where):
+            return out
+        try:
+            group = open_store(where).attrs["segbatch"]
+        except (InputError, OSError, KeyError):
+            return out | {"status": "failed", "error": "its group is unreadable"}
+        status = group.get("status")
+        out["status"] = "complete" if status == "complete" else "failed" if status in ("failed", "damaged") else "pending"
+        out["group_status"] = status
+        if group.get("error"):
+            out["error"] = group["error"]
+        summary = group.get("summary") or {}
+        out["items"] = summary.get("frames", summary.get("tiles"))
+        out["problems"] = len(group.get("problems") or [])
+        return out
+
+    with ThreadPoolExecutor(READ_THREADS) as pool:
+        return list(pool.map(read, attrs["inputs"]))
+
+
+def group_of(store: Location, name: str | None, what: str) -> Location:
+    """The store a reader works on: `store` itself, or its group `name` when it is a job store (which then needs one).
+
+    `what` says what the reader does, for the message when a group is needed
+    and none (or an unknown one) was named.
+    """
+    from segbatch.store import open_store
+
+    root = open_store(store)
+    if not is_job(root):
+        if name is not None:
+            raise InputError(f"--group is for job stores of many inputs; {store} holds one input")
+        return store
+    attrs = job_attrs(root)
+    names = [i["name"] for i in attrs["inputs"]]
+    if name is None:
+        raise InputError(f"{store} is a job of {len(names)} inputs; pass --group NAME to {what} one of them ({_some(names)})")
+    entry = next((i for i in attrs["inputs"] if i["name"] == name), None)
+    if entry is None:
+        raise InputError(f"{store} has no input named {name!r} ({_some(names)})")
+    where = group_location(store, name)
+    if not location.exists(where):
+        reason = f": {entry['error']}" if entry.get("error") else ""
+        raise InputError(f"input {name!r} of {store} has no results ({entry['status']}{reason})")
+    return where
+
+
+def _some(names: Sequence[str], count: int = 5) -> str:
+    shown = ", ".join(names[:count])
+    return f"{shown}, ... ({len(names)} in all)" if len(names) > count else shown
+
+
+def describe_job(path: Location) -> dict[str, Any]:
+    """The summary `segbatch info JOB` prints (and `--json` emits): the job, and each input's status and figures."""
+    from segbatch.lease import describe_lease
+    from segbatch.store import open_store
+
+    attrs = job_attrs(open_store(path))
+    inputs = live_inputs(path, attrs)
+    counts = {status: sum(1 for i in inputs if i["status"] == status) for status in INPUT_STATUSES}
+    return {
+        "kind": "job",
+        "path": str(path),
+        "version": attrs.get("version"),
+        "status": attrs["status"],
+        "input_kind": attrs["input_kind"],
+        "spec": attrs.get("spec"),
+        "model": attrs["model"],
+        "samples": attrs.get("samples"),
+        "seed": attrs.get("seed"),
+        "counts": counts,
+        "items": sum(i.get("items") or 0 for i in inputs if i["status"] == "complete"),
+        "inputs": inputs,
+        "summary": attrs.get("summary"),
+        "error": attrs.get("error"),
+        "lease": describe_lease(path),
+    }
