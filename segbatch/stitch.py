@@ -7,6 +7,10 @@ weights of `segbatch.tiling`, takes the argmax after blending, and writes
 each chunk: one writer per chunk, memory bounded by the tiles of one run, so
 a raster of any size stitches in streaming fashion.
 
+The blend itself (`blend_chunk`) is a pure function of a chunk's window and
+the tiles that reach it, knowing nothing of Zarr, so a stitcher that blends
+tiles as they arrive can share it.
+
 Pure: it imports neither the engine nor the model (a stitch task never loads
 torch); a `StitchJob` says all it needs.
 """
@@ -15,20 +19,21 @@ from __future__ import annotations
 
 import json
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
 from segbatch.lease import check_fence
 from segbatch.store import NODATA_LABEL, ledger_array, open_store, record_unit, write_region
 from segbatch.tilestore import PROB_NODATA, PROB_SCALE
-from segbatch.tiling import TilePlan, blend_weights
+from segbatch.tiling import Tile, TilePlan, Window, blend_weights
 
 CHUNKS_PER_TASK = 16  # a run of consecutive chunks (row-major) shares most of its tiles
 TILE_CACHE = 12  # tiles kept decoded per task: the 3x3 around a chunk plus the next column
 TASKS_IN_FLIGHT_PER_CPU = 2
+_TINY = np.finfo(np.float32).tiny  # added to p before the log, so p log p is 0 at p = 0 (its limit), not NaN
 
 
 @dataclass(frozen=True)
@@ -41,7 +46,176 @@ class StitchJob:
 
     store: str  # absolute location: a path or a URL
     tiles: TilePlan  # the plan tiles/ was written with: tile i's core is output chunk i
-    run: str  # the run holding the store's lease: every write is fenced by it
+    run: str  # the run holding the lease: every write is fenced by it
+    lease: str = ""  # where that lease lives ("" = the store itself; a many-input job's groups share its root's)
+
+
+class TileOutput(NamedTuple):
+    """One tile's stored outputs, as the blend takes them (arrays may be padded beyond the window)."""
+
+    tile: Tile
+    probs: np.ndarray  # (classes, >= window height, >= window width) uint8, round(p x PROB_SCALE), PROB_NODATA outside the data
+    uncertainty: np.ndarray | None  # (>= window height, >= window width) float, NaN outside the data
+
+
+@dataclass(frozen=True)
+class TileWeights:
+    """A tile's blend weights and the part of its window where they are > 0 (the rest adds nothing)."""
+
+    weights: np.ndarray  # (window height, window width) float32, read-only: shared by every tile of this geometry
+    reach: Window  # relative to the window
+
+
+class BlendCache:
+    """What consecutive blends reuse: the weights of each tile geometry, and float32 work buffers.
+
+    A plan has a handful of geometries (inner, edge, corner tiles), and the
+    weights depend only on the window's size and where the core sits in it
+    (`axis_weights` works on exact half-integer pixel centres), so each is
+    computed once and shared read-only. Fresh chunk-sized buffers would cost
+    more in page faults than the blend's arithmetic, so they are kept too:
+    one cache serves one thread.
+    """
+
+    def __init__(self, overlap: int) -> None:
+        self.overlap = overlap
+        self._weights: dict[tuple[int, int, int, int, int, int], TileWeights] = {}
+        self._buffers: dict[str, np.ndarray] = {}
+
+    @property
+    def geometries(self) -> int:
+        """How many weight arrays were computed."""
+        return len(self._weights)
+
+    def weights(self, tile: Tile) -> TileWeights:
+        win, core = tile.window, tile.core
+        key = (win.height, win.width, core.row - win.row, core.col - win.col, core.height, core.width)
+        found = self._weights.get(key)
+        if found is None:
+            weights = blend_weights(tile, self.overlap)
+            weights.setflags(write=False)
+            rows, cols = np.flatnonzero(weights.any(axis=1)), np.flatnonzero(weights.any(axis=0))
+            reach = Window(int(rows[0]), int(cols[0]), int(rows[-1] - rows[0] + 1), int(cols[-1] - cols[0] + 1))
+            found = self._weights[key] = TileWeights(weights, reach)
+        return found
+
+    def buffer(self, name: str, shape: tuple[int, ...]) -> np.ndarray:
+        """The float32 work buffer `name` viewed at `shape` (grown when too small); its contents are stale."""
+        buf = self._buffers.get(name)
+        if buf is None or any(n > m for n, m in zip(shape, buf.shape)):
+            buf = self._buffers[name] = np.empty(shape if buf is None else np.maximum(shape, buf.shape), np.float32)
+        return buf[tuple(slice(0, n) for n in shape)]
+
+
+def blend_chunk(chunk: Window, tiles: Iterable[TileOutput], cache: BlendCache, float_dtype: Any, uncertainty: bool) -> dict[str, np.ndarray]:
+    """Blend the tiles that reach `chunk` into its labels, entropy and confidence (and uncertainty), in float32.
+
+    Each tile adds weight x probabilities where its class-0 value is not
+    PROB_NODATA (a skipped tile is simply not passed); pixels no weight
+    reaches get NODATA_LABEL and NaN. The blended probabilities are
+    renormalised (undoing the uint8 rounding drift), then argmax, max and
+    entropy are taken. The tile whose core is the chunk is summed first (it
+    covers the chunk with weight 1, so its values are copied rather than
+    multiplied and added to zeros), then the others in the order given: the
+    same tiles give the same bits. Float outputs have `float_dtype`; every
+    output is a new array.
+    """
+    shape = (chunk.height, chunk.width)
+    weight_sum = cache.buffer("weight_sum", shape)
+    unc_sum = cache.buffer("unc_sum", shape) if uncertainty else None
+    probs_sum: np.ndarray | None = None  # (classes, h, w): sum of weight x uint8 value; the scale cancels in the renormalisation
+    for t in sorted(tiles, key=lambda t: t.tile.core != chunk):
+        tw = cache.weights(t.tile)
+        win = t.tile.window
+        inter = Window(win.row + tw.reach.row, win.col + tw.reach.col, tw.reach.height, tw.reach.width).intersect(chunk)
+        if inter is None:
+            continue
+        src = (slice(inter.row - win.row, inter.row - win.row + inter.height), slice(inter.col - win.col, inter.col - win.col + inter.width))
+        dst = (slice(inter.row - chunk.row, inter.row - chunk.row + inter.height), slice(inter.col - chunk.col, inter.col - chunk.col + inter.width))
+        q = t.probs[(slice(None), *src)]
+        if unc_sum is not None and t.uncertainty is None:
+            raise ValueError(f"tile {t.tile.id} has no uncertainty, but the blend was asked for it")
+        first = probs_sum is None and inter == chunk  # the sums start as this tile's terms
+        if probs_sum is None:
+            probs_sum = cache.buffer("probs_sum", (q.shape[0], *shape))
+            if not first:
+                _zero(probs_sum, weight_sum, unc_sum)
+        w = weight_sum if first else cache.buffer("w", (inter.height, inter.width))
+        np.not_equal(q[0], PROB_NODATA, out=w)
+        plain = t.tile.core.intersect(inter) == inter and bool(w.all())  # weight 1 all over: the terms are the values
+        if not plain:
+            np.multiply(w, tw.weights[src], out=w)
+        if not first:
+            np.add(weight_sum[dst], w, out=weight_sum[dst])
+        _accumulate(probs_sum[(slice(None), *dst)], q, w, None if first else cache.buffer("probs_term", q.shape), plain)
+        if unc_sum is not None and t.uncertainty is not None:
+            _accumulate(unc_sum[dst], t.uncertainty[src], w, None if first else cache.buffer("unc_term", w.shape), plain)
+    if probs_sum is None:
+        _zero(weight_sum, unc_sum)
+    invalid = weight_sum <= 0
+    outputs = _finish(probs_sum, weight_sum, invalid, cache, float_dtype)
+    if unc_sum is not None:
+        weight_sum[invalid] = 1.0
+        outputs["uncertainty"] = np.divide(unc_sum, weight_sum, out=np.empty(shape, float_dtype))
+        outputs["uncertainty"][invalid] = np.nan
+    return outputs
+
+
+def _zero(*buffers: np.ndarray | None) -> None:
+    for buf in buffers:
+        if buf is not None:
+            buf.fill(0)
+
+
+def _accumulate(total: np.ndarray, values: np.ndarray, w: np.ndarray, scratch: np.ndarray | None, plain: bool) -> None:
+    """total += w x values in float32, NaN values adding nothing; no `scratch`: total is set instead; `plain`: w is all 1."""
+    term = total if scratch is None else scratch
+    np.copyto(term, values)
+    if values.dtype.kind == "f":
+        np.copyto(term, 0.0, where=np.isnan(term))  # uncertainty is NaN outside the data, where the weight is 0 too
+    if not plain:
+        np.multiply(term, w, out=term)
+    if scratch is not None:
+        np.add(total, term, out=total)
+
+
+def _finish(probs_sum: np.ndarray | None, weight_sum: np.ndarray, invalid: np.ndarray, cache: BlendCache, float_dtype: Any) -> dict[str, np.ndarray]:
+    """Labels, confidence and entropy of the blended sums; NODATA_LABEL and NaN where no weight landed."""
+    shape = weight_sum.shape
+    if probs_sum is None:
+        return {
+            "labels": np.full(shape, NODATA_LABEL, np.uint8),
+            "entropy": np.full(shape, np.nan, float_dtype),
+            "confidence": np.full(shape, np.nan, float_dtype),
+        }
+    # p = probs_sum / PROB_SCALE / weight_sum renormalised, p / max(sum p, 1e-12), is probs_sum / max(sum, 1e-12 x PROB_SCALE x weight_sum)
+    inv, p, plogp = cache.buffer("inv", shape), cache.buffer("p", shape), cache.buffer("plogp", shape)
+    np.sum(probs_sum, axis=0, out=inv)
+    np.multiply(weight_sum, np.float32(1e-12 * PROB_SCALE), out=p)
+    np.maximum(inv, p, out=inv)
+    inv[invalid] = 1.0
+    np.divide(np.float32(1.0), inv, out=inv)
+    labels, label, above = np.zeros(shape, np.uint8), np.empty(shape, np.uint8), np.empty(shape, bool)
+    best, entropy = cache.buffer("best", shape), cache.buffer("entropy", shape)
+    entropy.fill(0)
+    for k in range(probs_sum.shape[0]):  # one pass per class while its plane is in cache
+        np.multiply(probs_sum[k], inv, out=p)
+        if k == 0:
+            np.copyto(best, p)
+        else:  # argmax, the first on ties like np.argmax, with no masked (branchy) copy
+            np.greater(p, best, out=above)
+            np.multiply(above.view(np.uint8), np.uint8(k), out=label)
+            np.maximum(labels, label, out=labels)  # k exceeds every label so far: the max is k where above, else the old label
+            np.maximum(best, p, out=best)
+        np.add(p, _TINY, out=plogp)  # log(0 + tiny) x 0 = 0, and p + tiny == p for every p above 2e-31
+        np.log(plogp, out=plogp)
+        np.multiply(plogp, p, out=plogp)
+        np.subtract(entropy, plogp, out=entropy)
+    outputs = {"labels": labels, "entropy": entropy.astype(float_dtype), "confidence": best.astype(float_dtype)}
+    labels[invalid] = NODATA_LABEL
+    outputs["entropy"][invalid] = np.nan
+    outputs["confidence"][invalid] = np.nan
+    return outputs
 
 
 def stitch_chunks(job: StitchJob, chunk_ids: Sequence[int], skipped: frozenset[int]) -> int:
@@ -49,89 +223,45 @@ def stitch_chunks(job: StitchJob, chunk_ids: Sequence[int], skipped: frozenset[i
 
     Each chunk is tile `cid`'s core, so its digests go into that tile's ledger
     entry (written by this task alone, after the chunk): what `verify` checks.
-    Every write is fenced by the run's lease, like a worker's.
+    Every write is fenced by the run's lease, like a worker's; skipped tiles
+    (all nodata) were never written and are not read.
     """
     root = open_store(job.store, mode="r+")
-    cache = _TileCache(root, "uncertainty" in root)
+    fence = job.lease or job.store
+    uncertainty, with_confidence = "uncertainty" in root, "confidence" in root  # stores made before confidence existed are still stitched
+    float_dtype = root["entropy"].dtype
+    tile_cache, blend_cache = _TileCache(root, uncertainty), BlendCache(job.tiles.overlap)
     for cid in chunk_ids:
-        check_fence(job.store, job.run)
-        digests = _stitch_one(root, job, cid, skipped, cache)
+        check_fence(fence, job.run)
+        core = job.tiles[cid].core
+        tiles = (tile_cache.get(job.tiles[tid]) for tid in job.tiles.contributors(cid) if tid not in skipped)
+        outputs = blend_chunk(core, tiles, blend_cache, float_dtype, uncertainty)
+        if not with_confidence:
+            del outputs["confidence"]
+        digests = write_region(root, core.slices, outputs)
         entry = json.loads(str(ledger_array(root)[cid]) or "{}")
-        check_fence(job.store, job.run)
+        check_fence(fence, job.run)
         record_unit(root, cid, {**entry, "chunks": digests})
     return len(chunk_ids)
 
 
 class _TileCache:
-    """The last few decoded tiles (probabilities, uncertainty, weights): in row-major order a chunk's
-    neighbours were mostly read for the chunk before it, so each tile is decoded about 3 times, not 9."""
+    """The last few decoded tiles: in row-major order a chunk's neighbours were mostly read for the chunk
+    before it, so each tile is decoded about 3 times, not 9."""
 
-    def __init__(self, root: Any, has_unc: bool, size: int = TILE_CACHE) -> None:
-        self.root, self.has_unc, self.size = root, has_unc, size
-        self.tiles: OrderedDict[int, tuple[np.ndarray, np.ndarray | None, np.ndarray]] = OrderedDict()
+    def __init__(self, root: Any, uncertainty: bool, size: int = TILE_CACHE) -> None:
+        self.root, self.uncertainty, self.size = root, uncertainty, size
+        self.tiles: OrderedDict[int, TileOutput] = OrderedDict()
 
-    def get(self, job: StitchJob, tid: int) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
-        if tid in self.tiles:
-            self.tiles.move_to_end(tid)
-            return self.tiles[tid]
-        probs = self.root["tiles/probs"][tid]
-        unc = self.root["tiles/uncertainty"][tid] if self.has_unc else None
-        self.tiles[tid] = (probs, unc, blend_weights(job.tiles[tid], job.tiles.overlap))
+    def get(self, tile: Tile) -> TileOutput:
+        if tile.id in self.tiles:
+            self.tiles.move_to_end(tile.id)
+            return self.tiles[tile.id]
+        unc = self.root["tiles/uncertainty"][tile.id] if self.uncertainty else None
+        self.tiles[tile.id] = TileOutput(tile, self.root["tiles/probs"][tile.id], unc)
         if len(self.tiles) > self.size:
             self.tiles.popitem(last=False)
-        return self.tiles[tid]
-
-
-def _stitch_one(root: Any, job: StitchJob, cid: int, skipped: frozenset[int], cache: _TileCache) -> dict[str, str]:
-    tiles = job.tiles
-    core = tiles[cid].core
-    probs_sum: np.ndarray | None = None
-    weight_sum = np.zeros((core.height, core.width), np.float32)
-    unc_sum = np.zeros_like(weight_sum)
-    has_unc = "uncertainty" in root
-    for tid in tiles.contributors(cid):
-        if tid in skipped:
-            continue
-        tile = tiles[tid]
-        inter = tile.window.intersect(core)
-        if inter is None:
-            continue
-        ty, tx = inter.row - tile.window.row, inter.col - tile.window.col
-        ys, xs = slice(ty, ty + inter.height), slice(tx, tx + inter.width)
-        tile_probs, tile_unc, tile_w = cache.get(job, tid)
-        w = tile_w[ys, xs]
-        if not w.any():
-            continue
-        q = tile_probs[:, ys, xs]
-        w = w * (q[0] != PROB_NODATA)
-        oy, ox = inter.row - core.row, inter.col - core.col
-        region = (slice(oy, oy + inter.height), slice(ox, ox + inter.width))
-        if probs_sum is None:
-            probs_sum = np.zeros((q.shape[0], core.height, core.width), np.float32)
-        probs_sum[(slice(None), *region)] += w * (q.astype(np.float32) / PROB_SCALE)
-        weight_sum[region] += w
-        if tile_unc is not None:
-            unc_sum[region] += w * np.nan_to_num(tile_unc[ys, xs].astype(np.float32))
-    valid = weight_sum > 0
-    out_dtype = root["entropy"].dtype
-    labels = np.full(weight_sum.shape, NODATA_LABEL, np.uint8)
-    entropy = np.full(weight_sum.shape, np.nan, out_dtype)
-    confidence = np.full(weight_sum.shape, np.nan, out_dtype)
-    if probs_sum is not None and valid.any():
-        p = probs_sum[:, valid] / weight_sum[valid]
-        p /= np.maximum(p.sum(axis=0, keepdims=True), 1e-12)  # undo the uint8 rounding drift
-        labels[valid] = p.argmax(axis=0)
-        confidence[valid] = p.max(axis=0)
-        with np.errstate(divide="ignore", invalid="ignore"):
-            entropy[valid] = -(p * np.where(p > 0, np.log(p), 0.0)).sum(axis=0)
-    outputs = {"labels": labels, "entropy": entropy}
-    if "confidence" in root:  # stores made before it existed are still stitched
-        outputs["confidence"] = confidence
-    if has_unc:
-        unc = np.full(weight_sum.shape, np.nan, out_dtype)
-        unc[valid] = unc_sum[valid] / weight_sum[valid]
-        outputs["uncertainty"] = unc
-    return write_region(root, core.slices, outputs)
+        return self.tiles[tile.id]
 
 
 def run_stitch(job: StitchJob, skipped: frozenset[int], quiet: bool) -> float:
