@@ -41,6 +41,7 @@ def render_index(summary: dict[str, Any], result: ScanResult, thumbs: list[dict[
     figures_rows = [
         ("store", escape(summary["store"])),
         ("source", f"{escape(summary['kind'])} {escape(str(summary['source']))}"),
+        *_job_rows(summary),
         ("model", f"{escape(str(summary['model']['arch']))}, sha256 {escape(str(summary['model']['sha256'])[:12])}, {summary['samples']} MC samples"),
         (f"{summary['item']}s", f"{summary['items']:,} ({summary['items_with_pixels']:,} with pixels)"),
         ("pixels", f"{summary['pixels']:,}"),
@@ -67,6 +68,8 @@ def render_index(summary: dict[str, Any], result: ScanResult, thumbs: list[dict[
         "<p class='muted'>Every item is a row of <a href='items.csv'>items.csv</a>; all figures are in <a href='summary.json'>summary.json</a>.</p>",
         _problems(summary),
     ]
+    if "inputs" in summary:
+        parts.append(_inputs(summary))
     if truth:
         parts.append(
             "<p>AUROC is the probability that a misclassified pixel is more uncertain than a correct one (0.5: the uncertainty says nothing "
@@ -84,6 +87,53 @@ def render_index(summary: dict[str, Any], result: ScanResult, thumbs: list[dict[
     parts.append(_top(summary, thumbs))
     parts.append("</body></html>")
     return "\n".join(parts)
+
+
+def _job_rows(summary: dict[str, Any]) -> list[tuple[str, str]]:
+    """A job's line in the key figures: how many inputs it has, how many were audited, which were skipped."""
+    job = summary.get("job")
+    if not job:
+        return []
+    text = f"{job['audited']:,} of {job['inputs']:,} audited together"
+    if job["skipped"]:
+        shown = ", ".join(f"{escape(s['input'])} ({escape(s['status'])})" for s in job["skipped"][:20])
+        more = f" and {len(job['skipped']) - 20:,} more" if len(job["skipped"]) > 20 else ""
+        text += f"; <span class='warn'>skipped, without complete results: {shown}{more}</span>"
+    if job.get("without_truth"):
+        text += f"; {len(job['without_truth']):,} without truth"
+    return [("inputs", text)]
+
+
+MAX_INPUT_ROWS = 1000  # rows of the per-input table on the page (summary.json has every input)
+
+
+def _inputs(summary: dict[str, Any]) -> str:
+    """A job's per-input table, least sure input first."""
+    rows = summary["inputs"]
+    m = summary["measure"]
+    truth = bool(summary["truth"])
+    head = (
+        f"<tr><th>input</th><th class='num'>{escape(summary['item'])}s</th><th class='num'>mean {escape(m)}</th>"
+        f"<th class='num'>above threshold</th><th>least sure {escape(summary['item'])}</th><th class='num'>problems</th>"
+        + ("<th class='num'>accuracy</th><th class='num'>mIoU</th><th class='num'>ECE</th>" if truth else "")
+        + "</tr>"
+    )
+    body = []
+    for r in rows[:MAX_INPUT_ROWS]:
+        least = f"{escape(r['least_sure_item'])} ({_num(r[f'least_sure_{m}_mean'])})" if r["least_sure_item"] else "–"
+        extra = ""
+        if truth:
+            extra = (
+                f"<td class='num'>{_pct(r['accuracy'])}</td><td class='num'>{_num(r['miou'], 3)}</td><td class='num'>{_num(r['ece'], 3)}</td>"
+                if r.get("truth")
+                else "<td class='num muted' colspan='3'>no truth</td>"
+            )
+        body.append(
+            f"<tr><td>{escape(r['input'])}</td><td class='num'>{r['items']:,}</td><td class='num'>{_num(r[f'{m}_mean'])}</td>"
+            f"<td class='num'>{_pct(r['above_threshold'])}</td><td>{least}</td><td class='num'>{r['problems']:,}</td>{extra}</tr>"
+        )
+    more = f"<p class='muted'>and {len(rows) - MAX_INPUT_ROWS:,} more inputs (summary.json)</p>" if len(rows) > MAX_INPUT_ROWS else ""
+    return f"<h2>Inputs ({len(rows):,}, least sure first)</h2><table>{head}{''.join(body)}</table>{more}"
 
 
 def _best(truth: dict[str, Any], ranked: str) -> str:
@@ -131,8 +181,9 @@ def _classes(summary: dict[str, Any], result: ScanResult) -> str:
 def _top(summary: dict[str, Any], thumbs: list[dict[str, str]]) -> str:
     m = summary["measure"]
     truth = bool(summary["truth"])
+    job = "inputs" in summary
     head = (
-        f"<tr><th>#</th><th>{escape(summary['item'])}</th><th class='num'>mean {escape(m)}</th><th class='num'>95th pct</th>"
+        f"<tr><th>#</th>{'<th>input</th>' if job else ''}<th>{escape(summary['item'])}</th><th class='num'>mean {escape(m)}</th><th class='num'>95th pct</th>"
         f"<th class='num'>above threshold</th>{'<th class=num>mIoU</th><th class=num>accuracy</th>' if truth else ''}<th>input · labels · uncertainty"
         f"{' · errors' if truth else ''}</th></tr>"
     )
@@ -140,8 +191,9 @@ def _top(summary: dict[str, Any], thumbs: list[dict[str, str]]) -> str:
     for row, pics in zip(summary["top"], thumbs):
         images = "".join(f"<img src='{escape(path)}' alt='{escape(what)}' title='{escape(what)}'>" for what, path in pics.items())
         extra = f"<td class='num'>{_num(row.get('miou'), 3)}</td><td class='num'>{_pct(row.get('accuracy'))}</td>" if truth else ""
+        where = f"<td>{escape(row['input'])}</td>" if job else ""
         rows.append(
-            f"<tr><td>{row['rank']}</td><td>{escape(row['name'])}</td><td class='num'>{_num(row[f'{m}_mean'])}</td>"
+            f"<tr><td>{row['rank']}</td>{where}<td>{escape(row['name'])}</td><td class='num'>{_num(row[f'{m}_mean'])}</td>"
             f"<td class='num'>{_num(row[f'{m}_p95'])}</td><td class='num'>{_pct(row['above_threshold'])}</td>{extra}"
             f"<td class='thumbs'>{images}</td></tr>"
         )

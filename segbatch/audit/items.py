@@ -28,6 +28,7 @@ class Item:
     region: Region  # in the output arrays (labels and friends)
     name: str  # what a person calls it: "frame 120", "tile 7 (rows 0:448, cols 448:896)", "street/0003.png"
     meta: dict[str, Any]
+    group: str | None = None  # the input it belongs to in a job store of many inputs (None: a store of one input)
 
 
 @dataclass(frozen=True)
@@ -49,20 +50,20 @@ def item_count(root: Any, kind: str) -> int:
     return int(labels.shape[0])
 
 
-def iter_blocks(root: Any, attrs: dict[str, Any]) -> Iterator[Block]:
-    """The store's items in order, grouped into blocks of whole chunks."""
+def iter_blocks(root: Any, attrs: dict[str, Any], group: str | None = None) -> Iterator[Block]:
+    """The store's items in order, grouped into blocks of whole chunks; `group` names the input of a job's group."""
     kind = attrs["source"]["kind"]
     if kind == "video":
-        yield from _video_blocks(root, attrs)
+        yield from _video_blocks(root, attrs, group)
     elif kind == "raster":
-        yield from _raster_blocks(root)
+        yield from _raster_blocks(root, group)
     elif kind == "images":
-        yield from _image_blocks(root)
+        yield from _image_blocks(root, group)
     else:
         raise InputError(f"cannot audit a store of kind {kind!r}")
 
 
-def _video_blocks(root: Any, attrs: dict[str, Any]) -> Iterator[Block]:
+def _video_blocks(root: Any, attrs: dict[str, Any], group: str | None) -> Iterator[Block]:
     labels = root["labels"]
     frames, step = labels.shape[0], labels.chunks[0]
     first = int(attrs["source"]["frame_range"][0])
@@ -70,13 +71,13 @@ def _video_blocks(root: Any, attrs: dict[str, Any]) -> Iterator[Block]:
     for lo in range(0, frames, step):
         hi = min(lo + step, frames)
         items = tuple(
-            (Item(i, (slice(i, i + 1),), f"frame {first + i}", {"frame": first + i, "time": float(times[i])}), (slice(i - lo, i - lo + 1),))
+            (Item(i, (slice(i, i + 1),), f"frame {first + i}", {"frame": first + i, "time": float(times[i])}, group), (slice(i - lo, i - lo + 1),))
             for i in range(lo, hi)
         )
         yield Block((slice(lo, hi),), items)
 
 
-def _raster_blocks(root: Any) -> Iterator[Block]:
+def _raster_blocks(root: Any, group: str | None) -> Iterator[Block]:
     labels = root["labels"]
     (h, w), (ch, cw) = labels.shape, labels.chunks
     xs, ys = np.asarray(root["x"][...]), np.asarray(root["y"][...])
@@ -93,16 +94,16 @@ def _raster_blocks(root: Any) -> Iterator[Block]:
                 "y": float(ys[(r + rows.stop - 1) // 2]),
             }
             name = f"tile {index} (rows {r}:{rows.stop}, cols {c}:{cols.stop})"
-            yield Block((rows, cols), ((Item(index, (rows, cols), name, meta), (slice(None), slice(None))),))
+            yield Block((rows, cols), ((Item(index, (rows, cols), name, meta, group), (slice(None), slice(None))),))
             index += 1
 
 
-def _image_blocks(root: Any) -> Iterator[Block]:
+def _image_blocks(root: Any, group: str | None) -> Iterator[Block]:
     paths = root["path"][...]
     heights, widths = root["height"][...], root["width"][...]
     for i, (path, h, w) in enumerate(zip(paths, heights, widths)):
         region = (slice(i, i + 1), slice(0, int(h)), slice(0, int(w)))
-        yield Block(region, ((Item(i, region, str(path), {"path": str(path), "height": int(h), "width": int(w)}), (slice(None),) * 3),))
+        yield Block(region, ((Item(i, region, str(path), {"path": str(path), "height": int(h), "width": int(w)}, group), (slice(None),) * 3),))
 
 
 def squeeze_item(values: np.ndarray, local: Region) -> np.ndarray:

@@ -108,6 +108,14 @@ class HonestyAccumulator:
     def pixels(self) -> int:
         return int(self.right.sum() + self.wrong.sum())
 
+    def since(self, earlier: HonestyAccumulator | None) -> HonestyAccumulator:
+        """What was added after `earlier` (a copy taken then; None: from the start): one input's share of a job's pooled figures."""
+        out = HonestyAccumulator(self.max_uncertainty, self.uncertainty_bins, self.confidence_bins)
+        for name in ("right", "wrong", "conf_count", "conf_sum", "conf_correct"):
+            now = getattr(self, name)
+            setattr(out, name, now - getattr(earlier, name) if earlier is not None else now.copy())
+        return out
+
     def auroc(self) -> float | None:
         """Probability that a wrong pixel is more uncertain than a right one (ties count half); None without both kinds."""
         n_right, n_wrong = self.right.sum(), self.wrong.sum()

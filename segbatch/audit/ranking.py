@@ -11,6 +11,10 @@ when it is close to one already picked (greedy non-maximum suppression).
   distance in the tile grid, so 1 leaves out the 8 neighbours; default 1);
 - images: no spacing (the images of a folder are not a sequence).
 
+In a job of many inputs, each input has its own time axis or tile grid: picks
+are spaced within an input, and two items of different inputs never exclude
+each other (`DiverseTop.enter` switches to the next input's spacing).
+
 Memory stays bounded: the scan keeps a heap of the best `top * neighbourhood`
 items only, where the neighbourhood is the most items one pick can exclude
 (itself included; 49 frames at 25 fps and 1 s, 9 tiles at 1 tile). Each pick
@@ -95,7 +99,12 @@ def spacing_for(root: Any, kind: str, min_gap: float | None) -> Spacing:
 
 
 class DiverseTop:
-    """The scan's ranking state: a bounded heap of candidates, then greedy spaced selection."""
+    """The scan's ranking state: a bounded heap of candidates, then greedy spaced selection.
+
+    `spacing` is the one items are offered under; for a job of many inputs, its
+    neighbourhood is the largest of the inputs' (it sizes the pool), and
+    `enter` gives each input's own before its items are offered.
+    """
 
     def __init__(self, top: int, spacing: Spacing) -> None:
         self.top = top
@@ -103,12 +112,19 @@ class DiverseTop:
         self.capacity = min(top * spacing.neighbourhood, max(top, MAX_CANDIDATES))
         self.heap: list[tuple[float, int, Any]] = []
         self.dropped = False  # an item fell out of the pool: the pool is not the whole store
+        self.offered = 0  # items offered so far: ties go to the earlier one, across the inputs of a job too
+
+    def enter(self, spacing: Spacing) -> None:
+        """The items offered from now on are those of another input of a job, placed on its own axis or grid."""
+        self.spacing = spacing
 
     def offer(self, score: float, item: Item, payload: Any) -> None:
         """An item with its ranking score (higher first; ties: the earlier item) and what the report keeps of it."""
         if self.top <= 0:
             return
-        entry = (score, -item.index, (item, payload))
+        self.offered += 1
+        place = (item.group, self.spacing.position(item) if self.spacing.radius > 0 else ())
+        entry = (score, -self.offered, (item, payload, place))
         if len(self.heap) < self.capacity:
             heapq.heappush(self.heap, entry)
         elif entry[:2] > self.heap[0][:2]:
@@ -121,15 +137,15 @@ class DiverseTop:
         """The best items in score order, each far enough from every earlier pick; at most `top`."""
         ordered = sorted(self.heap, key=lambda e: e[:2], reverse=True)
         out: list[tuple[float, Item, Any]] = []
-        taken: list[tuple[float, ...]] = []
-        for score, _, (item, payload) in ordered:
+        taken: dict[str | None, list[tuple[float, ...]]] = {}  # picks' positions, per input of a job
+        for score, _, (item, payload, (group, p)) in ordered:
             if len(out) == self.top:
                 break
             if self.spacing.radius > 0:
-                p = self.spacing.position(item)
-                if taken and bool((np.abs(np.asarray(taken) - p).max(axis=1) < self.spacing.radius).any()):
+                near = taken.setdefault(group, [])
+                if near and bool((np.abs(np.asarray(near) - p).max(axis=1) < self.spacing.radius).any()):
                     continue
-                taken.append(p)
+                near.append(p)
             out.append((score, item, payload))
         return out
 

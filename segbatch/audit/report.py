@@ -2,6 +2,8 @@
 
 The report folder is built beside its final place and renamed into it, so a
 report is whole or absent; --overwrite only ever replaces an earlier report.
+A job store of many inputs is audited as one dataset (audit/job.py): the
+same report over the items of every complete input, plus a per-input table.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import math
 import os
 import shutil
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, cast
 
@@ -20,24 +23,44 @@ import numpy as np
 from segbatch import __version__, location
 from segbatch.audit import plots
 from segbatch.audit.html import render_index
+from segbatch.audit.items import Item
+from segbatch.audit.job import GroupPlaces, JobPlan, plan_job, scan_job
 from segbatch.audit.metrics import bin_edges, class_iou, mean_iou
 from segbatch.audit.scan import AuditOptions, ScanResult, ranking_plan, scan_store
-from segbatch.audit.thumbnails import InputReader, write_thumbnails
+from segbatch.audit.thumbnails import InputReader, Place, write_thumbnails
 from segbatch.errors import InputError
-from segbatch.store import open_complete_store
+from segbatch.jobstore import group_of, is_job
+from segbatch.store import open_complete_store, open_store
 
 REPORT_MARK = "segbatch_audit"  # key of summary.json that says "this folder is an audit report"
 
 
-def audit(store: location.Location, report: Path, opts: AuditOptions, overwrite: bool = False) -> dict[str, Any]:
-    """Audit `store` into the folder `report`; returns the summary (also written as summary.json)."""
-    root, attrs = open_complete_store(store, "auditing")
-    ranking_plan(root, attrs, opts)  # --rank-by and --min-gap checked before any folder is made
+def audit(store: location.Location, report: Path, opts: AuditOptions, overwrite: bool = False, group: str | None = None) -> dict[str, Any]:
+    """Audit `store` into the folder `report`; returns the summary (also written as summary.json).
+
+    A job store of many inputs is audited whole, or with `group` its group of
+    that input alone, as a store of one input.
+    """
+    write: Callable[[Path], dict[str, Any]]
+    if group is None and is_job(open_store(store)):
+        plan = plan_job(store, opts)  # every input checked (and its truth) before any folder is made
+
+        def write(folder: Path) -> dict[str, Any]:
+            return _write_job(plan, folder, opts)
+
+    else:
+        where = group_of(store, group, "audit") if group is not None else store
+        root, attrs = open_complete_store(where, "auditing")
+        ranking_plan(root, attrs, opts)  # --rank-by and --min-gap checked before any folder is made
+
+        def write(folder: Path) -> dict[str, Any]:
+            return _write(root, attrs, where, folder, opts)
+
     _check_target(report, overwrite, {"store": store, "--truth": opts.truth})
     building = report.parent / f".{report.name}.building-{uuid.uuid4().hex[:8]}"
     building.mkdir()
     try:
-        summary = _write(root, attrs, store, building, opts)
+        summary = write(building)
         _put_in_place(building, report)
     except BaseException:
         shutil.rmtree(building, ignore_errors=True)
@@ -124,26 +147,47 @@ def _write(root: Any, attrs: dict[str, Any], store: location.Location, folder: P
     finally:
         rows.close()
     summary = summarise(result, attrs, store, opts)
+    reader = InputReader(attrs, root)
+    place = Place(root, reader, result.truth.source if result.truth is not None else None)
+    thumbs = _pictures(result, summary, folder, opts, lambda item: place)
+    summary["input_thumbnails"] = reader.problem or "ok"
+    return _save(summary, result, thumbs, folder)
+
+
+def _write_job(plan: JobPlan, folder: Path, opts: AuditOptions) -> dict[str, Any]:
+    """The report of a job: its complete inputs pooled, the per-input table, and the inputs skipped."""
+    rows = _RowWriter(folder / "items.csv")
+    try:
+        result, table = scan_job(plan, opts, rows)
+    finally:
+        rows.close()
+    attrs = {"source": {"path": plan.attrs.get("spec")}, "model": plan.attrs["model"], "samples": plan.attrs.get("samples"), "problems": plan.problems}
+    summary = summarise(result, attrs, plan.store, opts)
+    summary["job"] = {
+        "inputs": len(plan.attrs["inputs"]),
+        "audited": len(plan.groups),
+        "skipped": plan.skipped,
+        "without_truth": plan.truth_missing if opts.truth is not None else None,
+    }
+    summary["inputs"] = _clean(table)
+    places = GroupPlaces(plan)
+    thumbs = _pictures(result, summary, folder, opts, places)
+    summary["input_thumbnails"] = places.describe()
+    return _save(summary, result, thumbs, folder)
+
+
+def _pictures(result: ScanResult, summary: dict[str, Any], folder: Path, opts: AuditOptions, place: Callable[[Item], Place]) -> list[dict[str, str]]:
+    """The plots (named in the summary's files) and the top items' thumbnails."""
     figures = _plots(result, summary, folder)
     summary["files"] = {"items": "items.csv", "summary": "summary.json", "index": "index.html", "plots": figures}
-    reader = InputReader(attrs, root)
     vmax = summary[result.measure]["p99"] or result.hist_max[result.measure]
-    truth_source = result.truth.source if result.truth is not None else None
-    thumbs = write_thumbnails(
-        root,
-        [r.item for r in result.top],
-        folder / "thumbs",
-        reader,
-        result.palette,
-        result.measure,
-        vmax,
-        truth_source,
-        len(result.classes),
-        opts.ignore_index,
-    )
-    summary["input_thumbnails"] = reader.problem or "ok"
+    top = [r.item for r in result.top]
+    return write_thumbnails(top, folder / "thumbs", place, result.palette, result.measure, vmax, len(result.classes), opts.ignore_index)
+
+
+def _save(summary: dict[str, Any], result: ScanResult, thumbs: list[dict[str, str]], folder: Path) -> dict[str, Any]:
     (folder / "summary.json").write_text(json.dumps(summary, indent=2, allow_nan=False))
-    (folder / "index.html").write_text(render_index(summary, result, thumbs, figures))
+    (folder / "index.html").write_text(render_index(summary, result, thumbs, summary["files"]["plots"]))
     return summary
 
 

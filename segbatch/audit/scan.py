@@ -110,72 +110,102 @@ class TruthSummary:
     without_truth: list[str] = field(default_factory=list)
     without_truth_count: int = 0
     errors: list[str] = field(default_factory=list)
-    source: TruthSource | None = None
+    source: TruthSource | None = None  # None: the items being read have no truth (an input of a job without any)
+
+
+def threshold_of(opts: AuditOptions, measure: str, sample: Callable[[], np.ndarray], over: str) -> tuple[float, str]:
+    """--threshold, else the THRESHOLD_QUANTILE of `measure` over `sample()` (chunks drawn from `over`), and where it came from."""
+    if opts.threshold is not None:
+        return float(opts.threshold), "--threshold"
+    values = sample()
+    threshold = float(np.quantile(values, THRESHOLD_QUANTILE)) if values.size else 0.0
+    return threshold, f"{THRESHOLD_QUANTILE:.0%} quantile of {measure} over a sample of {over}"
+
+
+def new_result(kind: str, model: dict[str, Any], measures: list[str], measure: str, threshold: tuple[float, str], items: int) -> ScanResult:
+    """An empty result for `items` items of `kind` by `model`, ready to accumulate them."""
+    classes = list(model["classes"])
+    k = len(classes)
+    return ScanResult(
+        kind=kind,
+        noun=item_noun(kind),
+        items=items,
+        classes=classes,
+        palette=[list(c) for c in model["palette"]],
+        measure=measure,
+        threshold=threshold[0],
+        threshold_source=threshold[1],
+        columns=[],
+        histograms={m: np.zeros(HIST_BINS, np.int64) for m in measures},
+        sums=dict.fromkeys(measures, 0.0),
+        hist_max={m: VARIANCE_MAX if m == "uncertainty" else math.log(k) for m in measures},
+        class_pixels=np.zeros(k, np.int64),
+        class_measure_sum=np.zeros(k, np.float64),
+    )
 
 
 def scan_store(root: Any, attrs: dict[str, Any], opts: AuditOptions, write_row: Callable[[dict[str, Any]], None]) -> ScanResult:
     """Read every item once, writing its row; return the summaries."""
     kind = attrs["source"]["kind"]
-    classes = list(attrs["model"]["classes"])
-    k = len(classes)
     measure, spacing = ranking_plan(root, attrs, opts)
-    measures = [m for m in MEASURES if m in root]
-    if opts.threshold is not None:
-        threshold, source = float(opts.threshold), "--threshold"
-    else:
-        sample = sample_values(root[measure])
-        threshold = float(np.quantile(sample, THRESHOLD_QUANTILE)) if sample.size else 0.0
-        source = f"{THRESHOLD_QUANTILE:.0%} quantile of {measure} over a sample of the store's chunks"
-    hist_max = {m: VARIANCE_MAX if m == "uncertainty" else math.log(k) for m in measures}
+    threshold = threshold_of(opts, measure, lambda: sample_values(root[measure]), "the store's chunks")
     n_items = item_count(root, kind)
-    result = ScanResult(
-        kind=kind,
-        noun=item_noun(kind),
-        items=n_items,
-        classes=classes,
-        palette=[list(c) for c in attrs["model"]["palette"]],
-        measure=measure,
-        threshold=threshold,
-        threshold_source=source,
-        columns=[],
-        histograms={m: np.zeros(HIST_BINS, np.int64) for m in measures},
-        sums=dict.fromkeys(measures, 0.0),
-        hist_max=hist_max,
-        class_pixels=np.zeros(k, np.int64),
-        class_measure_sum=np.zeros(k, np.float64),
-    )
-    truth = _open_truth_summary(opts, root, attrs, k) if opts.truth else None
-    result.truth = truth
+    result = new_result(kind, attrs["model"], [m for m in MEASURES if m in root], measure, threshold, n_items)
+    result.truth = open_truth_summary(opts, root, attrs, len(result.classes)) if opts.truth else None
     timeline = _Timeline(n_items) if kind == "video" else None
     ranked, packed = DiverseTop(opts.top, spacing), CompactRows()
+    with progress_bar(n_items, "auditing", result.noun, opts.quiet) as bar:
+        scan_items(result, root, attrs, opts, ranked, packed, write_row, bar.update, timeline)
+    finish_ranking(result, ranked, packed)
+    result.timeline = timeline.points() if timeline is not None else None
+    return result
+
+
+def scan_items(
+    result: ScanResult,
+    root: Any,
+    attrs: dict[str, Any],
+    opts: AuditOptions,
+    ranked: DiverseTop,
+    packed: CompactRows,
+    write_row: Callable[[dict[str, Any]], None],
+    advance: Callable[[int], Any],
+    timeline: _Timeline | None = None,
+    group: str | None = None,
+) -> None:
+    """Add every item of one store (or one group of a job, named `group`) to `result`, writing its row and offering it to `ranked`."""
+    measures = list(result.histograms)
+    k = len(result.classes)
+    truth = result.truth
     needed = ["labels", *measures]
     if truth is not None:
         needed += [m for m in truth.honesty if m not in needed]
         if truth.confidence_source:
             needed.append(truth.confidence_source)
-    with progress_bar(n_items, "auditing", result.noun, opts.quiet) as bar:
-        for block, arrays in _read_ahead(root, iter_blocks(root, attrs), needed):
-            if truth is not None and truth.confidence_source == "probs":
-                arrays["confidence"] = arrays.pop("probs").max(axis=-1)
-            for item, local in block.items:
-                values = {name: squeeze_item(a, local) for name, a in arrays.items()}
-                row = _item_row(result, item, values, measures, k)
-                if truth is not None:
-                    row |= _truth_row(truth, item, values, k, opts.ignore_index)
-                if not result.columns:
-                    result.columns = list(row)
-                write_row(row)
-                score = row[f"{measure}_mean"]
-                if row["valid_pixels"] and np.isfinite(score):
-                    ranked.offer(score, item, packed.pack(row))
-                if timeline is not None:
-                    timeline.add(item, row, measure)
-                bar.update(1)
+    for block, arrays in _read_ahead(root, iter_blocks(root, attrs, group), needed):
+        if truth is not None and truth.confidence_source == "probs":
+            arrays["confidence"] = arrays.pop("probs").max(axis=-1)
+        for item, local in block.items:
+            values = {name: squeeze_item(a, local) for name, a in arrays.items()}
+            row = _item_row(result, item, values, measures, k)
+            if truth is not None:
+                row |= _truth_row(truth, item, values, k, opts.ignore_index)
+            if not result.columns:
+                result.columns = list(row)
+            write_row(row)
+            score = row[f"{result.measure}_mean"]
+            if row["valid_pixels"] and np.isfinite(score):
+                ranked.offer(score, item, packed.pack(row))
+            if timeline is not None:
+                timeline.add(item, row, result.measure)
+            advance(1)
+
+
+def finish_ranking(result: ScanResult, ranked: DiverseTop, packed: CompactRows) -> None:
+    """The spaced top-K picks, with their rows, and how they were picked."""
     picks = ranked.picks()
     result.top = [Ranked(score, item, packed.unpack(row)) for score, item, row in picks]
-    result.ranking = {"measure": measure, **ranked.summary(len(picks))}
-    result.timeline = timeline.points() if timeline is not None else None
-    return result
+    result.ranking = {"measure": result.measure, **ranked.summary(len(picks))}
 
 
 def _item_row(result: ScanResult, item: Item, values: dict[str, np.ndarray], measures: list[str], k: int) -> dict[str, Any]:
@@ -191,6 +221,8 @@ def _item_row(result: ScanResult, item: Item, values: dict[str, np.ndarray], mea
     result.class_pixels += stats.class_pixels
     result.class_measure_sum += np.nan_to_num(stats.class_measure_mean) * stats.class_pixels
     row: dict[str, Any] = {"item": item.index, "name": item.name, **item.meta, "valid_pixels": stats.valid_pixels}
+    if item.group is not None:
+        row = {"input": item.group, **row}  # a job's items: which input each is of, first
     for m in ("uncertainty", "entropy", *(["mutual_information"] if "mutual_information" in measures else [])):
         mean, p95 = stats.measures.get(m, (float("nan"), float("nan")))
         row[f"{m}_mean"], row[f"{m}_p95"] = mean, p95
@@ -207,13 +239,18 @@ def column_name(name: str) -> str:
     return "_".join(p for p in "".join(ch if ch.isalnum() else " " for ch in name.lower()).split()) or "class"
 
 
-def _open_truth_summary(opts: AuditOptions, root: Any, attrs: dict[str, Any], k: int) -> TruthSummary:
+def open_truth_summary(opts: AuditOptions, root: Any, attrs: dict[str, Any], k: int) -> TruthSummary:
     assert opts.truth is not None
     source = open_truth(opts.truth, root, attrs)
+    return new_truth_summary(root, k, source.description, source)
+
+
+def new_truth_summary(root: Any, k: int, description: str, source: TruthSource | None) -> TruthSummary:
+    """Empty truth figures for stores laid out like `root` (its measures, its confidence or probs array)."""
     measures = [m for m in MEASURES if m in root]
     honesty = {m: HonestyAccumulator(VARIANCE_MAX if m == "uncertainty" else math.log(k)) for m in measures}
     confidence = "confidence" if "confidence" in root else "probs" if "probs" in root else None
-    return TruthSummary(source.description, np.zeros((k, k), np.int64), honesty, confidence, source=source)
+    return TruthSummary(description, np.zeros((k, k), np.int64), honesty, confidence, source=source)
 
 
 MAX_LISTED = 1000  # items without truth named in summary.json (items.csv has every one)
@@ -221,16 +258,18 @@ MAX_LISTED = 1000  # items without truth named in summary.json (items.csv has ev
 
 def _truth_row(truth: TruthSummary, item: Item, values: dict[str, np.ndarray], k: int, ignore_index: int | None) -> dict[str, Any]:
     blank = {"truth": "none", "truth_pixels": 0, "accuracy": float("nan"), "miou": float("nan")}
+    if truth.source is None:
+        return blank  # an input of a job that has no truth: counted once, as an input, not item by item
     try:
-        t = truth.source.read(item) if truth.source is not None else None
+        t = truth.source.read(item)
     except DataError as exc:
-        truth.errors.append(str(exc))
+        truth.errors.append(str(exc) if item.group is None else f"input {item.group}: {exc}")
         t = None
         blank["truth"] = "error"
     if t is None:
         truth.without_truth_count += 1
         if len(truth.without_truth) < MAX_LISTED:
-            truth.without_truth.append(item.name)
+            truth.without_truth.append(item.name if item.group is None else f"{item.group}: {item.name}")
         return blank
     truth.with_truth += 1
     labels = values["labels"]

@@ -7,7 +7,8 @@ moved or changed, the input picture is left out and the report says so.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
 
@@ -103,15 +104,22 @@ class InputReader:
         return to_display(to_unit_float(read_image(Path(self.source["path"]) / item.meta["path"])))
 
 
+@dataclass(frozen=True)
+class Place:
+    """Where an item's pictures come from: its store (a job's group for a job's item), its source and its truth."""
+
+    root: Any
+    reader: InputReader
+    truth: TruthSource | None
+
+
 def write_thumbnails(
-    root: Any,
     items: Sequence[Item],
     folder: Path,
-    reader: InputReader,
+    place: Callable[[Item], Place],
     palette: Sequence[Sequence[int]],
     measure: str,
     vmax: float,
-    truth: TruthSource | None,
     num_classes: int,
     ignore_index: int | None,
 ) -> list[dict[str, str]]:
@@ -121,6 +129,8 @@ def write_thumbnails(
     folder.mkdir(exist_ok=True)
     out = []
     for rank, item in enumerate(items, start=1):
+        where = place(item)
+        root, reader, truth = where.root, where.reader, where.truth
         labels = np.asarray(root["labels"][item.region])
         values = np.asarray(root[measure][item.region], np.float32)
         labels, values = (labels[0], values[0]) if labels.ndim == 3 else (labels, values)

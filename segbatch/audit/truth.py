@@ -11,11 +11,17 @@
 
 Truth values outside [0, classes) count as "not labelled" and are ignored,
 as is `--ignore-index`. Items without truth are reported, never dropped.
+
+A job store of many inputs takes one truth per input, each of the kinds
+above (`truth_per_input`): a folder holding an entry named after each input
+(`truth/drive-01/`, `truth/scene-7.tif`), or a manifest of `NAME PATH` lines.
+Inputs without an entry are audited without truth.
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -65,6 +71,77 @@ def open_truth(path: Path, root: Any, attrs: dict[str, Any]) -> TruthSource:
             raise InputError(f"--truth {path}: a video store takes a folder of per-frame masks, a .npy or a Zarr array")
         return _FrameFolderTruth(path, shape[1:])
     return _RasterTruth(path, shape, root)
+
+
+SINGLE_TRUTH_SUFFIXES = (".npy", ".tif", ".tiff", ".png", ".zarr")  # what one input's truth is, never a manifest
+
+
+def truth_per_input(path: Path, names: Sequence[str]) -> dict[str, Path]:
+    """--truth of a job of many inputs: each input's truth by its name (a folder with an entry per name, or a manifest).
+
+    A folder's entry is the input's name itself (a folder of masks, a Zarr
+    array) or the name with one suffix (`NAME.npy`, `NAME.tif`). A manifest
+    has a `NAME PATH` line per input (tab or spaces; `#` comments; relative
+    paths from the manifest's folder); a name that is no input is refused.
+    """
+    if not path.exists():
+        raise InputError(f"--truth {path}: no such file or folder")
+    if path.is_dir() and not _is_zarr(path):
+        found = _entries_by_name(path, names)
+    elif path.is_file() and path.suffix.lower() not in SINGLE_TRUTH_SUFFIXES:
+        found = _manifest(path, names)
+    else:
+        raise InputError(f"--truth {path}: a job of many inputs takes a folder with an entry per input name, or a manifest of NAME PATH lines")
+    if not found and names:
+        raise InputError(f"--truth {path}: names none of the job's inputs (e.g. {path / names[0]} or a manifest line '{names[0]} PATH')")
+    return found
+
+
+def _entries_by_name(folder: Path, names: Sequence[str]) -> dict[str, Path]:
+    wanted = set(names)
+    exact: dict[str, Path] = {}
+    by_stem: dict[str, list[Path]] = {}
+    for p in folder.iterdir():
+        if p.name.startswith("."):
+            continue
+        if p.name in wanted:
+            exact[p.name] = p
+        stem, dot, suffix = p.name.rpartition(".")
+        if dot and stem in wanted and "." not in suffix:
+            by_stem.setdefault(stem, []).append(p)
+    found = dict(exact)
+    for name, paths in by_stem.items():
+        if name in found:
+            continue
+        paths = [p for p in paths if p.name not in exact]  # an entry named after one input is never another's
+        if len(paths) > 1:
+            raise InputError(f"--truth {folder}: {', '.join(sorted(p.name for p in paths))} all name input {name}; keep one")
+        if paths:
+            found[name] = paths[0]
+    return found
+
+
+def _manifest(path: Path, names: Sequence[str]) -> dict[str, Path]:
+    known = set(names)
+    found: dict[str, Path] = {}
+    try:
+        lines = path.read_text().splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise InputError(f"--truth {path}: not a readable manifest of NAME PATH lines ({type(exc).__name__})") from None
+    for number, line in enumerate(lines, start=1):
+        text = line.strip()
+        if not text or text.startswith("#"):
+            continue
+        parts = text.split(None, 1)
+        if len(parts) != 2:
+            raise InputError(f"--truth {path}, line {number}: expected NAME and PATH, got {text!r}")
+        name, where = parts[0], Path(parts[1].strip())
+        if name not in known:
+            raise InputError(f"--truth {path}, line {number}: the job has no input named {name!r}")
+        if name in found:
+            raise InputError(f"--truth {path}, line {number}: input {name} is named twice")
+        found[name] = where if where.is_absolute() else path.parent / where
+    return found
 
 
 def _is_zarr(path: Path) -> bool:

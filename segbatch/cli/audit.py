@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -16,8 +17,10 @@ from segbatch.cli.options import LOCATION, overwrite_opt, path_type, quiet_opt
 @click.option(
     "--truth",
     type=path_type(),
-    help="Ground truth: a folder of class-index masks (images: by relative path or stem; video: by frame number), a label raster, or a .npy/Zarr array.",
+    help="Ground truth: a folder of class-index masks (images: by relative path or stem; video: by frame number), a label raster, or a .npy/Zarr array. "
+    "A job of many inputs: a folder with one such entry per input name (NAME/ or NAME.tif), or a manifest of NAME PATH lines.",
 )
+@click.option("--group", metavar="NAME", help="A job of many inputs: audit the group of input NAME alone (default: every complete input together).")
 @click.option("--top", type=click.IntRange(min=0), default=20, show_default=True, help="Most uncertain items shown with thumbnails.")
 @click.option(
     "--rank-by",
@@ -43,6 +46,7 @@ def audit(
     store: Path | str,
     report: Path,
     truth: Path | None,
+    group: str | None,
     top: int,
     rank_by: str | None,
     min_gap: float | None,
@@ -51,14 +55,22 @@ def audit(
     overwrite: bool,
     quiet: bool,
 ) -> None:
-    """Audit STORE: per-item uncertainty, the most uncertain items, and with --truth IoU, AUROC, calibration (ECE) and coverage."""
+    """Audit STORE: per-item uncertainty, the most uncertain items, and with --truth IoU, AUROC, calibration (ECE) and coverage.
+
+    A job store of many inputs is audited as one dataset: items.csv names each item's input, the ranking and plots
+    span every input, and index.html has a table of the inputs, least sure first.
+    """
     from segbatch.audit.report import audit as run_audit
     from segbatch.audit.scan import AuditOptions
 
     opts = AuditOptions(top=top, threshold=threshold, truth=truth, ignore_index=ignore_index, quiet=quiet, rank_by=rank_by, min_gap=min_gap)
-    summary = run_audit(store, report, opts, overwrite)
+    summary = run_audit(store, report, opts, overwrite, group)
     m = summary["measure"]
-    line = f"audited {summary['items']} {summary['item']}s ({summary['pixels']:,} pixels): mean {m} {_fmt(summary[m]['mean'])}"
+    job = summary.get("job")
+    of = f" of {job['audited']} inputs" if job else ""
+    line = f"audited {summary['items']} {summary['item']}s{of} ({summary['pixels']:,} pixels): mean {m} {_fmt(summary[m]['mean'])}"
+    if job:
+        _job_warnings(job, truth)
     t = summary["truth"]
     if t:
         auroc = t["auroc"].get(m)
@@ -69,6 +81,17 @@ def audit(
         if t["items_without_truth"]:
             click.echo(f"warning: {t['items_without_truth']} {summary['item']}(s) have no truth (listed in items.csv and summary.json)", err=True)
     click.echo(f"{line} -> {report / 'index.html'}", err=True)
+
+
+def _job_warnings(job: dict[str, Any], truth: Path | None) -> None:
+    """One line for the inputs skipped, one for the inputs audited without truth."""
+    from segbatch.audit.job import skipped_line
+
+    if job["skipped"]:
+        click.echo(f"warning: skipped {len(job['skipped'])} input(s) without complete results: {skipped_line(job['skipped'])}", err=True)
+    missing = job.get("without_truth") or []
+    if missing:
+        click.echo(f"warning: {len(missing)} of {job['audited']} inputs have no truth in {truth}; audited without it (listed in summary.json)", err=True)
 
 
 def _fmt(v: float | None) -> str:
