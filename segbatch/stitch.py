@@ -1,11 +1,12 @@
-"""The stitcher: blend overlapping tiles back into full-resolution rasters, one output chunk per task.
+"""The stitcher: blend overlapping tiles back into full-resolution rasters, one writer per output chunk.
 
-Each output chunk is one tile's core; a task takes a run of consecutive
-chunks, reads every tile whose weights reach them once (neighbouring chunks
-share most of their tiles), blends the probabilities with the border-aware
-weights of `segbatch.tiling`, takes the argmax after blending, and writes
-each chunk: one writer per chunk, memory bounded by the tiles of one run, so
-a raster of any size stitches in streaming fashion.
+Each output chunk is one tile's core; a stitch task takes a few chunks whose
+tiles are all done, reads every tile whose weights reach them once
+(neighbouring chunks share most of their tiles), blends the probabilities
+with the border-aware weights of `segbatch.tiling`, takes the argmax after
+blending, and writes each chunk, memory bounded by the tiles of one task.
+When the tasks run (while inference goes on) is the engine's business:
+`segbatch.engine.stitcher`.
 
 The blend itself (`blend_chunk`) is a pure function of a chunk's window and
 the tiles that reach it, knowing nothing of Zarr, so a stitcher that blends
@@ -18,6 +19,7 @@ torch); a `StitchJob` says all it needs.
 from __future__ import annotations
 
 import json
+import time
 from collections import OrderedDict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -30,9 +32,7 @@ from segbatch.store import NODATA_LABEL, ledger_array, open_store, record_unit, 
 from segbatch.tilestore import PROB_NODATA, PROB_SCALE
 from segbatch.tiling import Tile, TilePlan, Window, blend_weights
 
-CHUNKS_PER_TASK = 16  # a run of consecutive chunks (row-major) shares most of its tiles
 TILE_CACHE = 12  # tiles kept decoded per task: the 3x3 around a chunk plus the next column
-TASKS_IN_FLIGHT_PER_CPU = 2
 _TINY = np.finfo(np.float32).tiny  # added to p before the log, so p log p is 0 at p = 0 (its limit), not NaN
 
 
@@ -218,14 +218,16 @@ def _finish(probs_sum: np.ndarray | None, weight_sum: np.ndarray, invalid: np.nd
     return outputs
 
 
-def stitch_chunks(job: StitchJob, chunk_ids: Sequence[int], skipped: frozenset[int]) -> int:
-    """Blend and write the output chunks `chunk_ids` (tile cores); returns how many were written.
+def stitch_chunks(job: StitchJob, chunk_ids: Sequence[int], skipped: frozenset[int]) -> tuple[int, float]:
+    """Blend and write the output chunks `chunk_ids` (tile cores); returns how many were written, and the seconds it took.
 
     Each chunk is tile `cid`'s core, so its digests go into that tile's ledger
-    entry (written by this task alone, after the chunk): what `verify` checks.
+    entry (written by this task alone, after the chunk), with `stitched`: what
+    `verify` checks, and what a resumed run need not stitch again.
     Every write is fenced by the run's lease, like a worker's; skipped tiles
     (all nodata) were never written and are not read.
     """
+    started = time.perf_counter()
     root = open_store(job.store, mode="r+")
     fence = job.lease or job.store
     uncertainty, with_confidence = "uncertainty" in root, "confidence" in root  # stores made before confidence existed are still stitched
@@ -241,8 +243,8 @@ def stitch_chunks(job: StitchJob, chunk_ids: Sequence[int], skipped: frozenset[i
         digests = write_region(root, core.slices, outputs)
         entry = json.loads(str(ledger_array(root)[cid]) or "{}")
         check_fence(fence, job.run)
-        record_unit(root, cid, {**entry, "chunks": digests})
-    return len(chunk_ids)
+        record_unit(root, cid, {**entry, "chunks": digests, "stitched": True})
+    return len(chunk_ids), time.perf_counter() - started
 
 
 class _TileCache:
@@ -262,29 +264,3 @@ class _TileCache:
         if len(self.tiles) > self.size:
             self.tiles.popitem(last=False)
         return self.tiles[tile.id]
-
-
-def run_stitch(job: StitchJob, skipped: frozenset[int], quiet: bool) -> float:
-    """Stitch every output chunk with Ray tasks (bounded in flight); returns the seconds it took."""
-    import time
-
-    import ray
-
-    from segbatch.progress import progress_bar
-
-    started = time.perf_counter()
-    task = ray.remote(num_cpus=1, max_retries=3)(stitch_chunks)
-    ids = list(range(len(job.tiles)))
-    batches = [ids[i : i + CHUNKS_PER_TASK] for i in range(0, len(ids), CHUNKS_PER_TASK)]
-    limit = max(1, int(ray.cluster_resources().get("CPU", 1)) * TASKS_IN_FLIGHT_PER_CPU)  # type: ignore[no-untyped-call]
-    job_ref = ray.put(job)
-    in_flight: list[Any] = []
-    with progress_bar(len(ids), "stitching", "chunk", quiet) as bar:
-        for batch in batches:
-            if len(in_flight) >= limit:
-                ready, in_flight = ray.wait(in_flight, num_returns=1)
-                bar.update(ray.get(ready[0]))
-            in_flight.append(task.remote(job_ref, batch, skipped))
-        for ref in in_flight:
-            bar.update(ray.get(ref))
-    return time.perf_counter() - started

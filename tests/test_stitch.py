@@ -227,9 +227,10 @@ def test_stitch_chunks_blends_from_the_store_and_fences_with_the_jobs_lease(monk
     monkeypatch.setattr(stitch, "ledger_array", lambda root: ["", "", "", "", '{"unit": 4}'])
     monkeypatch.setattr(stitch, "record_unit", lambda root, cid, entry: ledger.setdefault(cid, entry))
     job = StitchJob(store="/data/group.zarr", tiles=plan, run="run-1", lease="/data/job.zarr")
-    assert stitch_chunks(job, [0, 4], skipped) == 2
+    count, seconds = stitch_chunks(job, [0, 4], skipped)
+    assert count == 2 and seconds > 0
     assert fences == [("/data/job.zarr", "run-1")] * 4
-    assert ledger[4] == {"unit": 4, "chunks": {"labels/0.0": "d"}}
+    assert ledger[4] == {"unit": 4, "chunks": {"labels/0.0": "d"}, "stitched": True}
     (region, out), ref = written[1], reference(plan, tiles, plan[4].core, skipped)
     assert region == plan[4].core.slices
     assert set(out) == {"labels", "entropy", "uncertainty"} and out["entropy"].dtype == np.float16

@@ -74,7 +74,15 @@ def format_store(s: dict[str, Any]) -> str:
             (
                 "run",
                 f"{summary['tiles']} tiles ({summary['skipped_tiles']} all nodata) in {summary['inference_seconds']:.1f} s, "
-                f"stitched in {summary['stitch_seconds']:.1f} s on {summary['actors']} actor(s) [{summary['device']}]",
+                f"stitched in {summary['stitch_seconds']:.1f} s more on {summary['actors']} actor(s) [{summary['device']}]",
+            )
+        )
+    if summary.get("stitch_task_seconds") is not None:
+        rows.append(
+            (
+                "stitch",
+                f"{summary['stitch_task_seconds']:.1f} s of stitch tasks, {summary['stitch_overlap']:.0%} of it overlapped inference; "
+                f"at most {summary['tiles_peak']} of {summary['tiles']} tiles in tiles/ at once",
             )
         )
     if summary.get("wall_seconds"):

@@ -193,6 +193,12 @@ class ImageSource:
     def describe(self, unit: ImageUnit) -> str:
         return f"unit {unit.id} (images {unit.start}:{unit.stop}, {self.plan.paths[unit.start]} ...)"
 
+    def begin(self, root: Any, done: Mapping[int, Mapping[str, Any]], keeper: Any) -> None:
+        return None  # nothing to do while units run: the store is finalised at the end
+
+    def unit_done(self, unit: Any, entry: Mapping[str, Any]) -> None:
+        return None
+
     def check_resume(self, root: Any, attrs: Mapping[str, Any]) -> None:
         return None
 

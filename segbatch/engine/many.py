@@ -46,7 +46,7 @@ from segbatch.jobstore import create_job_root, group_location, is_job, job_attrs
 from segbatch.lease import Lease, LeaseKeeper
 from segbatch.location import Location
 from segbatch.progress import RunProgress
-from segbatch.store import check_resumable, create_store, open_store, reopen_for_resume, store_attrs, update_attrs
+from segbatch.store import check_resumable, create_store, finished_units, open_store, reopen_for_resume, store_attrs, update_attrs
 
 PLAN_THREADS = 16  # inputs whose headers are read at once (I/O bound: local disks, object stores)
 JOBS_PER_ACTOR = 256  # inputs' worker jobs an actor keeps after fetching them
@@ -140,6 +140,8 @@ class InputState:
     units: list[Any] = field(default_factory=list)
     pending: list[Any] = field(default_factory=list)  # the units this run sends (not in the ledger when it started)
     left: int = 0  # of those, not finished yet
+    root: Any = None  # its group, open for writing (while the job runs)
+    done: dict[int, dict[str, Any]] = field(default_factory=dict)  # its ledger when the job started
 
     def fail(self, error: str) -> None:
         if self.status != "failed":
@@ -237,6 +239,7 @@ def run_many(
                             state.fail(first_line(result))
                             continue
                         summary.items += unit.size
+                        state.source.unit_done(unit.unit, result)  # type: ignore[union-attr]
                         progress.unit_done(unit, result)
                     summary.actors, summary.device = pool.most_ready, pool.device
             summary.seconds = time.perf_counter() - started
@@ -352,10 +355,8 @@ def _open_groups(cfg: RunConfig, ckpt: Any, states: Sequence[InputState], actors
                 group = create_store(icfg.out, layout, attrs, None)
                 attrs = store_attrs(group)
             state.units = list(state.source.units(attrs))
-            from segbatch.store import finished_units
-
-            done = finished_units(group)
-            state.pending = [u for u in state.units if unit_id(u) not in done]
+            state.root, state.done = group, finished_units(group)
+            state.pending = [u for u in state.units if unit_id(u) not in state.done]
             state.left = len(state.pending)
         except (SegbatchError, OSError) as exc:
             state.fail(first_line(exc))
@@ -364,6 +365,9 @@ def _open_groups(cfg: RunConfig, ckpt: Any, states: Sequence[InputState], actors
     with ThreadPoolExecutor(min(PLAN_THREADS, max(1, len(states)))) as pool:
         list(pool.map(open_group, states))
     keeper.check()
+    for state in states:
+        if state.source is not None:
+            state.source.begin(state.root, state.done, keeper)  # a raster's stitcher follows its tiles from here
 
 
 def _job_units(cfg: RunConfig, ckpt: Any, states: Sequence[InputState], run: str) -> list[GroupUnit]:
@@ -413,8 +417,7 @@ def _finish_groups(cfg: RunConfig, states: Sequence[InputState], summary: JobSum
     for state in states:
         if state.source is None:
             continue
-        icfg = input_config(cfg, state.input)
-        group = open_store(icfg.out, mode="r+")
+        group = state.root
         if state.status == "failed":
             update_attrs(group, status="failed", error=state.error)
             continue

@@ -22,6 +22,7 @@ from segbatch.engine.pipeline import require_readable
 from segbatch.engine.run import RunSummary, finished_or_fail, recorded_outcome, stage_totals
 from segbatch.engine.session import ray_session
 from segbatch.engine.source import Item, UnitReport, Write
+from segbatch.engine.stitcher import Stitcher
 from segbatch.errors import InputError
 from segbatch.lease import Lease, LeaseKeeper, claim
 from segbatch.problems import index_ranges
@@ -184,25 +185,41 @@ class RasterSource:
         if "tiles" not in root:
             raise InputError(f"{self.cfg.out} has no tiles/ left to resume from (status {attrs['status']}); use --overwrite to run again")
 
-    def finish(self, root: Any, units: Sequence[int], ran: Sequence[int], summary: RunSummary, keeper: Any) -> None:
-        # a job store's groups are fenced by the lease at the job's root (the keeper's store)
+    def begin(self, root: Any, done: Mapping[int, Mapping[str, Any]], keeper: Any) -> None:
+        """Start the stitcher: chunks are blended as their tiles finish (a job's groups are fenced by the lease at its root)."""
         job = StitchJob(store=location.absolute(self.cfg.out), tiles=self.tiles, run=keeper.lease.run, lease=location.absolute(keeper.store))
-        stitch_store(root, job, self.cfg.keep_tiles, self.cfg.quiet, summary, keeper)
+        self.stitcher = new_stitcher(job, root, done, self.cfg.keep_tiles, keeper)
+
+    def unit_done(self, unit: int, entry: Mapping[str, Any]) -> None:
+        self.stitcher.tile_done(unit, entry)
+
+    def finish(self, root: Any, units: Sequence[int], ran: Sequence[int], summary: RunSummary, keeper: Any) -> None:
+        stitch_store(root, self.stitcher, self.cfg.keep_tiles, self.cfg.quiet, summary, keeper)
 
 
-def stitch_store(root: Any, job: StitchJob, keep_tiles: bool, quiet: bool, summary: RunSummary, keeper: LeaseKeeper) -> None:
-    """Stitch a store whose tiles are all done, mark it complete, then drop tiles/ (unless kept).
+def new_stitcher(job: StitchJob, root: Any, done: Mapping[int, Mapping[str, Any]], keep_tiles: bool, keeper: LeaseKeeper, again: bool = False) -> Stitcher:
+    import ray
 
-    Complete first: a crash before tiles/ is gone leaves a complete store with
-    tiles to spare, never a store that says "stitching" with nothing to stitch.
+    cpus = float(ray.cluster_resources().get("CPU", 1))  # type: ignore[no-untyped-call]
+    return Stitcher(job, root, done, keep_tiles, keeper.check, cpus, again=again)
+
+
+def stitch_store(root: Any, stitcher: Stitcher, keep_tiles: bool, quiet: bool, summary: RunSummary, keeper: LeaseKeeper) -> None:
+    """Every tile is done: stitch the chunks still to do, mark the store complete, then drop tiles/ (unless kept).
+
+    Most chunks were stitched while inference went on (`Stitcher`); what is
+    left is the last rows. Complete first: a crash before tiles/ is gone
+    leaves a complete store with tiles to spare, never a store that says
+    "stitching" with nothing to stitch.
     """
-    from segbatch.stitch import run_stitch
+    from segbatch.progress import progress_bar
 
-    ledger = finished_or_fail(root, range(len(job.tiles)))
+    ledger = finished_or_fail(root, range(len(stitcher.job.tiles)))
     skipped = frozenset(t for t, stats in ledger.items() if stats.get("skipped"))
     update_attrs(root, status="stitching")
-    stitch_seconds = run_stitch(job, skipped, quiet)
-    summary.stitch_seconds = stitch_seconds
+    with progress_bar(stitcher.left(), "stitching", "chunk", quiet) as bar:
+        after = stitcher.drain(bar)
+    summary.stitch_seconds = after
     keeper.renew()
     keeper.check()
     update_attrs(
@@ -211,10 +228,11 @@ def stitch_store(root: Any, job: StitchJob, keep_tiles: bool, quiet: bool, summa
         status="complete",
         problems=skipped_problems(skipped),
         summary={
-            "tiles": len(job.tiles),
+            "tiles": len(stitcher.job.tiles),
             "skipped_tiles": len(skipped),
             "inference_seconds": round(summary.seconds, 3),
-            "stitch_seconds": round(stitch_seconds, 3),
+            "stitch_seconds": round(after, 3),  # the stitch after inference ended: what it added to the run's wall time
+            **stitcher.figures(),
             "actors": summary.actors,
             "device": summary.device,
             "tiles_kept": keep_tiles,
@@ -248,5 +266,7 @@ def restitch(path: Path | str, quiet: bool, verbose: int = 0) -> RunSummary:
     summary = RunSummary(units=len(job.tiles), noun="tile")
     with LeaseKeeper(path, lease) as keeper, ray_session(None, verbose):
         with recorded_outcome(root, len(job.tiles), "tiles"):
-            stitch_store(root, job, keep_tiles=True, quiet=quiet, summary=summary, keeper=keeper)
+            done = finished_or_fail(root, range(len(job.tiles)))
+            stitcher = new_stitcher(job, root, done, keep_tiles=True, keeper=keeper, again=True)
+            stitch_store(root, stitcher, keep_tiles=True, quiet=quiet, summary=summary, keeper=keeper)
     return summary

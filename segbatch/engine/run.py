@@ -84,6 +84,7 @@ def run(cfg: RunConfig, make_source: Callable[[RunConfig, Any], Source], worker:
         summary = RunSummary(units=len(units), skipped_units=len(units) - len(pending), noun=source.noun)
         started = time.perf_counter()
         with recorded_outcome(root, len(units), "units"):
+            source.begin(root, done, keeper)
             if pending:
                 with (
                     ActorPool(
@@ -96,6 +97,7 @@ def run(cfg: RunConfig, make_source: Callable[[RunConfig, Any], Source], worker:
                     while pool.has_next():
                         unit, entry = pool.get_next()
                         summary.items += source.size(unit)
+                        source.unit_done(unit, entry)
                         progress.unit_done(unit, entry)
                     summary.actors, summary.device = pool.most_ready, pool.device
             summary.seconds = time.perf_counter() - started

@@ -152,6 +152,14 @@ class Source(Protocol):
         """Anything besides the configuration that stops --resume (a raster stitched already, say)."""
         ...
 
+    def begin(self, root: Any, done: Mapping[int, Mapping[str, Any]], keeper: Any) -> None:
+        """The store is ready and `done` holds the ledger's finished units; units are about to run (a raster starts its stitcher)."""
+        ...
+
+    def unit_done(self, unit: Any, entry: Mapping[str, Any]) -> None:
+        """In the driver, as each unit finishes (a raster stitches the chunks the tile completes)."""
+        ...
+
     def finish(self, root: Any, units: Sequence[Any], ran: Sequence[Any], summary: Any, keeper: Any) -> None:
         """All units are in the ledger: write the final attributes (or stitch, then write them)."""
         ...

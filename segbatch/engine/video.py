@@ -268,6 +268,12 @@ class VideoSource:
     def describe(self, unit: FrameUnit) -> str:
         return f"unit {unit.id} (frames {unit.start}:{unit.stop})"
 
+    def begin(self, root: Any, done: Mapping[int, Mapping[str, Any]], keeper: Any) -> None:
+        return None  # nothing to do while units run: the store is finalised at the end
+
+    def unit_done(self, unit: Any, entry: Mapping[str, Any]) -> None:
+        return None
+
     def check_resume(self, root: Any, attrs: Mapping[str, Any]) -> None:
         return None
 

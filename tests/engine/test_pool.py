@@ -76,7 +76,8 @@ def test_a_unit_that_always_kills_its_worker_stops_the_run(ray_address):
     with ActorPool(_worker(die_on=1), "job", actors=1, cpus=1, gpus=0, retries=1, describe=lambda u: f"unit {u}") as pool:
         for unit in range(3):
             pool.submit(unit)
-        with pytest.raises(errors.RunError, match=r"unit [01] lost its worker 2 times"):  # unit 0 shares the dying actor with unit 1
+        # whichever unit shares the dying actor with unit 1 when its retries run out (0 or 2: that depends on timing) is named
+        with pytest.raises(errors.RunError, match=r"unit [012] lost its worker 2 times"):
             while pool.has_next():
                 pool.get_next()
 

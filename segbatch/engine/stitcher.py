@@ -1,0 +1,170 @@
+"""Stitch while inferring: each output chunk of a raster is blended as soon as every tile that reaches it is done.
+
+The driver hears of each finished tile (the pool hands back its ledger
+entry); a chunk whose contributing tiles (its own and the neighbours whose
+weights reach into it) are all done is ready, and ready chunks go, a few at a
+time, to Ray stitch tasks that run beside the actors. Each task writes its
+chunks (one writer per chunk) and records them in their tiles' ledger
+entries (`stitched`), so a killed run resumes both the tiles and the chunks
+still missing. A tile that every chunk it reaches has consumed is deleted
+from `tiles/` at once (unless --keep-tiles), so `tiles/` holds about the
+tile rows in flight, not the raster. When inference ends, what is left is the
+stitch of the last row or so of chunks.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+from segbatch.errors import RunError, SegbatchError, first_line
+from segbatch.stitch import StitchJob, stitch_chunks
+from segbatch.tilestore import PROB_NODATA
+
+BATCH = 8  # ready chunks per task: consecutive chunks share most of their tiles (each task reads a tile once)
+TASKS_PER_CPU = 2  # stitch tasks in flight per CPU once inference is over
+
+
+class Stitcher:
+    """The stitch of one raster store, fed tile by tile; `drain` finishes it.
+
+    Args:
+        job: the store, its tile plan, the run and where its lease lives.
+        root: the store, opened for writing (the driver deletes consumed tiles).
+        done: the ledger's entries of the tiles already done (a resumed run);
+            chunks recorded as stitched there are not stitched again, unless
+            `again` (segbatch stitch: every chunk anew from kept tiles).
+        keep_tiles: never delete tiles (--keep-tiles, segbatch stitch).
+        check: the driver's fence, called before it deletes anything.
+        cpus: the cluster's CPUs (how many tasks may be in flight).
+    """
+
+    def __init__(
+        self, job: StitchJob, root: Any, done: Mapping[int, Mapping[str, Any]], keep_tiles: bool, check: Any, cpus: float, again: bool = False
+    ) -> None:
+        import ray
+
+        n = len(job.tiles)
+        self.job, self.root, self.keep, self.check = job, root, keep_tiles, check
+        self.task = ray.remote(num_cpus=0, max_retries=3)(stitch_chunks)  # beside the actors: they hold the CPUs while inference goes on
+        self.job_ref = ray.put(job)
+        self.cpus = max(1, int(cpus))
+        self.contributors = [job.tiles.contributors(cid) for cid in range(n)]
+        self.reaches: list[list[int]] = [[] for _ in range(n)]  # tile -> the chunks its weights reach
+        for cid, tiles in enumerate(self.contributors):
+            for tid in tiles:
+                self.reaches[tid].append(cid)
+        self.waiting = [len(tiles) for tiles in self.contributors]  # chunk -> its tiles not done yet
+        self.readers = [len(chunks) for chunks in self.reaches]  # tile -> the chunks it reaches not stitched yet
+        self.stitched: set[int] = set() if again else {cid for cid, entry in done.items() if entry.get("stitched")}
+        for cid in self.stitched:
+            for tid in self.contributors[cid]:
+                self.readers[tid] -= 1
+        self.skipped: set[int] = set()
+        self.ready: list[int] = []
+        self.in_flight: dict[Any, list[int]] = {}
+        self.inferring = True
+        self.task_seconds = self.overlapped_seconds = 0.0
+        self.live = self.peak = 0  # tiles written and not deleted: now, and at most
+        self.started = time.perf_counter()
+        for tid, entry in sorted(done.items()):
+            self._tile_done(tid, entry, written=self.readers[tid] > 0)
+
+    def tile_done(self, tid: int, entry: Mapping[str, Any]) -> None:
+        """A tile's worker finished: the chunks it completes are stitched soon (a task per BATCH ready chunks)."""
+        self._tile_done(tid, entry, written=True)
+        self._collect(block=False)
+        while len(self.ready) >= BATCH and len(self.in_flight) < self._limit():
+            self._submit(BATCH)
+
+    def drain(self, bar: Any = None) -> float:
+        """Inference is over: stitch every chunk still to do; returns the wall seconds this took (the stitch after inference)."""
+        self.inferring = False
+        started = time.perf_counter()
+        while self.ready or self.in_flight:
+            while self.ready and len(self.in_flight) < self._limit():
+                self._submit(BATCH)
+            count = self._collect(block=True)
+            if bar is not None:
+                bar.update(count)
+        missing = len(self.contributors) - len(self.stitched)
+        if missing:
+            raise RunError(f"{missing} output chunks were never stitched (their tiles are not all done); finish with --resume")
+        return time.perf_counter() - started
+
+    def figures(self) -> dict[str, Any]:
+        """For the store's summary: task seconds, the share of them that ran while inference went on, the most tiles kept at once."""
+        overlap = self.overlapped_seconds / self.task_seconds if self.task_seconds > 0 else 0.0
+        return {"stitch_task_seconds": round(self.task_seconds, 3), "stitch_overlap": round(overlap, 3), "tiles_peak": self.peak}
+
+    def left(self) -> int:
+        return len(self.contributors) - len(self.stitched)
+
+    # inside
+
+    def _tile_done(self, tid: int, entry: Mapping[str, Any], written: bool) -> None:
+        if entry.get("skipped"):
+            self.skipped.add(tid)  # all nodata: nothing in tiles/ to read or delete
+        elif written:
+            self.live += 1
+            self.peak = max(self.peak, self.live)
+        for cid in self.reaches[tid]:
+            self.waiting[cid] -= 1
+            if self.waiting[cid] == 0 and cid not in self.stitched:
+                self.ready.append(cid)
+
+    def _limit(self) -> int:
+        """Tasks in flight: one per CPU the actors leave while they run (at least one), more once they are done."""
+        return self.cpus * TASKS_PER_CPU if not self.inferring else max(1, self.cpus // 2)
+
+    def _submit(self, count: int) -> None:
+        batch = sorted(self.ready[:count])
+        del self.ready[:count]
+        skipped = frozenset(t for cid in batch for t in self.contributors[cid] if t in self.skipped)
+        self.in_flight[self.task.remote(self.job_ref, batch, skipped)] = batch
+
+    def _collect(self, block: bool) -> int:
+        """Take the finished tasks (wait for one when `block`): their chunks are stitched, the tiles they used up deleted."""
+        import ray
+        from ray.exceptions import RayTaskError
+
+        if not self.in_flight:
+            return 0
+        refs = list(self.in_flight)
+        finished, _ = ray.wait(refs, num_returns=1 if block else len(refs), timeout=None if block else 0)
+        count = 0
+        for ref in finished:
+            batch = self.in_flight.pop(ref)
+            try:
+                _, seconds = ray.get(ref)
+            except RayTaskError as exc:
+                cause = exc.cause if isinstance(getattr(exc, "cause", None), BaseException) else None
+                if isinstance(cause, SegbatchError):
+                    raise cause from None
+                raise RunError(f"stitching chunks {batch[0]}..{batch[-1]} failed: {first_line(cause or exc)}") from None
+            self.task_seconds += seconds
+            if self.inferring:
+                self.overlapped_seconds += seconds
+            self.stitched.update(batch)
+            count += len(batch)
+            for cid in batch:
+                for tid in self.contributors[cid]:
+                    self.readers[tid] -= 1
+                    if self.readers[tid] == 0 and tid not in self.skipped:
+                        self._consumed(tid)
+        return count
+
+    def _consumed(self, tid: int) -> None:
+        """Every chunk tile `tid` reaches is stitched: its part of tiles/ goes (unless kept); zarr drops a chunk written as fill."""
+        self.live -= 1
+        if self.keep:
+            return
+        self.check()  # the driver's writes are fenced too
+        probs = self.root["tiles/probs"]
+        probs[tid : tid + 1] = np.full((1, *probs.shape[1:]), PROB_NODATA, probs.dtype)
+        if "tiles/uncertainty" in self.root:
+            unc = self.root["tiles/uncertainty"]
+            unc[tid : tid + 1] = np.full((1, *unc.shape[1:]), np.nan, unc.dtype)
