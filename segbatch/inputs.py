@@ -81,7 +81,7 @@ def sanitize_name(text: str) -> str:
     if name.lower() in RESERVED_NAMES:
         name += "_"
     if len(name) > MAX_NAME:
-        name = f"{name[: MAX_NAME - 9]}-{_digest(text)}"
+        name = f"{name[: MAX_NAME - 9]}-{location_digest(text)}"
     return name
 
 
@@ -148,7 +148,8 @@ def _video_suffixes() -> tuple[str, ...]:
     return VIDEO_SUFFIXES
 
 
-def _digest(text: str) -> str:
+def location_digest(text: str) -> str:
+    """8 hex digits of a location's text: what tells apart inputs whose names would clash (stable across processes)."""
     return hashlib.sha1(text.encode()).hexdigest()[:8]
 
 
@@ -162,7 +163,7 @@ def _named(entries: Sequence[_Entry]) -> list[Input]:
     for i in _clashing(names):
         names[i] = _name(entries[i], keep_suffix=True)
     for i in _clashing(names):
-        names[i] = f"{names[i]}-{_digest(str(entries[i].location))}"
+        names[i] = f"{names[i]}-{location_digest(str(entries[i].location))}"
     return [Input(name, e.location, e.kind) for name, e in zip(names, entries)]
 
 

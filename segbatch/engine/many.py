@@ -41,7 +41,7 @@ from segbatch.engine.run import (
 from segbatch.engine.session import ray_session
 from segbatch.engine.source import Source, SourceJob, UnitReport, unit_id
 from segbatch.errors import InputError, SegbatchError, first_line
-from segbatch.inputs import Input, sanitize_name
+from segbatch.inputs import Input, location_digest, sanitize_name
 from segbatch.jobstore import create_job_root, group_location, is_job, job_attrs, live_inputs, new_job_attrs, update_job
 from segbatch.lease import Lease, LeaseKeeper
 from segbatch.location import Location
@@ -313,7 +313,7 @@ def _resume_states(cfg: RunConfig, inputs: Sequence[Input], config: dict[str, An
         else:
             states.append(state)
     for i in added:
-        name = i.name if i.name.casefold() not in taken else sanitize_name(f"{i.name}-{abs(hash(location.absolute(i.location))) % 16**8:08x}")
+        name = i.name if i.name.casefold() not in taken else sanitize_name(f"{i.name}-{location_digest(location.absolute(i.location))}")
         taken.add(name.casefold())
         states.append(InputState(replace(i, name=name)))
     return states, done
