@@ -204,7 +204,7 @@ def run_many(
         else:
             attrs = new_job_attrs(kind, spec, [s.entry() for s in every], model_attrs(ckpt), cfg, config, lease.run)
             root = replace_store(cfg, keeper, lambda: create_job_root(cfg.out, attrs, keeper.lease))
-        summary = JobSummary(noun=planned[0].source.noun if planned and planned[0].source else "frame", inputs=len(every), already=len(done_before))
+        summary = JobSummary(noun="frame" if kind == "video" else "tile", inputs=len(every), already=len(done_before))
         with recorded_outcome(root, 0, "units", left=lambda: sum(s.left for s in states), fail=lambda why: update_job(root, status="failed", error=why)):
             _open_groups(cfg, ckpt, planned, actors, keeper)
             units = _job_units(cfg, ckpt, planned, lease.run)
