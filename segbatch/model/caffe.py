@@ -14,6 +14,12 @@ statistics folded in by SegNet-Tutorial's ``compute_bn_statistics.py``), a
 the forks that keep statistics, e.g. PSPNet's), and upstream Caffe's
 ``BatchNorm`` (mean * s, variance * s, s) followed by its ``Scale`` layer.
 
+Dropout layers without ``sample_weights_test`` pass through in Caffe's TEST
+phase; where they sit at no segbatch placement (``segnet_pascal``'s, before each
+pooling) the model is imported without dropout and the checkpoint lists them.
+Training definitions (BN in LEARN mode) are refused: the weights hold no
+statistics for their batch normalisation.
+
 The definition is matched step by step against the plan of a segbatch
 `SegNet` built with the architecture, width, classes, dropout placement and
 input LRN that the definition implies; anything that does not fit raises one
@@ -466,6 +472,7 @@ class _Net:
     decoders: list[list[_Conv]] = field(default_factory=list)
     classifier: _Conv | None = None
     drops: list[tuple[str, Layer, _Conv | None]] = field(default_factory=list)  # (segbatch place, layer, the convolution it follows)
+    idle_drops: list[Layer] = field(default_factory=list)  # test-time pass-through Dropout layers at no segbatch position
     pools: list[Layer] = field(default_factory=list)
     upsamples: list[Layer] = field(default_factory=list)
     softmax: bool = False
@@ -592,15 +599,21 @@ def _walk(layers: list[Layer]) -> _Net:
             net.upsamples.append(layer)
         elif kind == "Dropout":
             need_bottom(layer)
+            misplaced = ""
             if phase == "encoder":
                 if block or not net.pools:
-                    raise _fail(layer, "dropout inside an encoder block; SegNet's placements drop after a pooling")
-                net.drops.append((f"pool{len(net.pools)}", layer, None))
+                    misplaced = "dropout inside an encoder block; SegNet's placements drop after a pooling"
+                else:
+                    net.drops.append((f"pool{len(net.pools)}", layer, None))
+            elif not block or block[-1].bn is None:
+                misplaced = "dropout right after upsampling or a bare convolution; SegNet's placements drop after a pooling or a decoder block"
             else:
-                if not block or block[-1].bn is None:
-                    raise _fail(layer, "dropout right after upsampling or a bare convolution; SegNet's placements drop after a pooling or a decoder block")
                 block[-1].closed = True
                 net.drops.append((f"dec{len(net.encoders) - len(net.decoders)}", layer, block[-1]))
+            if misplaced:
+                if _samples_at_test(layer):
+                    raise _fail(layer, misplaced)
+                net.idle_drops.append(layer)  # Caffe's TEST phase passes it through: it changes nothing at test time
         elif kind == "Softmax":
             need_bottom(layer)
             ended = True
@@ -625,10 +638,19 @@ def _walk(layers: list[Layer]) -> _Net:
     net.decoders.append(block)
     net.classifier = cls
     block_ends = {id(b[-1]) for b in net.decoders if b}
-    for _, layer, follows in net.drops:
+    for place, layer, follows in list(net.drops):
         if follows is not None and id(follows) not in block_ends:
-            raise _fail(layer, "dropout inside a decoder block (or after the classifier); SegNet's placements drop after a whole block")
+            if _samples_at_test(layer):
+                raise _fail(layer, "dropout inside a decoder block (or after the classifier); SegNet's placements drop after a whole block")
+            net.drops.remove((place, layer, follows))
+            net.idle_drops.append(layer)
     return net
+
+
+def _samples_at_test(layer: Layer) -> bool:
+    """Whether a Dropout layer drops at test time (the SegNet fork's sample_weights_test); else Caffe's TEST phase passes it through."""
+    p = layer.params.get("dropout_param")
+    return bool(p is not None and p.sample_weights_test)
 
 
 def _arch(net: _Net) -> tuple[str, float]:
@@ -652,6 +674,13 @@ def _arch(net: _Net) -> tuple[str, float]:
 def _placement(net: _Net, arch: str) -> tuple[str, float, bool]:
     """The catalogue placement of the Dropout layers, their p, and whether they sample at test time."""
     placements = SEGNET_PLACEMENTS if arch == "segnet" else BASIC_PLACEMENTS
+    if net.idle_drops:
+        # Some Dropout layers sit where no segbatch placement drops, and none samples at test time (else _walk refused
+        # them): Caffe's TEST phase passes every one of them through, so the model is imported without dropout.
+        sampled = [lay for _, lay, _ in net.drops if _samples_at_test(lay)]
+        if sampled:
+            raise _fail(sampled[0], f"samples at test time (sample_weights_test) while {net.idle_drops[0].name!r} does not and sits at no segbatch placement")
+        return "none", 0.5, False
     if not net.drops:
         return "none", 0.5, False
     places = [place for place, _, _ in net.drops]
@@ -711,7 +740,7 @@ def import_caffe(prototxt: str | Path, weights: str | Path) -> Imported:
         model.input_std.fill_(1.0 / (255.0 * scale))
     _check_input_shape(proto, net, in_channels)
     model.eval()
-    provenance = {
+    provenance: dict[str, Any] = {
         "imported_from": "Caffe",
         "prototxt": {"name": Path(prototxt).name, "sha256": _sha256(prototxt)},
         "caffemodel": {"name": Path(weights).name, "sha256": _sha256(weights)},
@@ -721,7 +750,13 @@ def import_caffe(prototxt: str | Path, weights: str | Path) -> Imported:
         # as the definition states them: mean_value in Caffe's channel order, subtracted before the scale
         "input": {"channel_order": "BGR" if bgr else "as stored", "range": "0-255", "mean": list(mean), "scale": scale},
         "dropout_sampled_at_test": sampling,
+        # where the definition fixes it, the input size (N, C, H, W) its Upsample sizes are checked against
+        "input_dims": _input_size(proto),
+        "upsample": {lay.name: _upsample_size(lay)[0] for lay in net.upsamples},
     }
+    if net.idle_drops:
+        ignored = [lay.name for lay in net.idle_drops] + [lay.name for _, lay, _ in net.drops]
+        provenance["dropout_ignored"] = {"layers": ignored, "why": "no sample_weights_test, at no segbatch placement: identity in Caffe's TEST phase"}
     return Imported(model, provenance)
 
 
@@ -751,13 +786,32 @@ def _input_scaling(net: _Net, in_channels: int) -> tuple[list[float], float]:
     return values or [0.0] * in_channels, scale
 
 
-def _check_input_shape(proto: Any, net: _Net, in_channels: int) -> None:
-    """Where the definition fixes the input size, its Upsample sizes must be those of the poolings they undo."""
-    dims: list[int] = []
+def _input_size(proto: Any) -> list[int]:
+    """The (N, C, H, W) the definition fixes with `input_shape` / `input_dim`; [] where a data layer feeds it."""
     if len(proto.input_shape):
-        dims = [int(d) for d in proto.input_shape[0].dim]
-    elif len(proto.input_dim) >= 4:
-        dims = [int(d) for d in proto.input_dim[:4]]
+        return [int(d) for d in proto.input_shape[0].dim]
+    if len(proto.input_dim) >= 4:
+        return [int(d) for d in proto.input_dim[:4]]
+    return []
+
+
+def _upsample_size(layer: Layer) -> tuple[str, int | None, int | None, int, int]:
+    """How an Upsample sets its output: a text for the provenance, upsample_h / upsample_w where given, pad_out_h / _w.
+
+    As the SegNet fork's upsample_layer.cpp: a side without upsample_h / upsample_w is ``scale * in - pad_out``.
+    """
+    p = layer.params.get("upsample_param")
+    uh = int(p.upsample_h) if p is not None and p.HasField("upsample_h") else None
+    uw = int(p.upsample_w) if p is not None and p.HasField("upsample_w") else None
+    ph = int(bool(p is not None and p.pad_out_h))
+    pw = int(bool(p is not None and p.pad_out_w))
+    sides = [f"{uh}" if uh is not None else ("2h-1" if ph else "2h"), f"{uw}" if uw is not None else ("2w-1" if pw else "2w")]
+    return "x".join(sides), uh, uw, ph, pw
+
+
+def _check_input_shape(proto: Any, net: _Net, in_channels: int) -> None:
+    """Where the definition fixes the input size, each Upsample's output must be the size of the pooling input it undoes."""
+    dims = _input_size(proto)
     if len(dims) != 4:
         return
     if dims[1] != in_channels:
@@ -766,17 +820,13 @@ def _check_input_shape(proto: Any, net: _Net, in_channels: int) -> None:
     sizes = []
     for _ in net.pools:
         sizes.append((h, w))
-        h, w = -(-h // 2), -(-w // 2)
+        h, w = -(-h // 2), -(-w // 2)  # Caffe's pooling rounds up
     for layer, (h, w) in zip(net.upsamples, reversed(sizes)):
-        p = layer.params.get("upsample_param")
-        if p is None:
-            continue
-        uh = int(p.upsample_h) if p.HasField("upsample_h") else None
-        uw = int(p.upsample_w) if p.HasField("upsample_w") else None
-        if uh is None and uw is None:
-            uh, uw = 2 * -(-h // 2), 2 * -(-w // 2)
-        if (uh is not None and uh != h) or (uw is not None and uw != w):
-            raise _fail(layer, f"upsamples to {uh}x{uw}, but the pooling it undoes took {h}x{w}")
+        _, uh, uw, ph, pw = _upsample_size(layer)
+        got_h = uh if uh is not None else 2 * -(-h // 2) - ph
+        got_w = uw if uw is not None else 2 * -(-w // 2) - pw
+        if (got_h, got_w) != (h, w):
+            raise _fail(layer, f"upsamples to {got_h}x{got_w}, but the pooling it undoes took {h}x{w} (input {dims[2]}x{dims[3]})")
 
 
 def _blobs_of(layer: Layer, blobs: dict[str, list[Tensor]]) -> list[Tensor]:
@@ -857,8 +907,9 @@ def _copy_bn(conv: _Conv, bn: nn.BatchNorm2d, blobs: dict[str, list[Tensor]]) ->
             if not inference:
                 raise _fail(
                     layer,
-                    "BN in LEARN mode normalises with each batch's statistics; use the inference definition and weights "
-                    "(bn_mode: INFERENCE, statistics folded in by SegNet-Tutorial's compute_bn_statistics.py)",
+                    "BN in LEARN mode (no bn_mode: INFERENCE, as in the *_train.prototxt definitions) normalises with each "
+                    "batch's statistics, which its 2 blobs do not hold; import the inference definition (bn_mode: INFERENCE) "
+                    "with the weights SegNet-Tutorial's compute_bn_statistics.py wrote",
                 )
             gamma, beta = found
             mean = var = None

@@ -77,8 +77,18 @@ def write_caffe(
     bn: str = "folded",
     legacy_weights: bool = False,
     legacy_definition: bool = False,
+    released: bool = False,
+    classifier: str | None = None,
 ) -> tuple[Path, Path]:
-    """Write model.prototxt and model.caffemodel for `model` into `folder`; returns their paths."""
+    """Write model.prototxt and model.caffemodel for `model` into `folder`; returns their paths.
+
+    ``released`` writes the definition as SegNet-Tutorial's inference files are written: a ``DenseImageData`` data
+    layer (no fixed input size), BN layers with their two ``param`` blocks and ``bn_param { bn_mode: INFERENCE
+    scale_filler shift_filler }``, Dropout in place (``encdrop3`` top ``pool3``), Upsample sizes only where a
+    pooling input is odd (``upsample_h``/``upsample_w`` for SegNet, ``pad_out_h``/``pad_out_w`` for SegNet-Basic)
+    and ``softmax_param {engine: CAFFE}``. ``classifier`` renames the last convolution (SegNet-Basic's is
+    ``conv_classifier`` or ``dense_softmax_inner_prod`` in the released files).
+    """
     if bn not in ("folded", "stats", "batchnorm"):
         raise ValueError(f"bn={bn!r}")
     if bn == "batchnorm" and (legacy_weights or legacy_definition):
@@ -98,7 +108,9 @@ def write_caffe(
         else:
             text.append(f'layer {{ name: "{name}" type: "{kind}"{body} {params} }}')
 
-    if transform is None:
+    if transform is None and released:
+        layer("data", "DenseImageData", [], ["data", "label"], 'dense_image_data_param { source: "/SegNet/CamVid/test.txt" batch_size: 1 }')
+    elif transform is None:
         text += ['input: "data"', *(f"input_dim: {d}" for d in (1, model.in_channels, height, width))]
     else:
         means, scale = transform
@@ -131,7 +143,9 @@ def write_caffe(
         c = gamma.numel()
         if bn == "folded":
             scale = gamma / torch.sqrt(var + mod.eps)
-            layer(name, "BN", [current], [current], 'bn_param { bn_mode: INFERENCE scale_filler { type: "constant" value: 1 } }')
+            fillers = 'scale_filler { type: "constant" value: 1 } shift_filler { type: "constant" value: 0.001 }'
+            lr = "param { lr_mult: 1 decay_mult: 1 } param { lr_mult: 1 decay_mult: 0 } " if released else ""
+            layer(name, "BN", [current], [current], f"{lr}bn_param {{ bn_mode: INFERENCE {fillers} }}")
             blobs[name] = ("BN", [scale.reshape(1, c, 1, 1), (beta - mean * scale).reshape(1, c, 1, 1)])
         elif bn == "stats":  # Caffe adds 1e-9 where torch adds mod.eps: the variance written makes the two equal
             layer(name, "BN", [current], [current], 'bn_param { scale_filler { type: "constant" value: 1 } }')
@@ -148,8 +162,9 @@ def write_caffe(
     def drop(name: str, place: str) -> None:
         nonlocal current
         if place in model.drops:
-            layer(name, "Dropout", [current], [name], f"dropout_param {{ dropout_ratio: {model.p} sample_weights_test: true }}")
-            current = name
+            top = current if released else name  # the released files drop in place
+            layer(name, "Dropout", [current], [top], f"dropout_param {{ dropout_ratio: {model.p} sample_weights_test: true }}")
+            current = top
 
     if model.lrn:
         size, alpha, beta, k = model.lrn
@@ -175,8 +190,15 @@ def write_caffe(
         drop(f"encdrop{k}", f"pool{k}")
     for k in range(depth, 0, -1):
         uh, uw = sizes[k - 1]
-        layer(f"upsample{k}", "Upsample", [current, f"pool{k}_mask"], [f"pool{k}_D"], f"upsample_param {{ scale: 2 upsample_h: {uh} upsample_w: {uw} }}")
-        current = f"pool{k}_D"
+        up = f"upsample_h: {uh} upsample_w: {uw}"
+        if released:  # sizes only where the pooling input is odd, as the released files
+            if basic:
+                up = "".join(f" pad_out_{a}: true" for a, v in (("h", uh), ("w", uw)) if v % 2)
+            elif uh % 2 == 0 and uw % 2 == 0:
+                up = ""
+        top = f"upsample{k}" if basic and released else f"pool{k}_D"
+        layer(f"upsample{k}", "Upsample", [current, f"pool{k}_mask"], [top], f"upsample_param {{ scale: 2 {up} }}")
+        current = top
         units = _units(model.decoders[f"dec{k}"])
         n = len(units) + (1 if k == 1 and not basic else 0)  # SegNet's conv1_1_D is the classifier
         for j, (c, b, relu) in enumerate(units):
@@ -187,8 +209,8 @@ def write_caffe(
                 layer(f"relu{k}_{n - j}_D", "ReLU", [current], [current])
         drop(f"decdrop{k}", f"dec{k}")
     drop("clsdrop", "classifier")
-    conv("conv_classifier" if basic else "conv1_1_D", model.classifier)
-    layer("prob", "Softmax", [current], ["prob"])
+    conv(classifier or ("conv_classifier" if basic else "conv1_1_D"), model.classifier)
+    layer("prob", "Softmax", [current], ["prob"], "softmax_param { engine: CAFFE }" if released else "")
 
     proto = folder / "model.prototxt"
     proto.write_text("\n".join(text) + "\n")
@@ -207,3 +229,49 @@ def write_caffe(
     weights = folder / "model.caffemodel"
     weights.write_bytes(net.SerializeToString())
     return proto, weights
+
+
+def write_caffemodel_for(model: SegNet, prototxt: Path, path: Path) -> Path:
+    """Write `model`'s weights as a .caffemodel whose layer names are those of the definition `prototxt`.
+
+    The definition's Convolution layers, in order, take the model's convolutions (encoders, decoders, classifier),
+    and its BN layers the model's batch normalisations, folded (scale, shift: what compute_bn_statistics.py writes)
+    whatever the definition's bn_mode says. Only names are read from the definition: its shapes are the model's.
+    """
+    from google.protobuf import text_format
+
+    msgs = _messages()
+    net: Any = msgs["NetParameter"]()
+    text_format.Parse(prototxt.read_text(), net, allow_unknown_field=True, allow_unknown_extension=True)
+    conv_names = [lay.name for lay in net.layer if lay.type == "Convolution"]
+    bn_names = [lay.name for lay in net.layer if lay.type == "BN"]
+    depth = len(model.encoders)
+    seqs = [model.encoders[f"enc{k}"] for k in range(1, depth + 1)] + [model.decoders[f"dec{k}"] for k in range(depth, 0, -1)]
+    units = [u for seq in seqs for u in _units(seq)]
+    convs = [c for c, _, _ in units] + [model.classifier]
+    bns = [b for _, b, _ in units]
+    if len(conv_names) != len(convs) or len(bn_names) != len(bns):
+        raise ValueError(f"{prototxt.name}: {len(conv_names)} convolutions and {len(bn_names)} BN layers; the model has {len(convs)} and {len(bns)}")
+    out: Any = msgs["NetParameter"]()
+    out.name = net.name
+    for i, (name, mod) in enumerate(zip(conv_names, convs)):
+        w = mod.weight.detach().double()
+        if i == 0 and model.in_channels == 3:
+            w = w.flip(1)  # Caffe's input is BGR
+        assert mod.bias is not None
+        _add(out.layer.add(name=name, type="Convolution"), [w, mod.bias.detach().double()])
+    for name, bn in zip(bn_names, bns):
+        assert bn.running_var is not None and bn.running_mean is not None
+        scale = bn.weight.detach().double() / torch.sqrt(bn.running_var.double() + bn.eps)
+        shift = bn.bias.detach().double() - bn.running_mean.double() * scale
+        c = scale.numel()
+        _add(out.layer.add(name=name, type="BN"), [scale.reshape(1, c, 1, 1), shift.reshape(1, c, 1, 1)])
+    path.write_bytes(out.SerializeToString())
+    return path
+
+
+def _add(lay: Any, tensors: list[Tensor]) -> None:
+    for t in tensors:
+        blob = lay.blobs.add()
+        blob.shape.dim.extend(t.shape)
+        blob.data.extend(t.float().flatten().numpy().tolist())

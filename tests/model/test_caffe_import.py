@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -264,3 +265,144 @@ def test_info_shows_an_imported_checkpoints_provenance(runner, cli, tmp_path):
     assert "input       BGR 0-255, mean 104 117 123 (B, G, R) subtracted, then scale 0.5" in rows
     assert "batch norm  BN with running statistics (eps 1e-09)" in rows
     assert any("sample at test time" in row for row in rows)
+
+
+@pytest.mark.parametrize(
+    ("arch", "width", "lrn", "classifier"), [("segnet-basic", 0.25, (5, 1e-4, 0.75, 1.0), "dense_softmax_inner_prod"), ("segnet", 0.125, (), None)]
+)
+def test_definitions_written_as_the_released_files_import(runner, cli, tmp_path, arch, width, lrn, classifier):
+    """DenseImageData input, BN with param blocks and fillers, Dropout in place, sizes only where a side is odd, softmax engine."""
+    model = _caffe_like(arch, width, dropout="central", lrn=lrn)
+    imported = _import(runner, cli, tmp_path, model, released=True, classifier=classifier)
+    text = (tmp_path / "model.prototxt").read_text()
+    assert 'type: "DenseImageData"' in text and "input_dim" not in text and 'name: "encdrop3" type: "Dropout" bottom: "pool3" top: "pool3"' in text
+    assert ("pad_out_h: true" in text) == (arch == "segnet-basic") and "softmax_param { engine: CAFFE }" in text
+    prov = load_checkpoint(tmp_path / "imported.pt").spec.extra
+    assert imported.dropout_placement == "central" and prov["dropout_sampled_at_test"] is True and prov["input_dims"] == []
+    x = torch.rand(2, 3, 45, 61)
+    a, b = mc_predict(model, x, samples=2, seed=3), mc_predict(imported, x, samples=2, seed=3)
+    torch.testing.assert_close(b["probs"], a["probs"], atol=1e-5, rtol=0)
+
+
+def test_pad_out_upsampling_is_checked_against_a_fixed_input_size(runner, cli, tmp_path):
+    """SegNet-Basic's released definitions undo pool4 (45 rows at 360x480) with `pad_out_h: true`: 2 * 23 - 1 = 45."""
+    model = _caffe_like("segnet-basic", 0.25, lrn=(5, 1e-4, 0.75, 1.0))
+    proto, weights = write_caffe(model, tmp_path, height=360, width=480)
+    text = proto.read_text()
+    up = "upsample_param { scale: 2 upsample_h: 45 upsample_w: 60 }"
+    assert up in text
+    (tmp_path / "pad.prototxt").write_text(text.replace(up, "upsample_param { scale: 2 pad_out_h: true }"))
+    r = runner.invoke(cli, ["model", "import", "--prototxt", str(tmp_path / "pad.prototxt"), "--weights", str(weights), "--out", str(tmp_path / "p.pt")])
+    assert r.exit_code == 0, r.output
+    assert load_checkpoint(tmp_path / "p.pt").spec.extra["upsample"]["upsample4"] == "2h-1x2w"
+    (tmp_path / "nopad.prototxt").write_text(text.replace(up, "upsample_param { scale: 2 }"))
+    line = _refused(runner, cli, tmp_path / "nopad.prototxt", weights, tmp_path / "n.pt")
+    assert "'upsample4'" in line and "46x60" in line and "45x60" in line
+
+
+def test_training_definitions_are_refused_and_pass_through_dropout_is_dropped(runner, cli, tmp_path):
+    """A *_train definition (BN in LEARN mode) with folded weights is refused in one line; test-time pass-through
+    Dropout layers at no segbatch position (segnet_pascal's, before each pooling) are left out, and recorded."""
+    model = _caffe_like("segnet-basic", 0.25, lrn=(5, 1e-4, 0.75, 1.0))
+    proto, weights = write_caffe(model, tmp_path, released=True)
+    text = proto.read_text()
+    train = text.replace("bn_param { bn_mode: INFERENCE", "bn_param {").replace(
+        'layer { name: "prob" type: "Softmax" bottom: "conv_classifier" top: "prob" softmax_param { engine: CAFFE } }',
+        'layer { name: "loss" type: "SoftmaxWithLoss" bottom: "conv_classifier" bottom: "label" top: "loss" '
+        "loss_param: { weight_by_label_freqs: true ignore_label: 11 class_weighting: 0.2595 } }\n"
+        'layer { name: "accuracy" type: "Accuracy" bottom: "conv_classifier" bottom: "label" top: "accuracy" top: "per_class_accuracy" }',
+    )
+    assert "SoftmaxWithLoss" in train
+    (tmp_path / "train.prototxt").write_text(train)
+    line = _refused(runner, cli, tmp_path / "train.prototxt", weights, tmp_path / "t.pt")
+    assert "'conv1_bn'" in line and "LEARN mode" in line and "compute_bn_statistics.py" in line
+    drop = 'layer { name: "pool2_drop" type: "Dropout" bottom: "conv2" top: "conv2" dropout_param { dropout_ratio: 0.5 } }\n'
+    at = text.index('layer { name: "pool2" type: "Pooling"')
+    (tmp_path / "pascal.prototxt").write_text(text[:at] + drop + text[at:])
+    r = runner.invoke(cli, ["model", "import", "--prototxt", str(tmp_path / "pascal.prototxt"), "--weights", str(weights), "--out", str(tmp_path / "d.pt")])
+    assert r.exit_code == 0, r.output
+    ckpt = load_checkpoint(tmp_path / "d.pt")
+    assert ckpt.model.dropout_placement == "none" and ckpt.spec.extra["dropout_ignored"]["layers"] == ["pool2_drop"]
+    x = torch.rand(1, 3, 45, 61)
+    with torch.no_grad():
+        torch.testing.assert_close(ckpt.model(x), model(x), atol=1e-5, rtol=0)
+    sampled = drop.replace("dropout_ratio: 0.5", "dropout_ratio: 0.5 sample_weights_test: true")
+    (tmp_path / "sampled.prototxt").write_text(text[:at] + sampled + text[at:])
+    line = _refused(runner, cli, tmp_path / "sampled.prototxt", weights, tmp_path / "s.pt")
+    assert "'pool2_drop'" in line and "inside an encoder block" in line
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# The released definitions (SegNet-Tutorial's Models/*.prototxt and Example_Models/*.prototxt), where a folder of them
+# is given: SEGBATCH_SEGNET_DEFS=/path/to/folder. Their weights are not needed: a random model of the architecture the
+# definition describes is written under the definition's layer names, imported, and compared.
+
+_DEFS = os.environ.get("SEGBATCH_SEGNET_DEFS", "")
+_DEF_FILES = sorted(Path(_DEFS).glob("*.prototxt")) if _DEFS and Path(_DEFS).is_dir() else []
+_SOLVERS = ("_solver.prototxt",)
+
+
+def _described(proto: Path) -> dict:
+    """What the definition says, read from its text independently of the importer: arch, classes, LRN, dropout, BN mode."""
+    from google.protobuf import text_format
+
+    from segbatch.model.caffe import _messages
+    from segbatch.model.catalog import BASIC_PLACEMENTS, SEGNET_PLACEMENTS
+
+    net = _messages()["NetParameter"]()
+    text_format.Parse(proto.read_text(), net, allow_unknown_field=True, allow_unknown_extension=True)
+    layers = list(net.layer)
+    pools = [lay for lay in layers if lay.type == "Pooling"]
+    arch = "segnet" if len(pools) == 5 else "segnet-basic"
+    convs = [lay for lay in layers if lay.type == "Convolution"]
+    drops = [lay for lay in layers if lay.type == "Dropout"]
+    places = set()
+    for lay in drops:  # the released names: encdropK after poolK, decdropK after decoder block K
+        for stem, place in (("encdrop", "pool"), ("decdrop", "dec")):
+            if lay.name.startswith(stem):
+                places.add(f"{place}{lay.name[len(stem) :]}")
+    placements = SEGNET_PLACEMENTS if arch == "segnet" else BASIC_PLACEMENTS
+    placement = next((k for k, v in placements.items() if set(v) == places and len(places) == len(drops)), "none")
+    lrn = next((lay.lrn_param for lay in layers if lay.type == "LRN"), None)
+    return {
+        "arch": arch,
+        "classes": int(convs[-1].convolution_param.num_output),
+        "lrn": (float(lrn.local_size), float(f"{lrn.alpha:.7g}"), float(f"{lrn.beta:.7g}"), 1.0) if lrn is not None else (),
+        "placement": placement,
+        "sampled": any(lay.dropout_param.sample_weights_test for lay in drops),
+        "train": any(lay.type == "BN" and lay.bn_param.bn_mode != 1 for lay in layers),
+        "input": [int(d) for d in net.input_dim],
+    }
+
+
+@pytest.mark.skipif(not _DEF_FILES, reason="SEGBATCH_SEGNET_DEFS does not name a folder of the released .prototxt files")
+@pytest.mark.parametrize("proto", [p for p in _DEF_FILES if not p.name.endswith(_SOLVERS)], ids=lambda p: p.name)
+def test_released_definitions_import_with_weights_in_their_naming(runner, cli, tmp_path, proto):
+    from tests.helpers.caffe import write_caffemodel_for
+
+    said = _described(proto)
+    model = _caffe_like(said["arch"], 1.0, dropout=said["placement"], lrn=said["lrn"], classes=said["classes"])
+    weights = write_caffemodel_for(model, proto, tmp_path / "weights.caffemodel")
+    out = tmp_path / "imported.pt"
+    if said["train"]:  # BN in LEARN mode normalises with batch statistics: folded weights mean something else there
+        line = _refused(runner, cli, proto, weights, out)
+        assert "LEARN mode" in line and "bn_mode: INFERENCE" in line, line
+        return
+    r = runner.invoke(cli, ["model", "import", "--prototxt", str(proto), "--weights", str(weights), "--out", str(out)])
+    assert r.exit_code == 0, r.output
+    ckpt = load_checkpoint(out)
+    imported, prov = ckpt.model, ckpt.spec.extra
+    assert (imported.arch, imported.width, imported.num_classes) == (said["arch"], 1.0, said["classes"])
+    assert imported.dropout_placement == said["placement"] and imported.lrn == said["lrn"]
+    assert prov["dropout_sampled_at_test"] == said["sampled"] and prov["input"] == {"channel_order": "BGR", "range": "0-255", "mean": [0.0] * 3, "scale": 1.0}
+    assert prov["input_dims"] == said["input"]
+    torch.testing.assert_close(imported.input_std, torch.full((3,), 1 / 255))
+    x = torch.rand(1, 3, 37, 53)  # odd sides: the ceil-mode pooling and its unpooling on every level
+    with torch.no_grad():
+        diff = (imported(x) - model(x)).abs().max().item()
+    print(f"{proto.name}: {said['arch']} {said['classes']} classes, dropout {said['placement']}, max |diff| {diff:.3g}")
+    assert diff <= 1e-5
+    if said["placement"] != "none":  # the same MC dropout masks
+        torch.testing.assert_close(mc_predict(imported, x, samples=2, seed=7)["probs"], mc_predict(model, x, samples=2, seed=7)["probs"], atol=1e-5, rtol=0)
+    elif "Dropout" in proto.read_text():  # pass-through at test time and at no segbatch position (segnet_pascal)
+        assert prov["dropout_ignored"]["layers"]
