@@ -80,11 +80,13 @@ class ArraySpec:
     shards: tuple[int, ...] | None = None
 
 
-def create_store(path: Location, layout: StoreLayout, attrs: dict[str, Any], lease: Lease | None) -> Any:
+def create_store(path: Location, layout: StoreLayout, attrs: dict[str, Any], lease: Lease | None, consolidated: bool = True) -> Any:
     """Create the store with every array, coordinate, the root attributes (status "running") and the run's lease.
 
     A group of a job store (`segbatch.jobstore`) has no lease of its own
-    (`lease` None): the job's root holds the one lease that fences every write.
+    (`lease` None): the job's root holds the one lease that fences every write;
+    it is consolidated when the job finishes it (`consolidated` False: a
+    reader without consolidated metadata still finds every array).
 
     A local store is built beside its final place and renamed into it, so a
     driver killed half-way never leaves a store that --resume would take for a
@@ -111,7 +113,8 @@ def create_store(path: Location, layout: StoreLayout, attrs: dict[str, Any], lea
     try:
         root = zarr.open_group(str(building), mode="w-", zarr_format=3, attributes=_root_attrs(layout, attrs, "running"))
         _create_arrays(root, layout, _class_names(attrs, layout.num_classes))
-        consolidate(root)
+        if consolidated:
+            consolidate(root)
         if lease is not None:
             write_lease(building, lease)
         os.rename(building, path)

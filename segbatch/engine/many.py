@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
@@ -142,6 +142,8 @@ class InputState:
     left: int = 0  # of those, not finished yet
     root: Any = None  # its group, open for writing (while the job runs)
     done: dict[int, dict[str, Any]] = field(default_factory=dict)  # its ledger when the job started
+    layout: Any = None  # a new group's layout and attributes, until it is created
+    attrs: Any = None
 
     def fail(self, error: str) -> None:
         if self.status != "failed":
@@ -206,42 +208,61 @@ def run_many(
             root = replace_store(cfg, keeper, lambda: create_job_root(cfg.out, attrs, keeper.lease))
         summary = JobSummary(noun="frame" if kind == "video" else "tile", inputs=len(every), already=len(done_before))
         with recorded_outcome(root, 0, "units", left=lambda: sum(s.left for s in states), fail=lambda why: update_job(root, status="failed", error=why)):
-            _open_groups(cfg, ckpt, planned, actors, keeper)
-            units = _job_units(cfg, ckpt, planned, lease.run)
+            _prepare_groups(cfg, ckpt, planned, actors, lease.run)
+            planned = sorted((s for s in planned if s.source is not None), key=lambda s: -len(s.pending))  # the longest inputs first
             summary.units = sum(len(s.units) for s in states)
-            summary.skipped_units = summary.units - len(units)
+            summary.skipped_units = summary.units - sum(len(s.pending) for s in planned)
             started = time.perf_counter()
             by_name = {s.input.name: s for s in states}
-            if units:
-                template = ray_get_first(units)
+            todo = [s for s in planned if s.pending]
+            for state in planned:
+                if not state.pending and state.root is not None:
+                    state.source.begin(state.root, state.done, keeper)  # type: ignore[union-attr]  # all its units were done before
+            if todo:
+                first = todo[0]
+                assert first.source is not None
+                template = first.source.job(location.absolute(input_config(cfg, first.input).out), location.absolute(ckpt.path), lease.run)
                 job = ManyJob(**JobBasics.of(cfg, location.absolute(cfg.out), location.absolute(ckpt.path), lease.run), template=template)
-                with (
-                    ActorPool(
-                        worker or PipelineWorker,
-                        job,
-                        actors,
-                        cfg.cpus_per_actor,
-                        gpus,
-                        grow=cfg.actors is None,
-                        describe=lambda u: f"{u.group}: {by_name[u.group].source.describe(u.unit)}",  # type: ignore[union-attr]
-                        quiet=cfg.quiet,
-                        unit_errors=(InputError,),
-                    ) as pool,
-                    _progress(cfg, states, units, summary.noun) as progress,
-                ):
-                    for unit in units:
-                        pool.submit(unit)
-                    while pool.has_next():
-                        unit, result = pool.get_next()
-                        state = by_name[unit.group]
-                        state.left -= 1
-                        if isinstance(result, BaseException):
-                            state.fail(first_line(result))
-                            continue
-                        summary.items += unit.size
-                        state.source.unit_done(unit.unit, result)  # type: ignore[union-attr]
-                        progress.unit_done(unit, result)
-                    summary.actors, summary.device = pool.most_ready, pool.device
+                groups = _Groups(cfg, todo)
+                try:
+                    with (
+                        ActorPool(
+                            worker or PipelineWorker,
+                            job,
+                            actors,
+                            cfg.cpus_per_actor,
+                            gpus,
+                            grow=cfg.actors is None,
+                            describe=lambda u: f"{u.group}: {by_name[u.group].source.describe(u.unit)}",  # type: ignore[union-attr]
+                            quiet=cfg.quiet,
+                            unit_errors=(InputError,),
+                        ) as pool,
+                        _progress(cfg, planned, summary.noun) as progress,
+                    ):
+                        count = 0
+                        while groups or pool.has_next():
+                            for state in groups.ready(block=not pool.has_next()):
+                                if state.status == "failed" or state.source is None:
+                                    continue
+                                keeper.check()
+                                state.source.begin(state.root, state.done, keeper)  # a raster's stitcher follows its tiles from here
+                                for unit in _units_of(cfg, ckpt, state, lease.run, count):
+                                    pool.submit(unit)
+                                    count += 1
+                            if not pool.has_next():
+                                continue
+                            unit, result = pool.get_next()
+                            state = by_name[unit.group]
+                            state.left -= 1
+                            if isinstance(result, BaseException):
+                                state.fail(first_line(result))
+                                continue
+                            summary.items += unit.size
+                            state.source.unit_done(unit.unit, result)  # type: ignore[union-attr]
+                            progress.unit_done(unit, result)
+                        summary.actors, summary.device = pool.most_ready, pool.device
+                finally:
+                    groups.close()
             summary.seconds = time.perf_counter() - started
             keeper.renew()
             keeper.check()
@@ -337,11 +358,11 @@ def input_config(cfg: RunConfig, item: Input) -> RunConfig:
     return replace(cfg, input=item.location, out=group_location(cfg.out, item.name))
 
 
-def _open_groups(cfg: RunConfig, ckpt: Any, states: Sequence[InputState], actors: int, keeper: LeaseKeeper) -> None:
-    """Create each planned input's group (or reopen it for --resume, checked as a single store is); failures stay the input's."""
-    run = keeper.lease.run
+def _prepare_groups(cfg: RunConfig, ckpt: Any, states: Sequence[InputState], actors: int, run: str) -> None:
+    """Each planned input's units: from its group's attributes and ledger (--resume, checked as a single store is), or from the
+    layout its new group will have (created later, beside inference: `_Groups`); failures stay the input's."""
 
-    def open_group(state: InputState) -> None:
+    def prepare(state: InputState) -> None:
         assert state.source is not None
         icfg = input_config(cfg, state.input)
         config = fingerprint(icfg, ckpt.sha256, state.source)
@@ -349,13 +370,12 @@ def _open_groups(cfg: RunConfig, ckpt: Any, states: Sequence[InputState], actors
             if location.exists(icfg.out):
                 group = open_store(icfg.out)
                 state.source.check_resume(group, store_attrs(group))
-                group, attrs = reopen_for_resume(icfg.out, config, run)
+                state.root, attrs = reopen_for_resume(icfg.out, config, run)
+                state.done = finished_units(state.root)
             else:
-                layout, attrs = new_store_attrs(icfg, state.source, ckpt, config, actors, run)
-                group = create_store(icfg.out, layout, attrs, None)
-                attrs = store_attrs(group)
+                state.layout, attrs = new_store_attrs(icfg, state.source, ckpt, config, actors, run)
+                state.attrs = attrs
             state.units = list(state.source.units(attrs))
-            state.root, state.done = group, finished_units(group)
             state.pending = [u for u in state.units if unit_id(u) not in state.done]
             state.left = len(state.pending)
         except (SegbatchError, OSError) as exc:
@@ -363,46 +383,72 @@ def _open_groups(cfg: RunConfig, ckpt: Any, states: Sequence[InputState], actors
             state.source = None
 
     with ThreadPoolExecutor(min(PLAN_THREADS, max(1, len(states)))) as pool:
-        list(pool.map(open_group, states))
-    keeper.check()
-    for state in states:
-        if state.source is not None:
-            state.source.begin(state.root, state.done, keeper)  # a raster's stitcher follows its tiles from here
+        list(pool.map(prepare, states))
 
 
-def _job_units(cfg: RunConfig, ckpt: Any, states: Sequence[InputState], run: str) -> list[GroupUnit]:
-    """Every input's pending units for one pool, longest first (the largest inputs first among equals): a short tail."""
+class _Groups:
+    """The new groups, created by background threads while the pool works, handed out in the order given (largest inputs first).
+
+    Creating a group (a Zarr store of its own) costs the driver ~25 ms of
+    Python; made up front for 10,000 inputs that is minutes before the first
+    unit runs, made beside inference it is hidden behind the actors' work.
+    """
+
+    def __init__(self, cfg: RunConfig, states: Sequence[InputState]) -> None:
+        def create(state: InputState) -> None:
+            if state.root is not None:
+                return  # resumed: its group exists
+            try:
+                state.root = create_store(input_config(cfg, state.input).out, state.layout, state.attrs, None, consolidated=False)
+            except (SegbatchError, OSError) as exc:
+                state.fail(first_line(exc))
+            state.layout = state.attrs = None
+
+        self.threads = ThreadPoolExecutor(min(PLAN_THREADS, max(1, len(states))))
+        self.waiting = deque((state, self.threads.submit(create, state)) for state in states)
+
+    def __bool__(self) -> bool:
+        return bool(self.waiting)
+
+    def ready(self, block: bool) -> list[InputState]:
+        """The groups created since the last call, in order (with `block`, wait for at least one)."""
+        out: list[InputState] = []
+        while self.waiting and (self.waiting[0][1].done() or (block and not out)):
+            state, future = self.waiting.popleft()
+            future.result()
+            out.append(state)
+        return out
+
+    def close(self) -> None:
+        self.threads.shutdown(wait=True, cancel_futures=True)
+
+
+def _units_of(cfg: RunConfig, ckpt: Any, state: InputState, run: str, first: int) -> list[GroupUnit]:
+    """An input's pending units for the job's pool, numbered from `first`; its worker job goes to Ray's object store once."""
     import ray
 
-    units = []
-    for state in states:
-        if state.source is None or not state.pending:
-            continue
-        icfg = input_config(cfg, state.input)
-        ref = ray.put(state.source.job(location.absolute(icfg.out), location.absolute(ckpt.path), run))
-        total = sum(state.source.size(u) for u in state.units)
-        for u in state.pending:
-            units.append((state.source.size(u), total, GroupUnit(0, state.input.name, u, state.source.size(u), ref)))
-    units.sort(key=lambda t: (-t[0], -t[1]))
-    return [replace(u, id=i) for i, (_, _, u) in enumerate(units)]
+    assert state.source is not None
+    icfg = input_config(cfg, state.input)
+    ref = ray.put(state.source.job(location.absolute(icfg.out), location.absolute(ckpt.path), run))
+    return [GroupUnit(first + i, state.input.name, u, state.source.size(u), ref) for i, u in enumerate(state.pending)]
 
 
-def ray_get_first(units: Sequence[GroupUnit]) -> SourceJob:
-    """The job of the first unit's input: its settings are every input's (one configuration per job)."""
-    import ray
-
-    return ray.get(units[0].job)  # type: ignore[no-any-return]
+def _items(state: InputState, units: Sequence[Any]) -> int:
+    assert state.source is not None
+    return sum(state.source.size(u) for u in units)
 
 
-def _progress(cfg: RunConfig, states: Sequence[InputState], units: Sequence[GroupUnit], noun: str) -> RunProgress:
-    total_units = sum(len(s.units) for s in states if s.source is not None)
-    total_items = sum(sum(s.source.size(u) for u in s.units) for s in states if s.source is not None)
-    left = sum(u.size for u in units)
+def _progress(cfg: RunConfig, states: Sequence[InputState], noun: str) -> RunProgress:
+    planned = [s for s in states if s.source is not None]
+    total_units = sum(len(s.units) for s in planned)
+    total_items = sum(_items(s, s.units) for s in planned)
+    left_units = sum(len(s.pending) for s in planned)
+    left_items = sum(_items(s, s.pending) for s in planned)
     return RunProgress(
         total_units,
         total_items,
-        total_units - len(units),
-        total_items - left,
+        total_units - left_units,
+        total_items - left_items,
         noun,
         lambda u: f"{u.group}: unit {unit_id(u.unit)}",
         lambda u: u.size,
