@@ -22,10 +22,9 @@ import numpy as np
 
 from segbatch.errors import RunError, SegbatchError, first_line
 from segbatch.stitch import StitchJob, stitch_chunks
-from segbatch.tilestore import PROB_NODATA
 
 BATCH = 8  # ready chunks per task: consecutive chunks share most of their tiles (each task reads a tile once)
-TASKS_PER_CPU = 2  # stitch tasks in flight per CPU once inference is over
+TILE_ARRAYS = ("tiles/probs", "tiles/uncertainty")
 
 
 class Stitcher:
@@ -69,6 +68,7 @@ class Stitcher:
         self.inferring = True
         self.task_seconds = self.overlapped_seconds = 0.0
         self.live = self.peak = 0  # tiles written and not deleted: now, and at most
+        self.fills: list[tuple[Any, np.ndarray]] | None = None
         self.started = time.perf_counter()
         for tid, entry in sorted(done.items()):
             self._tile_done(tid, entry, written=self.readers[tid] > 0)
@@ -77,8 +77,8 @@ class Stitcher:
         """A tile's worker finished: the chunks it completes are stitched soon (a task per BATCH ready chunks)."""
         self._tile_done(tid, entry, written=True)
         self._collect(block=False)
-        while len(self.ready) >= BATCH and len(self.in_flight) < self._limit():
-            self._submit(BATCH)
+        while self.ready and len(self.in_flight) < self._limit():
+            self._submit(BATCH)  # a free slot takes what is ready (up to BATCH): the stitch keeps up, the tail stays short
 
     def drain(self, bar: Any = None) -> float:
         """Inference is over: stitch every chunk still to do; returns the wall seconds this took (the stitch after inference)."""
@@ -117,8 +117,8 @@ class Stitcher:
                 self.ready.append(cid)
 
     def _limit(self) -> int:
-        """Tasks in flight: one per CPU the actors leave while they run (at least one), more once they are done."""
-        return self.cpus * TASKS_PER_CPU if not self.inferring else max(1, self.cpus // 2)
+        """Tasks in flight: one per two CPUs while the actors run (at least one), one per CPU once they are done."""
+        return self.cpus if not self.inferring else max(1, self.cpus // 2)
 
     def _submit(self, count: int) -> None:
         batch = sorted(self.ready[:count])
@@ -163,8 +163,9 @@ class Stitcher:
         if self.keep:
             return
         self.check()  # the driver's writes are fenced too
-        probs = self.root["tiles/probs"]
-        probs[tid : tid + 1] = np.full((1, *probs.shape[1:]), PROB_NODATA, probs.dtype)
-        if "tiles/uncertainty" in self.root:
-            unc = self.root["tiles/uncertainty"]
-            unc[tid : tid + 1] = np.full((1, *unc.shape[1:]), np.nan, unc.dtype)
+        if self.fills is None:  # the tiles/ arrays and a tile of fill values for each, made once
+            self.fills = [
+                (arr, np.full((1, *arr.shape[1:]), arr.fill_value, arr.dtype)) for name in TILE_ARRAYS if name in self.root for arr in [self.root[name]]
+            ]
+        for arr, fill in self.fills:
+            arr[tid : tid + 1] = fill
