@@ -11,12 +11,14 @@ from segbatch.cli.options import LOCATION, check_verbosity, quiet_opt, verbose_o
 
 @click.command()
 @click.argument("store", type=LOCATION)
+@click.option("--group", metavar="NAME", help="A job of many rasters: stitch the group of input NAME.")
 @quiet_opt
 @verbose_opt
-def stitch(store: Path | str, quiet: bool, verbose: int) -> None:
+def stitch(store: Path | str, group: str | None, quiet: bool, verbose: int) -> None:
     """Re-run the stitch of a raster store (its tiles/ must have been kept: run --keep-tiles)."""
     from segbatch.engine.raster import restitch
 
     check_verbosity(quiet, verbose)
-    summary = restitch(store, quiet, verbose)
-    click.echo(f"stitched {summary.units} tiles in {summary.stitch_seconds or 0:.1f} s -> {store}", err=True)
+    summary = restitch(store, quiet, verbose, group)
+    where = f"{store} (group {group})" if group else store
+    click.echo(f"stitched {summary.units} tiles in {summary.stitch_seconds or 0:.1f} s -> {where}", err=True)

@@ -251,18 +251,25 @@ def skipped_problems(skipped: frozenset[int]) -> list[dict[str, Any]]:
     return [{"kind": "skipped_tiles", "reason": "all nodata", "tiles": index_ranges(skipped), "count": len(skipped)}]
 
 
-def restitch(path: Path | str, quiet: bool, verbose: int = 0) -> RunSummary:
-    """`segbatch stitch STORE`: blend a store's kept tiles again (`verbose` >= 2: Ray's own logs on stderr)."""
-    root = open_store(path, mode="r+")
+def restitch(path: Path | str, quiet: bool, verbose: int = 0, group: str | None = None) -> RunSummary:
+    """`segbatch stitch STORE [--group NAME]`: blend a store's kept tiles again (`verbose` >= 2: Ray's own logs on stderr).
+
+    A group of a job store is stitched under the job's lease (its root's), as the job's own writes are.
+    """
+    from segbatch.jobstore import group_of
+
+    target = group_of(path, group, "stitch")
+    root = open_store(target, mode="r+")
     attrs = store_attrs(root)
     if attrs["source"]["kind"] != "raster":
-        raise InputError(f"{path} is a {attrs['source']['kind']} store; only raster stores are stitched")
+        raise InputError(f"{target} is a {attrs['source']['kind']} store; only raster stores are stitched")
     if "tiles" not in root:
-        raise InputError(f"{path} has no tiles/ (they are removed after a stitch unless the run had --keep-tiles)")
+        raise InputError(f"{target} has no tiles/ (they are removed after a stitch unless the run had --keep-tiles)")
     lease = Lease.new()
-    claim(path, lease)  # one run owns a store: not while another run (or stitch) holds it
+    claim(path, lease)  # one run owns a store (a job: its root): not while another run (or stitch) holds it
     src = attrs["source"]
-    job = StitchJob(store=location.absolute(path), tiles=plan_tiles(src["height"], src["width"], src["tile"], src["overlap"]), run=lease.run)
+    tiles = plan_tiles(src["height"], src["width"], src["tile"], src["overlap"])
+    job = StitchJob(store=location.absolute(target), tiles=tiles, run=lease.run, lease=location.absolute(path))
     summary = RunSummary(units=len(job.tiles), noun="tile")
     with LeaseKeeper(path, lease) as keeper, ray_session(None, verbose):
         with recorded_outcome(root, len(job.tiles), "tiles"):

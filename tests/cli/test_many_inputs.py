@@ -144,6 +144,24 @@ def test_rasters_from_a_stac_item_collection_each_match_a_single_run(runner, cli
     assert r.exit_code == 2 and "--asset" in r.output and "image" in r.output
 
 
+def test_a_group_with_kept_tiles_is_stitched_again_under_the_jobs_lease(runner, cli, tiny_model, tmp_path):
+    scenes = tmp_path / "scenes"
+    scenes.mkdir()
+    write_geotiff(scenes / "a.tif", height=70, width=90)
+    write_geotiff(scenes / "b.tif", height=50, width=60, seed=1)
+    out = tmp_path / "job.zarr"
+    r = run(runner, cli, "--input", scenes / "*.tif", "--out", out, *settings(tiny_model, "--tile", 64, "--overlap", 16, "--keep-tiles"))
+    assert r.exit_code == 0, r.output
+    before = arrays(out / "a")
+    zarr.open_group(str(out / "a"), mode="r+")["labels"][...] = 0  # spoiled: the stitch must rebuild it from the kept tiles
+    r = runner.invoke(cli, ["stitch", str(out)])
+    assert r.exit_code == 2 and "--group NAME" in r.output
+    r = runner.invoke(cli, ["stitch", str(out), "--group", "a", "--quiet"])
+    assert r.exit_code == 0, r.output
+    assert_same(arrays(out / "a"), before)
+    assert not (out / "a" / "lease").exists() and (out / "lease").exists()  # the job's one lease, at its root
+
+
 def test_a_bad_input_fails_alone_and_the_job_says_how_many(runner, cli, clips, tiny_model, tmp_path):
     empty = write_empty_video(tmp_path / "empty.mp4")
     manifest = tmp_path / "inputs.txt"
