@@ -2,6 +2,7 @@
 
 import pytest
 
+from tests.helpers.folders import pixels, write_image
 from tests.helpers.rasters import write_geotiff
 from tests.helpers.stores import run
 from tests.helpers.videos import write_video
@@ -11,7 +12,7 @@ from tests.helpers.videos import write_video
 def inputs(tmp_path_factory):
     d = tmp_path_factory.mktemp("inputs")
     (d / "images").mkdir()
-    write_geotiff(d / "images" / "a.tif", height=32, width=32)
+    write_image(d / "images" / "a.png", pixels(0, 32, 32))  # plain images: a folder of georeferenced rasters is a job of many rasters
     return {"video": write_video(d / "clip.mp4", 8), "raster": write_geotiff(d / "scene.tif"), "images": d / "images"}
 
 
