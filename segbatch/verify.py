@@ -12,11 +12,11 @@ then.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
+from segbatch.batching import batched
 from segbatch.lease import read_lease
 from segbatch.location import Location
 from segbatch.store import FILL_DIGEST, chunk_region, digest, finished_units, ledger_array, open_store, store_attrs, update_attrs
@@ -94,23 +94,13 @@ def verify_store(path: Location, threads: int = READ_THREADS, lease: Location | 
         return {"unit": unit, "chunk": key, "problem": "missing" if found == FILL_DIGEST else "altered"}
 
     with ThreadPoolExecutor(max(1, threads)) as pool:
-        for batch in _batches((u, k, d) for u, entry in sorted(ledger.items()) for k, d in sorted(entry.get("chunks", {}).items())):
+        recorded = ((u, k, d) for u, entry in sorted(ledger.items()) for k, d in sorted(entry.get("chunks", {}).items()))
+        for batch in batched(recorded, BATCH):
             report.chunks += len(batch)
             report.bad.extend(b for b in pool.map(check, batch) if b is not None)
     report.seconds = time.perf_counter() - started
     _mark(path, attrs, report, lease if lease is not None else path)
     return report
-
-
-def _batches(items: Iterator[tuple[int, str, str]]) -> Iterator[list[tuple[int, str, str]]]:
-    batch: list[tuple[int, str, str]] = []
-    for item in items:
-        batch.append(item)
-        if len(batch) == BATCH:
-            yield batch
-            batch = []
-    if batch:
-        yield batch
 
 
 def _mark(path: Location, attrs: dict[str, Any], report: VerifyReport, lease: Location) -> None:

@@ -21,7 +21,7 @@ from segbatch import location
 from segbatch.engine.job import JobBasics, RunConfig
 from segbatch.engine.pipeline import require_readable
 from segbatch.engine.run import UNITS_PER_ACTOR, RunSummary, finished_or_fail, mark_complete
-from segbatch.engine.source import Item, UnitReport, Write
+from segbatch.engine.source import FinalisedAtEnd, Item, UnitReport, Write
 from segbatch.engine.video import output_names
 from segbatch.errors import DataError, InputError
 from segbatch.sources.images import ImageFolderPlan, probe_folder, read_image, to_unit_float
@@ -119,7 +119,7 @@ class ImagePlacer:
         return []
 
 
-class ImageSource:
+class ImageSource(FinalisedAtEnd):
     """The driver half: list the folder (headers only), lay out the padded stack, cut the units, finalise."""
 
     kind = "images"
@@ -192,15 +192,6 @@ class ImageSource:
 
     def describe(self, unit: ImageUnit) -> str:
         return f"unit {unit.id} (images {unit.start}:{unit.stop}, {self.plan.paths[unit.start]} ...)"
-
-    def begin(self, root: Any, done: Mapping[int, Mapping[str, Any]], keeper: Any) -> None:
-        return None  # nothing to do while units run: the store is finalised at the end
-
-    def unit_done(self, unit: Any, entry: Mapping[str, Any]) -> None:
-        return None
-
-    def check_resume(self, root: Any, attrs: Mapping[str, Any]) -> None:
-        return None
 
     def finish(self, root: Any, units: Sequence[ImageUnit], ran: Sequence[ImageUnit], summary: RunSummary, keeper: Any) -> None:
         """From the ledger (every unit, this run's and earlier ones') and the plan's problems: the final attributes."""

@@ -23,7 +23,7 @@ from __future__ import annotations
 import queue
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -346,18 +346,6 @@ def require_readable(path: str) -> None:
         ok = False
     if not ok:
         raise InputError(f"node {_node_ip()} cannot read the input {path} (is it on a path or URL every node sees?)")
-
-
-def batched(items: Iterator[Item], size: int) -> Iterator[list[Item]]:
-    """Consecutive runs of `size` items (the last may be shorter): batches fixed by the unit alone."""
-    batch: list[Item] = []
-    for item in items:
-        batch.append(item)
-        if len(batch) == size:
-            yield batch
-            batch = []
-    if batch:
-        yield batch
 
 
 def _node_ip() -> str:

@@ -165,6 +165,23 @@ class Source(Protocol):
         ...
 
 
+class FinalisedAtEnd:
+    """For a source whose store is only finalised once every unit is done (video, image folders).
+
+    Nothing to follow while units run, and nothing besides the configuration
+    stops --resume. A raster follows its tiles instead (it stitches as they finish).
+    """
+
+    def begin(self, root: Any, done: Mapping[int, Mapping[str, Any]], keeper: Any) -> None:
+        return None
+
+    def unit_done(self, unit: Any, entry: Mapping[str, Any]) -> None:
+        return None
+
+    def check_resume(self, root: Any, attrs: Mapping[str, Any]) -> None:
+        return None
+
+
 def unit_id(unit: Any) -> int:
     """A unit's row in the ledger: a tile's id is the tile number, other units carry `.id`."""
     return int(unit if isinstance(unit, int) else unit.id)

@@ -16,10 +16,11 @@ from typing import Any
 import numpy as np
 
 from segbatch import location
+from segbatch.batching import batched
 from segbatch.engine.job import JobBasics, RunConfig, source_identity
-from segbatch.engine.pipeline import batched, require_readable
+from segbatch.engine.pipeline import require_readable
 from segbatch.engine.run import UNITS_PER_ACTOR, RunSummary, finished_or_fail, mark_complete
-from segbatch.engine.source import Item, UnitReport, Write
+from segbatch.engine.source import FinalisedAtEnd, Item, UnitReport, Write
 from segbatch.errors import InputError
 from segbatch.problems import index_ranges
 from segbatch.progress import note
@@ -178,7 +179,7 @@ class FramePlacer:
         return write
 
 
-class VideoSource:
+class VideoSource(FinalisedAtEnd):
     """The driver half: plan the video, lay out the store, cut the units, finalise."""
 
     kind = "video"
@@ -267,15 +268,6 @@ class VideoSource:
 
     def describe(self, unit: FrameUnit) -> str:
         return f"unit {unit.id} (frames {unit.start}:{unit.stop})"
-
-    def begin(self, root: Any, done: Mapping[int, Mapping[str, Any]], keeper: Any) -> None:
-        return None  # nothing to do while units run: the store is finalised at the end
-
-    def unit_done(self, unit: Any, entry: Mapping[str, Any]) -> None:
-        return None
-
-    def check_resume(self, root: Any, attrs: Mapping[str, Any]) -> None:
-        return None
 
     def finish(self, root: Any, units: Sequence[FrameUnit], ran: Sequence[FrameUnit], summary: RunSummary, keeper: Any) -> None:
         """From the ledger (this run's units and earlier ones'): the problems per unit, the truncated tail, the figures."""
