@@ -346,13 +346,8 @@ def read_prototxt(path: str | Path) -> tuple[list[Layer], Any]:
     return layers, net
 
 
-def read_caffemodel(path: str | Path) -> dict[str, list[Tensor]]:
-    """Blobs by layer name from a binary .caffemodel (NetParameter in protobuf wire format)."""
-    return _read_caffemodel(path)[0]
-
-
-def _read_caffemodel(path: str | Path) -> tuple[dict[str, list[Tensor]], bool]:
-    """Blobs by layer name, and whether the file holds them in legacy V1 `layers` entries."""
+def read_caffemodel(path: str | Path) -> tuple[dict[str, list[Tensor]], bool]:
+    """Blobs by layer name from a binary .caffemodel (NetParameter in protobuf wire format), and whether the file holds them in legacy V1 `layers` entries."""
     from google.protobuf.message import DecodeError
 
     path = Path(path)
@@ -442,6 +437,11 @@ def _fail(layer: Layer | str, what: str) -> CheckpointError:
 def _hw(p: Any, name: str, stem: str) -> list[int]:
     """A convolution setting's values: the repeated field plus its _h / _w forms where given."""
     return [*getattr(p, name), *(getattr(p, f"{stem}_{a}") for a in "hw" if p.HasField(f"{stem}_{a}"))]
+
+
+def _opt(p: Any, name: str, default: Any) -> Any:
+    """Field `name` of the parameter message `p` where the definition sets it; else (or with no such message, `p` None) `default`."""
+    return getattr(p, name) if p is not None and p.HasField(name) else default
 
 
 def _single(values: Sequence[int], default: int, layer: Layer, what: str) -> int:
@@ -534,7 +534,7 @@ def _walk(layers: list[Layer]) -> _Net:
             if kernel < 1 or kernel % 2 == 0 or pad != kernel // 2 or stride != 1 or dilation != 1 or p.group > 1:
                 got = f"kernel {kernel}, pad {pad}, stride {stride}, dilation {dilation}, group {p.group or 1}"
                 raise _fail(layer, f"convolution {got}; SegNet's are odd kernels with pad kernel//2, stride 1")
-            if p.HasField("bias_term") and not p.bias_term:
+            if not _opt(p, "bias_term", True):
                 raise _fail(layer, "a convolution without bias is not supported")
             if phase == "decoder-end":
                 raise _fail(layer, "a second convolution after the classifier")
@@ -549,8 +549,8 @@ def _walk(layers: list[Layer]) -> _Net:
             if not block or block[-1].bn is None or block[-1].bn.type != "BatchNorm" or block[-1].scale is not None:
                 raise _fail(layer, "a Scale layer that does not follow a BatchNorm; SegNet scales only as part of its batch normalisation")
             p = layer.params.get("scale_param")
-            axis = p.axis if p is not None and p.HasField("axis") else 1
-            axes = p.num_axes if p is not None and p.HasField("num_axes") else 1
+            axis = _opt(p, "axis", 1)
+            axes = _opt(p, "num_axes", 1)
             if len(layer.bottom) > 1 or axis != 1 or axes != 1:
                 raise _fail(layer, "a Scale layer that is not per channel (a second bottom, or axis/num_axes other than 1)")
             block[-1].scale = layer
@@ -565,8 +565,8 @@ def _walk(layers: list[Layer]) -> _Net:
                 raise _fail(layer, "pooling is supported only at the end of an encoder block")
             p = layer.params.get("pooling_param")
             method = p.pool if p is not None else 0
-            kernel = p.kernel_size if p is not None and p.HasField("kernel_size") else 0
-            stride = p.stride if p is not None and p.HasField("stride") else 1
+            kernel = _opt(p, "kernel_size", 0)
+            stride = _opt(p, "stride", 1)
             pad = p.pad if p is not None else 0
             odd = p is not None and (p.global_pooling or any(p.HasField(f) for f in ("kernel_h", "kernel_w", "stride_h", "stride_w", "pad_h", "pad_w")))
             if method != 0 or kernel != 2 or stride != 2 or pad != 0 or odd:
@@ -586,8 +586,8 @@ def _walk(layers: list[Layer]) -> _Net:
             if layer.bottom[1] != mask:
                 raise _fail(layer, f"uses mask {layer.bottom[1]!r}; SegNet's decoder uses the innermost unused one, {mask!r} of {pool.name!r}")
             p = layer.params.get("upsample_param")
-            scale = p.scale if p is not None and p.HasField("scale") else 2
-            if scale != 2 or (p is not None and (p.HasField("scale_h") and p.scale_h != 2 or p.HasField("scale_w") and p.scale_w != 2)):
+            scale = _opt(p, "scale", 2)
+            if scale != 2 or _opt(p, "scale_h", 2) != 2 or _opt(p, "scale_w", 2) != 2:
                 raise _fail(layer, f"upsampling scale {scale}; SegNet's is 2")
             if phase == "encoder":
                 if block:
@@ -611,9 +611,7 @@ def _walk(layers: list[Layer]) -> _Net:
                 block[-1].closed = True
                 net.drops.append((f"dec{len(net.encoders) - len(net.decoders)}", layer, block[-1]))
             if misplaced:
-                if _samples_at_test(layer):
-                    raise _fail(layer, misplaced)
-                net.idle_drops.append(layer)  # Caffe's TEST phase passes it through: it changes nothing at test time
+                _set_aside(net, layer, misplaced)
         elif kind == "Softmax":
             need_bottom(layer)
             ended = True
@@ -638,13 +636,25 @@ def _walk(layers: list[Layer]) -> _Net:
     net.decoders.append(block)
     net.classifier = cls
     block_ends = {id(b[-1]) for b in net.decoders if b}
-    for place, layer, follows in list(net.drops):
+    placed = []
+    for drop in net.drops:
+        _, layer, follows = drop
         if follows is not None and id(follows) not in block_ends:
-            if _samples_at_test(layer):
-                raise _fail(layer, "dropout inside a decoder block (or after the classifier); SegNet's placements drop after a whole block")
-            net.drops.remove((place, layer, follows))
-            net.idle_drops.append(layer)
+            _set_aside(net, layer, "dropout inside a decoder block (or after the classifier); SegNet's placements drop after a whole block")
+        else:
+            placed.append(drop)
+    net.drops = placed
     return net
+
+
+def _set_aside(net: _Net, layer: Layer, misplaced: str) -> None:
+    """A Dropout at no segbatch placement: refused (`misplaced` says why) where it samples at test time, else kept in `net.idle_drops`.
+
+    Caffe's TEST phase passes such a layer through: it changes nothing at test time.
+    """
+    if _samples_at_test(layer):
+        raise _fail(layer, misplaced)
+    net.idle_drops.append(layer)
 
 
 def _samples_at_test(layer: Layer) -> bool:
@@ -685,7 +695,7 @@ def _placement(net: _Net, arch: str) -> tuple[str, float, bool]:
         return "none", 0.5, False
     places = [place for place, _, _ in net.drops]
     params = [lay.params.get("dropout_param") for _, lay, _ in net.drops]
-    ratios = {round(float(p.dropout_ratio if p is not None and p.HasField("dropout_ratio") else 0.5), 6) for p in params}
+    ratios = {round(float(_opt(p, "dropout_ratio", 0.5)), 6) for p in params}
     sampling = {bool(p is not None and p.sample_weights_test) for p in params}
     if len(ratios) > 1:
         raise _fail(net.drops[0][1], f"dropout ratios differ between layers ({sorted(ratios)}); segbatch uses one p")
@@ -704,7 +714,7 @@ def _placement(net: _Net, arch: str) -> tuple[str, float, bool]:
 def import_caffe(prototxt: str | Path, weights: str | Path) -> Imported:
     """Read a SegNet-family Caffe model (definition + weights) into a segbatch SegNet in eval mode."""
     layers, proto = read_prototxt(prototxt)
-    blobs, legacy_weights = _read_caffemodel(weights)
+    blobs, legacy_weights = read_caffemodel(weights)
     net = _walk(layers)
     arch, width = _arch(net)
     placement, p, sampling = _placement(net, arch)
@@ -720,10 +730,10 @@ def import_caffe(prototxt: str | Path, weights: str | Path) -> Imported:
         lrn = tuple(
             float(f"{v:.7g}")
             for v in (  # float32 fields, read back as the decimals written
-                float(lp.local_size if lp is not None and lp.HasField("local_size") else 5),
-                float(lp.alpha if lp is not None and lp.HasField("alpha") else 1.0),
-                float(lp.beta if lp is not None and lp.HasField("beta") else 0.75),
-                float(lp.k if lp is not None and lp.HasField("k") else 1.0),
+                float(_opt(lp, "local_size", 5)),
+                float(_opt(lp, "alpha", 1.0)),
+                float(_opt(lp, "beta", 0.75)),
+                float(_opt(lp, "k", 1.0)),
             )
         )
         if int(lrn[0]) % 2 == 0:
@@ -752,12 +762,17 @@ def import_caffe(prototxt: str | Path, weights: str | Path) -> Imported:
         "dropout_sampled_at_test": sampling,
         # where the definition fixes it, the input size (N, C, H, W) its Upsample sizes are checked against
         "input_dims": _input_size(proto),
-        "upsample": {lay.name: _upsample_size(lay)[0] for lay in net.upsamples},
+        "upsample": {lay.name: _upsample_text(*_upsample_size(lay)) for lay in net.upsamples},
     }
     if net.idle_drops:
         ignored = [lay.name for lay in net.idle_drops] + [lay.name for _, lay, _ in net.drops]
         provenance["dropout_ignored"] = {"layers": ignored, "why": "no sample_weights_test, at no segbatch placement: identity in Caffe's TEST phase"}
     return Imported(model, provenance)
+
+
+def _upsample_text(uh: int | None, uw: int | None, ph: int, pw: int) -> str:
+    """An Upsample's output size as the provenance writes it: `360x480` where fixed, else `2h` / `2h-1` (pad_out) a side."""
+    return f"{uh if uh is not None else '2h-1' if ph else '2h'}x{uw if uw is not None else '2w-1' if pw else '2w'}"
 
 
 def _sha256(path: str | Path) -> str:
@@ -780,7 +795,7 @@ def _input_scaling(net: _Net, in_channels: int) -> tuple[list[float], float]:
         values *= in_channels
     if values and len(values) != in_channels:
         raise CheckpointError(f"the data layer has {len(values)} mean values for {in_channels} input channels")
-    scale = float(t.scale) if t.HasField("scale") else 1.0
+    scale = float(_opt(t, "scale", 1.0))
     if scale <= 0:
         raise CheckpointError(f"the data layer's scale is {scale}")
     return values or [0.0] * in_channels, scale
@@ -795,18 +810,15 @@ def _input_size(proto: Any) -> list[int]:
     return []
 
 
-def _upsample_size(layer: Layer) -> tuple[str, int | None, int | None, int, int]:
-    """How an Upsample sets its output: a text for the provenance, upsample_h / upsample_w where given, pad_out_h / _w.
+def _upsample_size(layer: Layer) -> tuple[int | None, int | None, int, int]:
+    """How an Upsample sets its output: upsample_h / upsample_w where given (else None), pad_out_h / _w (0 or 1).
 
     As the SegNet fork's upsample_layer.cpp: a side without upsample_h / upsample_w is ``scale * in - pad_out``.
     """
     p = layer.params.get("upsample_param")
-    uh = int(p.upsample_h) if p is not None and p.HasField("upsample_h") else None
-    uw = int(p.upsample_w) if p is not None and p.HasField("upsample_w") else None
     ph = int(bool(p is not None and p.pad_out_h))
     pw = int(bool(p is not None and p.pad_out_w))
-    sides = [f"{uh}" if uh is not None else ("2h-1" if ph else "2h"), f"{uw}" if uw is not None else ("2w-1" if pw else "2w")]
-    return "x".join(sides), uh, uw, ph, pw
+    return _opt(p, "upsample_h", None), _opt(p, "upsample_w", None), ph, pw
 
 
 def _check_input_shape(proto: Any, net: _Net, in_channels: int) -> None:
@@ -822,7 +834,7 @@ def _check_input_shape(proto: Any, net: _Net, in_channels: int) -> None:
         sizes.append((h, w))
         h, w = -(-h // 2), -(-w // 2)  # Caffe's pooling rounds up
     for layer, (h, w) in zip(net.upsamples, reversed(sizes)):
-        _, uh, uw, ph, pw = _upsample_size(layer)
+        uh, uw, ph, pw = _upsample_size(layer)
         got_h = uh if uh is not None else 2 * -(-h // 2) - ph
         got_w = uw if uw is not None else 2 * -(-w // 2) - pw
         if (got_h, got_w) != (h, w):
@@ -951,13 +963,13 @@ def _copy_bn(conv: _Conv, bn: nn.BatchNorm2d, blobs: dict[str, list[Tensor]]) ->
 def _batchnorm_statistics(layer: Layer, found: list[Tensor]) -> tuple[Tensor, Tensor, float]:
     """Mean, variance and eps of an upstream BatchNorm: blobs (mean * s, variance * s, s), s the moving-average sum."""
     p = layer.params.get("batch_norm_param")
-    if p is not None and p.HasField("use_global_stats") and not p.use_global_stats:
+    if not _opt(p, "use_global_stats", True):
         raise _fail(layer, "BatchNorm with use_global_stats: false normalises with each batch's statistics; use the stored ones (remove it)")
     if len(found) != 3 or found[2].numel() != 1:
         raise _fail(layer, f"a BatchNorm with {len(found)} blobs; Caffe's has 3 (mean, variance, and their one-value scale factor)")
     s = float(found[2].reshape(-1)[0])
     factor = 0.0 if s == 0 else 1.0 / s  # as Caffe's batch_norm_layer.cpp
-    eps = float(p.eps) if p is not None and p.HasField("eps") else 1e-5
+    eps = float(_opt(p, "eps", 1e-5))
     return found[0] * factor, found[1] * factor, eps
 
 
