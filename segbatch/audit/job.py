@@ -1,7 +1,8 @@
 """The audit of a job store of many inputs: every complete group in one pass, pooled as if their items were one store.
 
 Groups are planned first (which are complete, the ranking measure and each
-one's spacing, how many items), then read one after the other with the same
+one's spacing, how many items; each group opened, its ledger and truth checked
+once, its handle kept), then read one after the other with the same
 per-store scan (audit/scan.py), so memory is that of one group's blocks plus
 fixed-size summaries and a few numbers per input. The histograms, class
 totals, truth figures and top-K ranking run across the groups; each input's
@@ -13,7 +14,8 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
+from itertools import islice
 from pathlib import Path
 from typing import Any
 
@@ -34,12 +36,12 @@ from segbatch.audit.scan import (
     threshold_of,
 )
 from segbatch.audit.thumbnails import InputReader, Place
-from segbatch.audit.truth import open_truth, truth_per_input
+from segbatch.audit.truth import TruthSource, open_truth, truth_per_input
 from segbatch.errors import InputError, StoreError
 from segbatch.jobstore import READ_THREADS, group_location, job_attrs, live_inputs
 from segbatch.location import Location
 from segbatch.progress import progress_bar
-from segbatch.store import open_complete_store, open_store, sample_values
+from segbatch.store import chunk_count, open_complete_store, open_store, sample_values
 
 SAMPLE_CHUNKS = 16  # chunks the default threshold is sampled from, spread over the job's inputs (as store.sample_values does a store's)
 MAX_PROBLEMS = 1000  # the inputs' problems listed in summary.json (the per-input table counts every one)
@@ -47,15 +49,26 @@ MAX_PROBLEMS = 1000  # the inputs' problems listed in summary.json (the per-inpu
 
 @dataclass(frozen=True)
 class GroupPlan:
-    """A complete input to audit: its group, its items, its ranking spacing and what the threshold may sample of it."""
+    """A complete input to audit: its group (opened and checked once), its items, its ranking and what the threshold may sample of it.
+
+    The group's root handle, attributes and truth source are kept (small: no
+    arrays are read into memory), so the scan and the thumbnails reuse them.
+    """
 
     name: str
     where: Location
+    root: Any  # the group's store, opened (and its ledger checked) by plan_job
+    attrs: dict[str, Any]  # its checked `segbatch` attributes
     items: int
+    measure: str  # the ranking measure (ranking_plan's choice)
     spacing: Spacing
     chunks: int  # the chunks store.sample_values spreads its sample over
-    truth: Path | None
+    truth: Path | None  # checked against the group when planned
     measures: tuple[str, ...]  # the measures its store has (a job's groups share one configuration, hence one set)
+
+    def open_truth(self) -> TruthSource | None:
+        """Its truth, opened when it is read and not kept: a memory-mapped .npy holds a file open, and a job may have thousands."""
+        return open_truth(self.truth, self.root, self.attrs) if self.truth is not None else None
 
 
 @dataclass
@@ -64,12 +77,24 @@ class JobPlan:
 
     store: Location
     attrs: dict[str, Any]
-    measure: str
-    measures: list[str]
     groups: list[GroupPlan]
     skipped: list[dict[str, Any]]
-    truth_missing: list[str] = field(default_factory=list)  # audited inputs that have no truth under --truth
-    problems: list[dict[str, Any]] = field(default_factory=list)  # the inputs' problems, each with its input, as the scan reads them
+    problems: list[dict[str, Any]]  # the inputs' problems, each with its input, in the groups' order (at most MAX_PROBLEMS)
+
+    @property
+    def measure(self) -> str:
+        """The ranking measure: the groups share their measures, hence ranking_plan's choice."""
+        return self.groups[0].measure
+
+    @property
+    def measures(self) -> list[str]:
+        """The measures the inputs' stores have (one set, checked by plan_job)."""
+        return list(self.groups[0].measures)
+
+    @property
+    def truth_missing(self) -> list[str]:
+        """The audited inputs that have no truth (read under --truth only: without it, that is every input)."""
+        return [g.name for g in self.groups if g.truth is None]
 
     @property
     def spacing(self) -> Spacing:
@@ -91,17 +116,16 @@ def plan_job(store: Location, opts: AuditOptions) -> JobPlan:
             root, group = open_complete_store(where, "auditing")
         except (InputError, StoreError) as exc:
             return {"input": name, "status": "unreadable", "error": str(exc)}
+        truth = truths.get(name)
         try:
             measure, spacing = ranking_plan(root, group, opts)
-            if name in truths:
-                open_truth(truths[name], root, group)  # a wrong truth stops the audit before anything is read
+            if truth is not None:
+                open_truth(truth, root, group)  # a wrong truth stops the audit before anything is read
         except InputError as exc:
             raise InputError(f"input {name}: {exc}") from None
-        arr = root[measure]
-        grid = [-(-int(n) // int(c)) for n, c in zip(arr.shape, arr.chunks)]
-        chunks = int(np.prod(grid[:1] if arr.ndim == 3 else grid))
         measures = tuple(m for m in MEASURES if m in root)
-        return GroupPlan(name, where, item_count(root, group["source"]["kind"]), spacing, chunks, truths.get(name), measures)
+        items = item_count(root, group["source"]["kind"])
+        return GroupPlan(name, where, root, group, items, measure, spacing, chunk_count(root[measure]), truth, measures)
 
     with ThreadPoolExecutor(READ_THREADS) as pool:
         planned = list(pool.map(plan, complete))
@@ -114,9 +138,8 @@ def plan_job(store: Location, opts: AuditOptions) -> JobPlan:
     if odd is not None:
         have, want = ", ".join(odd.measures), ", ".join(groups[0].measures)
         raise StoreError(f"input {odd.name} has the arrays {have} but {groups[0].name} has {want}; the job was altered")
-    measure = opts.rank_by or ("uncertainty" if "uncertainty" in groups[0].measures else "entropy")  # as ranking_plan chose for each
-    missing = [g.name for g in groups if g.truth is None] if opts.truth is not None else []
-    return JobPlan(store, attrs, measure, list(groups[0].measures), groups, skipped, missing)
+    problems = list(islice(({"input": g.name, **p} for g in groups for p in (g.attrs.get("problems") or [])), MAX_PROBLEMS))
+    return JobPlan(store, attrs, groups, skipped, problems)
 
 
 def job_threshold(plan: JobPlan, opts: AuditOptions) -> tuple[float, str]:
@@ -126,7 +149,7 @@ def job_threshold(plan: JobPlan, opts: AuditOptions) -> tuple[float, str]:
         ends = np.cumsum([g.chunks for g in plan.groups])
         picks = np.unique(np.linspace(0, max(0, int(ends[-1]) - 1), SAMPLE_CHUNKS).astype(np.int64))
         per_group = np.bincount(np.searchsorted(ends, picks, side="right"), minlength=len(plan.groups))
-        values = [sample_values(open_store(g.where)[plan.measure], int(n)) for g, n in zip(plan.groups, per_group) if n]
+        values = [sample_values(g.root[plan.measure], int(n)) for g, n in zip(plan.groups, per_group) if n]
         return np.concatenate(values) if values else np.zeros(0, np.float32)
 
     return threshold_of(opts, plan.measure, sample, f"the job's chunks ({SAMPLE_CHUNKS} spread over its inputs)")
@@ -187,20 +210,17 @@ def scan_job(plan: JobPlan, opts: AuditOptions, write_row: Callable[[dict[str, A
     ranked, packed = DiverseTop(opts.top, plan.spacing), CompactRows()
     if opts.truth is not None:
         described = f"per input from {opts.truth}: {len(plan.groups) - len(plan.truth_missing)} of {len(plan.groups)} inputs"
-        result.truth = new_truth_summary(open_store(plan.groups[0].where), len(result.classes), described, None)
+        result.truth = new_truth_summary(plan.groups[0].root, len(result.classes), described, None)
     table = []
     with progress_bar(total, "auditing", result.noun, opts.quiet) as bar:
         for g in plan.groups:
-            root, group = open_complete_store(g.where, "auditing")
             if result.truth is not None:
-                result.truth.source = open_truth(g.truth, root, group) if g.truth is not None else None
+                result.truth.source = g.open_truth()
             before = _Before.of(result)
             rows = _InputRows(write_row, plan.measure)
             ranked.enter(g.spacing)
-            scan_items(result, root, group, opts, ranked, packed, rows, bar.update, group=g.name)
-            table.append(_input_figures(result, before, g, rows, group))
-            room = MAX_PROBLEMS - len(plan.problems)
-            plan.problems += [{"input": g.name, **p} for p in (group.get("problems") or [])[: max(0, room)]]
+            scan_items(result, g.root, g.attrs, opts, ranked, packed, rows, bar.update, group=g.name)
+            table.append(_input_figures(result, before, g, rows))
     finish_ranking(result, ranked, packed)
     result.ranking["spacing"] = f"{result.ranking['spacing']} within an input" if result.ranking["spacing"] != "none" else "none"
     if result.truth is not None:
@@ -208,7 +228,7 @@ def scan_job(plan: JobPlan, opts: AuditOptions, write_row: Callable[[dict[str, A
     return result, sorted(table, key=lambda row: _least_sure_first(row, result.measure))
 
 
-def _input_figures(result: ScanResult, before: _Before, g: GroupPlan, rows: _InputRows, attrs: dict[str, Any]) -> dict[str, Any]:
+def _input_figures(result: ScanResult, before: _Before, g: GroupPlan, rows: _InputRows) -> dict[str, Any]:
     """One row of the per-input table: what reading input `g` added to the pooled figures."""
     pixels = result.pixels - before.pixels
     row: dict[str, Any] = {
@@ -220,7 +240,7 @@ def _input_figures(result: ScanResult, before: _Before, g: GroupPlan, rows: _Inp
         "above_threshold": (result.above - before.above) / pixels if pixels else float("nan"),
         "least_sure_item": rows.top[1] if rows.top is not None else None,
         f"least_sure_{result.measure}_mean": rows.top[0] if rows.top is not None else float("nan"),
-        "problems": len(attrs.get("problems") or []),
+        "problems": len(g.attrs.get("problems") or []),
     }
     t = result.truth
     if t is not None and before.confusion is not None:
@@ -247,7 +267,7 @@ def _least_sure_first(row: dict[str, Any], measure: str) -> tuple[bool, float, s
 
 
 class GroupPlaces:
-    """Where a job's ranked items come from: each item's group, its source and its truth, opened once per input."""
+    """Where a job's ranked items come from: each item's group, its source and its truth (the plan's, opened once per input)."""
 
     def __init__(self, plan: JobPlan) -> None:
         self.plan = {g.name: g for g in plan.groups}
@@ -258,13 +278,10 @@ class GroupPlaces:
         assert item.group is not None
         if item.group not in self.opened:
             g = self.plan[item.group]
-            root = open_store(g.where)
-            attrs = root.attrs["segbatch"]
-            reader = InputReader(attrs, root)
+            reader = InputReader(g.attrs, g.root)
             if reader.problem is not None:
                 self.problems.append(f"input {g.name}: {reader.problem}")
-            truth = open_truth(g.truth, root, attrs) if g.truth is not None else None
-            self.opened[item.group] = Place(root, reader, truth)
+            self.opened[item.group] = Place(g.root, reader, g.open_truth())
         return self.opened[item.group]
 
     def describe(self) -> str:

@@ -29,8 +29,8 @@ from segbatch.audit.metrics import bin_edges, class_iou, mean_iou
 from segbatch.audit.scan import AuditOptions, ScanResult, ranking_plan, scan_store
 from segbatch.audit.thumbnails import InputReader, Place, write_thumbnails
 from segbatch.errors import InputError
-from segbatch.jobstore import group_of, is_job
-from segbatch.store import open_complete_store, open_store
+from segbatch.jobstore import reader_target
+from segbatch.store import open_complete_store
 
 REPORT_MARK = "segbatch_audit"  # key of summary.json that says "this folder is an audit report"
 
@@ -42,14 +42,14 @@ def audit(store: location.Location, report: Path, opts: AuditOptions, overwrite:
     that input alone, as a store of one input.
     """
     write: Callable[[Path], dict[str, Any]]
-    if group is None and is_job(open_store(store)):
+    job, where = reader_target(store, group, "audit")
+    if job is not None:
         plan = plan_job(store, opts)  # every input checked (and its truth) before any folder is made
 
         def write(folder: Path) -> dict[str, Any]:
             return _write_job(plan, folder, opts)
 
     else:
-        where = group_of(store, group, "audit") if group is not None else store
         root, attrs = open_complete_store(where, "auditing")
         ranking_plan(root, attrs, opts)  # --rank-by and --min-gap checked before any folder is made
 
