@@ -30,9 +30,10 @@ from typing import Any
 from segbatch import location
 from segbatch.errors import InputError, first_line
 from segbatch.location import Location
-from segbatch.sources import source_kind
+from segbatch.sources import RASTER_SUFFIXES, source_kind
 
-FOLDER_RASTER_SUFFIXES = (".tif", ".tiff", ".vrt", ".jp2", ".img")  # what a folder of rasters holds (PNG/JPEG beside them are quicklooks)
+# what a folder of rasters holds: the raster suffixes but PNG/JPEG (beside GeoTIFFs those are quicklooks)
+FOLDER_RASTER_SUFFIXES = tuple(s for s in RASTER_SUFFIXES if s not in (".png", ".jpg", ".jpeg"))
 # files that travel beside media and are never inputs themselves: a glob such as `scenes/**/*` skips them
 SIDECAR_SUFFIXES = (
     *(".txt", ".md", ".json", ".geojson", ".xml", ".csv", ".yaml", ".yml", ".md5", ".sha256"),  # notes, metadata, checksums
@@ -85,6 +86,21 @@ def sanitize_name(text: str) -> str:
     return name
 
 
+def many_inputs(spec: str, asset: str | None = None) -> list[Input] | None:
+    """The inputs `spec` names as `expand_inputs` gives them, or None where it names one input (`is_many` False) and `asset` is None.
+
+    One call does what `is_many` and then `expand_inputs` do, walking a folder
+    and opening its first raster once. InputError as `expand_inputs`; a given
+    `asset` always expands (and is refused where `spec` is not a STAC file).
+    """
+    if asset is not None or _many_by_form(spec):
+        return _expand(spec, asset)
+    folder = _local_folder(spec)
+    if folder is None or not folder.many:
+        return None
+    return _expand(spec, None, folder)
+
+
 def is_many(spec: str) -> bool:
     """Whether an --input value names many inputs: '@manifest', a glob (* ? [), a STAC .json, a folder of videos or of georeferenced rasters.
 
@@ -93,16 +109,13 @@ def is_many(spec: str) -> bool:
     A local file that exists is taken as named even when its name holds glob
     characters (`scene[1].tif`). A folder holding both videos and rasters is
     many (True): `expand_inputs` then refuses it, naming one of each.
+    This only classifies (it reads no manifest or STAC file and never raises
+    InputError); `many_inputs` classifies and expands in one walk.
     """
-    if spec.startswith("@") or _is_glob(spec) or location.suffix(spec) == ".json":
+    if _many_by_form(spec):
         return True
-    if location.is_url(spec):
-        return False
-    root = Path(spec).expanduser()
-    if not root.is_dir():
-        return False
-    videos, rasters = _scan_folder(root)
-    return bool(videos) or (bool(rasters) and _georeferenced(rasters))
+    folder = _local_folder(spec)
+    return folder is not None and folder.many
 
 
 def expand_inputs(spec: str, asset: str | None = None) -> list[Input]:
@@ -114,8 +127,18 @@ def expand_inputs(spec: str, asset: str | None = None) -> list[Input]:
     `asset` is the STAC asset key (`visual`, `B04`) that each item's input is
     read from; it is refused for every other form, where it would mean nothing.
     A value that names one input (a file, an image folder) is refused too: the
-    caller asks `is_many` first.
+    caller asks `is_many` first (or calls `many_inputs`, which does both).
     """
+    return _expand(spec, asset)
+
+
+def _many_by_form(spec: str) -> bool:
+    """Whether `spec`'s form alone says many inputs: '@manifest', a glob, a STAC .json."""
+    return spec.startswith("@") or _is_glob(spec) or location.suffix(spec) == ".json"
+
+
+def _expand(spec: str, asset: str | None, folder: _Folder | None = None) -> list[Input]:
+    """`expand_inputs`; `folder`: the scan of the local folder `spec` names, where the caller has made it already."""
     manifest, pattern = spec.startswith("@"), not spec.startswith("@") and _is_glob(spec)
     stac = not manifest and not pattern and location.suffix(spec) == ".json"
     if asset is not None and not stac:
@@ -127,7 +150,7 @@ def expand_inputs(spec: str, asset: str | None = None) -> list[Input]:
     elif stac:
         entries = _from_stac(spec, asset)
     else:
-        entries = _from_folder(spec)
+        entries = _from_folder(spec, folder)
     entries.sort(key=lambda e: str(e.location))
     _refuse_mixed(spec, entries)
     return _named(entries)
@@ -197,6 +220,34 @@ def _refuse_mixed(spec: str, entries: Iterable[_Entry]) -> None:
 # --- folders ---
 
 
+@dataclass(frozen=True)
+class _Folder:
+    """A local folder's media: its videos and rasters (sorted), and whether the rasters are georeferenced (decided only without videos)."""
+
+    root: Path  # absolute
+    videos: list[Path]
+    rasters: list[Path]
+    georeferenced: bool  # False where there are videos or no rasters: then nothing was opened
+
+    @property
+    def many(self) -> bool:
+        """A folder of videos, or of georeferenced rasters: many inputs (not a folder of plain images, one input)."""
+        return bool(self.videos) or self.georeferenced
+
+
+def _local_folder(spec: str) -> _Folder | None:
+    """The scan of the local folder `spec` names: one walk, and at most one raster opened; None for a URL or what is not a folder."""
+    if location.is_url(spec):
+        return None
+    root = Path(os.path.abspath(Path(spec).expanduser()))
+    return _scan(root) if root.is_dir() else None
+
+
+def _scan(root: Path) -> _Folder:
+    videos, rasters = _scan_folder(root)
+    return _Folder(root, videos, rasters, not videos and bool(rasters) and _georeferenced(rasters))
+
+
 def _scan_folder(root: Path) -> tuple[list[Path], list[Path]]:
     """The videos and the rasters (FOLDER_RASTER_SUFFIXES) under `root`, nested folders too, hidden files and folders skipped."""
     video_suffixes = _video_suffixes()
@@ -236,23 +287,26 @@ def _georeferenced(rasters: Sequence[Path]) -> bool:
     return False
 
 
-def _from_folder(spec: str) -> list[_Entry]:
-    if location.is_url(spec):
-        raise InputError(f"{spec}: a URL names many inputs as a glob (s3://bucket/folder/**/*.tif) or in a @manifest, not as a folder")
-    root = Path(os.path.abspath(Path(spec).expanduser()))
-    if not root.exists():
-        raise InputError(f"{spec}: no such file or folder")
-    if not root.is_dir():
-        raise InputError(f"{spec}: names one input; many inputs are a folder, a glob, a @manifest or a STAC .json")
-    videos, rasters = _scan_folder(root)
+def _from_folder(spec: str, folder: _Folder | None) -> list[_Entry]:
+    """A folder's inputs; `folder`: its scan where made already (else this scans it)."""
+    if folder is None:
+        if location.is_url(spec):
+            raise InputError(f"{spec}: a URL names many inputs as a glob (s3://bucket/folder/**/*.tif) or in a @manifest, not as a folder")
+        root = Path(os.path.abspath(Path(spec).expanduser()))
+        if not root.exists():
+            raise InputError(f"{spec}: no such file or folder")
+        if not root.is_dir():
+            raise InputError(f"{spec}: names one input; many inputs are a folder, a glob, a @manifest or a STAC .json")
+        folder = _scan(root)
+    videos, rasters = folder.videos, folder.rasters
     if videos and rasters:
         raise InputError(f"{spec}: mixes videos ({videos[0]}) and rasters ({rasters[0]}); a job takes one kind: give each kind its own job")
     if not videos and not rasters:
         raise InputError(f"{spec}: holds no videos or rasters ({', '.join(FOLDER_RASTER_SUFFIXES)})")
-    if not videos and not _georeferenced(rasters):
+    if not videos and not folder.georeferenced:
         raise InputError(f"{spec}: its rasters are not georeferenced ({rasters[0]}): a folder of images is one input, not many")
     kind = "video" if videos else "raster"
-    return [_Entry(path, kind, path.relative_to(root).parts) for path in videos or rasters]
+    return [_Entry(path, kind, path.relative_to(folder.root).parts) for path in videos or rasters]
 
 
 # --- globs ---
@@ -303,18 +357,29 @@ def _from_url_glob(spec: str) -> list[_Entry]:
 # --- manifests ---
 
 
+def _read_spec_file(spec: str, shown: str, what: str) -> tuple[Location, bytes]:
+    """Where the manifest or STAC file `spec` names is (a local path made absolute, a URL as given), and its bytes.
+
+    InputError naming it as `shown` when it is missing or unreadable; `what`
+    is what those messages call it ("manifest"), "" for a plain file.
+    """
+    where = location.parse(spec)
+    where = where if isinstance(where, str) else Path(os.path.abspath(where.expanduser()))
+    try:
+        return where, location.read_bytes(where)
+    except FileNotFoundError:
+        raise InputError(f"{shown}: no such {what or 'file'}") from None
+    except OSError as exc:
+        raise InputError(f"{shown}: cannot read{f' the {what}' if what else ''} ({exc.strerror or type(exc).__name__})") from None
+
+
 def _from_manifest(spec: str) -> list[_Entry]:
     """One input a line of a text file; relative paths are relative to the manifest's folder, so the list travels with its files."""
     if not spec:
         raise InputError("@: name the manifest after the @ (@inputs.txt)")
-    where = location.parse(spec)
-    where = where if isinstance(where, str) else Path(os.path.abspath(where.expanduser()))
+    where, data = _read_spec_file(spec, f"@{spec}", "manifest")
     try:
-        text = location.read_bytes(where).decode("utf-8-sig")
-    except FileNotFoundError:
-        raise InputError(f"@{spec}: no such manifest") from None
-    except OSError as exc:
-        raise InputError(f"@{spec}: cannot read the manifest ({exc.strerror or type(exc).__name__})") from None
+        text = data.decode("utf-8-sig")
     except UnicodeDecodeError:
         raise InputError(f"@{spec}: a manifest is a text file (UTF-8), one path or URL a line") from None
     entries: list[tuple[Location, str]] = []
@@ -367,14 +432,9 @@ def _common_prefix(folders: Sequence[Sequence[str]]) -> int:
 
 def _from_stac(spec: str, asset: str | None) -> list[_Entry]:
     """One input per STAC item: its `asset`'s href made absolute against the JSON file, named by the item's id."""
-    where = location.parse(spec)
-    where = where if isinstance(where, str) else Path(os.path.abspath(where.expanduser()))
+    where, raw = _read_spec_file(spec, spec, "")
     try:
-        data = json.loads(location.read_bytes(where))
-    except FileNotFoundError:
-        raise InputError(f"{spec}: no such file") from None
-    except OSError as exc:
-        raise InputError(f"{spec}: cannot read ({exc.strerror or type(exc).__name__})") from None
+        data = json.loads(raw)
     except (UnicodeDecodeError, json.JSONDecodeError):
         raise InputError(f"{spec}: not JSON; a .json input is read as a STAC Item or ItemCollection") from None
     kind = data.get("type") if isinstance(data, dict) else None

@@ -13,6 +13,7 @@ from segbatch.cli.options import LOCATION, check_verbosity, overwrite_opt, parse
 
 if TYPE_CHECKING:
     from segbatch.engine.job import RunConfig
+    from segbatch.inputs import Input
 
 
 def _parse_frames(ctx: click.Context, param: click.Parameter, value: str | None) -> tuple[int | None, int | None] | None:
@@ -165,10 +166,11 @@ def run(
         hwaccel=hwaccel,
     )
     from segbatch.engine.run import run as run_job
-    from segbatch.inputs import is_many
+    from segbatch.inputs import many_inputs
 
-    if asset is not None or is_many(spec):
-        _run_many(cfg, spec, asset, add_inputs)
+    inputs = many_inputs(spec, asset)  # None: one input (a file, an image folder)
+    if inputs is not None:
+        _run_many(cfg, inputs, spec, add_inputs)
         return
     if add_inputs:
         from segbatch.errors import InputError
@@ -195,14 +197,12 @@ def run(
         click.echo(f"warning: {line}", err=True)
 
 
-def _run_many(cfg: RunConfig, spec: str, asset: str | None, add_inputs: bool) -> None:
+def _run_many(cfg: RunConfig, inputs: list[Input], spec: str, add_inputs: bool) -> None:
     """Many inputs, one store with a group each: the summary, each input's problems, and exit 2 when any input failed."""
     from segbatch.engine.many import run_many
-    from segbatch.errors import InputError
-    from segbatch.inputs import expand_inputs
+    from segbatch.errors import InputError, RunError
     from segbatch.problems import MAX_LINES, problem_lines
 
-    inputs = expand_inputs(spec, asset)
     kind = inputs[0].kind
     refuse_options_not_for(kind)
     if kind == "video":
@@ -215,9 +215,17 @@ def _run_many(cfg: RunConfig, spec: str, asset: str | None, add_inputs: bool) ->
     more = [f"and {len(summary.problems) - MAX_LINES} more problems (segbatch info {cfg.out})"] if len(summary.problems) > MAX_LINES else []
     for line in lines + more:
         click.echo(f"warning: {line}", err=True)
+    for failed in summary.failed[:MAX_LINES]:
+        click.echo(f"warning: {failed.input.name} ({location.absolute(failed.input.location)}) failed: {failed.error}", err=True)
+    if len(summary.failed) > MAX_LINES:
+        click.echo(f"warning: and {len(summary.failed) - MAX_LINES} more failed inputs (segbatch info {cfg.out})", err=True)
     if summary.failed:
-        name, why = summary.failed[0]
-        raise InputError(f"{len(summary.failed)} of {summary.inputs} inputs failed (first: {name}: {why}); `segbatch info {cfg.out}` lists them")
+        # exit 2 when every failure was the input's (retrying cannot help), else 1 (--resume retries the failed inputs)
+        ran = [f for f in summary.failed if not f.bad_input]
+        first = (ran or summary.failed)[0]
+        error: type[InputError | RunError] = RunError if ran else InputError
+        what = f"{len(summary.failed)} of {summary.inputs} inputs failed (first: {first.input.name}: {first.error})"
+        raise error(f"{what}; `segbatch info {cfg.out}` lists them" + ("; --resume retries them" if ran else ""))
 
 
 # the options that apply to some kinds of input only: one table, checked before anything runs
