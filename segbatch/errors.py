@@ -43,3 +43,12 @@ def first_line(exc: BaseException) -> str:
     """An exception as one line: its message's first line, else its type's name."""
     text = str(exc).strip()
     return text.splitlines()[0] if text else type(exc).__name__
+
+
+def task_failure(exc: BaseException, what: str) -> SegbatchError:
+    """The error a failed Ray task or actor call stands for: the cause it raised when that is ours (its type says the
+    exit code), else a RunError saying `what` failed. Ray wraps a task's exception in one with a `cause`."""
+    cause = getattr(exc, "cause", None)
+    if isinstance(cause, SegbatchError):
+        return cause
+    return RunError(f"{what} failed: {first_line(cause if isinstance(cause, BaseException) else exc)}")

@@ -14,9 +14,6 @@ end; a group's own status is the live one while a run goes on.
 
 from __future__ import annotations
 
-import os
-import shutil
-import uuid
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -93,21 +90,19 @@ def create_job_root(path: Location, attrs: dict[str, Any], lease: Lease) -> Any:
     """The job's root group with its attributes and the run's lease; locally built aside and renamed into place."""
     import zarr
 
+    from segbatch.store import build_aside
+
     meta: dict[str, Any] = {"segbatch": attrs}
     if location.is_url(path):
         root = zarr.open_group(location.zarr_store(path, read_only=False), mode="w-", zarr_format=3, attributes=meta)
         write_lease(path, lease)
         return root
-    path = Path(path)
-    building = path.parent / f".{path.name}.creating-{uuid.uuid4().hex[:8]}"
-    try:
+
+    def build(building: Path) -> None:
         zarr.open_group(str(building), mode="w-", zarr_format=3, attributes=meta)
         write_lease(building, lease)
-        os.rename(building, path)
-    except OSError as exc:
-        shutil.rmtree(building, ignore_errors=True)
-        raise InputError(f"cannot create {path}: {exc.strerror or exc}") from None
-    return zarr.open_group(str(path), mode="r+", zarr_format=3)
+
+    return build_aside(Path(path), build)
 
 
 def update_job(root: Any, drop: tuple[str, ...] = (), **changes: Any) -> None:
@@ -145,26 +140,40 @@ def live_inputs(store: Location, attrs: Mapping[str, Any]) -> list[dict[str, Any
         return list(pool.map(read, attrs["inputs"]))
 
 
-def group_of(store: Location, name: str | None, what: str) -> Location:
-    """The store a reader works on: `store` itself, or its group `name` when it is a job store (which then needs one).
-
-    `what` says what the reader does, for the message when a group is needed
-    and none (or an unknown one) was named.
-    """
+def reader_target(store: Location, name: str | None, what: str) -> tuple[dict[str, Any] | None, Location]:
+    """What a reader works on, the store opened once: (the job's attributes, the job) for a whole job of many inputs
+    (`name` None), else (None, the store itself or its group `name`)."""
     from segbatch.store import open_store
 
     root = open_store(store)
     if not is_job(root):
         if name is not None:
             raise InputError(f"--group is for job stores of many inputs; {store} holds one input")
-        return store
+        return None, store
     attrs = job_attrs(root)
-    names = [i["name"] for i in attrs["inputs"]]
     if name is None:
+        return attrs, store
+    return None, _group(store, attrs, name)
+
+
+def group_of(store: Location, name: str | None, what: str) -> Location:
+    """The store a reader that takes one store works on: `store` itself, or its group `name` when it is a job (which then needs one).
+
+    `what` says what the reader does, for the message when a group is needed
+    and none (or an unknown one) was named.
+    """
+    job, target = reader_target(store, name, what)
+    if job is not None:
+        names = [i["name"] for i in job["inputs"]]
         raise InputError(f"{store} is a job of {len(names)} inputs; pass --group NAME to {what} one of them ({_some(names)})")
+    return target
+
+
+def _group(store: Location, attrs: Mapping[str, Any], name: str) -> Location:
+    """Group `name` of a job, which must be one of its inputs and have results."""
     entry = next((i for i in attrs["inputs"] if i["name"] == name), None)
     if entry is None:
-        raise InputError(f"{store} has no input named {name!r} ({_some(names)})")
+        raise InputError(f"{store} has no input named {name!r} ({_some([i['name'] for i in attrs['inputs']])})")
     where = group_location(store, name)
     if not location.exists(where):
         reason = f": {entry['error']}" if entry.get("error") else ""

@@ -99,7 +99,7 @@ class RunProgress:
         for stage, seconds in stages.items():
             self.stages[stage] = self.stages.get(stage, 0.0) + float(seconds)
         if self.mode == "json":
-            self._json("unit", unit=_unit_id(unit), seconds=stats.get("seconds"))
+            self._json("unit", **_unit_key(unit), seconds=stats.get("seconds"))
         if self.verbose:
             self._line(self._unit_line(unit, n, stats, stages))
 
@@ -154,8 +154,10 @@ def stage_line(stages: Mapping[str, float], units: int) -> str:
     return f"stage seconds over {units} unit{'s' if units != 1 else ''} (all workers): {spent}{bottleneck}"
 
 
-def _unit_id(unit: Any) -> Any:
-    """A unit's ledger row (a tile is its id; other units carry `.id`), or the unit itself when it has neither."""
+def _unit_key(unit: Any) -> dict[str, Any]:
+    """A unit's ledger row (a tile is its id; other units carry `.id`), and its group when it is a unit of a job of many inputs."""
+    if hasattr(unit, "group") and hasattr(unit, "unit"):
+        return {"group": unit.group, **_unit_key(unit.unit)}
     if isinstance(unit, int):
-        return unit
-    return getattr(unit, "id", str(unit))
+        return {"unit": unit}
+    return {"unit": getattr(unit, "id", str(unit))}

@@ -25,7 +25,8 @@ import re
 import shutil
 import struct
 import uuid
-from collections.abc import Mapping, Sequence
+import warnings
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -48,6 +49,8 @@ CF_CONVENTIONS = "CF-1.10"
 # a float _FillValue of NaN as xarray writes and reads it in a Zarr v3 attribute (base64 of the little-endian double):
 # JSON has no NaN, and with Zarr v3 xarray masks by the _FillValue attribute, not by the array's fill_value
 NAN_FILL_ATTR = base64.standard_b64encode(struct.pack("<d", float("nan"))).decode()
+# zarr warns on every consolidation that consolidated metadata is not yet in the v3 spec (xarray and zarr-python read it)
+warnings.filterwarnings("ignore", message="Consolidated metadata is currently not part", category=UserWarning)
 
 
 @dataclass(frozen=True)
@@ -103,20 +106,36 @@ def create_store(path: Location, layout: StoreLayout, attrs: dict[str, Any], lea
         if lease is not None:
             write_lease(path, lease)
         _create_arrays(root, layout, _class_names(attrs, layout.num_classes))
-        update_attrs(root, status="running")
+        root.attrs["segbatch"] = {**attrs, "status": "running"}  # only a finished store says running
+        if consolidated:
+            consolidate(root)
         return root
-    path = Path(path)
-    parent = path.parent if str(path.parent) else Path(".")
-    if not parent.is_dir():
-        raise InputError(f"cannot create {path}: folder {parent} does not exist")
-    building = parent / f".{path.name}.creating-{uuid.uuid4().hex[:8]}"
-    try:
+
+    def build(building: Path) -> None:
         root = zarr.open_group(str(building), mode="w-", zarr_format=3, attributes=_root_attrs(layout, attrs, "running"))
         _create_arrays(root, layout, _class_names(attrs, layout.num_classes))
         if consolidated:
             consolidate(root)
         if lease is not None:
             write_lease(building, lease)
+
+    return build_aside(Path(path), build)
+
+
+def build_aside(path: Path, build: Callable[[Path], None]) -> Any:
+    """A local group made whole or not at all: `build` fills a hidden folder beside `path`, which is then renamed into place.
+
+    A driver killed half-way (or a Ctrl-C) leaves no group that a later run
+    would take for a whole one; returns the group, open for writing.
+    """
+    import zarr
+
+    parent = path.parent if str(path.parent) else Path(".")
+    if not parent.is_dir():
+        raise InputError(f"cannot create {path}: folder {parent} does not exist")
+    building = parent / f".{path.name}.creating-{uuid.uuid4().hex[:8]}"
+    try:
+        build(building)
         os.rename(building, path)
     except OSError as exc:
         shutil.rmtree(building, ignore_errors=True)
@@ -220,15 +239,12 @@ def consolidate(root: Any) -> Any:
 
     zarr warns that consolidation is not yet in the v3 spec; xarray and
     zarr-python both read it, and a reader without it still finds every array.
-    That one warning is filtered for the whole process (not in a
-    `catch_warnings` block, which is not thread-safe: a job creates its groups
-    in threads).
+    That one warning is filtered for the whole process, once, when this
+    module is imported (not in a `catch_warnings` block, which is not
+    thread-safe: a job creates its groups in threads).
     """
-    import warnings
-
     import zarr
 
-    warnings.filterwarnings("ignore", message="Consolidated metadata is currently not part", category=UserWarning)
     return zarr.consolidate_metadata(root.store)
 
 
@@ -472,6 +488,17 @@ def _full_region(arr: Any, region: Sequence[slice]) -> tuple[slice, ...]:
     return tuple(slice(*s.indices(n)[:2]) for s, n in zip(region, arr.shape))
 
 
+def _sample_grid(arr: Any) -> tuple[int, ...]:
+    """The chunk grid sample_values spreads its sample over: a frame or image stack's first axis, else the whole grid."""
+    grid = tuple(-(-int(n) // int(c)) for n, c in zip(arr.shape, arr.chunks))
+    return grid[:1] if arr.ndim == 3 else grid
+
+
+def chunk_count(arr: Any) -> int:
+    """How many chunks sample_values spreads its sample over (a stack's chunks along its first axis, a raster's whole grid)."""
+    return int(np.prod(_sample_grid(arr)))
+
+
 def sample_values(arr: Any, count: int = 16) -> np.ndarray:
     """Finite values of up to `count` chunks spread evenly over an array: a cheap, deterministic look at its distribution.
 
@@ -480,10 +507,9 @@ def sample_values(arr: Any, count: int = 16) -> np.ndarray:
     raster over its whole chunk grid, so a mosaic's nodata margins do not
     decide the sample.
     """
-    grid = tuple(-(-n // c) for n, c in zip(arr.shape, arr.chunks))
-    total = int(np.prod(grid[:1] if arr.ndim == 3 else grid))
+    grid = _sample_grid(arr)
     values = []
-    for flat in np.unique(np.linspace(0, max(0, total - 1), count).astype(np.int64)):
+    for flat in np.unique(np.linspace(0, max(0, chunk_count(arr) - 1), count).astype(np.int64)):
         index: tuple[int | np.integer[Any], ...] = (int(flat), *([0] * (arr.ndim - 1))) if arr.ndim == 3 else np.unravel_index(int(flat), grid)
         region = tuple(slice(int(i) * c, (int(i) + 1) * c) for i, c in zip(index, arr.chunks))
         block = np.asarray(arr[region], np.float32).ravel()

@@ -91,17 +91,22 @@ def export(
     from segbatch import location
     from segbatch.errors import InputError
     from segbatch.export import export as run_export
-    from segbatch.jobstore import group_location, group_of, is_job, job_attrs
-    from segbatch.store import open_store
+    from segbatch.jobstore import group_location, live_inputs, reader_target
 
-    if group is None and is_job(open_store(store)):
+    job, target = reader_target(store, group, "export")
+    if job is not None:
         if "{name}" not in str(to):
             example = f"out/{{name}}{to.suffix}"
             raise InputError(f"{store} is a job of many inputs: pass --group NAME, or a --to with {{name}} to export every input (e.g. '{example}')")
-        names = [i["name"] for i in job_attrs(open_store(store))["inputs"] if i["status"] == "complete" and location.exists(group_location(store, i["name"]))]
+        inputs = live_inputs(store, job)  # the groups' own statuses: live after a stopped job
+        names = [i["name"] for i in inputs if i["status"] == "complete"]
+        if not names:
+            raise InputError(f"no input of {store} is complete yet; finish it with `segbatch run ... --resume` before exporting")
+        if len(names) < len(inputs):
+            click.echo(f"warning: {len(inputs) - len(names)} of {len(inputs)} inputs have no complete results and are not exported", err=True)
         targets = [(group_location(store, name), Path(str(to).replace("{name}", name))) for name in names]
     else:
-        targets = [(group_of(store, group, "export"), to)]
+        targets = [(target, to)]
     for _, target in targets:  # every target is checked before anything is written
         if location.inside(target, store):
             raise InputError(f"{target} is inside the store {store}; export somewhere else")

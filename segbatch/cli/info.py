@@ -24,13 +24,11 @@ def info(path: Path | str, group: str | None, as_json: bool) -> None:
     if not location.exists(path):
         raise click.BadParameter(f"{path}: no such store or checkpoint", param_hint="PATH")
     if location.is_dir(path):
-        from segbatch.jobstore import describe_job, group_of, is_job
-        from segbatch.store import describe_store, open_store
+        from segbatch.jobstore import describe_job, reader_target
+        from segbatch.store import describe_store
 
-        if group is None and is_job(open_store(path)):
-            summary, text = describe_job(path), format_job
-        else:
-            summary, text = describe_store(group_of(path, group, "summarise")), format_store
+        job, target = reader_target(path, group, "summarise")
+        summary, text = (describe_job(path), format_job) if job is not None else (describe_store(target), format_store)
     else:
         from segbatch.model.checkpoint import load_checkpoint
 

@@ -20,26 +20,22 @@ MAX_LINES = 20
 @json_opt
 def verify(store: Path | str, threads: int, group: str | None, as_json: bool) -> None:
     """Check every chunk of STORE against the digests its ledger recorded (a scrub); exit 1 when any is missing or altered."""
-    from segbatch.jobstore import group_of, is_job
+    from segbatch.jobstore import reader_target
     from segbatch.status import ExitStatus
-    from segbatch.store import open_store
 
-    if group is None and is_job(open_store(store)):
-        ok = _verify_job(store, threads, as_json)
-    else:
-        ok = _verify_one(group_of(store, group, "verify"), threads, as_json, lease=store)
+    job, target = reader_target(store, group, "verify")
+    ok = _verify_job(store, job, threads, as_json) if job is not None else _verify_one(target, threads, as_json, lease=store)
     if not ok:
         click.get_current_context().exit(ExitStatus.FAILED)
 
 
-def _verify_job(store: Path | str, threads: int, as_json: bool) -> bool:
+def _verify_job(store: Path | str, job: dict[str, Any], threads: int, as_json: bool) -> bool:
     """Every group of a job that has results, one after the other; the job passes when every group does."""
     from segbatch import location
-    from segbatch.jobstore import group_location, job_attrs
-    from segbatch.store import open_store
+    from segbatch.jobstore import group_location
     from segbatch.verify import verify_store
 
-    names = [i["name"] for i in job_attrs(open_store(store))["inputs"] if location.exists(group_location(store, i["name"]))]
+    names = [i["name"] for i in job["inputs"] if location.exists(group_location(store, i["name"]))]
     reports = {name: verify_store(group_location(store, name), threads, lease=store) for name in names}
     bad = [name for name, r in reports.items() if not r.ok]
     if as_json:

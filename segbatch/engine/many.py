@@ -20,7 +20,7 @@ from __future__ import annotations
 import threading
 import time
 from collections import OrderedDict, deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -37,16 +37,17 @@ from segbatch.engine.run import (
     recorded_outcome,
     replace_store,
     resolve_model,
+    resume_store,
 )
 from segbatch.engine.session import ray_session
 from segbatch.engine.source import Source, SourceJob, UnitReport, unit_id
 from segbatch.errors import InputError, SegbatchError, first_line
 from segbatch.inputs import Input, location_digest, sanitize_name
 from segbatch.jobstore import create_job_root, group_location, is_job, job_attrs, live_inputs, new_job_attrs, update_job
-from segbatch.lease import Lease, LeaseKeeper
+from segbatch.lease import Lease, LeaseKeeper, LeaseLostError
 from segbatch.location import Location
 from segbatch.progress import RunProgress
-from segbatch.store import check_resumable, create_store, finished_units, open_store, reopen_for_resume, store_attrs, update_attrs
+from segbatch.store import check_resumable, create_store, finished_units, open_store, update_attrs
 
 PLAN_THREADS = 16  # inputs whose headers are read at once (I/O bound: local disks, object stores)
 JOBS_PER_ACTOR = 256  # inputs' worker jobs an actor keeps after fetching them
@@ -54,9 +55,8 @@ JOBS_PER_ACTOR = 256  # inputs' worker jobs an actor keeps after fetching them
 
 @dataclass(frozen=True)
 class GroupUnit:
-    """A unit of one input of the job: its place in the job, its group, and the input's own unit."""
+    """A unit of one input of the job: its group, and the input's own unit."""
 
-    id: int  # its index among the job's units (progress, the pool)
     group: str
     unit: Any  # the input's own unit: its row in the group's ledger is unit_id(unit)
     size: int  # items (frames, tiles) for progress and ordering
@@ -136,6 +136,7 @@ class InputState:
     input: Input
     status: str = "pending"  # pending | complete | failed
     error: str | None = None
+    bad_input: bool = True  # what failed it was the input (exit 2), not the run (exit 1)
     source: Source | None = None
     units: list[Any] = field(default_factory=list)
     pending: list[Any] = field(default_factory=list)  # the units this run sends (not in the ledger when it started)
@@ -145,9 +146,10 @@ class InputState:
     layout: Any = None  # a new group's layout and attributes, until it is created
     attrs: Any = None
 
-    def fail(self, error: str) -> None:
+    def fail(self, cause: BaseException) -> None:
+        """The first cause is kept (a failed input's later errors follow from it)."""
         if self.status != "failed":
-            self.status, self.error = "failed", error
+            self.status, self.error, self.bad_input = "failed", first_line(cause), isinstance(cause, InputError)
 
     def entry(self) -> dict[str, Any]:
         out: dict[str, Any] = {"name": self.input.name, "path": location.absolute(self.input.location), "status": self.status}
@@ -161,7 +163,7 @@ class JobSummary(RunSummary):
     inputs: int = 0
     complete: int = 0
     already: int = 0  # inputs complete before this run (--resume)
-    failed: list[tuple[str, str]] = field(default_factory=list)  # (name, why)
+    failed: list[InputState] = field(default_factory=list)
 
     def line(self, out: Location) -> str:
         rate = self.items / self.seconds if self.seconds > 0 else 0.0
@@ -177,9 +179,11 @@ class JobSummary(RunSummary):
 def run_many(
     cfg: RunConfig, inputs: Sequence[Input], spec: str, make_source: Callable[[RunConfig, Any], Source], add_inputs: bool = False, worker: type | None = None
 ) -> JobSummary:
-    """Segment every input of `inputs` (one kind) into its group of the job store `cfg.out`."""
-    from segbatch.engine.pipeline import PipelineWorker
-    from segbatch.engine.pool import ActorPool
+    """Segment every input of `inputs` (one kind) into its group of the job store `cfg.out`.
+
+    Everything that can refuse the job (the target, a changed list of inputs
+    on --resume, the inputs' headers) is checked before Ray starts.
+    """
     from segbatch.engine.session import pool_size
     from segbatch.model.checkpoint import load_checkpoint
 
@@ -192,100 +196,118 @@ def run_many(
     check_target(cfg, lease, ckpt.path, inputs=[i.location for i in inputs])
     kind = inputs[0].kind
     config = job_fingerprint(cfg, ckpt.sha256, kind)
-    with LeaseKeeper(cfg.out, lease) as keeper, ray_session(cfg.address, cfg.verbose):
-        resuming = location.exists(cfg.out) and cfg.resume
-        states, done_before = _resume_states(cfg, inputs, config, add_inputs) if resuming else ([InputState(i) for i in inputs], [])
-        _plan(cfg, ckpt, make_source, states)
-        planned = [s for s in states if s.source is not None]
-        max_units = sum(s.source.max_units for s in planned if s.source is not None)
-        actors, gpus = pool_size(cfg.actors, cfg.gpus_per_actor, cfg.cpus_per_actor, max(1, max_units))
-        every = done_before + states
-        if resuming:
-            root = open_store(cfg.out, mode="r+")
-            update_job(root, drop=("error",), status="running", inputs=[s.entry() for s in every], runs=[*job_attrs(root)["runs"], lease.run])
+    with LeaseKeeper(cfg.out, lease) as keeper:
+        root = None
+        if location.exists(cfg.out) and cfg.resume:
+            root, states, done_before = _resume_states(cfg, inputs, config, add_inputs)
         else:
-            attrs = new_job_attrs(kind, spec, [s.entry() for s in every], model_attrs(ckpt), cfg, config, lease.run)
-            root = replace_store(cfg, keeper, lambda: create_job_root(cfg.out, attrs, keeper.lease))
-        summary = JobSummary(noun="frame" if kind == "video" else "tile", inputs=len(every), already=len(done_before))
-        with recorded_outcome(root, 0, "units", left=lambda: sum(s.left for s in states), fail=lambda why: update_job(root, status="failed", error=why)):
-            _prepare_groups(cfg, ckpt, planned, actors, lease.run)
-            planned = sorted((s for s in planned if s.source is not None), key=lambda s: -len(s.pending))  # the longest inputs first
-            summary.units = sum(len(s.units) for s in states)
-            summary.skipped_units = summary.units - sum(len(s.pending) for s in planned)
-            started = time.perf_counter()
-            by_name = {s.input.name: s for s in states}
-            todo = [s for s in planned if s.pending]
-            for state in planned:
-                if not state.pending and state.root is not None:
-                    state.source.begin(state.root, state.done, keeper)  # type: ignore[union-attr]  # all its units were done before
-            if todo:
-                first = todo[0]
-                assert first.source is not None
-                template = first.source.job(location.absolute(input_config(cfg, first.input).out), location.absolute(ckpt.path), lease.run)
-                job = ManyJob(**JobBasics.of(cfg, location.absolute(cfg.out), location.absolute(ckpt.path), lease.run), template=template)
-                groups = _Groups(cfg, todo)
-                try:
-                    with (
-                        ActorPool(
-                            worker or PipelineWorker,
-                            job,
-                            actors,
-                            cfg.cpus_per_actor,
-                            gpus,
-                            grow=cfg.actors is None,
-                            describe=lambda u: f"{u.group}: {by_name[u.group].source.describe(u.unit)}",  # type: ignore[union-attr]
-                            quiet=cfg.quiet,
-                            unit_errors=(InputError,),
-                        ) as pool,
-                        _progress(cfg, planned, summary.noun) as progress,
-                    ):
-                        count = 0
-                        while groups or pool.has_next():
-                            for state in groups.ready(block=not pool.has_next()):
-                                if state.status == "failed" or state.source is None:
-                                    continue
-                                keeper.check()
-                                state.source.begin(state.root, state.done, keeper)  # a raster's stitcher follows its tiles from here
-                                for unit in _units_of(cfg, ckpt, state, lease.run, count):
-                                    pool.submit(unit)
-                                    count += 1
-                            if not pool.has_next():
-                                continue
-                            unit, result = pool.get_next()
-                            state = by_name[unit.group]
-                            state.left -= 1
-                            if isinstance(result, BaseException):
-                                state.fail(first_line(result))
-                                continue
-                            summary.items += unit.size
-                            state.source.unit_done(unit.unit, result)  # type: ignore[union-attr]
-                            progress.unit_done(unit, result)
-                        summary.actors, summary.device = pool.most_ready, pool.device
-                finally:
-                    groups.close()
-            summary.seconds = time.perf_counter() - started
-            keeper.renew()
-            keeper.check()
-            _finish_groups(cfg, planned, summary, keeper)
-            summary.complete = sum(1 for s in every if s.status == "complete")
-            summary.failed = [(s.input.name, s.error or "failed") for s in every if s.status == "failed"]
-            update_job(
-                root,
-                drop=("error",),
-                status="complete",
-                inputs=[s.entry() for s in every],
-                summary={
-                    "inputs": len(every),
-                    "complete": summary.complete,
-                    "failed": len(summary.failed),
-                    "items": summary.items,
-                    "noun": summary.noun,
-                    "wall_seconds": round(summary.seconds, 3),
-                    "actors": summary.actors,
-                    "device": summary.device,
-                },
-            )
+            states, done_before = [InputState(i) for i in inputs], []
+        _plan(cfg, ckpt, make_source, states)
+        every = done_before + states
+        with ray_session(cfg.address, cfg.verbose):
+            max_units = sum(s.source.max_units for s in states if s.source is not None)
+            actors, gpus = pool_size(cfg.actors, cfg.gpus_per_actor, cfg.cpus_per_actor, max(1, max_units))
+            if root is not None:
+                update_job(root, drop=("error",), status="running", inputs=[s.entry() for s in every], runs=[*job_attrs(root)["runs"], lease.run])
+            else:
+                attrs = new_job_attrs(kind, spec, [s.entry() for s in every], model_attrs(ckpt), cfg, config, lease.run)
+                root = replace_store(cfg, keeper, lambda: create_job_root(cfg.out, attrs, keeper.lease))
+            job_root = root
+            summary = JobSummary(noun="frame" if kind == "video" else "tile", inputs=len(every), already=len(done_before))
+            with recorded_outcome(
+                root, 0, "units", left=lambda: sum(s.left for s in states), fail=lambda why: update_job(job_root, status="failed", error=why)
+            ):
+                _prepare_groups(cfg, ckpt, [s for s in states if s.source is not None], actors, lease.run)
+                _run_units(cfg, ckpt, states, actors, gpus, summary, keeper, worker)
+                keeper.renew()
+                keeper.check()
+                _finish_groups(states, summary, keeper)
+                summary.complete = sum(1 for s in every if s.status == "complete")
+                summary.failed = [s for s in every if s.status == "failed"]
+                update_job(
+                    root,
+                    drop=("error",),
+                    status="complete",
+                    inputs=[s.entry() for s in every],
+                    summary={
+                        "inputs": len(every),
+                        "complete": summary.complete,
+                        "failed": len(summary.failed),
+                        "items": summary.items,
+                        "noun": summary.noun,
+                        "wall_seconds": round(summary.seconds, 3),
+                        "actors": summary.actors,
+                        "device": summary.device,
+                    },
+                )
         return summary
+
+
+def _run_units(
+    cfg: RunConfig, ckpt: Any, states: Sequence[InputState], actors: int, gpus: float, summary: JobSummary, keeper: LeaseKeeper, worker: type | None
+) -> None:
+    """Every planned input's pending units on one pool, the longest inputs first, each input's once its group exists."""
+    from segbatch.engine.pipeline import PipelineWorker
+    from segbatch.engine.pool import ActorPool
+
+    run = keeper.lease.run
+    planned = sorted((s for s in states if s.source is not None and s.status != "failed"), key=lambda s: -len(s.pending))
+    for state in planned:
+        if not state.pending:
+            state.source.begin(state.root, state.done, keeper)  # type: ignore[union-attr]  # all its units were done before
+    todo = [s for s in planned if s.pending]
+    started = time.perf_counter()
+    if todo:
+        jobs = {s.input.name: _job_of(cfg, ckpt, s, run) for s in todo}
+        job = ManyJob(**JobBasics.of(cfg, location.absolute(cfg.out), location.absolute(ckpt.path), run), template=jobs[todo[0].input.name])
+        by_name = {s.input.name: s for s in states}
+        groups = _Groups(cfg, todo)
+        try:
+            with (
+                ActorPool(
+                    worker or PipelineWorker,
+                    job,
+                    actors,
+                    cfg.cpus_per_actor,
+                    gpus,
+                    grow=cfg.actors is None,
+                    describe=lambda u: f"{u.group}: {by_name[u.group].source.describe(u.unit)}",  # type: ignore[union-attr]
+                    quiet=cfg.quiet,
+                    unit_errors=(InputError,),
+                ) as pool,
+                _progress(cfg, planned, summary.noun) as progress,
+            ):
+                while groups or pool.has_next():
+                    for state in groups.ready(block=not pool.has_next()):
+                        if state.status != "failed":
+                            keeper.check()
+                            state.source.begin(state.root, state.done, keeper)  # type: ignore[union-attr]  # a raster's stitcher follows its tiles
+                            for unit in _units_of(state, jobs[state.input.name]):
+                                pool.submit(unit)
+                    if pool.has_next():
+                        _unit_finished(*pool.get_next(), by_name, summary, progress)
+                summary.actors, summary.device = pool.most_ready, pool.device
+        finally:
+            groups.close()
+    summary.seconds = time.perf_counter() - started
+
+
+def _unit_finished(unit: GroupUnit, result: Any, by_name: Mapping[str, InputState], summary: JobSummary, progress: RunProgress) -> None:
+    """A unit came back: its input goes on (a raster stitches what the tile completes), or fails alone."""
+    state = by_name[unit.group]
+    state.left -= 1
+    if isinstance(result, BaseException):
+        state.fail(result)
+    if state.status == "failed":
+        return  # a failed input's later units are not followed (nor stitched)
+    summary.items += unit.size
+    progress.unit_done(unit, result)
+    try:
+        state.source.unit_done(unit.unit, result)  # type: ignore[union-attr]
+    except LeaseLostError:
+        raise
+    except SegbatchError as exc:  # its stitch failed: that input alone
+        state.fail(exc)
 
 
 def job_fingerprint(cfg: RunConfig, model_sha256: str, kind: str) -> dict[str, Any]:
@@ -297,14 +319,15 @@ def job_fingerprint(cfg: RunConfig, model_sha256: str, kind: str) -> dict[str, A
     return model_fingerprint(cfg, model_sha256) | options | {"outputs": list(cfg.extra_outputs), "hwaccel": cfg.hwaccel, "input_kind": kind}
 
 
-def _resume_states(cfg: RunConfig, inputs: Sequence[Input], config: dict[str, Any], add_inputs: bool) -> tuple[list[InputState], list[InputState]]:
-    """--resume: the inputs still to do (incomplete groups, earlier failures, added inputs) and those complete before, checked.
+def _resume_states(cfg: RunConfig, inputs: Sequence[Input], config: dict[str, Any], add_inputs: bool) -> tuple[Any, list[InputState], list[InputState]]:
+    """--resume: the job's root (open for writing), the inputs still to do (incomplete groups, earlier failures, added inputs)
+    and those complete before, checked.
 
     The store's list of inputs must be the one given now: an input it has
     that is not given is refused (a job never drops a group), an input given
     that it lacks is refused unless --add-inputs.
     """
-    root = open_store(cfg.out)
+    root = open_store(cfg.out, mode="r+")
     if not is_job(root):
         raise InputError(f"{cfg.out} holds one input, not a job of many; resume it with that input as --input")
     attrs = job_attrs(root)
@@ -337,7 +360,7 @@ def _resume_states(cfg: RunConfig, inputs: Sequence[Input], config: dict[str, An
         name = i.name if i.name.casefold() not in taken else sanitize_name(f"{i.name}-{location_digest(location.absolute(i.location))}")
         taken.add(name.casefold())
         states.append(InputState(replace(i, name=name)))
-    return states, done
+    return root, states, done
 
 
 def _plan(cfg: RunConfig, ckpt: Any, make_source: Callable[[RunConfig, Any], Source], states: Sequence[InputState]) -> None:
@@ -347,7 +370,7 @@ def _plan(cfg: RunConfig, ckpt: Any, make_source: Callable[[RunConfig, Any], Sou
         try:
             state.source = make_source(input_config(cfg, state.input), ckpt)
         except (SegbatchError, OSError) as exc:
-            state.fail(first_line(exc))
+            state.fail(exc)
 
     with ThreadPoolExecutor(min(PLAN_THREADS, max(1, len(states)))) as pool:
         list(pool.map(plan, states))
@@ -368,9 +391,7 @@ def _prepare_groups(cfg: RunConfig, ckpt: Any, states: Sequence[InputState], act
         config = fingerprint(icfg, ckpt.sha256, state.source)
         try:
             if location.exists(icfg.out):
-                group = open_store(icfg.out)
-                state.source.check_resume(group, store_attrs(group))
-                state.root, attrs = reopen_for_resume(icfg.out, config, run)
+                state.root, attrs = resume_store(icfg.out, state.source, config, run)
                 state.done = finished_units(state.root)
             else:
                 state.layout, attrs = new_store_attrs(icfg, state.source, ckpt, config, actors, run)
@@ -379,8 +400,7 @@ def _prepare_groups(cfg: RunConfig, ckpt: Any, states: Sequence[InputState], act
             state.pending = [u for u in state.units if unit_id(u) not in state.done]
             state.left = len(state.pending)
         except (SegbatchError, OSError) as exc:
-            state.fail(first_line(exc))
-            state.source = None
+            state.fail(exc)  # a group reopened for it is marked failed at the end (_finish_groups)
 
     with ThreadPoolExecutor(min(PLAN_THREADS, max(1, len(states)))) as pool:
         list(pool.map(prepare, states))
@@ -401,7 +421,7 @@ class _Groups:
             try:
                 state.root = create_store(input_config(cfg, state.input).out, state.layout, state.attrs, None, consolidated=False)
             except (SegbatchError, OSError) as exc:
-                state.fail(first_line(exc))
+                state.fail(exc)
             state.layout = state.attrs = None
 
         self.threads = ThreadPoolExecutor(min(PLAN_THREADS, max(1, len(states))))
@@ -423,14 +443,18 @@ class _Groups:
         self.threads.shutdown(wait=True, cancel_futures=True)
 
 
-def _units_of(cfg: RunConfig, ckpt: Any, state: InputState, run: str, first: int) -> list[GroupUnit]:
-    """An input's pending units for the job's pool, numbered from `first`; its worker job goes to Ray's object store once."""
+def _job_of(cfg: RunConfig, ckpt: Any, state: InputState, run: str) -> SourceJob:
+    assert state.source is not None
+    return state.source.job(location.absolute(input_config(cfg, state.input).out), location.absolute(ckpt.path), run)
+
+
+def _units_of(state: InputState, job: SourceJob) -> list[GroupUnit]:
+    """An input's pending units for the job's pool; its worker job goes to Ray's object store once."""
     import ray
 
     assert state.source is not None
-    icfg = input_config(cfg, state.input)
-    ref = ray.put(state.source.job(location.absolute(icfg.out), location.absolute(ckpt.path), run))
-    return [GroupUnit(first + i, state.input.name, u, state.source.size(u), ref) for i, u in enumerate(state.pending)]
+    ref = ray.put(job)
+    return [GroupUnit(state.input.name, u, state.source.size(u), ref) for u in state.pending]
 
 
 def _items(state: InputState, units: Sequence[Any]) -> int:
@@ -458,20 +482,22 @@ def _progress(cfg: RunConfig, states: Sequence[InputState], noun: str) -> RunPro
     )
 
 
-def _finish_groups(cfg: RunConfig, states: Sequence[InputState], summary: JobSummary, keeper: LeaseKeeper) -> None:
+def _finish_groups(states: Sequence[InputState], summary: JobSummary, keeper: LeaseKeeper) -> None:
     """Each input whose units are all done: finish its group as a single run would (finalise, or stitch); others fail alone."""
     for state in states:
-        if state.source is None:
-            continue
-        group = state.root
         if state.status == "failed":
-            update_attrs(group, status="failed", error=state.error)
+            if state.root is not None:  # its group says so too (not "running" for ever)
+                update_attrs(state.root, status="failed", error=state.error)
             continue
+        assert state.source is not None
         part = RunSummary(units=len(state.units), noun=summary.noun, seconds=summary.seconds, actors=summary.actors, device=summary.device)
         try:
-            state.source.finish(group, state.units, state.pending, part, keeper)
+            state.source.finish(state.root, state.units, state.pending, part, keeper)
+        except LeaseLostError:
+            raise
         except (SegbatchError, OSError) as exc:
-            state.fail(first_line(exc))
+            state.fail(exc)
+            update_attrs(state.root, status="failed", error=state.error)
             continue
         state.status = "complete"
         if part.stitch_seconds is not None:

@@ -23,6 +23,7 @@ from __future__ import annotations
 import queue
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
 
@@ -58,7 +59,8 @@ class PipelineWorker:
         self.model_lock = threading.Lock()  # two units in flight, one model: its calls take turns
         self.copy_stream = torch.cuda.Stream(self.device) if self.cuda else None  # type: ignore[no-untyped-call]
         self.root = open_store(job.store, mode="r+")
-        self.groups: dict[str, Any] = {}  # a job store's groups this actor wrote to, opened once each
+        self.groups: OrderedDict[str, Any] = OrderedDict()  # a job store's groups this actor writes to, the last OPEN_GROUPS used
+        self.groups_lock = threading.Lock()  # two units in flight may open groups at once
         self.node = _node_id()
         job.check_node()
 
@@ -110,11 +112,14 @@ class PipelineWorker:
         """Where a unit's chunks and ledger entry go: the store, or one group of a job store (opened once per actor)."""
         if not group:
             return self.root
-        if group not in self.groups:
-            if len(self.groups) >= OPEN_GROUPS:
-                self.groups.pop(next(iter(self.groups)))
-            self.groups[group] = open_store(group_location(self.job.store, group), mode="r+")
-        return self.groups[group]
+        with self.groups_lock:
+            if group in self.groups:
+                self.groups.move_to_end(group)
+            else:
+                self.groups[group] = open_store(group_location(self.job.store, group), mode="r+")
+                while len(self.groups) > OPEN_GROUPS:
+                    self.groups.popitem(last=False)
+            return self.groups[group]
 
     def _read(self, unit: Any, report: UnitReport, out: _Stage, times: dict[str, float]) -> None:
         """Read-ahead thread: the source's batches, stacked on the host (pinned on CUDA), into the queue."""

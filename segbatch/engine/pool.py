@@ -19,7 +19,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any
 
-from segbatch.errors import InputError, RunError, SegbatchError, first_line
+from segbatch.errors import InputError, RunError, first_line, task_failure
 from segbatch.progress import note
 
 IN_FLIGHT_PER_ACTOR = 2  # a queued unit hides the driver's round trip; the actor runs two units' pipelines side by side
@@ -122,13 +122,11 @@ class ActorPool:
             try:
                 result = ray.get(ref)
             except RayTaskError as exc:
-                cause = exc.cause if isinstance(getattr(exc, "cause", None), BaseException) else None
-                if self.unit_errors and isinstance(cause, self.unit_errors):
+                failure = task_failure(exc, self.describe(unit))
+                if self.unit_errors and isinstance(failure, self.unit_errors):
                     self._fill()
-                    return unit, cause
-                if isinstance(cause, SegbatchError):
-                    raise cause from None
-                raise RunError(f"{self.describe(unit)} failed: {first_line(cause or exc)}") from None
+                    return unit, failure
+                raise failure from None
             except RayActorError:
                 self._on_lost(slot, unit)
                 continue

@@ -274,6 +274,9 @@ def restitch(path: Path | str, quiet: bool, verbose: int = 0, group: str | None 
     with LeaseKeeper(path, lease) as keeper, ray_session(None, verbose):
         with recorded_outcome(root, len(job.tiles), "tiles"):
             done = finished_or_fail(root, range(len(job.tiles)))
-            stitcher = new_stitcher(job, root, done, keep_tiles=True, keeper=keeper, again=True)
+            # every chunk again only from tiles a run kept whole; a run stopped mid-stitch deleted the tiles it had used up,
+            # so then only the chunks it had not stitched yet (their tiles are all still there)
+            again = bool((attrs.get("summary") or {}).get("tiles_kept"))
+            stitcher = new_stitcher(job, root, done, keep_tiles=True, keeper=keeper, again=again)
             stitch_store(root, stitcher, keep_tiles=True, quiet=quiet, summary=summary, keeper=keeper)
     return summary

@@ -135,9 +135,7 @@ def model_fingerprint(cfg: RunConfig, model_sha256: str) -> dict[str, Any]:
 def _prepare_store(cfg: RunConfig, source: Source, ckpt: Any, config: dict[str, Any], actors: int, keeper: LeaseKeeper) -> Any:
     """Reopen the store for --resume, or create it (replacing the old one for --overwrite): driver-only metadata."""
     if location.exists(cfg.out) and cfg.resume:
-        root = open_store(cfg.out)
-        source.check_resume(root, store_attrs(root))
-        root, _ = reopen_for_resume(cfg.out, config, keeper.lease.run)
+        root, _ = resume_store(cfg.out, source, config, keeper.lease.run)
         return root
 
     def create() -> Any:
@@ -152,6 +150,13 @@ def new_store_attrs(cfg: RunConfig, source: Source, ckpt: Any, config: dict[str,
     layout, attrs = source.new_store(actors)
     attrs = base_attrs(attrs.pop("source"), model_attrs(ckpt), cfg.samples, cfg.seed, config, run) | {"fingerprint": config_digest(config)} | attrs
     return layout, attrs
+
+
+def resume_store(path: Location, source: Source, config: dict[str, Any], run: str) -> tuple[Any, dict[str, Any]]:
+    """--resume of a store (or a job's group): what the source needs checked, then the configuration; reopened as `run`'s."""
+    root = open_store(path)
+    source.check_resume(root, store_attrs(root))
+    return reopen_for_resume(path, config, run)
 
 
 def replace_store(cfg: RunConfig, keeper: LeaseKeeper, create: Callable[[], T]) -> T:

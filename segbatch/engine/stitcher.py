@@ -20,10 +20,10 @@ from typing import Any
 
 import numpy as np
 
-from segbatch.errors import RunError, SegbatchError, first_line
+from segbatch.errors import RunError, task_failure
 from segbatch.stitch import StitchJob, stitch_chunks
 
-BATCH = 8  # ready chunks per task: consecutive chunks share most of their tiles (each task reads a tile once)
+BATCH = 8  # ready chunks per task at most: chunks that become ready together mostly share their tiles (a task decodes each tile it keeps once)
 TILE_ARRAYS = ("tiles/probs", "tiles/uncertainty")
 
 
@@ -69,7 +69,6 @@ class Stitcher:
         self.task_seconds = self.overlapped_seconds = 0.0
         self.live = self.peak = 0  # tiles written and not deleted: now, and at most
         self.fills: list[tuple[Any, np.ndarray]] | None = None
-        self.started = time.perf_counter()
         for tid, entry in sorted(done.items()):
             self._tile_done(tid, entry, written=self.readers[tid] > 0)
 
@@ -78,7 +77,7 @@ class Stitcher:
         self._tile_done(tid, entry, written=True)
         self._collect(block=False)
         while self.ready and len(self.in_flight) < self._limit():
-            self._submit(BATCH)  # a free slot takes what is ready (up to BATCH): the stitch keeps up, the tail stays short
+            self._submit()  # a free slot takes what is ready (up to BATCH): the stitch keeps up, the tail stays short
 
     def drain(self, bar: Any = None) -> float:
         """Inference is over: stitch every chunk still to do; returns the wall seconds this took (the stitch after inference)."""
@@ -86,13 +85,12 @@ class Stitcher:
         started = time.perf_counter()
         while self.ready or self.in_flight:
             while self.ready and len(self.in_flight) < self._limit():
-                self._submit(BATCH)
+                self._submit()
             count = self._collect(block=True)
             if bar is not None:
                 bar.update(count)
-        missing = len(self.contributors) - len(self.stitched)
-        if missing:
-            raise RunError(f"{missing} output chunks were never stitched (their tiles are not all done); finish with --resume")
+        if self.left():
+            raise RunError(f"{self.left()} output chunks were never stitched (their tiles are not all done); finish with --resume")
         return time.perf_counter() - started
 
     def figures(self) -> dict[str, Any]:
@@ -120,16 +118,16 @@ class Stitcher:
         """Tasks in flight: one per two CPUs while the actors run (at least one), one per CPU once they are done."""
         return self.cpus if not self.inferring else max(1, self.cpus // 2)
 
-    def _submit(self, count: int) -> None:
-        batch = sorted(self.ready[:count])
-        del self.ready[:count]
+    def _submit(self) -> None:
+        batch = sorted(self.ready[:BATCH])
+        del self.ready[:BATCH]
         skipped = frozenset(t for cid in batch for t in self.contributors[cid] if t in self.skipped)
         self.in_flight[self.task.remote(self.job_ref, batch, skipped)] = batch
 
     def _collect(self, block: bool) -> int:
         """Take the finished tasks (wait for one when `block`): their chunks are stitched, the tiles they used up deleted."""
         import ray
-        from ray.exceptions import RayTaskError
+        from ray.exceptions import RayError
 
         if not self.in_flight:
             return 0
@@ -140,11 +138,8 @@ class Stitcher:
             batch = self.in_flight.pop(ref)
             try:
                 _, seconds = ray.get(ref)
-            except RayTaskError as exc:
-                cause = exc.cause if isinstance(getattr(exc, "cause", None), BaseException) else None
-                if isinstance(cause, SegbatchError):
-                    raise cause from None
-                raise RunError(f"stitching chunks {batch[0]}..{batch[-1]} failed: {first_line(cause or exc)}") from None
+            except RayError as exc:  # the task raised, or its worker died more often than it is retried
+                raise task_failure(exc, f"stitching chunks {batch[0]}..{batch[-1]}") from None
             self.task_seconds += seconds
             if self.inferring:
                 self.overlapped_seconds += seconds

@@ -170,6 +170,7 @@ def test_a_bad_input_fails_alone_and_the_job_says_how_many(runner, cli, clips, t
     r = runner.invoke(cli, ["run", "--input", f"@{manifest}", "--out", str(out), *map(str, settings(tiny_model))])
     assert r.exit_code == 2, r.output
     assert "2 of 3 inputs failed" in r.output and "segmented 8 frames of 1 of 3 inputs" in r.output
+    assert "missing.mp4) failed: " in r.output and "empty.mp4) failed: " in r.output  # each failed input named at run time
     attrs = zarr.open_group(str(out), mode="r").attrs["segbatch"]
     status = {Path(i["path"]).name: i for i in attrs["inputs"]}
     assert status["b.mp4"]["status"] == "complete" and status["missing.mp4"]["status"] == "failed" and status["empty.mp4"]["status"] == "failed"
@@ -178,6 +179,19 @@ def test_a_bad_input_fails_alone_and_the_job_says_how_many(runner, cli, clips, t
     text = invoke(runner, cli, "info", out).output
     assert "1 of 3 video inputs complete, 2 failed" in text and "no such file" in text
     assert arrays(out / status["b.mp4"]["name"])["labels"].shape[0] == 8
+    r = runner.invoke(cli, ["export", str(out), "--to", str(tmp_path / "ex" / "{name}.mp4")])
+    assert r.exit_code == 0 and "2 of 3 inputs have no complete results" in r.output
+    assert [p.name for p in (tmp_path / "ex").iterdir()] == [f"{status['b.mp4']['name']}.mp4"]
+
+
+def test_a_job_whose_inputs_all_failed_has_nothing_to_export(runner, cli, tiny_model, tmp_path):
+    manifest = tmp_path / "inputs.txt"
+    manifest.write_text(f"{tmp_path / 'gone.mp4'}\n")
+    out = tmp_path / "job.zarr"
+    r = runner.invoke(cli, ["run", "--input", f"@{manifest}", "--out", str(out), *map(str, settings(tiny_model)), "--quiet"])
+    assert r.exit_code == 2 and "1 of 1 inputs failed" in r.output
+    r = runner.invoke(cli, ["export", str(out), "--to", str(tmp_path / "{name}.mp4")])
+    assert r.exit_code == 2 and "no input of" in r.output and len(r.output.strip().splitlines()) == 1
 
 
 def _ledgers(store: Path) -> int:

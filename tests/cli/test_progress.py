@@ -58,6 +58,18 @@ def test_progress_json_of_a_resumed_run_counts_the_units_done_before(capsys):
     assert events[0]["eta"] is None and events[-1]["eta"] == 0
 
 
+def test_progress_json_names_a_job_units_input_and_its_ledger_row(capsys):
+    from segbatch.engine.many import GroupUnit
+    from segbatch.engine.video import FrameUnit
+
+    units = [GroupUnit("day1--a", FrameUnit(3, 24, 32), 8, job=None), GroupUnit("c", 5, 1, job=None)]
+    with RunProgress(units=2, items=9, noun="frame", size=lambda u: u.size, mode="json") as progress:
+        for unit in units:
+            progress.unit_done(unit, {"seconds": 0.1})
+    events = [e for e in _json_lines(capsys.readouterr().err) if e["event"] == "unit"]
+    assert [(e["group"], e["unit"]) for e in events] == [("day1--a", 3), ("c", 5)]
+
+
 def test_verbose_names_the_bottleneck_and_quiet_hides_the_bar_only(capsys):
     with RunProgress(units=2, items=2, noun="tile", describe=lambda t: f"tile {t}", quiet=True, verbose=1) as progress:
         for tile in range(2):

@@ -94,6 +94,32 @@ def test_chunks_are_stitched_as_tiles_finish_and_used_up_tiles_are_deleted(kept,
     assert 0.5 < figures["stitch_overlap"] < 1  # most of the stitch ran while tiles were still coming
 
 
+def test_segbatch_stitch_of_a_store_stopped_mid_stitch_stitches_only_what_is_left(kept, tmp_path, monkeypatch, runner, cli):
+    """A run without --keep-tiles that stopped while stitching has deleted the tiles it used up: those chunks must stay as they are."""
+    store = tmp_path / "copy.zarr"
+    shutil.copytree(kept[0], store)
+    root = zarr.open_group(str(store), mode="r+")
+    plan = plan_tiles(600, 700, TILE, OVERLAP)
+    entries = {i: {k: v for k, v in json.loads(e).items() if k != "stitched"} for i, e in enumerate(root[LEDGER][...])}
+    for i, entry in entries.items():
+        root[LEDGER][i] = json.dumps(entry)  # as tiles come back from their workers: nothing stitched yet
+    import segbatch.stitch as stitch_module
+    from segbatch.store import update_attrs
+
+    monkeypatch.setattr(stitch_module, "check_fence", lambda store, run: None)
+    job = StitchJob(store=str(store), tiles=plan, run="run-1")
+    stitcher = Stitcher(job, root, {}, keep_tiles=False, check=lambda: None, cpus=2)
+    stitcher.task = _Now()
+    for tid in range(len(plan)):
+        stitcher.tile_done(tid, entries[tid])  # every tile done; the chunks of the last rows not stitched yet
+    assert 0 < len(stitcher.stitched) < len(plan) and _tiles_on_disk(store) < len(plan)
+    update_attrs(root, drop=("summary",), status="stitching")  # the driver died here
+    monkeypatch.undo()
+    r = runner.invoke(cli, ["stitch", str(store), "--quiet"])
+    assert r.exit_code == 0, r.output
+    assert_same(arrays(store), kept[1])  # the chunks stitched before the stop were not redone from deleted tiles
+
+
 def test_a_killed_raster_run_resumes_tiles_and_chunks_bit_for_bit(ray_address, runner, cli, tiny_model, tmp_path):
     scene = write_geotiff(tmp_path / "big.tif", height=900, width=1000)
     args = ("--input", scene, "--model", tiny_model, "--samples", 2, "--tile", TILE, "--overlap", OVERLAP, "--actors", 1)
