@@ -2,9 +2,10 @@
 
 A unit is a chunk-aligned frame range; its worker seeks to the keyframe at or
 before its first frame, decodes forward in presentation order (frames by
-pts), drops what comes before its range, runs the model on batches of
-`--batch-size` consecutive frames from the unit's first, and writes each
-chunk of frames whole as soon as it is full.
+pts; by the decoder's output order where the pts contradict it), drops what
+comes before its range, runs the model on batches of `--batch-size`
+consecutive frames from the unit's first, and writes each chunk of frames
+whole as soon as it is full.
 """
 
 from __future__ import annotations
@@ -194,6 +195,8 @@ class VideoSource(FinalisedAtEnd):
         self.plan = probe_video(cfg.input)
         if self.plan.demux_error:
             note(f"warning: {cfg.input}: {self.plan.demux_error}; segmenting the frames before it", cfg.quiet)
+        if self.plan.output_order:
+            note(f"note: {cfg.input}: its timestamps are in decode order (pts == dts with B-frames); frames are numbered as the decoder shows them", cfg.quiet)
         self.first, self.stop = frame_range(self.plan, cfg.frames)
         self.outputs = output_names(cfg)
         self.chunk = chunk_frames_for(self.plan.height, self.plan.width)
@@ -239,6 +242,7 @@ class VideoSource(FinalisedAtEnd):
             "height": plan.height,
             "width": plan.width,
             "rotation": plan.rotation,
+            "frame_order": "decoder output" if plan.output_order else "pts",  # what says which frame is which
             "time_base": str(plan.time_base),
             "frame_range": [self.first, self.stop],
             "demux_error": plan.demux_error,

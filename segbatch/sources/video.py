@@ -13,6 +13,12 @@ they emit frames in decode order for a while. So frames are identified by
 their pts and put back in order (`FrameOrder`), holding at most the stream's
 reorder depth (measured from its packets) of them.
 
+Some camera muxers write pts == dts on every packet of a stream with
+B-frames: the decoder shows the frames in presentation order, each carrying
+a decode-order time. There the pts cannot say which frame is which, so
+frames are numbered by the decoder's output order instead (`output_order`,
+see `_by_output_order`), and `time` is the sorted packet times.
+
 Corrupt data can decode without any exception, so decoding also compares what
 came out with the plan and captures FFmpeg's error log: a unit reports the
 frames that were missing or decoded with errors. A file cut short (its index
@@ -54,6 +60,7 @@ class VideoPlan:
     demux_error: str | None = None  # why the packets ended early, if they did (the plan covers what could be read)
     reorder: int = 0  # the most frames decoded before a frame that are shown after it (B-frames: 1 or 2)
     declared: int | None = None  # frames the container's index declares (MP4), where it declares them
+    output_order: bool = False  # the pts are decode-order times (pts == dts with B-frames): frames numbered by the decoder's output
 
     @property
     def truncated(self) -> range:
@@ -175,6 +182,7 @@ def probe_video(path: str | Path) -> VideoPlan:
             cut = f"the file is truncated: its index declares {declared} frames, its data holds {len(pts)}"
             demux_error = f"{cut} ({demux_error})" if demux_error else cut
         reorder = _reorder_depth(np.asarray(pts, dtype=np.int64))
+        output_order = reorder == 0 and _codec_reorders(stream)
         order = np.argsort(np.asarray(pts, dtype=np.int64), kind="stable")
         sorted_pts = np.asarray(pts, dtype=np.int64)[order]
         if len(np.unique(sorted_pts)) != len(sorted_pts):
@@ -200,6 +208,7 @@ def probe_video(path: str | Path) -> VideoPlan:
         demux_error=demux_error,
         reorder=reorder,
         declared=declared,
+        output_order=output_order,
     )
 
 
@@ -244,6 +253,18 @@ def _reorder_depth(pts: np.ndarray) -> int:
     for lag in range(1, min(MAX_REORDER, len(pts) - 1) + 1):
         depth[lag:] += pts[:-lag] > pts[lag:]
     return int(min(depth.max(initial=0), MAX_REORDER))
+
+
+def _codec_reorders(stream: Any) -> bool:
+    """Whether the decoder shows frames in another order than it decodes them (B-frames), by what the stream's headers say.
+
+    Packets whose pts never go back while this holds carry decode-order
+    times (pts == dts): the container contradicts the decoder. A codec that
+    cannot reorder (VP9, MJPEG) or a stream without B-frames (x264 writes its
+    reorder depth, FFmpeg measures it while probing) is taken at its pts.
+    """
+    context = stream.codec_context
+    return bool(context.codec.reorder and context.has_b_frames)
 
 
 def _first_frame_rotation(container: Any, stream: Any) -> int:
@@ -365,7 +386,8 @@ def _in_order(plan: VideoPlan, key: int, start: int, stop: int, report: DecodeRe
     """Decode from keyframe `key`: (index, (upright RGB, damaged)) for frames [start, stop) in order, (index, None) for lost ones."""
     order = FrameOrder(start, stop, plan.reorder)
     with closing(_decode_from(plan, key, report, hwaccel)) as decoded:  # closed (the file, FFmpeg's log capture) on return
-        for idx, frame, damaged in decoded:
+        frames = _by_output_order(plan, _group(plan, start).start, decoded) if plan.output_order else decoded
+        for idx, frame, damaged in frames:
             yield from order.put(idx, (_rgb(frame, plan), damaged) if order.wants(idx) else None)
             if order.done:
                 return  # every frame of the range came out: no need to decode further
@@ -373,13 +395,52 @@ def _in_order(plan: VideoPlan, key: int, start: int, stop: int, report: DecodeRe
 
 
 def _seek_candidates(plan: VideoPlan, start: int) -> list[int]:
-    """Keyframes to try seeking to, nearest first; 0 (decode from the start, no seek) last."""
+    """Keyframes to try seeking to, nearest first; 0 (decode from the start, no seek) last.
+
+    Frames numbered by output order start a keyframe earlier: the frames of
+    `start`'s group shown before its keyframe reference the group before it
+    (open GOPs), and a decoder that starts at the keyframe drops them, which
+    would shift the numbering of the whole group (`_by_output_order`).
+    """
     before = plan.keyframes[plan.keyframes <= start][::-1]
+    if plan.output_order:
+        before = before[1:]
     return [int(k) for k in before[:MAX_SEEK_TRIES] if k > 0] + [0]
+
+
+def _group(plan: VideoPlan, index: int) -> range:
+    """The frames from the keyframe at or before frame `index` up to the next keyframe."""
+    after = int(np.searchsorted(plan.keyframes, index, side="right"))
+    return range(int(plan.keyframes[after - 1]), int(plan.keyframes[after]) if after < len(plan.keyframes) else plan.frames)
+
+
+def _by_output_order(plan: VideoPlan, first: int, decoded: Iterator[tuple[int, Any, bool]]) -> Iterator[tuple[int, Any, bool]]:
+    """Frames numbered by the decoder's output order, for a stream whose pts are decode-order times (`plan.output_order`).
+
+    `decoded` names each frame by its packet (its pts is the packet's). A
+    keyframe starts a group: the packets up to the next keyframe. The decoder
+    shows a group's frames together, after every frame of the groups before
+    it, so the group of keyframe k is shown as frames [k, next keyframe), in
+    the order the decoder emits them; its leading frames (decoded after k,
+    shown before it) included. Groups before `first` are dropped: decoding
+    starts a group early. A frame that never comes out leaves its group's
+    last place empty (the decoder alone knows where it was shown).
+    """
+    emitted: dict[int, int] = {}  # group (its keyframe) -> its frames emitted so far
+    for index, frame, damaged in decoded:
+        group = _group(plan, index)
+        count = emitted.get(group.start, 0)
+        if group.start < first or count >= len(group):
+            continue  # a group before the range; a frame more than the group has packets (never seen)
+        emitted[group.start] = count + 1
+        yield group[count], frame, damaged
 
 
 def _decode_from(plan: VideoPlan, key: int, report: DecodeReport, hwaccel: str | None = None) -> Generator[tuple[int, Any, bool], None, None]:
     """Decode forward from keyframe `key`: (index, frame, damaged) for every frame whose pts is in the plan, as the decoder emits them.
+
+    The index is the frame's place among the plan's pts: where the plan
+    numbers frames by output order, that is its packet's place (decode order).
 
     Packets are decoded one by one so a bad packet is recorded and skipped,
     not the end of the unit; FFmpeg's error log (written from its decoding

@@ -116,6 +116,46 @@ def write_understated_reorder(path: Path, frames: int, gop: int = 12) -> Path:
     return path
 
 
+def write_pts_equal_dts(path: Path, frames: int, gop: int = 12, open_gop: bool = False, tick: int = 512) -> Path:
+    """H.264 with B-frames muxed the way some camera muxers do it: pts == dts on every packet (no composition offsets).
+
+    The frames are encoded into a raw elementary stream (Annex B, no
+    timestamps), then muxed into `path` with packet n stamped n * `tick` (in
+    1/12800 s, 25 fps at 512) as both pts and dts. The decoder still shows the
+    frames in presentation order, each carrying its packet's decode-order
+    time, so the times of its output go back and forth. `open_gop` makes
+    x264 cut open GOPs: the B-frames decoded after a keyframe are shown before
+    it (and reference the GOP before).
+    """
+    raw = path.with_name(path.name + ".h264")
+    with av.open(str(raw), "w", format="h264") as out:
+        stream = out.add_stream("libx264", rate=25)
+        stream.width, stream.height, stream.pix_fmt = 64, 48, "yuv420p"
+        stream.codec_context.gop_size = gop
+        stream.options = {"bf": "2", "preset": "ultrafast", "crf": "18", **({"x264-params": "open-gop=1"} if open_gop else {})}
+        for i in range(frames):
+            for packet in stream.encode(av.VideoFrame.from_ndarray(encode_index(i, 48, 64), format="rgb24")):
+                out.mux(packet)
+        for packet in stream.encode():
+            out.mux(packet)
+    time_base = Fraction(1, 12800)
+    with av.open(str(raw), format="h264") as src, av.open(str(path), "w") as out:
+        stream = src.streams.video[0]
+        dst = out.add_stream_from_template(stream)
+        dst.time_base = time_base
+        n = 0
+        for packet in src.demux(stream):
+            if packet.size == 0:
+                continue
+            packet.pts = packet.dts = n * tick
+            packet.time_base, packet.stream = time_base, dst
+            out.mux(packet)
+            n += 1
+    raw.unlink()
+    assert n == frames, f"{n} packets for {frames} frames"
+    return path
+
+
 def _mux_silence(out, frames: int) -> None:
     """Add an MP2 audio stream to `out` holding `frames` frames of silence."""
     stream = out.add_stream("mp2", rate=44100)

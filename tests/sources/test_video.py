@@ -8,7 +8,16 @@ import pytest
 
 from segbatch.errors import InputError
 from segbatch.sources.video import DecodeReport, probe_video, read_frames
-from tests.helpers.videos import corrupt, encode_index, frame_index, write_audio_only, write_empty_video, write_understated_reorder, write_video
+from tests.helpers.videos import (
+    corrupt,
+    encode_index,
+    frame_index,
+    write_audio_only,
+    write_empty_video,
+    write_pts_equal_dts,
+    write_understated_reorder,
+    write_video,
+)
 
 
 @pytest.fixture(scope="module")
@@ -310,3 +319,58 @@ def test_frame_order_at_the_end_of_the_stream_releases_what_it_holds():
     assert order.put(2, "f2") == [] and order.put(0, "f0") == [(0, "f0")]
     assert order.put(0, "f0 again") == [] and order.put(4, "f4") == []
     assert order.close() == [(1, None), (2, "f2"), (3, None), (4, "f4")]
+
+
+@pytest.fixture(scope="module", params=[("closed.mp4", False), ("open.mp4", True), ("open.mkv", True)], ids=lambda p: p[0])
+def pts_equal_dts(request, tmp_path_factory):
+    name, open_gop = request.param
+    return write_pts_equal_dts(tmp_path_factory.mktemp("camera") / name, 60, gop=12, open_gop=open_gop)
+
+
+def test_a_file_with_pts_equal_dts_really_lies(pts_equal_dts):
+    with av.open(str(pts_equal_dts)) as c:
+        packets = [(p.pts, p.dts) for p in c.demux(video=0) if p.size]
+    assert len(packets) == 60 and [pts for pts, _ in packets] == sorted(pts for pts, _ in packets)  # the container claims no reordering
+    if pts_equal_dts.suffix == ".mp4":  # (Matroska stores no dts: FFmpeg makes them up)
+        assert all(pts == dts for pts, dts in packets)
+    with av.open(str(pts_equal_dts)) as c:
+        out = [(f.pts, frame_index(f.to_ndarray(format="rgb24"))) for f in c.decode(video=0)]
+    assert [i for _, i in out] == list(range(60))  # the decoder shows the frames in order ...
+    assert [t for t, _ in out] != sorted(t for t, _ in out)  # ... each with a decode-order time
+
+
+@pytest.mark.parametrize("unit", [1, 5, 8, 12, 13, 60])
+def test_frames_of_a_file_with_pts_equal_dts_are_numbered_by_the_decoders_output(pts_equal_dts, unit):
+    plan = probe_video(pts_equal_dts)
+    assert plan.output_order and plan.frames == 60
+    assert np.all(np.diff(plan.times) > 0) and np.allclose(plan.times, np.arange(60) / 25)
+    reference = _sequential(pts_equal_dts)
+    assert [frame_index(rgb) for rgb in reference] == list(range(60))
+    got = {}
+    for start in range(0, 60, unit):
+        stop = min(start + unit, 60)
+        report = DecodeReport()
+        frames = list(read_frames(plan, start, stop, report))
+        assert [i for i, _ in frames] == list(range(start, stop)), f"unit {start}:{stop}"
+        assert report.ok, (start, stop, report)
+        got.update(frames)
+    for i in range(60):  # every frame once, the very frame a sequential decode gives at that place
+        assert np.array_equal(got[i], reference[i]), f"frame {i} differs from sequential decoding"
+
+
+def test_files_whose_timestamps_hold_keep_numbering_by_pts(h264, tmp_path):
+    assert not probe_video(h264).output_order  # B-frames with composition offsets
+    assert not probe_video(write_video(tmp_path / "ip.mp4", 10, bframes=False)).output_order  # no B-frames: pts == dts is true
+    assert not probe_video(write_understated_reorder(tmp_path / "m2.mkv", 30)).output_order
+
+
+def test_output_order_numbers_each_group_from_its_keyframe():
+    from segbatch.sources.video import VideoPlan, _by_output_order
+
+    plan = VideoPlan("x.mp4", "h264", 48, 64, 0, Fraction(1, 25), np.arange(30), np.array([0, 10, 22]), output_order=True)
+    # decode-order places as an open-GOP decoder emits them: 11 and 12 (decoded after keyframe 10) are shown before it;
+    # 14 never comes out; decoding started a group early (frames of group 0)
+    emitted = [7, 8, 9, 11, 12, 10, 13, 15, 16, 17, 18, 19, 20, 21, 23, 22, 24]
+    got = [(i, frame) for i, frame, _ in _by_output_order(plan, 10, ((d, f"packet {d}", False) for d in emitted))]
+    assert got[:3] == [(10, "packet 11"), (11, "packet 12"), (12, "packet 10")]
+    assert [i for i, _ in got] == [*range(10, 21), 22, 23, 24]  # the lost frame leaves its group's last place (21) empty
