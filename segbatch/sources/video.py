@@ -27,6 +27,7 @@ declares more frames than its data holds) says so in the plan.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Generator, Iterator
 from contextlib import closing, contextmanager
 from dataclasses import dataclass, field
@@ -450,30 +451,32 @@ def _decode_from(plan: VideoPlan, key: int, report: DecodeReport, hwaccel: str |
     """
     import av
 
-    av.logging.set_level(av.logging.ERROR)  # without a level, FFmpeg's messages never reach Python
     damaged_until = -1
     furthest = key - 1  # the highest frame index whose packet went in or that came out
-    with _open(plan.path, hwaccel) as container, av.logging.Capture(local=False) as logs:
+    with _open(plan.path, hwaccel) as container:
         stream = container.streams.video[0]
         if key > 0:
             try:
-                container.seek(int(plan.pts[key]), stream=stream, backward=True, any_frame=False)
+                with _ffmpeg_log(report):
+                    container.seek(int(plan.pts[key]), stream=stream, backward=True, any_frame=False)
             except av.FFmpegError as exc:
                 report.messages.append(f"seek to frame {key} failed: {_reason(exc)}")
                 return
-        seen = 0
-        for packet in _packets(container, stream, report):
-            sent = _index_of(plan, packet.pts) if packet is not None else None
-            furthest = max(furthest, sent if sent is not None else -1)
-            try:
-                frames = packet.decode() if packet is not None else stream.codec_context.decode(None)
-            except av.FFmpegError as exc:
-                report.messages.append(_reason(exc))
-                frames = []
-                damaged_until = max(damaged_until, _next_keyframe(plan, furthest + 1))
-            if len(logs) > seen:
-                report.messages.extend(msg.strip() for level, _, msg in logs[seen:] if level <= av.logging.ERROR)
-                seen = len(logs)
+        packets = _packets(container, stream, report)
+        while True:
+            frames: list[Any] = []
+            with _ffmpeg_log(report) as logged:
+                packet: Any = next(packets, _END)
+                if packet is _END:
+                    break
+                sent = _index_of(plan, packet.pts) if packet is not None else None
+                furthest = max(furthest, sent if sent is not None else -1)
+                try:
+                    frames = packet.decode() if packet is not None else stream.codec_context.decode(None)
+                except av.FFmpegError as exc:
+                    report.messages.append(_reason(exc))
+                    damaged_until = max(damaged_until, _next_keyframe(plan, furthest + 1))
+            if logged:
                 damaged_until = max(damaged_until, _next_keyframe(plan, furthest + 1))
             for frame in frames:
                 idx = _index_of(plan, frame.pts)
@@ -484,6 +487,40 @@ def _decode_from(plan: VideoPlan, key: int, report: DecodeReport, hwaccel: str |
                 if frame.is_corrupt:
                     damaged_until = max(damaged_until, _next_keyframe(plan, idx + 1))
                 yield idx, frame, damaged
+
+
+_END = object()
+_LOG_LOCK = threading.Lock()
+_log: list[Any] = []  # FFmpeg's messages, captured for the whole process (PyAV hands each to the innermost capture only)
+
+
+@contextmanager
+def _ffmpeg_log(report: DecodeReport) -> Iterator[list[str]]:
+    """For the block: FFmpeg's error messages, added to `report` and to the list yielded (filled when the block ends).
+
+    FFmpeg has one log per process, and PyAV gives each message to the
+    capture entered last, so two units decoding in one actor (two in flight)
+    would each catch the other's messages, or lose their own. One capture
+    serves the process; a block holds a lock, so the messages logged while
+    it runs are its own (frames are decoded with slice threads, which log
+    before the call returns).
+    """
+    import av
+
+    with _LOG_LOCK:
+        if not _log:
+            av.logging.set_level(av.logging.ERROR)  # without a level, FFmpeg's messages never reach Python
+            capture = av.logging.Capture(local=False)
+            _log.append(capture.__enter__())  # never left: the process's one capture
+        logs = _log[0]
+        start = len(logs)
+        errors: list[str] = []
+        try:
+            yield errors
+        finally:
+            errors.extend(msg.strip() for level, _, msg in logs[start:] if level <= av.logging.ERROR)
+            del logs[start:]
+            report.messages.extend(errors)
 
 
 def _packets(container: Any, stream: Any, report: DecodeReport) -> Iterator[Any]:

@@ -146,6 +146,20 @@ def test_corrupt_packets_are_reported_not_silent(tmp_path):
     assert not set(range(0, 20)) & (set(report.damaged) | set(report.missing)), "frames before the damage were flagged"
 
 
+def test_two_units_decoding_in_one_process_keep_their_own_messages(tmp_path):
+    """An actor runs two units at once, and FFmpeg has one log per process: each unit's report holds its own errors, no other's."""
+    bad = probe_video(corrupt(write_video(tmp_path / "bad.mkv", 60, gop=30), 0.45, 400))
+    good = probe_video(write_video(tmp_path / "good.mkv", 60, gop=30))
+    bad_report, good_report = DecodeReport(), DecodeReport()
+    bad_frames = read_frames(bad, 0, bad.frames, bad_report)
+    good_frames = read_frames(good, 0, good.frames, good_report)
+    next(bad_frames), next(good_frames)  # both decoding: the good unit started last
+    rest = list(bad_frames)  # the bad unit's damage is logged while the good one is mid-way
+    assert [i for i, _ in good_frames] == list(range(1, 60))
+    assert good_report.ok and not good_report.messages, good_report.messages
+    assert not bad_report.ok and bad_report.messages and len(rest) + 1 + len(bad_report.missing) == 60
+
+
 class _Decoder:
     """A decoder double: frames come out `delay` frames late in presentation order (0: in decode order).
 
