@@ -45,10 +45,10 @@ def driver(units: int, actors: int) -> None:
     import ray
 
     from segbatch.engine.pool import ActorPool
-    from segbatch.lease import Lease
+    from segbatch.lease import Lease, claim
     from segbatch.store import StoreLayout, base_attrs, create_store, finished_units, record_unit
 
-    ray.init(num_cpus=actors, include_dashboard=False, log_to_driver=False, logging_level=logging.ERROR)
+    ray.init(address="local", num_cpus=actors, include_dashboard=False, log_to_driver=False, logging_level=logging.ERROR)
 
     def run_all(count: int) -> int:
         with ActorPool(NoopWorker, None, actors=actors, cpus=1, gpus=0) as pool:
@@ -70,7 +70,8 @@ def driver(units: int, actors: int) -> None:
         layout = StoreLayout(dims=("frame", "y", "x"), shape=(units, 1, 1), chunks=(1, 1, 1), num_classes=2, units=units, outputs=("labels",))
         lease = Lease.new()
         model = {"classes": ["a", "b"]}
-        root = create_store(Path(tmp) / "s.zarr", layout, base_attrs({"path": "-", "kind": "video"}, model, 1, 0, {}, lease.run) | {"unit_frames": 1}, lease)
+        claim(Path(tmp) / "s.zarr", lease)
+        root = create_store(Path(tmp) / "s.zarr", layout, base_attrs({"path": "-", "kind": "video"}, model, 1, 0, {}, lease.run) | {"unit_frames": 1})
         for u in range(units):
             record_unit(root, u, {"unit": u, "frames": [u, u + 1], "seconds": 1.0, "run": lease.run})
         start = time.perf_counter()

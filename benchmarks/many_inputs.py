@@ -200,7 +200,7 @@ def plan_child(manifest: str, out: str, model: str, samples: int) -> dict[str, A
     with LeaseKeeper(cfg.out, lease):
         t = time.perf_counter()
         attrs = new_job_attrs(kind, spec, [s.entry() for s in states], model_attrs(ckpt), cfg, job_fingerprint(cfg, ckpt.sha256, kind), lease.run)
-        create_job_root(cfg.out, attrs, lease)
+        create_job_root(cfg.out, attrs)
         times["root"] = time.perf_counter() - t
         t = time.perf_counter()
         _prepare_groups(cfg, ckpt, planned, actors, lease.run)
@@ -306,7 +306,7 @@ def raydata_child(folder: str, out: str, model: str, samples: int, frames: int, 
     start = time.perf_counter()
     paths = sorted(str(p) for p in Path(folder).glob("*.mp4"))
     h, w = frame_size(paths[0])
-    ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False, logging_level="ERROR")
+    ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False, logging_level="ERROR")
     ray.data.DataContext.get_current().enable_progress_bars = False
     started = time.perf_counter() - start
     n = len(paths) * frames

@@ -43,7 +43,7 @@ def check_export_target(store: Path | str, attrs: dict[str, Any], to: Path) -> N
     if location.inside(to, store):
         raise InputError(f"{to} is inside the store {store}; export somewhere else")
     for what, path in (("source", attrs["source"].get("path")), ("checkpoint", attrs["model"].get("path"))):
-        if isinstance(path, str) and not location.is_url(path) and not location.is_url(to) and location.inside(path, to):
+        if isinstance(path, str) and location.inside(path, to):
             raise InputError(f"{to} is the store's {what} ({path}); export somewhere else")
 
 

@@ -19,9 +19,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from segbatch import __version__, location
+from segbatch import __version__, location, schema
 from segbatch.errors import InputError, RunError, StoreError
-from segbatch.lease import Lease, write_lease
 from segbatch.location import Location
 
 JOB_KIND = "job"
@@ -62,9 +61,25 @@ def job_attrs(root: Any) -> dict[str, Any]:
     for key, kind in (("model", dict), ("config", dict), ("runs", list)):
         if not isinstance(attrs.get(key), kind):
             problems.append(f"{key} is missing or not a {kind.__name__}")
+    problems += [p.lstrip(".") for p in (schema.MODEL(attrs.get("model"), "model"), _JOB_FIGURES(attrs, "")) if p is not None and not problems]
     if problems:
         raise StoreError(f"the job store's attributes are not what segbatch wrote ({'; '.join(problems)}); the store was altered")
     return dict(attrs)
+
+
+# what `info` reads of a job besides its inputs: the closing figures and the cause of a failure (paths as `.summary.items`)
+_JOB_FIGURES = schema.fields(
+    {},
+    {
+        "summary": schema.nullable(
+            schema.fields(
+                {}, {"items": schema.integer(0), "noun": schema.string, "wall_seconds": schema.number, "actors": schema.integer(0), "device": schema.string}
+            )
+        ),
+        "error": schema.string,
+        "spec": schema.string,
+    },
+)
 
 
 def new_job_attrs(
@@ -86,23 +101,15 @@ def new_job_attrs(
     }
 
 
-def create_job_root(path: Location, attrs: dict[str, Any], lease: Lease) -> Any:
-    """The job's root group with its attributes and the run's lease; locally built aside and renamed into place."""
+def create_job_root(path: Location, attrs: dict[str, Any]) -> Any:
+    """The job's root group with its attributes, made in place in the folder the run's lease holds (one write: whole or absent)."""
     import zarr
 
-    from segbatch.store import build_aside
-
-    meta: dict[str, Any] = {"segbatch": attrs}
-    if location.is_url(path):
-        root = zarr.open_group(location.zarr_store(path, read_only=False), mode="w-", zarr_format=3, attributes=meta)
-        write_lease(path, lease)
-        return root
-
-    def build(building: Path) -> None:
-        zarr.open_group(str(building), mode="w-", zarr_format=3, attributes=meta)
-        write_lease(building, lease)
-
-    return build_aside(Path(path), build)
+    try:
+        # mode "a": the folder holds the lease already (the run's claim, emptied of anything else)
+        return zarr.open_group(location.zarr_store(path, read_only=False), mode="a", zarr_format=3, attributes={"segbatch": attrs})
+    except OSError as exc:
+        raise InputError(f"cannot create {path}: {exc.strerror or exc}") from None
 
 
 def update_job(root: Any, drop: tuple[str, ...] = (), **changes: Any) -> None:
@@ -126,6 +133,8 @@ def live_inputs(store: Location, attrs: Mapping[str, Any]) -> list[dict[str, Any
             group = open_store(where).attrs["segbatch"]
         except (InputError, OSError, KeyError):
             return out | {"status": "failed", "error": "its group is unreadable"}
+        if not isinstance(group, dict) or schema.root_problem(group) is not None:
+            return out | {"status": "failed", "error": "its group's attributes were altered"}
         status = group.get("status")
         out["status"] = "complete" if status == "complete" else "failed" if status in ("failed", "damaged") else "pending"
         out["group_status"] = status

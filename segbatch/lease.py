@@ -11,16 +11,29 @@ STALE_AFTER_S). Workers check the lease before every chunk and ledger entry
 renewed it for FENCE_AFTER_S (less than STALE_AFTER_S, so they stop before
 anyone can take over), they write nothing more. Heartbeats are wall-clock
 times: hosts sharing a store are assumed to keep their clocks in step (NTP).
+
+The lease is taken before anything is written or deleted, a new store's
+included: the claim makes the store's folder with nothing in it but the
+lease, so a second run (another `run`, an `--overwrite`, a `--resume`) finds
+it held however early it comes; the store is then built in place, its root
+attributes saying "creating" until it is whole. On a local or shared file
+system every change of the lease (claim, renewal, take-over, release) reads,
+decides and replaces it while holding an exclusive lock (`exclusive`),
+so of two runs at the same moment exactly one wins. Object stores have no
+locks: there a claim is written and read back CLAIM_SETTLE_S later.
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import socket
 import threading
 import time
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -31,6 +44,8 @@ from segbatch.errors import InputError, RunError, StoreBusyError
 from segbatch.location import Location
 
 LEASE_KEY = "lease/zarr.json"
+LOCK_KEY = "lease/lock/zarr.json"  # on file systems: locked while the lease is read and replaced (see `exclusive`)
+_EMPTY_GROUP = json.dumps({"zarr_format": 3, "node_type": "group", "attributes": {}}).encode()
 HEARTBEAT_S = 5.0
 FENCE_AFTER_S = 20.0  # a worker stops writing when its run's heartbeat is this old (its driver is gone or stuck)
 STALE_AFTER_S = 45.0  # another run may take the store over when the heartbeat is this old
@@ -87,13 +102,17 @@ def read_lease(store: Location) -> Lease | None:
         return None
     try:
         fields = json.loads(raw)["attributes"]["segbatch_lease"]
-        return Lease(
+        held = Lease(
             **{k: fields[k] for k in ("run", "host", "pid", "started", "heartbeat")},
             pid_started=fields.get("pid_started"),
-            released=bool(fields.get("released", False)),
+            released=fields.get("released", False),
         )
     except (ValueError, KeyError, TypeError):
         return None  # a torn or hand-edited lease owns nothing
+    # each field of its own type, or the lease owns nothing: a heartbeat "now" (or NaN, never stale) would break every use of it
+    times_ok = all(type(t) in (int, float) and float("-inf") < t < float("inf") for t in (held.started, held.heartbeat))
+    kinds_ok = isinstance(held.run, str) and isinstance(held.host, str) and type(held.pid) is int and isinstance(held.released, bool)
+    return held if times_ok and kinds_ok and isinstance(held.pid_started, (str, type(None))) else None
 
 
 def write_lease(store: Location, lease: Lease) -> None:
@@ -112,31 +131,84 @@ def write_lease(store: Location, lease: Lease) -> None:
 
 
 def refuse_if_held(store: Location, mine: Lease) -> Lease | None:
-    """Before --resume/--overwrite touches `store`: refuse while another run holds it; return a dead or stale lease to take over."""
+    """Before a run touches `store`: refuse while another run holds it; return a dead or stale lease to take over."""
     held = read_lease(store)
     if held is None or held.released or held.run == mine.run:
         return None
     if not held.stale():
+        doing = "being created" if not built(store) else "in use"
         raise StoreBusyError(
-            f"{store} is in use by {held.holder()}, heartbeat {held.age():.0f} s ago; wait for it to end or stop it "
+            f"{store} is {doing} by {held.holder()}, heartbeat {held.age():.0f} s ago; wait for it to end or stop it "
             f"(a lease not renewed for {STALE_AFTER_S:.0f} s is taken over)"
         )
     return held
 
 
-def claim(store: Location, mine: Lease) -> Lease | None:
-    """Take an existing store's lease for this run; returns the dead or stale lease it replaced (to warn about), if any.
+def built(store: Location) -> bool:
+    """Whether the store's root group exists (a folder holding only a lease is a store still being created, or never made)."""
+    return location.exists(f"{str(store).rstrip('/')}/zarr.json" if location.is_url(store) else Path(store) / "zarr.json")
 
-    The claim is written, then read back after CLAIM_SETTLE_S: of two runs
-    claiming at once, the one whose write landed last owns the store and the
+
+@contextmanager
+def exclusive(store: Location, create: bool = False) -> Iterator[None]:
+    """The store's lease changes one at a time: on a file system, an exclusive lock for the block, so reading the lease, deciding
+    and replacing it is one step (`create`: the claim of a new store may make its folder). Object stores have no lock: nothing
+    here (their claims are read back).
+
+    The lock is taken on `lease/lock/zarr.json`, an empty group's metadata
+    that is never replaced (the lease itself is replaced whole on every
+    renewal, so a lock on it would hold an old file), and a valid Zarr node,
+    so Zarr tools walking the store see a group, not a stray file.
+    """
+    if location.is_url(store):
+        yield
+        return
+    import fcntl
+
+    lock = Path(store) / LOCK_KEY
+    try:
+        if not Path(store).is_dir() and not create:
+            raise FileNotFoundError(errno.ENOENT, "no such store")
+        if not lock.exists():
+            lock.parent.mkdir(parents=True, exist_ok=True)
+            tmp = lock.parent / f".{lock.name}.{uuid.uuid4().hex[:8]}"
+            tmp.write_bytes(_EMPTY_GROUP)
+            try:
+                os.link(tmp, lock)  # whole or absent: never an empty file that a Zarr reader would choke on
+            except FileExistsError:
+                pass
+            finally:
+                tmp.unlink()
+        fd = os.open(lock, os.O_RDWR)
+    except NotADirectoryError:
+        raise InputError(f"{store} is a file, not a store") from None
+    except OSError as exc:
+        raise InputError(f"cannot take {store} for this run: {exc.strerror or exc}") from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+def claim(store: Location, mine: Lease) -> Lease | None:
+    """Take the store's lease for this run, before anything is written or deleted, whether the store exists yet or not;
+    returns the dead or stale lease it replaced (to warn about), if any.
+
+    On a file system the lease is read and written under `exclusive`: of two
+    runs claiming at once, the second finds the first's live lease and is
+    refused. On an object store the claim is written, then read back after
+    CLAIM_SETTLE_S: the one whose write landed last owns the store and the
     other is refused (and any writes it still tried would be fenced).
     """
-    previous = refuse_if_held(store, mine)
-    write_lease(store, replace(mine, heartbeat=time.time()))
-    time.sleep(CLAIM_SETTLE_S)
-    now = read_lease(store)
-    if now is None or now.run != mine.run:
-        raise StoreBusyError(f"{store} was claimed by {now.holder() if now else 'another run'} at the same time; try again once it ends")
+    with exclusive(store, create=True):
+        previous = refuse_if_held(store, mine)
+        write_lease(store, replace(mine, heartbeat=time.time()))
+    if location.is_url(store):
+        time.sleep(CLAIM_SETTLE_S)
+        now = read_lease(store)
+        if now is None or now.run != mine.run:
+            raise StoreBusyError(f"{store} was claimed by {now.holder() if now else 'another run'} at the same time; try again once it ends")
     return previous
 
 
@@ -152,30 +224,54 @@ def check_fence(store: Location, run: str) -> None:
 
 
 class LeaseKeeper:
-    """The driver's heartbeat: renews the lease every HEARTBEAT_S while the store exists, releases it at the end.
+    """A run's hold on the store it writes: claimed on entry (see `claim`), renewed every HEARTBEAT_S, let go on exit.
 
     A renewal that finds another run's lease stops renewing and marks the
     run lost: `check()` then raises, so the driver writes no more attributes.
+    On exit a store that was built is released; a claim that never became a
+    store (the run was refused or stopped before building it) is removed,
+    with the folder the claim made.
     """
 
     def __init__(self, store: Location, lease: Lease) -> None:
         self.store, self.lease = store, lease
         self.lost: Lease | None = None
-        self.lock = threading.Lock()  # held by the driver while it deletes and recreates the store (--overwrite): no renewal lands in between
+        self.previous: Lease | None = None  # the dead or stale lease this run took over
+        self.lock = threading.Lock()  # one renewal at a time (the thread's, or the driver's own)
+        self._made = False  # the claim made the store's folder
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._beat, name="segbatch-lease", daemon=True)
 
     def __enter__(self) -> LeaseKeeper:
+        self._made = not location.exists(self.store)
+        self.previous = claim(self.store, self.lease)
         self._thread.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
-        self._thread.join()
-        with self.lock:
-            held = read_lease(self.store)
-            if held is not None and held.run == self.lease.run:
-                write_lease(self.store, replace(self.lease, heartbeat=time.time(), released=True))
+        if self._thread.is_alive():
+            self._thread.join()
+        try:
+            with self.lock, exclusive(self.store):
+                held = read_lease(self.store)
+                if held is None or held.run != self.lease.run:
+                    return
+                if built(self.store):
+                    write_lease(self.store, replace(self.lease, heartbeat=time.time(), released=True))
+                    return
+            self._remove_claim()
+        except (InputError, OSError):  # the store went away, or cannot be written: nothing to let go of
+            return
+
+    def _remove_claim(self) -> None:
+        """The claim of a store never built: the folder it made, or only the lease in a folder that was there before."""
+        if location.is_url(self.store):
+            location.remove_tree(self.store if self._made else f"{str(self.store).rstrip('/')}/{LEASE_KEY.split('/')[0]}")
+            return
+        import shutil
+
+        shutil.rmtree(self.store if self._made else Path(self.store) / LEASE_KEY.split("/")[0], ignore_errors=True)
 
     def check(self) -> None:
         if self.lost is not None:
@@ -183,8 +279,8 @@ class LeaseKeeper:
 
     def renew(self) -> None:
         """One heartbeat (the thread's step; also called directly where a driver wants a fresh lease now)."""
-        with self.lock:
-            if self.lost is not None or not location.exists(self.store):
+        with self.lock, exclusive(self.store):
+            if self.lost is not None:
                 return
             held = read_lease(self.store)
             if held is not None and held.run != self.lease.run:
@@ -208,7 +304,7 @@ def describe_lease(store: Location) -> dict[str, Any] | None:
     return {**asdict(held), "heartbeat_age_s": round(held.age(), 1), "live": not (held.released or held.stale())}
 
 
-def _lease_location(store: Location) -> Location:
+def _lease_location(store: Location) -> str | Path:
     return f"{str(store).rstrip('/')}/{LEASE_KEY}" if location.is_url(store) else Path(store) / LEASE_KEY
 
 

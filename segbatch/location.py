@@ -10,6 +10,7 @@ that PyAV reads.
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 from typing import IO, Any, cast
@@ -27,22 +28,65 @@ def is_url(location: Location | str) -> bool:
 
 
 def parse(value: str | Path) -> Location:
-    """A command-line value as a location: URLs stay strings (a Path would fold their '//'), the rest are paths."""
-    return value if is_url(value) else Path(value)
+    """A command-line value as a location: URLs stay strings (a Path would fold their '//'), the rest are paths (`~` expanded)."""
+    return value if is_url(value) else Path(value).expanduser()
 
 
 def absolute(location: Location) -> str:
     """The form workers on other nodes can use: a URL as given, a path made absolute."""
-    return str(location) if is_url(location) else str(Path(location).resolve())
+    return str(location) if is_url(location) else str(Path(location).expanduser().resolve())
+
+
+def local_path(value: str) -> str:
+    """A local path as typed, or as a file:// URL (file:///data/x.tif, file://localhost/data/x.tif), with `~` expanded."""
+    from urllib.parse import unquote
+
+    if is_url(value) and value.split("://", 1)[0].lower() in ("file", "local"):
+        rest = value.split("://", 1)[1]
+        value = unquote(rest[len("localhost") :] if rest.startswith("localhost/") else rest)
+    return os.path.expanduser(value)
+
+
+# one scheme for each spelling of the same storage (Hadoop's s3a://, gcsfs's gcs://, adlfs's abfs[s]://)
+_SCHEME_ALIASES = {"s3a": "s3", "s3n": "s3", "gcs": "gs", "abfs": "az", "abfss": "az", "local": "file"}
+
+
+def place(location: Location) -> str:
+    """What a location denotes, as one string: two spellings of the same file or object give the same place.
+
+    Local paths and file:// URLs become the absolute path with `~`, `.`,
+    `..` and symlinks resolved (the file need not exist); object-store URLs
+    become scheme + bucket + key with the scheme's aliases folded (s3a:// is
+    s3://, gcs:// is gs://), repeated and trailing slashes and `.`/`..`
+    segments removed. Every check that two locations are, or hold, the same
+    file goes through this (never a comparison of the text as typed).
+    """
+    import posixpath
+
+    if not is_url(location):
+        return str(Path(location).expanduser().resolve())
+    scheme, rest = str(location).split("://", 1)
+    scheme = _SCHEME_ALIASES.get(scheme.lower(), scheme.lower())
+    if scheme == "file":
+        return str(Path(local_path(str(location))).resolve())
+    if scheme in ("http", "https"):
+        host, _, path = rest.partition("/")
+        return f"{scheme}://{host.lower()}{posixpath.normpath('/' + path) if path else ''}"
+    bucket, _, key = rest.partition("/")
+    key = posixpath.normpath("/" + key).lstrip("/") if key.strip("/") else ""
+    return f"{scheme}://{bucket}/{key}".rstrip("/")
+
+
+def same(a: Location, b: Location) -> bool:
+    """Whether two locations are the same file, folder or object (see `place`)."""
+    return place(a) == place(b)
 
 
 def inside(child: Location, parent: Location) -> bool:
-    """Whether `child` is `parent` or lies under it (paths resolved, URLs compared as text)."""
-    if is_url(child) or is_url(parent):
-        c, p = str(child).rstrip("/"), str(parent).rstrip("/")
-        return c == p or c.startswith(p + "/")
-    child_path, parent_path = Path(child).resolve(), Path(parent).resolve()
-    return child_path == parent_path or parent_path in child_path.parents
+    """Whether `child` is `parent` or lies under it, on normalised locations (see `place`): a file:// URL, a relative path,
+    `~`, `..` or a symlink spelling the same place as a plain path is that place."""
+    c, p = place(child), place(parent)
+    return c == p or c.startswith(p.rstrip("/") + "/")
 
 
 def name(location: Location) -> str:

@@ -73,7 +73,7 @@ def _check_target(report: Path, overwrite: bool, inputs: dict[str, Path | str | 
     from segbatch import location
 
     for what, path in inputs.items():
-        if path is not None and not location.is_url(path) and location.inside(path, report):
+        if path is not None and location.inside(path, report):
             raise InputError(f"the {what} {path} is inside the report folder {report}, which the audit would replace; pick another --report")
     parent = report.parent if str(report.parent) else Path(".")
     if not parent.is_dir():

@@ -29,22 +29,24 @@ from segbatch import location
 from segbatch.engine.job import JobBasics, RunConfig
 from segbatch.engine.run import (
     RunSummary,
-    check_target,
+    demo_notice,
     fingerprint,
     model_attrs,
     model_fingerprint,
     new_store_attrs,
+    own_target,
     recorded_outcome,
     replace_store,
     resolve_model,
     resume_store,
+    say_ray,
 )
 from segbatch.engine.session import ray_session
 from segbatch.engine.source import Source, SourceJob, UnitReport, unit_id
 from segbatch.errors import InputError, SegbatchError, first_line
 from segbatch.inputs import Input, location_digest, sanitize_name
 from segbatch.jobstore import create_job_root, group_location, is_job, job_attrs, live_inputs, new_job_attrs, update_job
-from segbatch.lease import Lease, LeaseKeeper, LeaseLostError
+from segbatch.lease import Lease, LeaseKeeper, LeaseLostError, built
 from segbatch.location import Location
 from segbatch.progress import RunProgress
 from segbatch.store import check_resumable, create_store, finished_units, open_store, update_attrs
@@ -192,18 +194,19 @@ def run_many(
     if add_inputs and not cfg.resume:
         raise InputError("--add-inputs adds inputs to a job when resuming it; pass --resume too")
     lease = Lease.new()
-    ckpt = load_checkpoint(resolve_model(cfg.model, cfg.quiet))
-    check_target(cfg, lease, ckpt.path, inputs=[i.location for i in inputs])
+    ckpt = load_checkpoint(resolve_model(cfg.model))
+    demo_notice(cfg.model, cfg.quiet)  # the inputs were listed and the checkpoint read
     kind = inputs[0].kind
     config = job_fingerprint(cfg, ckpt.sha256, kind)
-    with LeaseKeeper(cfg.out, lease) as keeper:
+    with own_target(cfg, lease, ckpt.path, inputs=[i.location for i in inputs]) as keeper:
         root = None
-        if location.exists(cfg.out) and cfg.resume:
+        if built(cfg.out) and cfg.resume:
             root, states, done_before = _resume_states(cfg, inputs, config, add_inputs)
         else:
             states, done_before = [InputState(i) for i in inputs], []
         _plan(cfg, ckpt, make_source, states)
         every = done_before + states
+        say_ray(cfg.address)
         with ray_session(cfg.address, cfg.verbose):
             max_units = sum(s.source.max_units for s in states if s.source is not None)
             actors, gpus = pool_size(cfg.actors, cfg.gpus_per_actor, cfg.cpus_per_actor, max(1, max_units))
@@ -211,7 +214,7 @@ def run_many(
                 update_job(root, drop=("error",), status="running", inputs=[s.entry() for s in every], runs=[*job_attrs(root)["runs"], lease.run])
             else:
                 attrs = new_job_attrs(kind, spec, [s.entry() for s in every], model_attrs(ckpt), cfg, config, lease.run)
-                root = replace_store(cfg, keeper, lambda: create_job_root(cfg.out, attrs, keeper.lease))
+                root = replace_store(cfg, keeper, lambda: create_job_root(cfg.out, attrs))
             job_root = root
             summary = JobSummary(noun="frame" if kind == "video" else "tile", inputs=len(every), already=len(done_before))
             with recorded_outcome(
@@ -419,7 +422,7 @@ class _Groups:
             if state.root is not None:
                 return  # resumed: its group exists
             try:
-                state.root = create_store(input_config(cfg, state.input).out, state.layout, state.attrs, None, consolidated=False)
+                state.root = create_store(input_config(cfg, state.input).out, state.layout, state.attrs, group=True, consolidated=False)
             except (SegbatchError, OSError) as exc:
                 state.fail(exc)
             state.layout = state.attrs = None

@@ -24,12 +24,12 @@ from segbatch.engine.session import ray_session
 from segbatch.engine.source import Item, UnitReport, Write
 from segbatch.engine.stitcher import Stitcher
 from segbatch.errors import InputError
-from segbatch.lease import Lease, LeaseKeeper, claim
+from segbatch.lease import Lease, LeaseKeeper
 from segbatch.problems import index_ranges
 from segbatch.progress import note
 from segbatch.sources.raster import RasterPlan, georeference, geozarr_attrs, probe_raster, read_window
 from segbatch.stitch import StitchJob
-from segbatch.store import ArraySpec, StoreLayout, consolidate, open_store, store_attrs, update_attrs
+from segbatch.store import ArraySpec, StoreLayout, consolidate, enclosing_store, open_store, read_store, store_attrs, update_attrs
 from segbatch.tilestore import PROB_NODATA, PROB_SCALE, tile_side
 from segbatch.tiling import TilePlan, padded_side, plan_tiles
 
@@ -259,19 +259,20 @@ def restitch(path: Path | str, quiet: bool, verbose: int = 0, group: str | None 
     from segbatch.jobstore import group_of
 
     target = group_of(path, group, "stitch")
-    root = open_store(target, mode="r+")
-    attrs = store_attrs(root)
+    root, attrs, _ = read_store(target)  # attributes and ledger checked before the store is claimed
     if attrs["source"]["kind"] != "raster":
         raise InputError(f"{target} is a {attrs['source']['kind']} store; only raster stores are stitched")
     if "tiles" not in root:
         raise InputError(f"{target} has no tiles/ (they are removed after a stitch unless the run had --keep-tiles)")
+    owner = enclosing_store(target) or target  # one run owns a store (a job's group: the job's root), not while another holds it
     lease = Lease.new()
-    claim(path, lease)  # one run owns a store (a job: its root): not while another run (or stitch) holds it
     src = attrs["source"]
     tiles = plan_tiles(src["height"], src["width"], src["tile"], src["overlap"])
-    job = StitchJob(store=location.absolute(target), tiles=tiles, run=lease.run, lease=location.absolute(path))
+    job = StitchJob(store=location.absolute(target), tiles=tiles, run=lease.run, lease=location.absolute(owner))
     summary = RunSummary(units=len(job.tiles), noun="tile")
-    with LeaseKeeper(path, lease) as keeper, ray_session(None, verbose):
+    with LeaseKeeper(owner, lease) as keeper, ray_session(None, verbose):
+        root = open_store(target, mode="r+")  # as it is now that this run holds it
+        attrs = store_attrs(root)
         with recorded_outcome(root, len(job.tiles), "tiles"):
             done = finished_or_fail(root, range(len(job.tiles)))
             # every chunk again only from tiles a run kept whole; a run stopped mid-stitch deleted the tiles it had used up,

@@ -23,10 +23,21 @@ from segbatch.engine.job import RunConfig, config_digest, software_versions
 from segbatch.engine.session import ray_session, stop_signal
 from segbatch.engine.source import Source, unit_id
 from segbatch.errors import InputError, Interrupted, RunError, first_line
-from segbatch.lease import Lease, LeaseKeeper, LeaseLostError, claim
+from segbatch.lease import LEASE_KEY, Lease, LeaseKeeper, LeaseLostError, built
 from segbatch.location import Location
-from segbatch.progress import RunProgress, note
-from segbatch.store import base_attrs, create_store, finished_units, open_store, remove_store, reopen_for_resume, store_attrs, update_attrs
+from segbatch.progress import RunProgress, note, phase
+from segbatch.store import (
+    base_attrs,
+    clear_store,
+    create_store,
+    enclosing_store,
+    finished_units,
+    open_store,
+    read_store,
+    reopen_for_resume,
+    store_attrs,
+    update_attrs,
+)
 
 T = TypeVar("T")
 UNITS_PER_ACTOR = 8  # units are cut so each actor gets at least this many: no actor idles long at the end
@@ -69,12 +80,15 @@ def run(cfg: RunConfig, make_source: Callable[[RunConfig, Any], Source], worker:
 
     if cfg.resume and cfg.overwrite:
         raise InputError("--resume and --overwrite exclude each other")
+    if cfg.resume and location.exists(cfg.out):
+        read_store(cfg.out)  # an altered store is refused in one line before anything is loaded, claimed or started
     lease = Lease.new()
-    ckpt = load_checkpoint(resolve_model(cfg.model, cfg.quiet))
+    ckpt = load_checkpoint(resolve_model(cfg.model))
     source = make_source(cfg, ckpt)
     config = fingerprint(cfg, ckpt.sha256, source)
-    check_target(cfg, lease, ckpt.path)
-    with LeaseKeeper(cfg.out, lease) as keeper, ray_session(cfg.address, cfg.verbose):
+    demo_notice(cfg.model, cfg.quiet)
+    say_ray(cfg.address)
+    with own_target(cfg, lease, ckpt.path) as keeper, ray_session(cfg.address, cfg.verbose):
         actors, gpus = pool_size(cfg.actors, cfg.gpus_per_actor, cfg.cpus_per_actor, source.max_units)  # before a store exists
         root = _prepare_store(cfg, source, ckpt, config, actors, keeper)
         units = source.units(store_attrs(root))
@@ -134,13 +148,13 @@ def model_fingerprint(cfg: RunConfig, model_sha256: str) -> dict[str, Any]:
 
 def _prepare_store(cfg: RunConfig, source: Source, ckpt: Any, config: dict[str, Any], actors: int, keeper: LeaseKeeper) -> Any:
     """Reopen the store for --resume, or create it (replacing the old one for --overwrite): driver-only metadata."""
-    if location.exists(cfg.out) and cfg.resume:
+    if built(cfg.out) and cfg.resume:
         root, _ = resume_store(cfg.out, source, config, keeper.lease.run)
         return root
 
     def create() -> Any:
         layout, attrs = new_store_attrs(cfg, source, ckpt, config, actors, keeper.lease.run)
-        return create_store(cfg.out, layout, attrs, keeper.lease)
+        return create_store(cfg.out, layout, attrs)
 
     return replace_store(cfg, keeper, create)
 
@@ -160,11 +174,10 @@ def resume_store(path: Location, source: Source, config: dict[str, Any], run: st
 
 
 def replace_store(cfg: RunConfig, keeper: LeaseKeeper, create: Callable[[], T]) -> T:
-    """--overwrite (or a new store): delete the old one and create the new one, with no lease renewal in between."""
-    with keeper.lock:
-        if location.exists(cfg.out) and cfg.overwrite:
-            remove_store(cfg.out)
-        return create()
+    """--overwrite (or a new store): empty the folder this run holds (all but its lease) and create the new store in it."""
+    keeper.check()
+    clear_store(cfg.out)
+    return create()
 
 
 def model_attrs(ckpt: Any) -> dict[str, Any]:
@@ -180,37 +193,72 @@ def model_attrs(ckpt: Any) -> dict[str, Any]:
     }
 
 
-def resolve_model(model: Path | None, quiet: bool) -> Path:
-    """The checkpoint to use: the user's, or the built-in demo model (with a notice)."""
+def resolve_model(model: Path | None) -> Path:
+    """The checkpoint to use: the user's, or the built-in demo model (`demo_notice` says so)."""
     if model is not None:
         return model
-    from segbatch.demo.model import DEMO_NOTICE, demo_checkpoint_path
+    from segbatch.demo.model import demo_checkpoint_path
 
-    note(DEMO_NOTICE, quiet)
     return demo_checkpoint_path()
 
 
-def check_target(cfg: RunConfig, lease: Lease, checkpoint: Location, inputs: Sequence[Location] | None = None) -> None:
-    """Before any work: the store must be new, or be replaced (--overwrite) or finished (--resume), and no other live run's.
+def demo_notice(model: Path | None, quiet: bool) -> None:
+    """Say that the demo model labels this run: once the inputs are checked, so a mistyped --input is the first thing a user reads."""
+    if model is None:
+        from segbatch.demo.model import DEMO_NOTICE
 
-    An existing store is claimed for this run (its lease), so a second run of
-    the same command is refused with one line naming the holder; the files
-    the job reads (`inputs`: default the run's one input) may not lie inside
-    a store that --overwrite would delete.
+        note(DEMO_NOTICE, quiet)
+
+
+def say_ray(address: str | None) -> None:
+    """Start-up's next phase (segbatch.progress.StartUp): joining the Ray cluster the run was told to, or starting a local runtime."""
+    address = address or os.environ.get("RAY_ADDRESS")
+    phase("ray", f"joining the Ray cluster at {address}" if address else "starting Ray", address=address)
+
+
+@contextmanager
+def own_target(cfg: RunConfig, lease: Lease, checkpoint: Location, inputs: Sequence[Location] | None = None) -> Iterator[LeaseKeeper]:
+    """The run's hold on its store for the block: checked, claimed before anything is written or deleted, renewed, let go.
+
+    The checks run before the claim (a refused run writes nothing) and again
+    once the lease is this run's (another run may have made or changed the
+    store in between); a live run's store, even one still being created, is
+    refused in one line whatever the timing.
     """
-    there = location.exists(cfg.out)
+    check_target(cfg, checkpoint, inputs)
+    with LeaseKeeper(cfg.out, lease) as keeper:
+        if keeper.previous is not None:
+            gone = "is gone" if keeper.previous.dead() else f"has not renewed its lease for {keeper.previous.age():.0f} s"
+            note(f"warning: taking over {cfg.out} from {keeper.previous.holder()}, which {gone}")  # even with --quiet: who owned the store matters
+        check_target(cfg, checkpoint, inputs)
+        yield keeper
+
+
+def check_target(cfg: RunConfig, checkpoint: Location, inputs: Sequence[Location] | None = None) -> None:
+    """The store must be new, or be replaced (--overwrite) or finished (--resume), and lie inside no other store.
+
+    The files the job reads (`inputs`: default the run's one input) and its
+    checkpoint may not lie inside a store that --overwrite would empty
+    (compared as places: `segbatch.location.place`). A folder that holds only
+    a lease is a store whose creation never finished (or is going on: the
+    claim refuses that).
+    """
+    enclosing = enclosing_store(cfg.out)
+    if enclosing is not None:
+        raise InputError(
+            f"{cfg.out} lies inside the segbatch store {enclosing}: its groups are written by its own runs only "
+            f"(resume a job with `segbatch run --input ... --out {enclosing} --resume`)"
+        )
+    there = built(cfg.out)
     if there and not (cfg.resume or cfg.overwrite):
         raise InputError(f"{cfg.out} exists; pass --resume to finish it or --overwrite to replace it")
-    if there and cfg.overwrite:
-        open_store(cfg.out)  # only ever delete a store segbatch wrote
-        for what, path in [*(("input", i) for i in (inputs if inputs is not None else [cfg.input])), ("checkpoint", checkpoint)]:
-            if location.inside(path, cfg.out):
-                raise InputError(f"the {what} {path} is inside {cfg.out}, which --overwrite would delete; move it out first")
     if there:
-        previous = claim(cfg.out, lease)
-        if previous is not None:
-            gone = "is gone" if previous.dead() else f"has not renewed its lease for {previous.age():.0f} s"
-            note(f"warning: taking over {cfg.out} from {previous.holder()}, which {gone}")  # even with --quiet: who owned the store matters
+        open_store(cfg.out)  # only ever write into (or delete) a store segbatch wrote
+    elif location.exists(cfg.out) and not location.is_url(cfg.out) and _foreign(Path(cfg.out)):
+        raise InputError(f"{cfg.out} is not a Zarr v3 store (a folder of other files); choose another --out")
+    for what, path in [*(("input", i) for i in (inputs if inputs is not None else [cfg.input])), ("checkpoint", checkpoint)]:
+        if cfg.overwrite and location.inside(path, cfg.out):
+            raise InputError(f"the {what} {path} is inside {cfg.out}, which --overwrite would delete; move it out first")
     if location.is_url(cfg.out):
         return  # object stores have no folders to check; a missing bucket or credentials fail at creation, in one line
     out = Path(cfg.out)
@@ -219,6 +267,13 @@ def check_target(cfg: RunConfig, lease: Lease, checkpoint: Location, inputs: Seq
         raise InputError(f"cannot create {out}: folder {parent} does not exist")
     if not os.access(parent, os.W_OK):
         raise InputError(f"cannot create {out}: folder {parent} is not writable")
+
+
+def _foreign(folder: Path) -> bool:
+    """A folder that is neither empty nor a (claimed) segbatch store: someone else's data, never written into."""
+    if not folder.is_dir():
+        return True
+    return any(child.name != LEASE_KEY.split("/")[0] for child in folder.iterdir()) and not (folder / LEASE_KEY).exists()
 
 
 @contextmanager

@@ -166,6 +166,62 @@ def test_export_refuses_the_stores_source_its_checkpoint_and_its_inside(runner, 
     assert not (out / "overlay.mp4").exists()
 
 
+SPELLINGS = ("plain", "file url", "symlink", "dotdot")
+
+
+def spelled(path: Path, how: str) -> str:
+    """`path` as a user may type it: a file:// URL, through a symlink to its folder, or with a detour through `..`."""
+    path = Path(path)
+    if how == "file url":
+        return f"file://{path}"
+    if how == "symlink":
+        alias = path.parent.parent / f"alias-of-{path.parent.name}"
+        if not alias.exists():
+            alias.symlink_to(path.parent)
+        return str(alias / path.name)
+    if how == "dotdot":
+        return f"{path.parent}/../{path.parent.name}/{path.name}"
+    return str(path)
+
+
+@pytest.mark.parametrize("how", SPELLINGS)
+def test_overwrite_refuses_a_checkpoint_or_input_inside_the_store_however_either_is_spelled(ray_address, runner, cli, made, video, tiny_model, tmp_path, how):
+    out = copy_store(made, tmp_path)
+    model = Path(shutil.copy(tiny_model, out / "tiny.pt"))
+    clip = Path(shutil.copy(video, out / "clip.mp4"))
+    for args in (
+        args_of(video, out, spelled(model, how), "--overwrite"),  # the checkpoint spelled another way
+        args_of(video, spelled(out, how), model, "--overwrite"),  # the store spelled another way
+        args_of(spelled(clip, how), out, tiny_model, "--overwrite"),
+    ):
+        r = run(runner, cli, *args)
+        assert r.exit_code == 2 and "--overwrite would delete" in one_line(r.output), (args, r.output)
+    assert model.is_file() and clip.is_file() and (out / "zarr.json").is_file()
+
+
+@pytest.mark.parametrize("how", SPELLINGS)
+def test_export_refuses_the_source_and_checkpoint_however_the_run_or_the_export_spelled_them(ray_address, runner, cli, tiny_model, tmp_path, how):
+    (tmp_path / "scene").mkdir()
+    src = write_geotiff(tmp_path / "scene" / "src.tif", 64, 64)
+    out = tmp_path / "scene.zarr"
+    r = run(runner, cli, "--input", spelled(src, how), "--out", out, "--model", tiny_model, "--samples", 1, "--tile", 64, "--overlap", 16)
+    assert r.exit_code == 0, r.output
+    before = src.read_bytes(), Path(tiny_model).read_bytes()
+    for target in (src, spelled(src, how), spelled(Path(tiny_model), how)):
+        r = invoke(runner, cli, "export", out, "--to", target, "--overwrite")
+        assert r.exit_code == 2 and ("source" in one_line(r.output) or "checkpoint" in r.output), (target, r.output)
+    assert (src.read_bytes(), Path(tiny_model).read_bytes()) == before
+
+
+@pytest.mark.parametrize("how", SPELLINGS)
+def test_an_audit_report_never_replaces_a_folder_holding_the_store(runner, cli, made, tmp_path, how):
+    (tmp_path / "work").mkdir()
+    out = copy_store(made, tmp_path / "work")
+    r = invoke(runner, cli, "audit", spelled(out, how), "--report", tmp_path / "work", "--overwrite", "--quiet")
+    assert r.exit_code == 2 and "inside the report folder" in one_line(r.output), r.output
+    assert (out / "zarr.json").is_file()
+
+
 def test_a_relative_input_reaches_workers_in_other_folders(ray_address, video, tiny_model, tmp_path):
     shutil.copy(video, tmp_path / "clip.mp4")
     cmd = [sys.executable, "-m", "segbatch", "run", "--input", "clip.mp4", "--out", "rel.zarr", "--model", tiny_model, "--samples", 1]
