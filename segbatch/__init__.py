@@ -1,3 +1,3 @@
 """segbatch: batch semantic segmentation with calibrated uncertainty (SegNet / Bayesian SegNet)."""
 
-__version__ = "0.2.0"
+__version__ = "0.3.0"

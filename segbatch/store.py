@@ -33,18 +33,20 @@ from typing import Any, Literal
 
 import numpy as np
 
-from segbatch import __version__, location
+from segbatch import __version__, location, schema
 from segbatch.errors import InputError, RunError, StoreError
-from segbatch.lease import Lease, write_lease
+from segbatch.lease import LEASE_KEY, built, read_lease
 from segbatch.location import Location
 
 PER_PIXEL = ("uncertainty", "entropy", "confidence", "mutual_information")
 OPTIONAL_OUTPUTS = ("mutual_information", "probs")
 NODATA_LABEL = 255
-STATUSES = ("creating", "running", "stitching", "complete", "failed", "damaged")
-KINDS = ("video", "raster", "images")
+STATUSES = schema.STATUSES
+KINDS = schema.KINDS
 LEDGER = "_segbatch/ledger"  # the ledger's path; stores made before it moved there have it at LEGACY_LEDGER
 LEGACY_LEDGER = "ledger"
+COORDINATES = "coordinates"  # in the ledger's group's attributes: each coordinate array's digest, recorded when the store is made
+DIGESTS_SINCE = (0, 3, 0)  # stores of this version on record every digest (chunks, coordinates): one that lacks any is damaged
 CF_CONVENTIONS = "CF-1.10"
 # a float _FillValue of NaN as xarray writes and reads it in a Zarr v3 attribute (base64 of the little-endian double):
 # JSON has no NaN, and with Zarr v3 xarray masks by the _FillValue attribute, not by the array's fill_value
@@ -83,43 +85,43 @@ class ArraySpec:
     shards: tuple[int, ...] | None = None
 
 
-def create_store(path: Location, layout: StoreLayout, attrs: dict[str, Any], lease: Lease | None, consolidated: bool = True) -> Any:
-    """Create the store with every array, coordinate, the root attributes (status "running") and the run's lease.
+def create_store(path: Location, layout: StoreLayout, attrs: dict[str, Any], group: bool = False, consolidated: bool = True) -> Any:
+    """Create the store with every array, coordinate and the root attributes (status "running").
 
-    A group of a job store (`segbatch.jobstore`) has no lease of its own
-    (`lease` None): the job's root holds the one lease that fences every write;
-    it is consolidated when the job finishes it (`consolidated` False: a
-    reader without consolidated metadata still finds every array).
-
-    A local store is built beside its final place and renamed into it, so a
-    driver killed half-way never leaves a store that --resume would take for a
-    whole one, and the store appears already leased. Object stores have no
-    atomic rename: there the store is made in place with status "creating",
-    and only a finished one says "running".
+    A store's root is built in place inside the folder its run's lease
+    already holds (claimed before anything was written, see
+    `segbatch.lease.claim`): its attributes say "creating" until every array
+    exists, so a driver killed half-way never leaves a store that --resume
+    would take for a whole one. A group of a job store (`segbatch.jobstore`,
+    `group` True) has no lease of its own (the job's root holds the one lease
+    that fences every write); locally it is built
+    beside its place and renamed into it, and it is consolidated when the job
+    finishes it (`consolidated` False: a reader without consolidated
+    metadata still finds every array).
     """
     import zarr
 
-    if location.exists(path):
+    if group and not location.is_url(path):
+
+        def build(building: Path) -> None:
+            root = zarr.open_group(str(building), mode="w-", zarr_format=3, attributes=_root_attrs(layout, attrs, "running"))
+            _create_arrays(root, layout, _class_names(attrs, layout.num_classes))
+            if consolidated:
+                consolidate(root)
+
+        return build_aside(Path(path), build)
+    if built(path):
         raise InputError(f"{path} exists; pass --resume to finish it or --overwrite to replace it")
-    if location.is_url(path):
-        root = zarr.open_group(location.zarr_store(path, read_only=False), mode="w-", zarr_format=3, attributes=_root_attrs(layout, attrs, "creating"))
-        if lease is not None:
-            write_lease(path, lease)
+    try:
+        # mode "a": the folder is not empty (it holds the lease); that it holds no store was checked above, under the lease
+        root = zarr.open_group(location.zarr_store(path, read_only=False), mode="a", zarr_format=3, attributes=_root_attrs(layout, attrs, "creating"))
         _create_arrays(root, layout, _class_names(attrs, layout.num_classes))
         root.attrs["segbatch"] = {**attrs, "status": "running"}  # only a finished store says running
         if consolidated:
             consolidate(root)
-        return root
-
-    def build(building: Path) -> None:
-        root = zarr.open_group(str(building), mode="w-", zarr_format=3, attributes=_root_attrs(layout, attrs, "running"))
-        _create_arrays(root, layout, _class_names(attrs, layout.num_classes))
-        if consolidated:
-            consolidate(root)
-        if lease is not None:
-            write_lease(building, lease)
-
-    return build_aside(Path(path), build)
+    except OSError as exc:
+        raise InputError(f"cannot create {path}: {exc.strerror or exc}") from None
+    return root
 
 
 def build_aside(path: Path, build: Callable[[Path], None]) -> Any:
@@ -205,17 +207,20 @@ def _create_arrays(root: Any, layout: StoreLayout, class_names: Sequence[str]) -
                 dimension_names=list(layout.dims),
                 attributes={**common, **floats, "long_name": _LONG_NAMES[name], **({"comment": _COMMENTS[name]} if name in _COMMENTS else {})},
             )
+    coordinates: dict[str, str] = {}
     for name, (dims, values, coord_attrs) in layout.coords.items():
         # text as zarr v3's variable-length string type: numpy's fixed-width unicode has no v3 specification (zarr warns)
         dtype = str if values.dtype.kind in "UO" else values.dtype
         arr = root.create_array(name, shape=values.shape, chunks=values.shape, dtype=dtype, dimension_names=list(dims), attributes=coord_attrs)
         arr[...] = values
+        coordinates[name] = coordinate_digest(arr)  # as it reads back, for `segbatch verify`
     for spec in layout.extra:
         root.create_array(
             spec.name, shape=spec.shape, chunks=spec.chunks, shards=spec.shards, dtype=spec.dtype, fill_value=spec.fill_value, dimension_names=list(spec.dims)
         )
     group, name = LEDGER.split("/")
-    root.create_group(group, attributes={"description": "segbatch's bookkeeping (not results): the ledger of finished units"}).create_array(
+    bookkeeping = {"description": "segbatch's bookkeeping (not results): the ledger of finished units", COORDINATES: coordinates}
+    root.create_group(group, attributes=bookkeeping).create_array(
         name,
         shape=(layout.units,),
         chunks=(1,),
@@ -224,6 +229,34 @@ def _create_arrays(root: Any, layout: StoreLayout, class_names: Sequence[str]) -
         dimension_names=["unit"],
         attributes={"long_name": "finished work units (JSON per unit; empty = not finished)"},
     )
+
+
+def coordinate_digest(arr: Any) -> str:
+    """A coordinate's digest, naming its algorithm: its values, dtype, shape and attributes (spatial_ref's attributes are its
+    content: the CRS and the transform). Written once by the driver when the store is made; `segbatch verify` recomputes it."""
+    values = np.asarray(arr[...])
+    h = hashlib.blake2b(digest_size=16)
+    if values.dtype.kind in "OUST":  # text (image paths): its characters, not numpy's object pointers
+        h.update(json.dumps([str(v) for v in values.ravel().tolist()]).encode())
+    else:
+        h.update(np.ascontiguousarray(values, dtype=values.dtype.newbyteorder("<")).tobytes())
+    h.update(json.dumps([values.dtype.kind, list(values.shape), dict(arr.attrs)], sort_keys=True, default=str).encode())
+    return f"{schema.DIGEST_ALGORITHM}:{h.hexdigest()}"
+
+
+def recorded_coordinates(root: Any) -> dict[str, str] | None:
+    """The coordinate digests recorded when the store was made (None: a store made before they were), checked like the ledger."""
+    group = LEDGER.split("/")[0]
+    if group not in root or COORDINATES not in root[group].attrs:
+        return None
+    recorded = root[group].attrs[COORDINATES]
+    problem = schema.mapping_of(schema.digest)(recorded, COORDINATES)
+    if problem is None:
+        arrays = {name for name, _ in root.arrays()}
+        problem = next((f"{COORDINATES} names {name!r}, no array of the store" for name in recorded if name not in arrays), None)
+    if problem is not None:
+        raise StoreError(f"{_store_name(root)}: its bookkeeping is not what segbatch wrote ({problem}); the store was altered")
+    return dict(recorded)
 
 
 def ledger_array(root: Any) -> Any:
@@ -268,6 +301,12 @@ def open_store(path: Location, mode: Literal["r", "r+", "a", "w", "w-"] = "r") -
     path = location.parse(path)
     if not location.exists(path):
         raise InputError(f"{path}: no such store")
+    if not built(path):
+        held = read_lease(path)
+        if held is not None and not held.released and not held.stale():
+            raise InputError(f"{path} is still being created by {held.holder()}; try again once it has started")
+        if held is not None:
+            raise InputError(f"{path} was never fully created (its run {held.run} is gone); `segbatch run ... --overwrite` starts it again")
     try:
         root = zarr.open_group(location.zarr_store(path, read_only=mode == "r"), mode=mode, zarr_format=3)
     except (FileNotFoundError, ValueError, KeyError, OSError) as exc:
@@ -285,34 +324,56 @@ def store_attrs(root: Any) -> dict[str, Any]:
         raise StoreError(f"{where}: its 'segbatch' attribute is a {type(attrs).__name__}, not a mapping; the store was altered")
     if attrs.get("kind") == "job":
         raise InputError(f"{where} is a job of many inputs: name one with --group NAME (segbatch info {where} lists them)")
-    problems = []
-    source = attrs.get("source")
-    if not isinstance(source, dict) or source.get("kind") not in KINDS or not isinstance(source.get("path"), str):
-        problems.append(f"source must be a mapping with a path and a kind ({', '.join(KINDS)})")
-    if attrs.get("status") not in STATUSES:
-        problems.append(f"status {attrs.get('status')!r} is not one of {', '.join(STATUSES)}")
-    for key, low in (("samples", 0), ("seed", None)):
-        if not _is_int(attrs.get(key)) or (low is not None and attrs[key] < low):
-            problems.append(f"{key} {attrs.get(key)!r} is not {'an integer >= 0' if low is not None else 'an integer'}")
-    for key in ("unit_frames", "unit_images"):
-        if key in attrs and (not _is_int(attrs[key]) or attrs[key] < 1):
-            problems.append(f"{key} {attrs[key]!r} is not a positive integer")
-    if isinstance(source, dict) and source.get("kind") == "video" and "unit_frames" not in attrs:
-        problems.append("unit_frames is missing")
-    if isinstance(source, dict) and source.get("kind") == "images" and "unit_images" not in attrs:
-        problems.append("unit_images is missing")
-    for key, kind in (("model", dict), ("config", dict), ("problems", list), ("runs", list)):
-        if key in attrs and not isinstance(attrs[key], kind):
-            problems.append(f"{key} is a {type(attrs[key]).__name__}, not a {kind.__name__}")
-    if not isinstance(attrs.get("model"), dict) or not isinstance(attrs["model"].get("classes"), list):
-        problems.append("model (with its classes) is missing")
-    if problems:
-        raise StoreError(f"{where}: its attributes are not what segbatch wrote ({'; '.join(problems)}); the store was altered")
+    problem = schema.root_problem(attrs)
+    if problem is None and attrs["status"] != "creating":  # a store still being made has not all its arrays yet
+        problem = _layout_problem(root, attrs)
+    if problem is not None:
+        raise StoreError(f"{where}: its attributes are not what segbatch wrote ({problem}); the store was altered")
     return dict(attrs)
 
 
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
+def _layout_problem(root: Any, attrs: Mapping[str, Any]) -> str | None:
+    """Where the attributes and the arrays must agree (readers index one by the other): frames, images or raster size, units."""
+    source = attrs["source"]
+    kind = source["kind"]
+    if "labels" not in root:
+        return "it has no labels array"
+    shape = tuple(root["labels"].shape)
+    units = int(ledger_array(root).shape[0])
+    expect: tuple[int, ...]
+    if kind == "video":
+        first, stop = source["frame_range"]
+        expect, planned = (stop - first, source["height"], source["width"]), -(-(stop - first) // attrs["unit_frames"])
+        if "time" not in root or tuple(root["time"].shape) != (stop - first,):
+            return f"the time coordinate does not have the {stop - first} frames of source.frame_range"
+    elif kind == "images":
+        expect, planned = (source["images"], source["max_height"], source["max_width"]), -(-source["images"] // attrs["unit_images"])
+    else:
+        from segbatch.tiling import plan_tiles
+
+        expect, planned = (source["height"], source["width"]), len(plan_tiles(source["height"], source["width"], source["tile"], source["overlap"]))
+        transform = root["spatial_ref"].attrs.get("GeoTransform") if "spatial_ref" in root else None
+        if not isinstance(transform, str) or len(transform.split()) != 6 or schema.list_of(schema.number)(_floats(transform), "") is not None:
+            return "spatial_ref has no GeoTransform of six numbers"
+    if shape != expect:
+        return f"labels is {'x'.join(map(str, shape))}, the source attributes say {'x'.join(map(str, expect))}"
+    if planned != units:
+        return f"the ledger has {units} units, the attributes plan {planned}"
+    bad = [u for u in (attrs.get("verify") or {}).get("bad_units", []) if u >= units]
+    if bad:
+        return f"verify.bad_units names unit {bad[0]}, beyond the ledger's {units}"
+    return None
+
+
+def _floats(text: str) -> list[Any]:
+    """The words of `text` as floats where they are numbers (else as they are, for the check to name)."""
+    out: list[Any] = []
+    for word in text.split():
+        try:
+            out.append(float(word))
+        except ValueError:
+            out.append(word)
+    return out
 
 
 def _store_name(root: Any) -> str:
@@ -328,22 +389,60 @@ def update_attrs(root: Any, drop: tuple[str, ...] = (), **changes: Any) -> None:
         raise RunError(f"writing the store failed: {exc.strerror or exc}") from None
 
 
-def remove_store(path: Location) -> None:
-    """Delete a store for --overwrite, refusing anything that is not a segbatch store."""
-    if not location.exists(path):
-        return
-    open_store(path)  # raises unless it is ours: never delete a user's other data
+def clear_store(path: Location) -> None:
+    """Empty a store this run holds the lease of, for --overwrite (or a creation that never finished): everything but the lease.
+
+    The root's metadata goes first, so a deletion cut short (a crash, a kill)
+    leaves a folder that is no store, only the lease (and leftovers the next
+    --overwrite removes), never a store missing chunks. A folder that is not
+    a segbatch store is refused, never emptied.
+    """
+    if built(path):
+        open_store(path)  # raises unless it is ours: never delete a user's other data
+    keep = LEASE_KEY.split("/")[0]
     if location.is_url(path):
-        # no rename on object stores: the root metadata goes first, so a deletion cut short leaves no store, never a partial one
         fs, key = location.filesystem(str(path))
-        fs.rm_file(f"{key.rstrip('/')}/zarr.json")
-        location.remove_tree(path)
+        key = key.rstrip("/")
+        if fs.exists(f"{key}/zarr.json"):
+            fs.rm_file(f"{key}/zarr.json")
+        for child in fs.ls(key, detail=False):
+            if str(child).rstrip("/").rsplit("/", 1)[-1] != keep:
+                fs.rm(child, recursive=True)
+        fs.invalidate_cache(key)
         return
-    # renamed aside first: a deletion cut short (a crash, a kill) leaves a hidden folder, never a store missing chunks
-    path = Path(path)
-    doomed = path.parent / f".{path.name}.deleting-{uuid.uuid4().hex[:8]}"
-    os.rename(path, doomed)
-    location.remove_tree(doomed)
+    folder = Path(path)
+    (folder / "zarr.json").unlink(missing_ok=True)
+    for child in folder.iterdir():
+        if child.name == keep:
+            continue
+        if child.is_dir() and not child.is_symlink():
+            shutil.rmtree(child)
+        else:
+            child.unlink()
+
+
+def enclosing_store(path: Location) -> Location | None:
+    """The segbatch store (or job) that `path` lies inside, if any: writing there belongs to that store's runs alone."""
+    if location.is_url(path):
+        text = str(path).rstrip("/")
+        scheme, rest = text.split("://", 1)
+        parts = rest.split("/")
+        candidates: list[Location] = [f"{scheme}://{'/'.join(parts[:i])}" for i in range(len(parts) - 1, 0, -1)]
+    else:
+        candidates = list(Path(path).expanduser().resolve().parents)
+    for candidate in candidates:
+        if built(candidate) and _is_segbatch(candidate):
+            return candidate
+    return None
+
+
+def _is_segbatch(path: Location) -> bool:
+    import zarr
+
+    try:
+        return "segbatch" in zarr.open_group(location.zarr_store(path, read_only=True), mode="r", zarr_format=3).attrs
+    except Exception:  # any other Zarr (or none readable): not ours
+        return False
 
 
 def finished_units(root: Any) -> dict[int, dict[str, Any]]:
@@ -351,10 +450,13 @@ def finished_units(root: Any) -> dict[int, dict[str, Any]]:
 
     Only entries written by this store's own runs count (attribute `runs`:
     the run that made it and each that resumed it): an entry a fenced-off
-    run still managed to write is not a finished unit.
+    run still managed to write is not a finished unit. Every entry is
+    checked (`schema.entry_problem`: each field a reader uses, and chunk keys
+    that name chunks of this store's arrays): a tampered one is a StoreError.
     """
     entries = ledger_array(root)[...]
-    runs = store_attrs(root).get("runs")
+    attrs = store_attrs(root)
+    runs, kind, grids = attrs.get("runs"), attrs["source"]["kind"], chunk_grids(root)
     out = {}
     for i in np.flatnonzero(entries != ""):
         try:
@@ -363,9 +465,27 @@ def finished_units(root: Any) -> dict[int, dict[str, Any]]:
             entry = None
         if not isinstance(entry, dict):
             raise StoreError(f"{_store_name(root)}: ledger entry {int(i)} is not a JSON object; the store was altered (--overwrite to start again)")
+        problem = schema.entry_problem(entry, kind, grids, needs_run=runs is not None)
+        if problem is None and entry.get("unit", i) != i:
+            problem = f"unit {entry['unit']} is recorded in row {int(i)}"
+        if problem is not None:
+            raise StoreError(
+                f"{_store_name(root)}: ledger entry {int(i)} is not what segbatch wrote ({problem}); the store was altered (--overwrite to start again)"
+            )
         if runs is None or entry.get("run") in runs:
             out[int(i)] = entry
     return out
+
+
+def read_store(path: Location) -> tuple[Any, dict[str, Any], dict[int, dict[str, Any]]]:
+    """A store opened for reading, with its attributes and its finished units, every field checked (a StoreError if altered)."""
+    root = open_store(path)
+    return root, store_attrs(root), finished_units(root)
+
+
+def chunk_grids(root: Any) -> dict[str, tuple[int, ...]]:
+    """The store's own arrays (not the ledger) by name -> their chunk grid: what a ledger entry's chunk keys may name."""
+    return {name: tuple(-(-int(n) // int(c)) for n, c in zip(arr.shape, arr.chunks)) for name, arr in root.arrays() if name not in (LEGACY_LEDGER, "tiles")}
 
 
 def check_ledger(root: Any, attrs: Mapping[str, Any]) -> None:
@@ -401,6 +521,9 @@ def reopen_for_resume(path: Location, fingerprint: Mapping[str, Any], run: str) 
     check_resumable(attrs, fingerprint)
     runs = attrs.get("runs")
     if attrs["status"] == "damaged":
+        coordinates = attrs.get("verify", {}).get("bad_coordinates", [])
+        if coordinates:  # written once when the store was made: no unit of a resumed run writes them again
+            raise StoreError(f"{path}: `segbatch verify` found its coordinates {', '.join(coordinates)} altered; --overwrite makes the store again")
         # `segbatch verify` found these units' chunks missing or altered: their ledger entries go, so they are redone
         entries = ledger_array(root)
         for unit in attrs.get("verify", {}).get("bad_units", []):
@@ -440,7 +563,7 @@ def write_region(root: Any, region: Sequence[slice], outputs: Mapping[str, np.nd
     return digests
 
 
-FILL_DIGEST = "fill"  # a chunk equal to the fill value: zarr stores nothing for it
+FILL_DIGEST = schema.FILL_DIGEST  # a chunk equal to the fill value: zarr stores nothing for it
 
 
 def chunk_digests(arr: Any, region: Sequence[slice], values: np.ndarray) -> dict[str, str]:
@@ -468,18 +591,36 @@ def chunk_digests(arr: Any, region: Sequence[slice], values: np.ndarray) -> dict
 
 
 def digest(block: np.ndarray, fill_value: Any) -> str:
-    """A chunk's digest: FILL_DIGEST when it is all fill, else BLAKE2b-128 of its bytes (lossless codecs keep them)."""
+    """A chunk's digest: FILL_DIGEST when it is all fill, else BLAKE2b-128 of its bytes (lossless codecs keep them), named "blake2b-128:<hex>"."""
     first = block.flat[0] if block.size else fill_value  # most chunks are not fill: their first element says so without a scan
     if isinstance(fill_value, (float, np.floating)) and np.isnan(fill_value):
         is_fill = bool(np.isnan(first)) and bool(np.isnan(block).all())
     else:
         is_fill = bool(first == fill_value) and bool((block == fill_value).all())
-    return FILL_DIGEST if is_fill else hashlib.blake2b(np.ascontiguousarray(block).data, digest_size=16).hexdigest()
+    return FILL_DIGEST if is_fill else f"{schema.DIGEST_ALGORITHM}:{hashlib.blake2b(np.ascontiguousarray(block).data, digest_size=16).hexdigest()}"
+
+
+def same_digest(found: str, recorded: str) -> bool:
+    """Whether a digest just computed is the one recorded (stores before 0.3.0 recorded bare BLAKE2b-128 hex digests)."""
+    return found == recorded or (":" not in recorded and found == f"{schema.DIGEST_ALGORITHM}:{recorded}")
+
+
+def digests_required(attrs: Mapping[str, Any]) -> bool:
+    """Whether the store's version records every digest (chunks in each ledger entry, coordinates): then a missing one is damage."""
+    return schema.version_tuple(attrs["version"]) >= DIGESTS_SINCE
 
 
 def chunk_region(arr: Any, index: Sequence[int]) -> tuple[slice, ...]:
     """The array region of chunk `index` (clipped at the array's edge)."""
     return tuple(slice(i * c, min((i + 1) * c, n)) for i, c, n in zip(index, arr.chunks, arr.shape))
+
+
+def region_chunk_keys(arr: Any, region: Sequence[slice]) -> list[str]:
+    """The keys ("name/i.j.k") of the chunks of `arr` that `region` covers: those `chunk_digests` records for a write of it."""
+    import itertools
+
+    ranges = [range(s.start // c, (s.stop - 1) // c + 1) if s.stop > s.start else range(0) for s, c in zip(_full_region(arr, region), arr.chunks)]
+    return [f"{arr.path}/{'.'.join(map(str, idx))}" for idx in itertools.product(*ranges)]
 
 
 def _full_region(arr: Any, region: Sequence[slice]) -> tuple[slice, ...]:
@@ -545,6 +686,9 @@ def describe_store(path: Location) -> dict[str, Any]:
         "summary": attrs.get("summary"),
         "lease": describe_lease(path),
         "verify": attrs.get("verify"),
+        "error": attrs.get("error"),  # why a failed run stopped
+        "resumable": attrs["source"]["kind"] != "raster" or "tiles" in root,  # a raster resumes from its tiles/ alone
+        "config": attrs.get("config"),  # the settings --resume must be given again
     }
 
 

@@ -13,6 +13,8 @@ only this, the store and the tiling.
 
 from __future__ import annotations
 
+from typing import Any
+
 from segbatch.tiling import TilePlan, padded_side
 
 PROB_SCALE = 254  # uint8 probabilities: round(p * 254); 255 is nodata
@@ -23,3 +25,12 @@ PAD_TO = 32  # tiles/ sides: the largest window rounded up
 def tile_side(tiles: TilePlan) -> tuple[int, int]:
     """(height, width) of the tiles/ arrays: the largest tile window, padded to PAD_TO."""
     return padded_side(min(tiles.tile, tiles.height), PAD_TO), padded_side(min(tiles.tile, tiles.width), PAD_TO)
+
+
+def tiles_removed(root: Any, kind: str) -> bool:
+    """Whether `root` is a raster store whose tiles/ were removed after its stitch (as they are, unless --keep-tiles).
+
+    Its output chunks are blends of tiles no longer kept, so no unit can be
+    redone: --resume refuses it, and only --overwrite makes it again.
+    """
+    return kind == "raster" and "tiles" not in root

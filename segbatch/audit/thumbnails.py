@@ -63,9 +63,17 @@ class InputReader:
         if not location.exists(path):
             self.problem = f"the source {path} is not there any more; input thumbnails are left out"
         elif self.kind == "raster":
-            from segbatch.sources.raster import plan_from_store
+            from segbatch.sources.raster import fits_source, plan_from_store
 
-            self._plan = plan_from_store(self.source, root["spatial_ref"].attrs)
+            raster = plan_from_store(self.source, root["spatial_ref"].attrs)
+            try:
+                fits = fits_source(raster)
+            except (SegbatchError, OSError):
+                fits = False
+            if fits:
+                self._plan = raster
+            else:
+                self.problem = f"the source {path} changed since the run (its size or bands); input thumbnails are left out"
         elif self.kind == "video":
             from segbatch.sources.video import probe_video
 

@@ -8,7 +8,7 @@ from typing import Any
 
 import click
 
-from segbatch.cli.options import LOCATION, json_opt
+from segbatch.cli.options import LOCATION, FileRefused, json_opt
 
 MAX_INPUT_ROWS = 20  # inputs listed in the text of a job's summary (--json lists all)
 
@@ -22,13 +22,15 @@ def info(path: Path | str, group: str | None, as_json: bool) -> None:
     from segbatch import location
 
     if not location.exists(path):
-        raise click.BadParameter(f"{path}: no such store or checkpoint", param_hint="PATH")
+        raise FileRefused(f"{path}: no such store or checkpoint")
     if location.is_dir(path):
         from segbatch.jobstore import describe_job, reader_target
         from segbatch.store import describe_store
 
         job, target = reader_target(path, group, "summarise")
         summary, text = (describe_job(path), format_job) if job is not None else (describe_store(target), format_store)
+        if job is None and summary["status"] != "complete":
+            summary["resume_command"] = resume_command(summary, "--resume" if summary["resumable"] else "--overwrite")
     else:
         from segbatch.model.checkpoint import load_checkpoint
 
@@ -45,7 +47,9 @@ def format_store(s: dict[str, Any]) -> str:
     rows = [
         ("store", printable(s["path"])),
         ("status", f"{s['status']} ({s['units']['finished']}/{s['units']['total']} units finished)"),
+        *([("error", printable(s["error"]))] if s.get("error") and s["status"] != "complete" else []),
         *([("run", _lease_line(s["lease"]))] if s.get("lease") and not s["lease"]["released"] else []),
+        *([(_finish_word(s), printable(s["resume_command"]))] if s.get("resume_command") and not (s.get("lease") or {}).get("live") else []),
         ("source", f"{src.get('kind')} {printable(src.get('path'))}"),
         ("model", f"{model.get('arch')} ({len(model.get('classes', []))} classes, sha256 {str(model.get('sha256'))[:12]})"),
         ("samples", f"{s['samples']} (seed {s['seed']})"),
@@ -67,25 +71,27 @@ def format_store(s: dict[str, Any]) -> str:
     for name, a in s["arrays"].items():
         rows.append((name, f"{a['dtype']} ({', '.join(f'{d}={n}' for d, n in zip(a['dims'], a['shape']))}) chunks {a['chunks']}"))
     summary = s.get("summary") or {}
+    # every figure is optional (a store made before it was recorded lacks it): "?" where one is missing
+    on = f"on {summary.get('actors', '?')} actor(s) [{summary.get('device', '?')}]"
     if summary.get("inference_seconds") is not None:
         rows.append(
             (
                 "run",
-                f"{summary['tiles']} tiles ({summary['skipped_tiles']} all nodata) in {summary['inference_seconds']:.1f} s, "
-                f"stitched in {summary['stitch_seconds']:.1f} s more on {summary['actors']} actor(s) [{summary['device']}]",
+                f"{summary.get('tiles', '?')} tiles ({summary.get('skipped_tiles', 0)} all nodata) in {summary['inference_seconds']:.1f} s, "
+                f"stitched in {summary.get('stitch_seconds') or 0:.1f} s more {on}",
             )
         )
     if summary.get("stitch_task_seconds") is not None:
         rows.append(
             (
                 "stitch",
-                f"{summary['stitch_task_seconds']:.1f} s of stitch tasks, {summary['stitch_overlap']:.0%} of it overlapped inference; "
-                f"at most {summary['tiles_peak']} of {summary['tiles']} tiles in tiles/ at once",
+                f"{summary['stitch_task_seconds']:.1f} s of stitch tasks, {summary.get('stitch_overlap') or 0:.0%} of it overlapped inference; "
+                f"at most {summary.get('tiles_peak', '?')} of {summary.get('tiles', '?')} tiles in tiles/ at once",
             )
         )
     if summary.get("wall_seconds"):
         noun = "images" if "images" in summary else "frames"
-        rows.append(("run", f"{summary[noun]} {noun} in {summary['wall_seconds']:.1f} s on {summary['actors']} actor(s) [{summary['device']}]"))
+        rows.append(("run", f"{summary.get(noun, '?')} {noun} in {summary['wall_seconds']:.1f} s {on}"))
     if (summary.get("stages") or {}).get("seconds"):
         rows.append(("stages", _stages_line(summary["stages"])))
     problems = s.get("problems") or []
@@ -173,6 +179,44 @@ def _lease_line(lease: dict[str, Any]) -> str:
     """Who holds the store: a live run, or one that stopped without letting go (its lease is taken over by the next run)."""
     state = "in progress" if lease["live"] else "stopped without releasing the store"
     return f"{state}: run {lease['run']} on {lease['host']} (pid {lease['pid']}), heartbeat {lease['heartbeat_age_s']:.0f} s ago"
+
+
+def _finish_word(s: dict[str, Any]) -> str:
+    return "resume" if s.get("resumable", True) else "rerun"
+
+
+def resume_command(s: dict[str, Any], finish: str = "--resume") -> str:
+    """The command that finishes the store `info` describes (`finish`: --resume, or --overwrite for a raster whose tiles are gone):
+    its input, output and model, and the options its configuration holds (an option at its default is left out; --resume refuses
+    any that differs, naming it)."""
+    import shlex
+
+    src, model, config = s.get("source") or {}, s.get("model") or {}, s.get("config") or {}
+    args: list[Any] = ["segbatch", "run", "--input", src.get("path"), "--out", s["path"]]
+    args += ["--model", model["path"]] if isinstance(model.get("path"), str) else []
+    args += ["--samples", s["samples"], "--seed", s["seed"]]
+    get = config.get if isinstance(config, dict) else {}.get
+
+    def given(key: str, kind: type) -> Any:
+        value = get(key)
+        return value if isinstance(value, kind) and not isinstance(value, bool) else None
+
+    whole = [0, src.get("frames")]
+    frames, resize, outputs, bands = given("frames", list), given("resize", list), given("outputs", list), given("bands", list)
+    options = [
+        ("--batch-size", given("batch_size", int), 4),
+        ("--frames", f"{frames[0]}:{frames[1]}" if frames and len(frames) == 2 and frames != whole else None, None),
+        ("--resize", "x".join(map(str, resize)) if resize else None, None),
+        ("--outputs", ",".join(str(o) for o in outputs if o in ("mutual_information", "probs")) if outputs else None, ""),
+        ("--precision", given("precision", str), "fp32"),
+        ("--hwaccel", given("hwaccel", str), None),
+        ("--bands", ",".join(map(str, bands)) if bands else None, None),
+        ("--tile", given("tile", int), 512),
+        ("--overlap", given("overlap", int), 64),
+    ]
+    args += [part for flag, value, default in options if value is not None and value != default for part in (flag, value)]
+    args += ["--float32"] if get("float_dtype") == "float32" else []
+    return shlex.join([*map(str, args), finish])
 
 
 def _stages_line(stages: dict[str, Any]) -> str:

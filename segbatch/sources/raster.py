@@ -137,6 +137,12 @@ def plan_from_store(source: dict[str, Any], spatial_ref: Any) -> RasterPlan:
     )
 
 
+def fits_source(plan: RasterPlan) -> bool:
+    """Whether the raster at the plan's path still has its size and bands (a store's source may change after the run)."""
+    with _open(plan.path) as ds:
+        return bool((ds.height, ds.width) == (plan.height, plan.width) and max(plan.bands) <= ds.count)
+
+
 def georeference(plan: RasterPlan) -> dict[str, Any]:
     """CF grid-mapping coordinates for the store: x and y at pixel centres, spatial_ref (what rioxarray reads)."""
     x0, dx, _, y0, _, dy = plan.transform

@@ -257,7 +257,7 @@ def test_raster_truth_on_another_grid_is_refused(runner, cli, ray_address, tmp_p
 
 def _synthetic_video_store(path: Path, frames: int) -> Path:
     """A complete video-kind store written directly (no model), with smooth, compressible values."""
-    from segbatch.lease import Lease
+    from segbatch.lease import Lease, claim
     from segbatch.store import LEDGER, StoreLayout, base_attrs, create_store, update_attrs
 
     layout = StoreLayout(
@@ -269,10 +269,20 @@ def _synthetic_video_store(path: Path, frames: int) -> Path:
         outputs=("labels", "entropy", "confidence", "uncertainty"),
         coords={"time": (("frame",), np.arange(frames) / 25.0, {"units": "s"})},
     )
-    source = {"path": str(path.with_suffix(".mp4")), "kind": "video", "frames": frames, "height": H, "width": W, "frame_range": [0, frames]}
+    source = {
+        "path": str(path.with_suffix(".mp4")),
+        "kind": "video",
+        "codec": "h264",
+        "rotation": 0,
+        "frames": frames,
+        "height": H,
+        "width": W,
+        "frame_range": [0, frames],
+    }
     model = {"arch": "segnet-basic", "classes": [f"c{i}" for i in range(11)], "palette": [[i * 20, 0, 0] for i in range(11)], "sha256": "0" * 64}
     lease = Lease.new()
-    root = create_store(path, layout, base_attrs(source, model, 4, 0, {}, lease.run) | {"unit_frames": frames}, lease)
+    claim(path, lease)
+    root = create_store(path, layout, base_attrs(source, model, 4, 0, {}, lease.run) | {"unit_frames": frames})
     root[LEDGER][0] = json.dumps({"unit": 0, "frames": [0, frames], "run": lease.run})  # one unit, finished: a complete store's ledger is whole
     yy, xx = np.mgrid[:H, :W]
     for lo in range(0, frames, 8):
@@ -325,7 +335,7 @@ def _ranked_video_store(path: Path, frames: int = 60, mutual_information: bool =
     and a frame-dependent 0.2..0.3 elsewhere: it finds every error (AUROC 1) and ranks frames in another order.
     mutual_information (when asked for): half the entropy.
     """
-    from segbatch.lease import Lease
+    from segbatch.lease import Lease, claim
     from segbatch.store import LEDGER, StoreLayout, base_attrs, create_store, update_attrs
 
     outputs = ("labels", "entropy", "confidence", "uncertainty", *(("mutual_information",) if mutual_information else ()))
@@ -339,10 +349,20 @@ def _ranked_video_store(path: Path, frames: int = 60, mutual_information: bool =
         float_dtype="float32",
         coords={"time": (("frame",), np.arange(frames) / FPS, {"units": "s"})},
     )
-    source = {"path": str(path.with_suffix(".mp4")), "kind": "video", "frames": frames, "height": H, "width": W, "frame_range": [0, frames]}
+    source = {
+        "path": str(path.with_suffix(".mp4")),
+        "kind": "video",
+        "codec": "h264",
+        "rotation": 0,
+        "frames": frames,
+        "height": H,
+        "width": W,
+        "frame_range": [0, frames],
+    }
     model = {"arch": "segnet-basic", "classes": [f"c{i}" for i in range(11)], "palette": [[i * 20, 0, 0] for i in range(11)], "sha256": "0" * 64}
     lease = Lease.new()
-    root = create_store(path, layout, base_attrs(source, model, 4, 0, {}, lease.run) | {"unit_frames": frames}, lease)
+    claim(path, lease)
+    root = create_store(path, layout, base_attrs(source, model, 4, 0, {}, lease.run) | {"unit_frames": frames})
     root[LEDGER][0] = json.dumps({"unit": 0, "frames": [0, frames], "run": lease.run})
     f = np.arange(frames)
     unc = np.where(abs(f - 24) <= 5, 0.2 - 0.001 * abs(f - 24), 0.01)

@@ -194,10 +194,11 @@ def test_the_ledger_is_not_a_data_variable_and_old_stores_still_read(video_store
     entries = [json.loads(e) for e in root[LEDGER][...]]
     assert entries and all(e["run"] for e in entries)
 
-    # a store made before the ledger moved has it at the root: info, verify and export read it there
+    # a store made before the ledger moved (before 0.2, so before coordinate digests) has it at the root: info, verify and export read it there
     old = tmp_path / "old.zarr"
     shutil.copytree(video_store, old)
     legacy = zarr.open_group(str(old), mode="r+", use_consolidated=False)
+    legacy.attrs["segbatch"] = {**legacy.attrs["segbatch"], "version": "0.1.0"}
     values = legacy[LEDGER][...]
     legacy.create_array("ledger", shape=values.shape, chunks=(1,), dtype=str, fill_value="", dimension_names=["unit"])[...] = values
     del legacy[LEDGER.split("/")[0]]

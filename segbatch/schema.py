@@ -1,0 +1,364 @@
+"""What segbatch writes into a store, as data: the one check of every attribute and ledger field a reader touches.
+
+Readers (info, verify, audit, export, stitch, run --resume) take a store's
+attributes and ledger entries on trust once they pass here, so a field of the
+wrong type or shape, a missing one, or a chunk key that names no chunk of the
+store is one line here (`segbatch.store` raises it as a StoreError, exit 2)
+instead of a crash wherever the field is used. Each field is declared once,
+with what it must be; keys segbatch does not read are let through (a later
+version may add some), and a field that earlier versions did not write is
+optional. `config` is compared whole by --resume, never read field by field,
+so only its being a mapping is checked.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Callable, Mapping
+from typing import Any
+
+Check = Callable[[Any, str], "str | None"]  # (value, its path) -> what is wrong with it, or None
+
+KINDS = ("video", "raster", "images")
+STATUSES = ("creating", "running", "stitching", "complete", "failed", "damaged")
+DIGEST_ALGORITHM = "blake2b-128"  # the algorithm every digest segbatch records names (a bare hex digest is an older store's)
+FILL_DIGEST = "fill"  # a chunk equal to its fill value: zarr stores nothing for it
+_DIGEST = re.compile(rf"(?:{re.escape(DIGEST_ALGORITHM)}:)?[0-9a-f]{{32}}")
+_CHUNK_KEY = re.compile(r"([A-Za-z_][A-Za-z0-9_]*)/(\d+(?:\.\d+)*)")
+
+
+def json_type(value: Any) -> str:
+    """A value as its JSON type, for messages: "a string", "a list of 2", "null", ..."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, (int, float)):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, (list, tuple)):
+        return f"a list of {len(value)}"
+    if isinstance(value, Mapping):
+        return "an object"
+    return type(value).__name__
+
+
+def _bad(path: str, value: Any, what: str) -> str:
+    shown = repr(value) if isinstance(value, (int, float, bool, str)) and len(repr(value)) <= 24 else json_type(value)
+    return f"{path} is {shown}, not {what}"
+
+
+def _key(key: Any) -> str:
+    """A key from the store in a path: as it is, or quoted with escapes when it holds a newline or another invisible character."""
+    return str(key) if str(key).isprintable() else repr(str(key))
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def string(value: Any, path: str) -> str | None:
+    return None if isinstance(value, str) else _bad(path, value, "a string")
+
+
+def boolean(value: Any, path: str) -> str | None:
+    return None if isinstance(value, bool) else _bad(path, value, "true or false")
+
+
+def integer(low: int | None = None, high: int | None = None) -> Check:
+    what = "an integer" + (f" from {low} to {high}" if low is not None and high is not None else f" >= {low}" if low is not None else "")
+
+    def check(value: Any, path: str) -> str | None:
+        ok = _is_int(value) and (low is None or value >= low) and (high is None or value <= high)
+        return None if ok else _bad(path, value, what)
+
+    return check
+
+
+def number(value: Any, path: str) -> str | None:
+    return None if _is_number(value) else _bad(path, value, "a number")
+
+
+def one_of(*values: str) -> Check:
+    def check(value: Any, path: str) -> str | None:
+        return None if isinstance(value, str) and value in values else _bad(path, value, f"one of {', '.join(values)}")
+
+    return check
+
+
+def nullable(check: Check) -> Check:
+    def nullable_check(value: Any, path: str) -> str | None:
+        return None if value is None else check(value, path)
+
+    return nullable_check
+
+
+def list_of(item: Check, length: int | None = None, least: int = 0, what: str | None = None) -> Check:
+    """A list whose items pass `item`: `length` of them exactly, or at least `least`."""
+
+    def check(value: Any, path: str) -> str | None:
+        if not isinstance(value, list) or (length is not None and len(value) != length) or len(value) < least:
+            return _bad(path, value, what or "a list" + (f" of {length}" if length is not None else " (not empty)" if least else ""))
+        return next((p for i, v in enumerate(value) if (p := item(v, f"{path}[{i}]")) is not None), None)
+
+    return check
+
+
+def mapping_of(item: Check) -> Check:
+    """An object whose values pass `item` (its keys are names: of stages, arrays, ...)."""
+
+    def check(value: Any, path: str) -> str | None:
+        if not isinstance(value, Mapping):
+            return _bad(path, value, "an object")
+        return next((p for k, v in value.items() if (p := item(v, f"{path}.{_key(k)}")) is not None), None)
+
+    return check
+
+
+def fields(required: Mapping[str, Check], optional: Mapping[str, Check] | None = None, rule: Callable[[Any, str], str | None] | None = None) -> Check:
+    """An object with the `required` keys, and the `optional` ones when present, each passing its check; then `rule` on the whole."""
+
+    def check(value: Any, path: str) -> str | None:
+        if not isinstance(value, Mapping):
+            return _bad(path, value, "an object")
+        for key, inner in required.items():
+            if key not in value:
+                return f"{path}.{key} is missing"
+            if (problem := inner(value[key], f"{path}.{key}")) is not None:
+                return problem
+        for key, inner in (optional or {}).items():
+            if key in value and (problem := inner(value[key], f"{path}.{key}")) is not None:
+                return problem
+        return rule(value, path) if rule is not None else None
+
+    return check
+
+
+def span(value: Any, path: str) -> str | None:
+    """[start, stop]: two integers, 0 <= start <= stop (frames, images, tiles)."""
+    ok = isinstance(value, list) and len(value) == 2 and all(_is_int(v) and v >= 0 for v in value) and value[0] <= value[1]
+    return None if ok else _bad(path, value, "[start, stop] (two integers, 0 <= start <= stop)")
+
+
+def dtype_name(value: Any, path: str) -> str | None:
+    import numpy as np
+
+    if isinstance(value, str):
+        try:
+            np.dtype(value)
+            return None
+        except TypeError:
+            pass
+    return _bad(path, value, "a numpy dtype name")
+
+
+def version(value: Any, path: str) -> str | None:
+    return None if isinstance(value, str) and re.match(r"\d+\.\d+", value) else _bad(path, value, "a version (e.g. 0.3.0)")
+
+
+def version_tuple(text: str) -> tuple[int, ...]:
+    """'0.3.0' -> (0, 3, 0); the leading numeric part only ('0.3.0.dev1' -> (0, 3, 0))."""
+    match = re.match(r"\d+(?:\.\d+)*", text)
+    return tuple(int(p) for p in match.group(0).split(".")) if match else ()
+
+
+def digest(value: Any, path: str) -> str | None:
+    ok = isinstance(value, str) and (value == FILL_DIGEST or _DIGEST.fullmatch(value) is not None)
+    return None if ok else _bad(path, value, f"a digest ({DIGEST_ALGORITHM}:<32 hex digits> or {FILL_DIGEST})")
+
+
+def _frame_range_within(source: Mapping[str, Any], path: str) -> str | None:
+    if source["frame_range"][1] > source["frames"]:
+        return f"{path}.frame_range {source['frame_range']} ends after the video's {source['frames']} frames"
+    return None
+
+
+def _raster_rule(source: Mapping[str, Any], path: str) -> str | None:
+    if source["tile"] <= 2 * source["overlap"]:
+        return f"{path}.tile {source['tile']} is not larger than twice its overlap {source['overlap']}"
+    stretch = source.get("stretch")
+    if stretch is not None and len(stretch) != len(source["bands"]):
+        return f"{path}.stretch has {len(stretch)} entries for {len(source['bands'])} bands"
+    return None
+
+
+_INT0, _INT1 = integer(0), integer(1)
+SOURCES: dict[str, Check] = {
+    "video": fields(
+        {
+            "path": string,
+            "kind": string,
+            "codec": string,
+            "frames": _INT0,
+            "height": _INT1,
+            "width": _INT1,
+            "rotation": number,
+            "frame_range": span,
+        },
+        {"declared_frames": nullable(_INT0), "time_base": string, "demux_error": nullable(string), "frame_order": string},
+        _frame_range_within,
+    ),
+    "raster": fields(
+        {
+            "path": string,
+            "kind": string,
+            "height": _INT1,
+            "width": _INT1,
+            "bands": list_of(_INT1, least=1, what="a list of band numbers"),
+            "dtype": dtype_name,
+            "nodata": nullable(number),
+            "stretch": nullable(list_of(list_of(number, length=2, what="[low, high]"))),
+            "tile": integer(2),
+            "overlap": _INT0,
+        },
+        rule=_raster_rule,
+    ),
+    "images": fields({"path": string, "kind": string, "images": _INT0, "max_height": _INT1, "max_width": _INT1}),
+}
+
+
+def _palette_fits(model: Mapping[str, Any], path: str) -> str | None:
+    if len(model["palette"]) != len(model["classes"]):
+        return f"{path}.palette has {len(model['palette'])} colours for {len(model['classes'])} classes"
+    return None
+
+
+MODEL = fields(
+    {
+        "arch": string,
+        "classes": list_of(string, least=1, what="a list of class names"),
+        "palette": list_of(list_of(integer(0, 255), length=3, what="[red, green, blue]"), least=1, what="a list of colours"),
+        "sha256": string,
+    },
+    {"path": string, "dropout": string, "width": number, "temperature": nullable(number)},
+    _palette_fits,
+)
+
+_RANGES = list_of(span)
+# problems, by kind (problems.py writes them in words); a kind this version does not know is shown as it is
+PROBLEMS: dict[str, Check] = {
+    "frames": fields({}, {"kind": string, "frames": span, "missing": _RANGES, "damaged": _RANGES, "messages": list_of(string), "reason": nullable(string)}),
+    "unreadable": fields({"kind": string, "path": string, "error": string}, {"image": nullable(_INT0)}),
+    "skipped_tiles": fields({"kind": string, "tiles": _RANGES, "count": _INT0}, {"reason": string}),
+}
+
+
+def problem(value: Any, path: str) -> str | None:
+    if not isinstance(value, Mapping):
+        return _bad(path, value, "an object")
+    kind = value.get("kind", "frames")  # entries written before kinds existed are a video's frames
+    if not isinstance(kind, str):
+        return _bad(f"{path}.kind", kind, "a string")
+    return PROBLEMS[kind](value, path) if kind in PROBLEMS else None
+
+
+_SECONDS = mapping_of(number)
+STAGES = fields({}, {"seconds": _SECONDS, "bottleneck": nullable(string)})
+SUMMARY = nullable(
+    fields(
+        {},
+        {
+            **dict.fromkeys(("frames", "images", "tiles", "skipped_tiles", "unreadable", "actors", "tiles_peak"), _INT0),
+            **dict.fromkeys(("wall_seconds", "worker_seconds", "inference_seconds", "stitch_seconds", "stitch_task_seconds", "stitch_overlap"), number),
+            "device": string,
+            "tiles_kept": boolean,
+            "stages": STAGES,
+        },
+    )
+)
+VERIFY = fields({"checked": number, "bad_units": list_of(_INT0)}, {"bad_coordinates": list_of(string)})
+
+# the root `segbatch` attribute of a store (or of a job's group); `source` by its kind, checked after these
+ROOT = fields(
+    {
+        "version": version,
+        "source": fields({"kind": one_of(*KINDS), "path": string}),
+        "model": MODEL,
+        "samples": _INT0,
+        "seed": integer(),
+        "config": mapping_of(lambda v, p: None),
+        "status": one_of(*STATUSES),
+    },
+    {
+        "problems": list_of(problem),
+        "runs": list_of(string, least=1),  # the run that made the store, then each that resumed it
+        "fingerprint": string,
+        "resize": nullable(list_of(_INT1, length=2, what="[height, width]")),
+        "unit_frames": _INT1,
+        "unit_images": _INT1,
+        "summary": SUMMARY,
+        "geozarr": mapping_of(lambda v, p: None),
+        "error": string,
+        "verify": VERIFY,
+    },
+)
+UNIT_SIZE = {"video": "unit_frames", "images": "unit_images"}  # the attribute that cuts a kind's units (rasters: one tile each)
+
+
+def root_problem(attrs: Mapping[str, Any]) -> str | None:
+    """What is wrong with a store's `segbatch` attribute (paths as `source.frame_range`), or None."""
+    if (found := ROOT(attrs, "segbatch")) is not None:
+        return found.removeprefix("segbatch.")
+    kind = attrs["source"]["kind"]
+    if (found := SOURCES[kind](attrs["source"], "source")) is not None:
+        return found
+    if kind in UNIT_SIZE and UNIT_SIZE[kind] not in attrs:
+        return f"{UNIT_SIZE[kind]} is missing"
+    return None
+
+
+# a ledger entry, by the store's kind: what the worker (and, for rasters, the stitch) recorded for its unit
+_ENTRY_COMMON: dict[str, Check] = {
+    "run": string,
+    "unit": _INT0,
+    "node": string,
+    "seconds": number,
+    "stages": _SECONDS,
+    "chunks": mapping_of(digest),
+}
+ENTRIES: dict[str, Check] = {
+    "video": fields({"frames": span}, {**_ENTRY_COMMON, "missing": _RANGES, "damaged": _RANGES, "messages": list_of(string)}),
+    "raster": fields({}, {**_ENTRY_COMMON, "skipped": boolean, "stitched": boolean}),
+    "images": fields(
+        {"images": span, "unreadable": list_of(fields({"path": string, "image": _INT0, "error": string}))},
+        _ENTRY_COMMON,
+    ),
+}
+
+
+def entry_problem(entry: Any, kind: str, arrays: Mapping[str, tuple[int, ...]], needs_run: bool) -> str | None:
+    """What is wrong with one ledger entry (a JSON object), or None.
+
+    `arrays`: the store's arrays by name -> their chunk grid; every chunk key
+    must name a chunk of one of them (never a path: "../x/0.0" names nothing).
+    `needs_run`: the store lists its runs, so each entry must say which it was.
+    """
+    if not isinstance(entry, Mapping):
+        return f"it is {json_type(entry)}, not an object"
+    if (found := ENTRIES[kind](entry, "entry")) is not None:
+        return found.removeprefix("entry.")
+    if needs_run and "run" not in entry:
+        return "run is missing"
+    for key in entry.get("chunks", {}):
+        if (found := chunk_key_problem(key, arrays)) is not None:
+            return found
+    return None
+
+
+def chunk_key_problem(key: str, arrays: Mapping[str, tuple[int, ...]]) -> str | None:
+    """A chunk key ("labels/3.0.0") must name a chunk inside the grid of one of the store's arrays."""
+    match = _CHUNK_KEY.fullmatch(key)
+    name = match.group(1) if match else None
+    if match is None or name not in arrays:
+        return f"chunk key {key!r} names no array of the store"
+    index = tuple(int(i) for i in match.group(2).split("."))
+    grid = arrays[str(name)]
+    if len(index) != len(grid) or any(i >= n for i, n in zip(index, grid)):
+        return f"chunk key {key!r} is outside {name}'s grid of {'x'.join(map(str, grid))} chunks"
+    return None
