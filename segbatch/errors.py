@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import errno
+
 
 class SegbatchError(Exception):
     """Root of every error segbatch raises on purpose."""
@@ -52,3 +54,20 @@ def task_failure(exc: BaseException, what: str) -> SegbatchError:
     if isinstance(cause, SegbatchError):
         return cause
     return RunError(f"{what} failed: {first_line(cause if isinstance(cause, BaseException) else exc)}")
+
+
+REFUSED_ERRNOS = frozenset({errno.EROFS, errno.EACCES, errno.EPERM})  # the system refuses the write: no retry helps
+
+
+def environment_refusal(exc: BaseException) -> str | None:
+    """When `exc` is, or was raised from or while handling, an OSError by which the system refused the command (a read-only
+    file system, a permission denied): that error as one line naming its file; else None."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, OSError) and current.errno in REFUSED_ERRNOS:
+            where = f": {current.filename}" if current.filename else ""
+            return f"{current.strerror or current}{where}"
+        current = current.__cause__ or current.__context__
+    return None

@@ -33,12 +33,13 @@ def cli_module():
 
 @pytest.fixture(scope="session")
 def ray_address():
-    """One local Ray runtime for the whole test session (4 logical CPUs so 3 actors fit on 2 cores)."""
+    """One local Ray runtime for the whole test session (4 logical CPUs so 3 actors fit on 2 cores); its own, never a cluster
+    that a `ray start` on the machine recorded (what ray.init would join without an address)."""
     import logging
 
     import ray
 
-    ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False, logging_level=logging.ERROR)
+    ray.init(address="local", num_cpus=4, include_dashboard=False, log_to_driver=False, logging_level=logging.ERROR)
     yield ray.get_runtime_context().gcs_address
     ray.shutdown()
 

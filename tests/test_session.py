@@ -1,16 +1,19 @@
-"""The pieces of a command's Ray session: stop signals as KeyboardInterrupt, their exit codes, the reaper."""
+"""The pieces of a command's Ray session: stop signals as KeyboardInterrupt (the first only), their exit codes, the reaper."""
 
 import os
 import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
-from segbatch.engine.session import child_processes, reap_on_exit, runtime_tag, stop_signal, stop_signals
+from segbatch.engine import session
+from segbatch.engine.session import stop_signal, stop_signals
 from segbatch.status import ExitStatus
-from tests.helpers.drivers import descendants, still_alive
+
+ROOT = Path(__file__).parents[1]
 
 
 @pytest.mark.parametrize(("signum", "code"), [(signal.SIGTERM, 143), (signal.SIGHUP, 129)])
@@ -26,29 +29,54 @@ def test_sigterm_and_sighup_interrupt_like_ctrl_c_for_the_block_only(signum, cod
     assert stop_signal() == signal.SIGINT and ExitStatus.stopped_by(stop_signal()) == ExitStatus.INTERRUPTED == 130
 
 
+def test_sigint_too_interrupts_once_for_the_block():
+    previous = signal.getsignal(signal.SIGINT)
+    with pytest.raises(KeyboardInterrupt), stop_signals():
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(5)
+    assert stop_signal() == signal.SIGINT and signal.getsignal(signal.SIGINT) is previous
+
+
+def _noted(count):
+    """Wait (bounded) until the handler has seen `count` stop signals: it runs in this thread at the next bytecode boundary."""
+    deadline = time.monotonic() + 10
+    while len(session._stopped_by) < count and time.monotonic() < deadline:
+        pass
+    return len(session._stopped_by)
+
+
+def test_only_the_first_stop_signal_interrupts_the_ones_after_it_never_break_the_cleanup():
+    cleaned = False
+    with stop_signals():
+        try:
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(5)
+        except KeyboardInterrupt:
+            # the run's cleanup (ledger count, ray.shutdown, the closing line): two quick Ctrl-Cs land in it
+            for sent, signum in enumerate((signal.SIGINT, signal.SIGINT), start=2):
+                os.kill(os.getpid(), signum)
+                assert _noted(sent) == sent
+            cleaned = True
+    assert cleaned
+    assert stop_signal() == signal.SIGTERM and ExitStatus.stopped_by(stop_signal()) == 143  # the first decides the exit code
+
+
+def test_a_command_ignores_stop_signals_once_it_is_over():
+    code = (
+        "import os, signal\n"
+        "from segbatch.engine.session import command_signals\n"
+        "with command_signals():\n"
+        "    pass\n"
+        "os.kill(os.getpid(), signal.SIGINT); os.kill(os.getpid(), signal.SIGTERM)\n"  # as in an atexit hook: nothing happens
+        "print(all(signal.getsignal(s) == signal.SIG_IGN for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)))\n"
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=ROOT)
+    assert r.returncode == 0 and r.stdout.strip() == "True" and r.stderr == "", r.stderr
+
+
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the reaper reads /proc")
 def test_the_reaper_ends_the_processes_started_their_descendants_and_late_tagged_ones_when_let_go():
-    before = child_processes()
-    late = other = None
-    with runtime_tag() as tag:
-        shell = subprocess.Popen(["sh", "-c", "sleep 300 & sleep 300"])  # stands for what ray.init starts
-    try:
-        deadline = time.monotonic() + 10
-        while len(descendants(shell.pid)) < 2 and time.monotonic() < deadline:
-            time.sleep(0.05)
-        tree = {pid: start for pid, start in descendants(os.getpid()).items() if pid == shell.pid} | descendants(shell.pid)
-        assert len(tree) == 3
-        reaper = reap_on_exit(before, tag)
-        assert reaper is not None
-        # started after the reaper's last look and not below what it knows (as an agent a raylet starts just before it dies): found by its tag
-        late = subprocess.Popen(["sleep", "300"], env={**os.environ, tag.split("=")[0]: tag.split("=")[1]})
-        other = subprocess.Popen(["sleep", "300"])  # untagged, started afterwards: none of the reaper's business
-        reaper.close()  # what ray_session does after ray.shutdown; a killed driver's pipe ends the same way
-        assert shell.wait(timeout=10) is not None and late.wait(timeout=10) is not None
-        assert not still_alive(tree), still_alive(tree)
-        assert other.poll() is None
-    finally:
-        for proc in (shell, late, other):
-            if proc is not None:
-                proc.kill()
-                proc.wait()
+    # in a process of its own, without Ray: here, it would see the suite's Ray runtime among this process's children
+    code = "from tests.helpers.reaping import reap_tree_and_late_tagged; reap_tree_and_late_tagged()"
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=180, cwd=ROOT)
+    assert r.returncode == 0, r.stderr

@@ -11,7 +11,8 @@ from typing import Any
 import click
 
 from segbatch import __version__
-from segbatch.errors import InputError, Interrupted, SegbatchError
+from segbatch.cli.options import CommandGroup
+from segbatch.errors import InputError, Interrupted, SegbatchError, environment_refusal
 from segbatch.status import ExitStatus
 
 
@@ -23,7 +24,7 @@ class CliError(click.ClickException):
         self.exit_code = exit_code  # type: ignore[misc]  # click declares it on the class; each error has its own
 
 
-class SegbatchGroup(click.Group):
+class SegbatchGroup(CommandGroup):
     """Maps every error raised below it to one line on stderr and a documented exit code."""
 
     def invoke(self, ctx: click.Context) -> Any:
@@ -48,6 +49,9 @@ def _as_cli_error(exc: Exception) -> CliError:
         return CliError(str(exc), ExitStatus.stopped_by(exc.signum))
     if isinstance(exc, InputError):
         return CliError(str(exc), ExitStatus.BAD_INPUT)
+    refused = environment_refusal(exc)
+    if refused is not None:  # a read-only file system, a permission denied: the same command fails again
+        return CliError(str(exc) if isinstance(exc, SegbatchError) else refused, ExitStatus.BAD_INPUT)
     if isinstance(exc, SegbatchError):
         return CliError(str(exc), ExitStatus.FAILED)
     if isinstance(exc, MemoryError):
@@ -74,5 +78,8 @@ _register()
 
 
 def main() -> None:
-    """Console-script entry point."""
-    cli(prog_name="segbatch")
+    """Console-script entry point: the command owns the process's stop signals (a second Ctrl-C never breaks the first's cleanup)."""
+    from segbatch.engine.session import command_signals
+
+    with command_signals():
+        cli(prog_name="segbatch")

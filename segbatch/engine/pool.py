@@ -14,13 +14,14 @@ while the cluster has free room for another actor.
 from __future__ import annotations
 
 import os
+import re
 import time
 from collections import deque
 from collections.abc import Callable
 from typing import Any
 
 from segbatch.errors import InputError, RunError, first_line, task_failure
-from segbatch.progress import note
+from segbatch.progress import note, phase
 
 IN_FLIGHT_PER_ACTOR = 2  # a queued unit hides the driver's round trip; the actor runs two units' pipelines side by side
 UNIT_RETRIES = 3  # a unit whose worker dies is redone on a fresh one this many times
@@ -69,6 +70,7 @@ class ActorPool:
         self.ready: set[int] = set()  # slots whose actor answered
         self.queue: deque[Any] = deque()  # units not yet sent
         self.in_flight: dict[Any, tuple[int, Any]] = {}  # process() ref -> (slot, unit)
+        self.placing: dict[Any, int] = {}  # __ray_ready__() ref -> slot, until one actor is up: start-up says "loading the model" then
         self.lost: dict[int, int] = {}  # id(unit) -> times its actor died under it
         self.device = ""  # what the first ready actor runs on
         self.most_ready = 0  # the largest number of ready actors at once
@@ -76,7 +78,9 @@ class ActorPool:
         self._next_slot = 0
         self._last_grow = self._waiting_since = time.monotonic()
         self._noted = False
+        self._model_said = self._first_said = False  # start-up phases said (see segbatch.progress.StartUp)
         self.job_ref = ray.put(job)
+        phase("actors", f"starting {actors} actor{'s' if actors != 1 else ''}", actors=actors)
         for _ in range(actors):
             self._start()
 
@@ -110,11 +114,14 @@ class ActorPool:
             raise ValueError("get_next() with no unit queued or running")
         while True:
             self._maybe_grow()
-            ready, _ = ray.wait([*self.in_flight, *self.starting], num_returns=1, timeout=GROW_EVERY_S)
+            ready, _ = ray.wait([*self.in_flight, *self.starting, *self.placing], num_returns=1, timeout=GROW_EVERY_S)
             if not ready:
                 self._note_waiting()
                 continue
             ref = ready[0]
+            if ref in self.placing:
+                self._on_placed(ref)
+                continue
             if ref in self.starting:
                 self._on_started(ref)
                 continue
@@ -142,6 +149,7 @@ class ActorPool:
         self.actors.clear()
         self.ready.clear()
         self.starting.clear()
+        self.placing.clear()
 
     # inside
 
@@ -150,6 +158,8 @@ class ActorPool:
         name = f"segbatch-worker-{os.getpid()}-{slot}"
         actor = self.cls.options(num_cpus=self.cpus, num_gpus=self.gpus, name=name, max_concurrency=IN_FLIGHT_PER_ACTOR).remote(self.job_ref)
         self.actors[slot] = actor
+        if not self.ready and not self._model_said:
+            self.placing[actor.__ray_ready__.remote()] = slot  # the worker's constructor returned; it loads the model on device_name()
         self.starting[actor.device_name.remote()] = slot
 
     def _on_started(self, ref: Any) -> None:
@@ -165,16 +175,38 @@ class ActorPool:
             cause = exc.cause if isinstance(getattr(exc, "cause", None), BaseException) else exc
             kind = InputError if isinstance(cause, InputError) else RunError
             raise kind(f"a worker could not start: {first_line(cause)}") from None
-        except RayActorError:
+        except RayActorError as exc:
+            if exc.actor_init_failed:
+                # its class could not even be loaded there (a worker that imports another segbatch, a missing dependency): the
+                # environment's fault, the same on every worker; Ray reports it as the text of a traceback
+                raise InputError(f"a worker could not start: {start_failure(exc)}") from None
             self._failures += 1
             if self._failures >= MAX_START_FAILURES:
-                raise RunError(f"{self._failures} workers died while starting (out of memory, or their nodes went away)") from None
-            self._replace(slot)  # lost while being placed or started (its node went away): try again elsewhere
+                raise RunError(f"{self._failures} workers died while starting; the last: {start_failure(exc)}") from None
+            self._replace(slot)  # lost while being placed or started (its node went away, an OOM kill): try again elsewhere
             return
         if slot in self.actors:
             self.ready.add(slot)
             self.most_ready = max(self.most_ready, len(self.ready))
         self._fill()
+
+    def _on_placed(self, ref: Any) -> None:
+        """An actor is up (its process started, its class imported): the model loads next (`device_name`), unless it died."""
+        import ray
+        from ray.exceptions import RayActorError
+
+        self.placing.pop(ref)
+        try:
+            ray.get(ref)
+        except RayActorError:
+            return  # its device_name() says so, and it is replaced there
+        self._say_model()
+
+    def _say_model(self) -> None:
+        if not self._model_said:
+            self._model_said = True
+            self.placing.clear()
+            phase("model", "loading the model")
 
     def _on_lost(self, slot: int, unit: Any) -> None:
         key = id(unit)
@@ -209,6 +241,10 @@ class ActorPool:
                 unit = self.queue.popleft()
                 self.in_flight[self.actors[slot].process.remote(unit)] = (slot, unit)
                 busy[slot] = busy.get(slot, 0) + 1
+                if not self._first_said:
+                    self._say_model()
+                    self._first_said = True
+                    phase("first_unit", f"first unit running on {self.device}", device=self.device)
 
     def _maybe_grow(self) -> None:
         """Start one more actor when the cluster has room for it now (none still starting, work for it queued)."""
@@ -227,6 +263,22 @@ class ActorPool:
         if not self.ready and not self._noted and time.monotonic() - self._waiting_since > PLACEMENT_NOTE_AFTER_S:
             note(f"waiting for the cluster to place actors ({self.cpus:g} CPU, {self.gpus:g} GPU each); it may be busy", self.quiet)
             self._noted = True
+
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+_RAISED = re.compile(r"^[A-Za-z_][\w.]*: ")  # a traceback's closing line, "ImportError: cannot import name ..."
+_RAY_DETAILS = re.compile(r"^(class_name|actor_id|pid|name|namespace|ip): ")  # the fields Ray lists under "The actor died ..."
+
+
+def start_failure(exc: BaseException) -> str:
+    """Why an actor died while starting, in one line: the exception its worker raised (the last `Name: message` line of the
+    traceback Ray passes on as text, which names the innermost error), else Ray's own reason (an OOM kill, a lost node)."""
+    lines = [line.rstrip() for line in _ANSI.sub("", str(exc)).splitlines() if line.strip()]
+    raised = [line for line in lines if _RAISED.match(line) and not line.startswith(("File ", "Traceback"))]
+    if raised:
+        return raised[-1]
+    reasons = [line.strip() for line in lines[1:] if not _RAY_DETAILS.match(line.strip())]
+    return reasons[0] if reasons else first_line(exc)
 
 
 def _guarded(worker: type) -> type:

@@ -16,7 +16,7 @@ import torch
 import xarray as xr
 import zarr
 
-from tests.helpers.drivers import finished_units, start_driver, total_units, wait_for_units
+from tests.helpers.drivers import finished_units, signal_mid_run, start_driver, total_units
 from tests.helpers.stores import arrays, assert_same, run
 from tests.helpers.videos import corrupt, frame_index, write_understated_reorder, write_video
 
@@ -156,9 +156,8 @@ def test_a_killed_actor_is_replaced_and_the_result_unchanged(ray_address, runner
 def test_ctrl_c_exits_130_and_resume_finishes(ray_address, runner, cli, long_video, tiny_model, tmp_path, clean_long):
     out = tmp_path / "interrupted.zarr"
     proc = start_driver(ray_address, "--input", long_video, "--out", out, "--model", tiny_model, "--samples", 2, "--actors", 1)
-    wait_for_units(out, proc)
-    proc.send_signal(signal.SIGINT)
-    _, err = proc.communicate(timeout=60)
+    signal_mid_run(out, proc, signal.SIGINT)  # once a unit is in the ledger, the driver held: a fast run cannot finish first
+    _, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, err
     assert "Traceback" not in err and "interrupted with" in err.strip().splitlines()[-1] and "--resume" in err
     assert zarr.open_group(str(out)).attrs["segbatch"]["status"] == "running"

@@ -125,3 +125,46 @@ def test_the_pool_grows_into_free_room_only_when_asked_and_there_is_work(ray_add
 def test_get_next_without_work_is_a_usage_error(ray_address):
     with ActorPool(_worker(), "job", actors=1, cpus=1, gpus=0) as pool, pytest.raises(ValueError):
         pool.get_next()
+
+
+def test_a_worker_that_cannot_load_its_class_stops_the_run_at_once_with_the_real_error(ray_address):
+    from tests.helpers.unimportable import Worker  # importable here, in the driver; not in any worker
+
+    with ActorPool(Worker, "job", actors=2, cpus=1, gpus=0) as pool, pytest.raises(errors.InputError) as caught:
+        drain(pool, range(3))
+    assert str(caught.value) == "a worker could not start: ImportError: cannot import name '__version__' from 'segbatch' (unknown location)"
+    assert pool._failures == 0  # not taken for actors lost while starting, retried, then "3 workers died while starting"
+
+
+# what Ray says of an actor that died while starting (ActorDiedError's text, colours included), and the one line we make of it
+CLASS_NOT_LOADED = (
+    "The actor died because of an error raised in its creation task, \x1b[36mray::PipelineWorker.__init__()\x1b[39m (pid=13609, ip=192.0.2.2, "
+    "actor_id=62af, repr=<segbatch.engine.pipeline.FunctionActorManager._create_fake_actor_class.<locals>.TemporaryActor object at 0x7f72>)\n"
+    "           ^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^\n"
+    "RuntimeError: The actor with name PipelineWorker failed to import on the worker. This may be because needed library "
+    "dependencies are not installed in the worker environment:\n\n"
+    "\x1b[36mray::PipelineWorker.__init__()\x1b[39m (pid=13609, ip=192.0.2.2, actor_id=62af)\n"
+    '  File "/work/main/segbatch/cli/main.py", line 13, in <module>\n'
+    "    from segbatch import __version__\n"
+    "ImportError: cannot import name '__version__' from 'segbatch' (unknown location)\n"
+)
+KILLED = (
+    "The actor died unexpectedly before finishing this task.\n\tclass_name: PipelineWorker\n\tactor_id: 62af\n\tpid: 13609\n"
+    "\tname: segbatch-worker-1-0\n\tnamespace: 5d2c\n\tip: 192.0.2.2\n"
+    "The actor is dead because its worker process has died. Worker exit type: NODE_OUT_OF_MEMORY Worker exit detail: killed by the memory monitor\n"
+)
+
+
+@pytest.mark.parametrize(
+    ("text", "line"),
+    [
+        (CLASS_NOT_LOADED, "ImportError: cannot import name '__version__' from 'segbatch' (unknown location)"),
+        (
+            KILLED,
+            "The actor is dead because its worker process has died. Worker exit type: NODE_OUT_OF_MEMORY Worker exit detail: killed by the memory monitor",
+        ),
+        ("The actor died unexpectedly before finishing this task.", "The actor died unexpectedly before finishing this task."),
+    ],
+)
+def test_why_an_actor_died_while_starting_in_one_line(text, line):
+    assert pool_module.start_failure(RuntimeError(text)) == line

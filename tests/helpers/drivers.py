@@ -39,6 +39,43 @@ def wait_for_units(store: Path, proc: subprocess.Popen, count: int = 1, timeout:
         time.sleep(0.05)
 
 
+def signal_mid_run(store: Path, proc: subprocess.Popen, signum: int, count: int = 1) -> int:
+    """Send `signum` to the driver at a known point: `count` units in the ledger, and the driver frozen (SIGSTOP), so that it
+    cannot finish the run before the signal lands; checked mid-run, then let go (SIGCONT): the signal is the first thing it
+    meets. Returns the units done when it was sent (its actors may still finish the units they hold)."""
+    wait_for_units(store, proc, count)
+    assert proc.poll() is None, "the driver ended before the signal could be sent"
+    os.kill(proc.pid, signal.SIGSTOP)
+    try:
+        while process_state(proc.pid) not in ("T", "t", ""):
+            time.sleep(0.01)
+        done = finished_units(store)
+        assert count <= done < total_units(store), f"the signal would not land mid-run ({done} of {total_units(store)} units done)"
+        os.kill(proc.pid, signum)
+    finally:
+        os.kill(proc.pid, signal.SIGCONT)
+    return done
+
+
+def process_state(pid: int) -> str:
+    """The state letter of a process in /proc (R, S, T stopped, Z, ...); "" once it is gone."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_bytes()
+    except OSError:
+        return ""
+    return stat[stat.rindex(b")") + 2 :].split()[0].decode()
+
+
+def signal_delivered(pid: int, signum: int) -> bool:
+    """Whether no `signum` sent to `pid` is still pending (the kernel handed it to the process, or the process is gone)."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return True
+    bit = 1 << (signum - 1)
+    return not any(line.split(":")[0] in ("SigPnd", "ShdPnd") and int(line.split()[1], 16) & bit for line in status.splitlines())
+
+
 def kill_driver_mid_run(store: Path, proc: subprocess.Popen) -> int:
     """SIGKILL the driver once a unit is finished; check it died mid-run, leaving a "running" store; returns the units done."""
     wait_for_units(store, proc)
@@ -50,11 +87,19 @@ def kill_driver_mid_run(store: Path, proc: subprocess.Popen) -> int:
     return done
 
 
-def start_local_driver(*args: object) -> subprocess.Popen:
-    """`segbatch run ARGS` in its own process, starting a local Ray runtime of its own (no --address, no RAY_ADDRESS)."""
-    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
-    cmd = [sys.executable, "-m", "segbatch", "run", *map(str, args), "--quiet"]
-    return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)
+def start_local_driver(*args: object, prelude: str = "", env: dict[str, str] | None = None, new_session: bool = False) -> subprocess.Popen:
+    """`segbatch run ARGS` in its own process, starting a local Ray runtime of its own (no --address, no RAY_ADDRESS).
+
+    `prelude`: Python run in the driver before the command (to hold it at a
+    known point); `env`: added to the environment; `new_session`: the driver
+    leads a process group of its own, as a terminal's foreground job does.
+    """
+    environ = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"} | (env or {})
+    entry = [sys.executable, "-m", "segbatch"]
+    if prelude:
+        entry = [sys.executable, "-c", f"{prelude}\nimport sys\nsys.argv[0] = 'segbatch'\nfrom segbatch.cli.main import main\nmain()"]
+    cmd = [*entry, "run", *map(str, args), "--quiet"]
+    return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=environ, start_new_session=new_session)
 
 
 def _processes() -> dict[int, tuple[int, int]]:
