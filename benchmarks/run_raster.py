@@ -112,7 +112,7 @@ def compare(raster: Path, ckpt: Path, d: Path, args: argparse.Namespace) -> dict
             return None
 
     d.mkdir(parents=True, exist_ok=True)
-    ray.init(include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", include_dashboard=False, log_to_driver=False)  # its own, never a recorded cluster
     try:
         out: dict[str, float] = {}
         for name, source in (("inference_only", InferenceOnly), ("with_stitch", RasterSource)):

@@ -14,14 +14,14 @@ question: it reports an unreadable input as that input's problem and goes on.
 
 from __future__ import annotations
 
-import glob
+import fnmatch
 import hashlib
 import json
 import os
 import posixpath
 import re
 import warnings
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from itertools import takewhile
 from pathlib import Path
@@ -249,10 +249,10 @@ def _scan(root: Path) -> _Folder:
 
 
 def _scan_folder(root: Path) -> tuple[list[Path], list[Path]]:
-    """The videos and the rasters (FOLDER_RASTER_SUFFIXES) under `root`, nested folders too, hidden files and folders skipped."""
+    """The videos and the rasters (FOLDER_RASTER_SUFFIXES) under `root`, nested folders too (not symlinked ones), hidden files and folders skipped."""
     video_suffixes = _video_suffixes()
-    videos: list[Path] = []
-    rasters: list[Path] = []
+    videos: list[str] = []
+    rasters: list[str] = []
     for folder, dirs, files in os.walk(root):
         dirs[:] = [d for d in dirs if not d.startswith(".")]
         for file in files:
@@ -260,10 +260,10 @@ def _scan_folder(root: Path) -> tuple[list[Path], list[Path]]:
                 continue
             suffix = Path(file).suffix.lower()
             if suffix in video_suffixes:
-                videos.append(Path(folder, file))
+                videos.append(os.path.join(folder, file))
             elif suffix in FOLDER_RASTER_SUFFIXES:
-                rasters.append(Path(folder, file))
-    return sorted(videos), sorted(rasters)
+                rasters.append(os.path.join(folder, file))
+    return [Path(p) for p in unique_places(videos)], [Path(p) for p in unique_places(rasters)]  # a symlink to a file listed already is no other input
 
 
 def _georeferenced(rasters: Sequence[Path]) -> bool:
@@ -319,16 +319,71 @@ def _fixed_prefix(pattern: str) -> str:
 
 def _from_local_glob(spec: str) -> list[_Entry]:
     pattern = os.path.expanduser(spec)
-    base = os.path.abspath(_fixed_prefix(pattern) or ("/" if pattern.startswith("/") else "."))
+    prefix = _fixed_prefix(pattern)
+    base = os.path.abspath(prefix or ("/" if pattern.startswith("/") else "."))
+    parts = [part for part in pattern.split("/")[len(prefix.split("/")) if prefix else 0 :] if part]
+    parts += [""] if pattern.endswith("/") else []  # "x/*/" matches folders only: no file
     found: dict[str, _Entry] = {}
-    for match in glob.glob(pattern, recursive=True):  # wildcards skip hidden files and folders (include_hidden=False)
-        path = os.path.abspath(match)
-        if path in found or not os.path.isfile(path) or location.suffix(path) in SIDECAR_SUFFIXES:
-            continue
+    for path in unique_places(p for p in _glob_walk(base, parts) if os.path.isfile(p) and location.suffix(p) not in SIDECAR_SUFFIXES):
         found[path] = _Entry(Path(path), source_kind(Path(path)), tuple(Path(os.path.relpath(path, base)).parts))
     if not found:
         raise InputError(f"{spec}: no files match")
     return list(found.values())
+
+
+def _glob_walk(base: str, parts: Sequence[str]) -> Iterator[str]:
+    """What `glob.glob(base/parts..., recursive=True)` matches, as absolute paths, but never walking around a symlink loop.
+
+    As glob, wildcards skip hidden names (unless the pattern's part starts
+    with '.') and symlinked folders are followed; unlike it, `**` never enters
+    a folder it is already inside (a link to `.` or to a parent), where glob
+    walks on until the path is too long and lists every file once per lap.
+    """
+
+    def entries(folder: str) -> list[str]:
+        try:
+            return sorted(os.listdir(folder))
+        except OSError:  # unreadable, or not a folder: no matches below it, as with glob
+            return []
+
+    def walk(folder: str, i: int, inside: frozenset[str]) -> Iterator[str]:
+        if i == len(parts):
+            yield folder
+            return
+        part, last = parts[i], i + 1 == len(parts)
+        if part == "**":
+            yield from walk(folder, i + 1, inside)  # no folder at all
+            for name in entries(folder):
+                path = os.path.join(folder, name)
+                if name.startswith("."):
+                    continue
+                if os.path.isdir(path):
+                    real = os.path.realpath(path)
+                    if real not in inside:  # else a loop: this folder is being walked already
+                        yield from walk(path, i, inside | {real})
+                elif last:
+                    yield path
+        elif _MAGIC.search(part):
+            for name in entries(folder):
+                if (part.startswith(".") or not name.startswith(".")) and fnmatch.fnmatch(name, part):
+                    yield from walk(os.path.join(folder, name), i + 1, inside)
+        elif last or os.path.isdir(os.path.join(folder, part)):
+            yield from walk(os.path.join(folder, part), i + 1, inside)
+
+    return walk(base, 0, frozenset({os.path.realpath(base)}))
+
+
+def unique_places(paths: Iterable[str]) -> list[str]:
+    """`paths`, sorted, less those that resolve to a file listed already (through a symlink, or a folder reached twice).
+
+    Each file keeps the spelling that is not itself a link, else its shortest
+    (fewest folders, then the first in order), so its group's name is the
+    file's own and does not depend on the links around it.
+    """
+    kept: dict[str, str] = {}
+    for path in sorted(paths, key=lambda p: (os.path.islink(p), p.count(os.sep), p)):
+        kept.setdefault(location.place(path), path)
+    return sorted(kept.values())
 
 
 def _from_url_glob(spec: str) -> list[_Entry]:
@@ -384,6 +439,7 @@ def _from_manifest(spec: str) -> list[_Entry]:
         raise InputError(f"@{spec}: a manifest is a text file (UTF-8), one path or URL a line") from None
     entries: list[tuple[Location, str]] = []
     seen: dict[str, int] = {}
+    itself = location.place(where)
     for number, line in enumerate(text.splitlines(), 1):
         entry = _COMMENT.sub("", line).strip()
         if not entry or entry.startswith("#"):
@@ -391,7 +447,9 @@ def _from_manifest(spec: str) -> list[_Entry]:
         loc = _manifest_entry(where, entry)
         if not location.is_url(loc) and Path(loc).is_dir():
             raise InputError(f"@{spec}: line {number} names a folder ({entry}); a manifest lists files, one input a line")
-        key = str(loc) if location.is_url(loc) else str(Path(loc).resolve())
+        key = location.place(loc)  # two spellings of one file are one input
+        if key == itself:
+            raise InputError(f"@{spec}: line {number} names the manifest itself ({entry}); a manifest lists the inputs, one a line")
         if key in seen:
             raise InputError(f"@{spec}: {entry} is listed twice (lines {seen[key]} and {number})")
         seen[key] = number

@@ -7,6 +7,10 @@
   `unit` line per finished unit with done/total units, items, rate and ETA), whatever the terminal or `--quiet`;
 - `-v`: one line per finished unit (its seconds and where they went), and at the end the seconds of each
   pipeline stage over the run's units and the stage that bounds the run.
+
+Before the first unit finishes (a minute and more on a cold machine) a `StartUp` says what is going on, a
+phase at a time: planning, starting Ray, starting the actors, loading the model, the first unit running (on
+the progress line, as `phase` JSON lines before and after the `start` line, as `-v` lines).
 """
 
 from __future__ import annotations
@@ -15,7 +19,8 @@ import json
 import sys
 import time
 from collections.abc import Callable, Mapping
-from typing import Any
+from types import TracebackType
+from typing import Any, ClassVar
 
 from tqdm import tqdm
 
@@ -28,9 +33,91 @@ def progress_bar(total: int | None, desc: str, unit: str, quiet: bool = False, *
 
 
 def note(message: str, quiet: bool = False) -> None:
-    """A one-line status message on stderr (stdout stays clean for data)."""
+    """A one-line status message on stderr (stdout stays clean for data), above the progress line when there is one."""
     if not quiet:
-        print(message, file=sys.stderr, flush=True)
+        tqdm.write(message, file=sys.stderr)
+        sys.stderr.flush()
+
+
+class StartUp:
+    """What a command says between its start and its first finished unit, one phase at a time.
+
+    On a cold machine a minute and more goes by before a unit finishes:
+    planning the input, starting Ray, starting the actors, loading the model
+    on each, running the first unit. Each phase replaces the last on the
+    progress line at a terminal (the bar, once it appears, says the phase as
+    its description until the first unit is done); `--progress json` gets a
+    `phase` event for each (as it gets the `unit` events, whatever `--quiet`
+    says); `-v` a line for each. With `--quiet` nothing shows at a terminal.
+
+    One for the length of a command (`with StartUp(...)`): the engine says
+    phases through `phase()` and `RunProgress` finds the line here, so no
+    layer between the command and the actor pool has to carry it.
+    """
+
+    current: ClassVar[StartUp | None] = None  # the command's, while its block runs
+
+    def __init__(self, quiet: bool = False, verbose: int = 0, mode: str = "bar") -> None:
+        self.verbose, self.mode = verbose, mode
+        self.live = mode == "bar" and not quiet and sys.stderr.isatty()  # a line to rewrite: where a bar would show
+        self.message = ""  # the phase going on
+        self.over = False  # the first unit finished: nothing more to say
+        self.line: tqdm | None = None  # the status line at a terminal, until the bar takes its place
+        self.bar: tqdm | None = None  # the run's bar, once it exists
+        self.started = time.perf_counter()
+        self.outer: StartUp | None = None
+
+    def __enter__(self) -> StartUp:
+        self.outer, StartUp.current = StartUp.current, self
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+        self._clear_line()  # an error's one line starts on a line of its own
+        StartUp.current = self.outer
+
+    def say(self, name: str, message: str, **fields: Any) -> None:
+        """Phase `name` begins: `message` says it in words; `fields` go into its JSON event."""
+        if self.over:
+            return
+        self.message = message
+        if self.mode == "json":
+            event = {"event": "phase", "phase": name, "message": message, "elapsed": round(time.perf_counter() - self.started, 3), **fields}
+            print(json.dumps(event), file=sys.stderr, flush=True)
+        if self.verbose:
+            note(message)
+        if not self.live:
+            return
+        if self.bar is not None:
+            self.bar.set_description_str(message)
+        elif self.line is not None:
+            self.line.set_description_str(message)
+        else:
+            self.line = tqdm(file=sys.stderr, bar_format="{desc}", desc=message, leave=False, dynamic_ncols=True)
+
+    def hand_over(self) -> str:
+        """The line is wiped for the run's bar (set `bar` once made), which says the phase until the first unit finishes: its description."""
+        self._clear_line()
+        return self.message if self.live and not self.over and self.message else RUN_DESCRIPTION
+
+    def first_unit_done(self) -> None:
+        """Start-up is over: the bar says what it counts from now on."""
+        if not self.over and self.bar is not None and self.live:
+            self.bar.set_description_str(RUN_DESCRIPTION)
+        self.over = True
+
+    def _clear_line(self) -> None:
+        if self.line is not None:
+            self.line.close()  # leave=False: the line is wiped
+            self.line = None
+
+
+RUN_DESCRIPTION = "segmenting"  # the bar's description once units finish
+
+
+def phase(name: str, message: str, **fields: Any) -> None:
+    """Say that start-up phase `name` begins (see StartUp); nothing outside a command's `with StartUp(...)` block."""
+    if StartUp.current is not None:
+        StartUp.current.say(name, message, **fields)
 
 
 class RunProgress:
@@ -70,7 +157,11 @@ class RunProgress:
         self.ran_units = self.ran_items = 0  # this run's
         self.stages: dict[str, float] = {}  # seconds per pipeline stage over this run's units
         self.started = time.perf_counter()
-        self.bar = progress_bar(items - done_items, "segmenting", noun, quiet or mode != "bar")
+        self.startup = StartUp.current  # the command's start-up line, whose place this bar takes
+        description = self.startup.hand_over() if self.startup is not None else RUN_DESCRIPTION
+        self.bar = progress_bar(items - done_items, description, noun, quiet or mode != "bar")
+        if self.startup is not None:
+            self.startup.bar = self.bar
 
     def __enter__(self) -> RunProgress:
         self.started = time.perf_counter()
@@ -88,6 +179,8 @@ class RunProgress:
 
     def unit_done(self, unit: Any, entry: Any = None) -> None:
         """A unit finished; `entry` is its ledger entry (seconds, stages), as its worker returned it."""
+        if self.startup is not None:
+            self.startup.first_unit_done()
         n = self.size(unit)
         self.done_units += 1
         self.done_items += n

@@ -184,6 +184,28 @@ def test_url_glob_keeps_the_scheme_and_skips_hidden(bucket) -> None:
         expand_inputs("memory://bkt/scenes/*.mp4")
 
 
+def test_glob_never_walks_around_a_symlink_loop_and_lists_each_file_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    touch(tmp_path / "drives" / "b.mp4")
+    touch(tmp_path / "drives" / "sub" / "a.mp4")
+    (tmp_path / "drives" / "sub" / "loop").symlink_to(".")  # sub/loop/loop/... is sub again
+    (tmp_path / "drives" / "up").symlink_to("..")  # a link to a parent folder of the pattern's base
+    touch(tmp_path / "other" / "c.mp4")
+    (tmp_path / "drives" / "linked").symlink_to(tmp_path / "other")  # a symlinked folder that is no loop is followed
+    (tmp_path / "drives" / "latest.mp4").symlink_to("b.mp4")  # a second spelling of b.mp4
+    monkeypatch.chdir(tmp_path / "drives")
+    inputs = expand_inputs("**/*.mp4")
+    assert [i.location for i in inputs] == [tmp_path / "drives/b.mp4", tmp_path / "drives/linked/c.mp4", tmp_path / "drives/sub/a.mp4"]
+    assert names(inputs) == ["b", "linked--c", "sub--a"]
+
+
+def test_folder_lists_a_file_and_its_symlinks_once(tmp_path: Path) -> None:
+    touch(tmp_path / "clips" / "day1" / "a.mp4")
+    (tmp_path / "clips" / "latest.mp4").symlink_to("day1/a.mp4")
+    (tmp_path / "clips" / "b.mp4").symlink_to(touch(tmp_path / "elsewhere" / "b.mp4"))  # a link to a file listed nowhere else stays
+    inputs = expand_inputs(str(tmp_path / "clips"))
+    assert names(inputs) == ["b", "day1--a"]  # the file's own path names it, not the link's
+
+
 # --- manifests ---
 
 
@@ -226,6 +248,17 @@ def test_manifest_duplicate_entry_is_refused_naming_it(tmp_path: Path) -> None:
     manifest.write_text("clips/a.mp4\nclips/b.mp4\n./clips/../clips/a.mp4\n")
     with pytest.raises(InputError, match=r"clips/\.\./clips/a\.mp4 is listed twice \(lines 1 and 3\)"):
         expand_inputs(f"@{manifest}")
+
+
+def test_manifest_listing_itself_is_refused_as_such(tmp_path: Path) -> None:
+    touch(tmp_path / "clips" / "a.mp4")
+    manifest = tmp_path / "inputs.txt"
+    manifest.write_text("clips/a.mp4\n./inputs.txt  # by mistake\n")
+    with pytest.raises(InputError, match=r"line 2 names the manifest itself \(\./inputs\.txt\)"):
+        expand_inputs(f"@{manifest}")
+    (tmp_path / "link.txt").symlink_to(manifest)
+    with pytest.raises(InputError, match="line 2 names the manifest itself"):
+        expand_inputs(f"@{tmp_path / 'link.txt'}")  # read through a link, it is still itself
 
 
 def test_missing_or_empty_manifest_is_refused(tmp_path: Path) -> None:

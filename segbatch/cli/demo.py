@@ -7,10 +7,10 @@ from pathlib import Path
 
 import click
 
-from segbatch.cli.options import overwrite_opt, parse_size, path_type, refuse_existing, seed_opt
+from segbatch.cli.options import CommandGroup, overwrite_opt, parse_size, path_type, refuse_existing, seed_opt
 
 
-@click.group()
+@click.group(cls=CommandGroup)
 def demo() -> None:
     """Synthetic street scenes with CamVid's 11 classes."""
 

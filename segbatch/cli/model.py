@@ -8,6 +8,7 @@ from typing import Any
 import click
 
 from segbatch.cli.options import (
+    CommandGroup,
     arch_opt,
     classes_file_opt,
     dropout_opt,
@@ -21,7 +22,7 @@ from segbatch.cli.options import (
 )
 
 
-@click.group()
+@click.group(cls=CommandGroup)
 def model() -> None:
     """Create and manage model checkpoints."""
 

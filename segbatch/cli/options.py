@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -32,17 +33,58 @@ class LocationType(click.ParamType[location.Location]):
 LOCATION = LocationType()
 
 
+class FileRefused(click.ClickException):
+    """A file or folder that cannot be used as given (missing, in the way, not writable): one line and exit 2.
+
+    Not a usage error, so click prints no "Usage: ... Try --help" lines: the
+    command was typed right and help would not say what is wrong.
+    """
+
+    exit_code = 2  # segbatch.status.ExitStatus.BAD_INPUT (imported lazily elsewhere: `--help` stays instant)
+
+
 class PathType(click.Path):
-    """click.Path (same checks and options) that refuses an empty value: every local path option uses this one."""
+    """click.Path (same checks and options) that refuses an empty value: every local path option uses this one.
+
+    A path that must exist and does not is refused as a missing file (FileRefused), not as a usage error. A file:// URL is
+    the local path it names (`~` is expanded too), so every spelling of a place reaches the same checks.
+    """
 
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
         _refuse_empty(self, value, param, ctx)
+        if isinstance(value, str):
+            value = location.local_path(value)
+        if self.exists and isinstance(value, (str, Path)) and not os.path.lexists(value) and not (self.allow_dash and str(value) == "-"):
+            what = "file" if not self.dir_okay else "folder" if not self.file_okay else "file or folder"
+            flag = f"{param.opts[0]} " if isinstance(param, click.Option) else ""
+            raise FileRefused(f"{flag}{value}: no such {what}")
         return super().convert(value, param, ctx)
 
 
 def path_type(**kwargs: Any) -> PathType:
     """A local path option's type: `path_type(exists=True, dir_okay=False)`; values are pathlib Paths."""
     return PathType(path_type=Path, **kwargs)
+
+
+class CommandGroup(click.Group):
+    """A group whose help lists each command with its summary whole (its docstring's first sentence), wrapped to the terminal.
+
+    click cuts a summary at 45 characters ("the most uncertain items,..."), which
+    leaves half a phrase where the one line that says what a command does belongs.
+    """
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        rows = []
+        for name in self.list_commands(ctx):
+            command = self.get_command(ctx, name)
+            if command is not None and not command.hidden:
+                rows.append((name, command.get_short_help_str(limit=SUMMARY_LIMIT)))
+        if rows:
+            with formatter.section("Commands"):
+                formatter.write_dl(rows)
+
+
+SUMMARY_LIMIT = 1000  # characters: never reached by a first sentence, so none is cut
 
 
 quiet_opt = click.option("--quiet", "-q", is_flag=True, help="No progress bar or notes (the one-line summary and warnings stay).")
@@ -113,7 +155,7 @@ def parse_names(ctx: click.Context, param: click.Parameter, value: str | None) -
 def refuse_existing(path: Any, overwrite: bool) -> None:
     """Never clobber a user's file without --overwrite."""
     if Path(path).exists() and not overwrite:
-        raise click.UsageError(f"{path} exists; pass --overwrite to replace it")
+        raise FileRefused(f"{path} exists; pass --overwrite to replace it")
 
 
 def _read_classes_file(ctx: click.Context, param: click.Parameter, value: str | None) -> dict[str, Any] | None:
@@ -158,10 +200,8 @@ def resolve_classes(
 
 def check_writable(path: Any) -> None:
     """Fail before the work, not after it, when the output's folder is missing or read-only."""
-    import os
-
     parent = Path(path).parent
     if not parent.is_dir():
-        raise click.UsageError(f"cannot write {path}: folder {parent} does not exist")
+        raise FileRefused(f"cannot write {path}: folder {parent} does not exist")
     if not os.access(parent, os.W_OK):
-        raise click.UsageError(f"cannot write {path}: folder {parent} is not writable")
+        raise FileRefused(f"cannot write {path}: folder {parent} is not writable")

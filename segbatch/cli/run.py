@@ -13,18 +13,25 @@ from segbatch.cli.options import LOCATION, check_verbosity, overwrite_opt, parse
 
 if TYPE_CHECKING:
     from segbatch.engine.job import RunConfig
+    from segbatch.engine.many import JobSummary
+    from segbatch.engine.run import RunSummary
     from segbatch.inputs import Input
 
 
 def _parse_frames(ctx: click.Context, param: click.Parameter, value: str | None) -> tuple[int | None, int | None] | None:
-    """A:B, A: or :B (B exclusive), as Python slices."""
+    """A:B, A: or :B (B exclusive), as Python slices: frames counted from 0, the start below the end."""
     if value is None:
         return None
     try:
         a, b = value.split(":")
-        return (int(a) if a else None, int(b) if b else None)
+        first, stop = (int(a) if a else None, int(b) if b else None)
     except ValueError:
         raise click.BadParameter(f"{value!r} is not A:B (e.g. 100:200, 100: or :200)") from None
+    if any(v is not None and v < 0 for v in (first, stop)):
+        raise click.BadParameter(f"{value!r}: frames are counted from 0 (A:B, e.g. 100:200)")
+    if first is not None and stop is not None and first >= stop:
+        raise click.BadParameter(f"{value!r}: the start must be below the end (A:B takes frames A to B-1; {first}:{first + 1} is frame {first} alone)")
+    return first, stop
 
 
 def _parse_outputs(ctx: click.Context, param: click.Parameter, value: str | None) -> tuple[str, ...]:
@@ -132,7 +139,6 @@ def run(
 ) -> None:
     """Segment a video, a georeferenced raster or a folder of images into a Zarr store: labels, uncertainty, entropy."""
     from segbatch.engine.job import RunConfig
-    from segbatch.sources import source_kind
 
     check_verbosity(quiet, verbose)
     spec = str(input_path)  # as given: a manifest (@FILE) or a glob is not a path to make absolute
@@ -165,43 +171,52 @@ def run(
         precision=precision,
         hwaccel=hwaccel,
     )
-    from segbatch.engine.run import run as run_job
     from segbatch.inputs import many_inputs
-
-    inputs = many_inputs(spec, asset)  # None: one input (a file, an image folder)
-    if inputs is not None:
-        _run_many(cfg, inputs, spec, add_inputs)
-        return
-    if add_inputs:
-        from segbatch.errors import InputError
-
-        raise InputError("--add-inputs is for jobs of many inputs (a folder, a glob, @FILE or STAC as --input)")
-    kind = "images" if location.is_dir(input_path) else source_kind(input_path)
-    refuse_options_not_for(kind)
-    if kind == "images":
-        from segbatch.engine.images import ImageSource
-
-        summary = run_job(cfg, ImageSource)
-    elif kind == "video":
-        from segbatch.engine.video import VideoSource
-
-        summary = run_job(cfg, VideoSource)
-    else:
-        from segbatch.engine.raster import RasterSource
-
-        summary = run_job(cfg, RasterSource)
     from segbatch.problems import problem_lines
+    from segbatch.progress import StartUp, phase
 
+    with StartUp(quiet, verbose, progress):  # the progress line says what goes on until the first unit is done
+        phase("plan", f"planning {spec}", input=spec)
+        inputs = many_inputs(spec, asset)  # None: one input (a file, an image folder)
+        if inputs is not None:
+            job = _run_many(cfg, inputs, spec, add_inputs)
+        else:
+            summary = _run_one(cfg, add_inputs)
+    if inputs is not None:
+        _report_many(cfg, job)
+        return
     click.echo(summary.line(out), err=True)
     for line in problem_lines(summary.problems):
         click.echo(f"warning: {line}", err=True)
 
 
-def _run_many(cfg: RunConfig, inputs: list[Input], spec: str, add_inputs: bool) -> None:
-    """Many inputs, one store with a group each: the summary, each input's problems, and exit 2 when any input failed."""
+def _run_one(cfg: RunConfig, add_inputs: bool) -> RunSummary:
+    """One input (a video, a raster, a folder of images), one store."""
+    from segbatch.engine.run import run as run_job
+    from segbatch.sources import source_kind
+
+    if add_inputs:
+        from segbatch.errors import InputError
+
+        raise InputError("--add-inputs is for jobs of many inputs (a folder, a glob, @FILE or STAC as --input)")
+    kind = "images" if location.is_dir(cfg.input) else source_kind(cfg.input)
+    refuse_options_not_for(kind)
+    if kind == "images":
+        from segbatch.engine.images import ImageSource
+
+        return run_job(cfg, ImageSource)
+    if kind == "video":
+        from segbatch.engine.video import VideoSource
+
+        return run_job(cfg, VideoSource)
+    from segbatch.engine.raster import RasterSource
+
+    return run_job(cfg, RasterSource)
+
+
+def _run_many(cfg: RunConfig, inputs: list[Input], spec: str, add_inputs: bool) -> JobSummary:
+    """Many inputs, one store with a group each."""
     from segbatch.engine.many import run_many
-    from segbatch.errors import InputError, RunError
-    from segbatch.problems import MAX_LINES, problem_lines
 
     kind = inputs[0].kind
     refuse_options_not_for(kind)
@@ -209,7 +224,14 @@ def _run_many(cfg: RunConfig, inputs: list[Input], spec: str, add_inputs: bool) 
         from segbatch.engine.video import VideoSource as make
     else:
         from segbatch.engine.raster import RasterSource as make  # type: ignore[assignment]
-    summary = run_many(cfg, inputs, spec, make, add_inputs)
+    return run_many(cfg, inputs, spec, make, add_inputs)
+
+
+def _report_many(cfg: RunConfig, summary: JobSummary) -> None:
+    """A job's summary, each input's problems, and exit 2 when any input failed (1 when a failure was not the input's)."""
+    from segbatch.errors import InputError, RunError
+    from segbatch.problems import MAX_LINES, problem_lines
+
     click.echo(summary.line(cfg.out), err=True)
     lines = [f"{p['input']}: {line}" for p in summary.problems[:MAX_LINES] for line in problem_lines([p])]
     more = [f"and {len(summary.problems) - MAX_LINES} more problems (segbatch info {cfg.out})"] if len(summary.problems) > MAX_LINES else []

@@ -47,15 +47,11 @@ class PipelineWorker:
     def __init__(self, job: SourceJob) -> None:
         import torch
 
-        from segbatch.model.checkpoint import load_checkpoint
-
         torch.set_num_threads(max(1, job.threads))
         self.job = job
         self.device = torch.device("cuda" if torch.cuda.is_available() and _ray_gave_gpu() else "cpu")
         self.cuda = self.device.type == "cuda"
-        model = load_checkpoint(job.checkpoint).model.to(self.device).eval()
-        # on GPUs, channels-last feeds cuDNN's tensor-core kernels without layout conversions (same results: tested on CPU)
-        self.model = model.to(memory_format=torch.channels_last) if self.cuda else model  # type: ignore[call-overload]
+        self.model: Any = None  # loaded by device_name(), the pool's first call
         self.model_lock = threading.Lock()  # two units in flight, one model: its calls take turns
         self.copy_stream = torch.cuda.Stream(self.device) if self.cuda else None  # type: ignore[no-untyped-call]
         self.root = open_store(job.store, mode="r+")
@@ -65,6 +61,15 @@ class PipelineWorker:
         job.check_node()
 
     def device_name(self) -> str:
+        """Load the model, then say the device: the pool's first call, so the driver tells an actor that is up from one that is ready."""
+        if self.model is None:
+            import torch
+
+            from segbatch.model.checkpoint import load_checkpoint
+
+            model = load_checkpoint(self.job.checkpoint).model.to(self.device).eval()
+            # on GPUs, channels-last feeds cuDNN's tensor-core kernels without layout conversions (same results: tested on CPU)
+            self.model = model.to(memory_format=torch.channels_last) if self.cuda else model  # type: ignore[call-overload]
         return str(self.device)
 
     def process(self, unit: Any) -> dict[str, Any]:

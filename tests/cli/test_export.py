@@ -95,6 +95,14 @@ def test_cog_names_its_band_and_classes_and_records_the_overview_resampling(runn
     assert sorted(p.name for p in out.iterdir()) == ["labels.tif"]
 
 
+def test_an_existing_target_is_one_line_without_clicks_usage_lines(runner, cli, raster_store, tmp_path):
+    (tmp_path / "labels.tif").write_bytes(b"the user's file")
+    r = runner.invoke(cli, ["export", str(raster_store), "--to", str(tmp_path / "labels.tif")])
+    assert r.exit_code == 2
+    assert r.output.splitlines() == [f"Error: {tmp_path / 'labels.tif'} exists; pass --overwrite to replace it"]  # no "Usage: ... Try --help"
+    assert (tmp_path / "labels.tif").read_bytes() == b"the user's file"
+
+
 def test_co_passes_gdal_creation_options_through(runner, cli, raster_store, tmp_path):
     r = runner.invoke(cli, ["export", str(raster_store), "--to", str(tmp_path / "z.tif"), "--co", "COMPRESS=ZSTD", "--co", "blocksize=128", "--quiet"])
     assert r.exit_code == 0, r.output

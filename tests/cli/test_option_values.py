@@ -49,6 +49,47 @@ def test_an_empty_path_is_a_usage_error_not_the_current_folder(runner, cli, tmp_
     assert sorted(tmp_path.rglob("*")) == before  # nothing written
 
 
+@pytest.mark.parametrize(
+    ("args", "says"),
+    [
+        (("info", "nope.zarr"), "nope.zarr: no such store or checkpoint"),
+        (("verify", "nope.zarr"), "nope.zarr: no such store"),
+        (("stitch", "nope.zarr"), "nope.zarr: no such store"),
+        (("export", "nope.zarr", "--to", "x.tif"), "nope.zarr: no such store"),
+        (("audit", "nope.zarr", "--report", "r"), "nope.zarr: no such store"),
+        (("model", "import", "--prototxt", "nope.prototxt", "--weights", "w.caffemodel", "--out", "m.pt"), "--prototxt nope.prototxt: no such file"),
+        (("train", "--images", "nope", "--masks", "masks", "--out", "m.pt"), "--images nope: no such folder"),
+        (("run", "--config", "nope.yaml"), "--config nope.yaml: no such file"),
+        (("model", "init", "--classes", "3", "--out", "taken.pt"), "taken.pt exists; pass --overwrite to replace it"),
+        (("demo", "video", "--out", "taken.pt"), "taken.pt exists; pass --overwrite to replace it"),
+        (("train", "--images", "images", "--masks", "masks", "--out", "nofolder/m.pt"), "cannot write nofolder/m.pt: folder nofolder does not exist"),
+    ],
+    ids=lambda v: " ".join(v) if isinstance(v, tuple) else "",
+)
+def test_a_missing_or_existing_file_is_one_line_without_usage_lines(runner, cli, tmp_path, monkeypatch, args, says):
+    """Click's "Usage: ... Try --help" lines follow usage errors only: a missing store or an output in the way is no typing mistake."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "images").mkdir()
+    (tmp_path / "masks").mkdir()
+    (tmp_path / "taken.pt").write_bytes(b"the user's file")
+    result = invoke(runner, cli, *args)
+    assert result.exit_code == 2, result.output
+    assert result.output.splitlines() == [f"Error: {says}"]
+    assert (tmp_path / "taken.pt").read_bytes() == b"the user's file"
+
+
+@pytest.mark.parametrize(
+    ("frames", "says"),
+    [("40:10", "'40:10': the start must be below the end"), ("10:10", "'10:10': the start must be below the end"), ("-3:10", "counted from 0")],
+)
+def test_a_frame_range_that_selects_nothing_says_why(runner, cli, tmp_path, frames, says):
+    result = invoke(runner, cli, "run", "--input", tmp_path / "in.mp4", "--out", tmp_path / "o.zarr", "--frames", frames)
+    assert result.exit_code == 2, result.output
+    line = _one_error_line(result.output)
+    assert "'--frames'" in line and says in line, line
+    assert not (tmp_path / "o.zarr").exists()
+
+
 @pytest.fixture
 def in_tmp(tmp_path, monkeypatch):
     """Relative paths in the files below land in tmp_path, never in the repository (as they did before the checks)."""

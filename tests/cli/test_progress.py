@@ -3,6 +3,7 @@
 Also shell completion (README: "Shell completion"), which click generates from the same command tree.
 """
 
+import io
 import json
 import os
 import subprocess
@@ -10,7 +11,7 @@ import sys
 
 import pytest
 
-from segbatch.progress import RunProgress
+from segbatch.progress import RunProgress, StartUp, note, phase
 from tests.helpers.videos import write_video
 
 
@@ -26,7 +27,7 @@ def test_progress_json_and_verbose_lines_through_the_cli(ray_address, runner, cl
     assert r.exit_code == 0, r.output
     assert r.stdout == ""  # stdout stays clean for data: everything goes to stderr
 
-    events = _json_lines(r.stderr)
+    events = [e for e in _json_lines(r.stderr) if e["event"] != "phase"]  # start-up's phases: test_start_up_is_never_silent
     start, units = events[0], events[1:]
     assert start["event"] == "start" and start["done"] == 0 and start["items"] == 0 and start["items_total"] == 40 and start["noun"] == "frame"
     total = start["total"]
@@ -39,13 +40,117 @@ def test_progress_json_and_verbose_lines_through_the_cli(ray_address, runner, cl
     assert units[-1]["eta"] == 0 and all(e["eta"] is not None and e["eta"] >= 0 for e in units)
 
     text = [line for line in r.stderr.splitlines() if not line.startswith("{")]
-    assert text[0].startswith("segmenting 40 frames in")
+    assert text[:2] == [f"planning {video}", "starting Ray"] and text[2:6:3] == ["starting 2 actors", "first unit running on cpu"]  # -v: a line a phase
+    assert text[3].startswith("segmenting 40 frames in")
     unit_lines = [line for line in text if line.startswith("unit ")]
     assert len(unit_lines) == total
     assert all("frames in" in line and "model" in line and f"/{total} units" in line for line in unit_lines)
     (stages,) = [line for line in text if line.startswith("stage seconds over")]
     assert f"over {total} units" in stages and "bottleneck: " in stages
     assert text[-1].startswith("segmented 40 frames")
+
+
+PHASES = ["plan", "ray", "actors", "model", "first_unit"]
+
+
+def test_start_up_is_never_silent_and_the_demo_notice_follows_the_input_check(ray_address, runner, cli, tmp_path):
+    """Between the command and the first finished unit, `--progress json` says each phase as it begins; the demo model's notice
+    comes once the input was read (a run whose input is missing says that alone)."""
+    video = write_video(tmp_path / "drive.mp4", 16, gop=8)
+    out = tmp_path / "labels.zarr"
+    r = runner.invoke(cli, ["run", "--input", str(video), "--out", str(out), "--samples", "1", "--actors", "2", "--progress", "json"])
+    assert r.exit_code == 0, r.output
+    lines = r.stderr.splitlines()
+    events = [json.loads(line) if line.startswith("{") else {"event": "text", "line": line} for line in lines]
+    phases = [e for e in events if e["event"] == "phase"]
+    assert [e["phase"] for e in phases] == PHASES
+    said = {e["phase"]: e["message"] for e in phases}
+    assert said["plan"] == f"planning {video}" and said["ray"] == "starting Ray" and said["actors"] == "starting 2 actors"
+    assert said["model"] == "loading the model" and said["first_unit"] == "first unit running on cpu"
+    assert [e["elapsed"] for e in phases] == sorted(e["elapsed"] for e in phases)
+    order = [e["phase"] if e["event"] == "phase" else e["event"] for e in events]
+    assert order.index("first_unit") < order.index("unit")  # every phase is said before the first unit finishes
+    notice = next(i for i, e in enumerate(events) if e["event"] == "text" and "built-in demo model" in e["line"])
+    assert order.index("plan") < notice < order.index("ray")  # after the input was read, before Ray starts
+
+    r = runner.invoke(cli, ["run", "--input", str(tmp_path / "missing.mp4"), "--out", str(tmp_path / "x.zarr"), "--progress", "json"])
+    assert r.exit_code == 2
+    text = [line for line in r.stderr.splitlines() if not line.startswith("{")]
+    assert text == [f"Error: {tmp_path / 'missing.mp4'}: no such file"]  # no demo-model notice before the input is known to be there
+
+
+class _Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+@pytest.mark.parametrize("quiet", [False, True])
+def test_start_up_phases_show_on_the_progress_line_at_a_terminal(monkeypatch, quiet):
+    """One line rewritten phase by phase; the bar takes it over and says the phase until the first unit is done; nothing with --quiet."""
+    monkeypatch.setattr(sys, "stderr", _Terminal())
+    with StartUp(quiet=quiet):
+        phase("plan", "planning drive.mp4")
+        note("note: a notice", quiet)
+        phase("ray", "starting Ray")
+        phase("actors", "starting 2 actors")
+        with RunProgress(units=2, items=16, noun="frame", size=lambda unit: 8, quiet=quiet) as progress:
+            described = (lambda: progress.bar.desc) if not quiet else (lambda: None)  # a disabled bar has no description
+            assert described() in ("starting 2 actors", None)
+            phase("model", "loading the model")
+            phase("first_unit", "first unit running on cpu")
+            assert described() in ("first unit running on cpu", None)
+            progress.unit_done(0)
+            assert described() in ("segmenting", None)
+            phase("late", "said after start-up")  # start-up is over: nothing more
+            progress.unit_done(1)
+        phase("late", "said after start-up")
+    shown = sys.stderr.getvalue()
+    if quiet:
+        assert shown == ""
+        return
+    said = ["planning drive.mp4", "note: a notice\n", "starting Ray", "starting 2 actors", "loading the model", "first unit running on cpu", "segmenting"]
+    where = [shown.find(text) for text in said]
+    assert -1 not in where and where == sorted(where), shown
+    assert "\rnote: a notice\n" in shown  # the notice starts at the line's beginning and ends it: the phase is drawn again after it
+    assert "said after start-up" not in shown
+    assert "16/16" in shown
+
+
+def _on_a_terminal(*args: object) -> tuple[int, str]:
+    """`segbatch ARGS` with stderr on a pseudo-terminal 100 columns wide (stdout to nothing): its exit code, what the terminal got."""
+    import fcntl
+    import pty
+    import struct
+    import termios
+
+    leader, follower = pty.openpty()
+    fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 100, 0, 0))
+    proc = subprocess.Popen([sys.executable, "-m", "segbatch", *map(str, args)], stdout=subprocess.DEVNULL, stderr=follower)
+    os.close(follower)
+    got = b""
+    while True:
+        try:
+            chunk = os.read(leader, 65536)
+        except OSError:  # EIO: the process closed its end
+            break
+        if not chunk:
+            break
+        got += chunk
+    os.close(leader)
+    return proc.wait(timeout=120), got.decode(errors="replace")
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="a pseudo-terminal as Linux sizes it")
+def test_the_cli_draws_start_up_on_the_progress_line_at_a_terminal(ray_address, tiny_model, tmp_path):
+    video = write_video(tmp_path / "drive.mp4", 16, gop=8)
+    code, shown = _on_a_terminal(
+        "run", "--input", video, "--out", tmp_path / "o.zarr", "--model", tiny_model, "--samples", 1, "--actors", 1, "--address", ray_address
+    )
+    assert code == 0, shown
+    said = [f"\rplanning {video}", f"\rjoining the Ray cluster at {ray_address}", "\rstarting 1 actor", "\rloading the model", "\rfirst unit running on cpu"]
+    where = [shown.find(text) for text in said]
+    assert -1 not in where and where == sorted(where), shown
+    assert "segmenting: 100%" in shown and "segmented 16 frames" in shown
 
 
 def test_progress_json_of_a_resumed_run_counts_the_units_done_before(capsys):
