@@ -132,6 +132,23 @@ def is_dir(location: Location) -> bool:
     return bool(fs.isdir(path))
 
 
+def children(location: Location) -> list[str] | None:
+    """The names in a folder (or under an object-store prefix): [] when there is nothing there, None when it is a file."""
+    if not is_url(location):
+        path = Path(location)
+        if path.is_dir():
+            return [child.name for child in path.iterdir()]
+        return None if path.exists() else []
+    fs, key = filesystem(str(location))
+    key = key.rstrip("/")
+    if fs.isfile(key):
+        return None
+    try:
+        return [str(child).rstrip("/").rsplit("/", 1)[-1] for child in fs.ls(key, detail=False)]
+    except FileNotFoundError:
+        return []
+
+
 def size(location: Location) -> int:
     if not is_url(location):
         return Path(location).stat().st_size

@@ -254,8 +254,8 @@ def check_target(cfg: RunConfig, checkpoint: Location, inputs: Sequence[Location
         raise InputError(f"{cfg.out} exists; pass --resume to finish it or --overwrite to replace it")
     if there:
         open_store(cfg.out)  # only ever write into (or delete) a store segbatch wrote
-    elif location.exists(cfg.out) and not location.is_url(cfg.out) and _foreign(Path(cfg.out)):
-        raise InputError(f"{cfg.out} is not a Zarr v3 store (a folder of other files); choose another --out")
+    elif _foreign(cfg.out):
+        raise InputError(f"{cfg.out} is not a Zarr v3 store (a file, or a folder of other files); choose another --out")
     for what, path in [*(("input", i) for i in (inputs if inputs is not None else [cfg.input])), ("checkpoint", checkpoint)]:
         if cfg.overwrite and location.inside(path, cfg.out):
             raise InputError(f"the {what} {path} is inside {cfg.out}, which --overwrite would delete; move it out first")
@@ -269,11 +269,14 @@ def check_target(cfg: RunConfig, checkpoint: Location, inputs: Sequence[Location
         raise InputError(f"cannot create {out}: folder {parent} is not writable")
 
 
-def _foreign(folder: Path) -> bool:
-    """A folder that is neither empty nor a (claimed) segbatch store: someone else's data, never written into."""
-    if not folder.is_dir():
-        return True
-    return any(child.name != LEASE_KEY.split("/")[0] for child in folder.iterdir()) and not (folder / LEASE_KEY).exists()
+def _foreign(out: Location) -> bool:
+    """A folder (or object-store prefix) that is neither empty nor a (claimed) segbatch store: someone else's data, never
+    written into; a file is no store either."""
+    names = location.children(out)
+    if names is None:
+        return location.exists(out)  # a file where the store would go
+    keep = LEASE_KEY.split("/")[0]
+    return any(name != keep for name in names) and keep not in names
 
 
 @contextmanager

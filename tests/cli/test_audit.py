@@ -255,6 +255,20 @@ def test_raster_truth_on_another_grid_is_refused(runner, cli, ray_address, tmp_p
     assert json.loads((tmp_path / "r2" / "summary.json").read_text())["measure"] == "entropy"
 
 
+def _video_source(path: Path, frames: int) -> dict:
+    """The `source` attribute a run of an H x W video of `frames` frames beside `path` records."""
+    return {
+        "path": str(path.with_suffix(".mp4")),
+        "kind": "video",
+        "codec": "h264",
+        "rotation": 0,
+        "frames": frames,
+        "height": H,
+        "width": W,
+        "frame_range": [0, frames],
+    }
+
+
 def _synthetic_video_store(path: Path, frames: int) -> Path:
     """A complete video-kind store written directly (no model), with smooth, compressible values."""
     from segbatch.lease import Lease, claim
@@ -269,16 +283,7 @@ def _synthetic_video_store(path: Path, frames: int) -> Path:
         outputs=("labels", "entropy", "confidence", "uncertainty"),
         coords={"time": (("frame",), np.arange(frames) / 25.0, {"units": "s"})},
     )
-    source = {
-        "path": str(path.with_suffix(".mp4")),
-        "kind": "video",
-        "codec": "h264",
-        "rotation": 0,
-        "frames": frames,
-        "height": H,
-        "width": W,
-        "frame_range": [0, frames],
-    }
+    source = _video_source(path, frames)
     model = {"arch": "segnet-basic", "classes": [f"c{i}" for i in range(11)], "palette": [[i * 20, 0, 0] for i in range(11)], "sha256": "0" * 64}
     lease = Lease.new()
     claim(path, lease)
@@ -349,16 +354,7 @@ def _ranked_video_store(path: Path, frames: int = 60, mutual_information: bool =
         float_dtype="float32",
         coords={"time": (("frame",), np.arange(frames) / FPS, {"units": "s"})},
     )
-    source = {
-        "path": str(path.with_suffix(".mp4")),
-        "kind": "video",
-        "codec": "h264",
-        "rotation": 0,
-        "frames": frames,
-        "height": H,
-        "width": W,
-        "frame_range": [0, frames],
-    }
+    source = _video_source(path, frames)
     model = {"arch": "segnet-basic", "classes": [f"c{i}" for i in range(11)], "palette": [[i * 20, 0, 0] for i in range(11)], "sha256": "0" * 64}
     lease = Lease.new()
     claim(path, lease)

@@ -109,12 +109,13 @@ def test_a_claim_whose_run_died_before_building_is_taken_over(ray_address, runne
     assert info.exit_code == 0, info.output
 
 
-def test_a_folder_that_is_not_a_store_is_never_written_into(runner, cli, video, tiny_model, tmp_path):
+@pytest.mark.parametrize("url", [False, True], ids=["path", "file url"])
+def test_a_folder_that_is_not_a_store_is_never_written_into(runner, cli, video, tiny_model, tmp_path, url):
     out = tmp_path / "photos"
     out.mkdir()
     (out / "holiday.jpg").write_bytes(b"not yours")
     for flag in ([], ["--overwrite"], ["--resume"]):
-        r = run(runner, cli, *args_of(video, out, tiny_model, *flag))
+        r = run(runner, cli, *args_of(video, f"file://{out}" if url else out, tiny_model, *flag))
         assert r.exit_code == 2 and "not" in one_line(r.output)
     assert sorted(p.name for p in out.iterdir()) == ["holiday.jpg"]
 
