@@ -17,7 +17,7 @@ included: the claim makes the store's folder with nothing in it but the
 lease, so a second run (another `run`, an `--overwrite`, a `--resume`) finds
 it held however early it comes; the store is then built in place, its root
 attributes saying "creating" until it is whole. On a local or shared file
-system every change of the lease (claim, renewal, take-over, release) reads,
+system (a path, or a file:// URL) every change of the lease (claim, renewal, take-over, release) reads,
 decides and replaces it while holding an exclusive lock (`exclusive`),
 so of two runs at the same moment exactly one wins. Object stores have no
 locks: there a claim is written and read back CLAIM_SETTLE_S later.
@@ -118,12 +118,12 @@ def read_lease(store: Location) -> Lease | None:
 def write_lease(store: Location, lease: Lease) -> None:
     """Replace the lease whole (a rename on a file system, one PUT on an object store)."""
     data = json.dumps({"zarr_format": 3, "node_type": "group", "attributes": {"segbatch_lease": asdict(lease)}}, sort_keys=True).encode()
-    target = _lease_location(store)
-    if location.is_url(target):
-        fs, path = location.filesystem(str(target))
+    disk = location.on_disk(store)
+    if disk is None:
+        fs, path = location.filesystem(str(_lease_location(store)))
         fs.pipe_file(path, data)
         return
-    target = Path(target)
+    target = disk / LEASE_KEY  # file:// stores too: fsspec writes a file in place, and a reader could see it half written
     target.parent.mkdir(exist_ok=True)
     tmp = target.parent / f".{target.name}.{uuid.uuid4().hex[:8]}"
     tmp.write_bytes(data)
@@ -160,14 +160,15 @@ def exclusive(store: Location, create: bool = False) -> Iterator[None]:
     renewal, so a lock on it would hold an old file), and a valid Zarr node,
     so Zarr tools walking the store see a group, not a stray file.
     """
-    if location.is_url(store):
+    disk = location.on_disk(store)
+    if disk is None:
         yield
         return
     import fcntl
 
-    lock = Path(store) / LOCK_KEY
+    lock = disk / LOCK_KEY
     try:
-        if not Path(store).is_dir() and not create:
+        if not disk.is_dir() and not create:
             raise FileNotFoundError(errno.ENOENT, "no such store")
         if not lock.exists():
             lock.parent.mkdir(parents=True, exist_ok=True)
@@ -204,7 +205,7 @@ def claim(store: Location, mine: Lease) -> Lease | None:
     with exclusive(store, create=True):
         previous = refuse_if_held(store, mine)
         write_lease(store, replace(mine, heartbeat=time.time()))
-    if location.is_url(store):
+    if location.on_disk(store) is None:
         time.sleep(CLAIM_SETTLE_S)
         now = read_lease(store)
         if now is None or now.run != mine.run:
@@ -266,12 +267,13 @@ class LeaseKeeper:
 
     def _remove_claim(self) -> None:
         """The claim of a store never built: the folder it made, or only the lease in a folder that was there before."""
-        if location.is_url(self.store):
+        disk = location.on_disk(self.store)
+        if disk is None:
             location.remove_tree(self.store if self._made else f"{str(self.store).rstrip('/')}/{LEASE_KEY.split('/')[0]}")
             return
         import shutil
 
-        shutil.rmtree(self.store if self._made else Path(self.store) / LEASE_KEY.split("/")[0], ignore_errors=True)
+        shutil.rmtree(disk if self._made else disk / LEASE_KEY.split("/")[0], ignore_errors=True)
 
     def check(self) -> None:
         if self.lost is not None:

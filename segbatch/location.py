@@ -47,6 +47,15 @@ def local_path(value: str) -> str:
     return os.path.expanduser(value)
 
 
+def on_disk(location: Location) -> Path | None:
+    """The local (or shared) file system path a location names: a path, or a file:// URL; None for other URLs."""
+    if not is_url(location):
+        return Path(location)
+    if str(location).split("://", 1)[0].lower() in ("file", "local"):
+        return Path(local_path(str(location)))
+    return None
+
+
 # one scheme for each spelling of the same storage (Hadoop's s3a://, gcsfs's gcs://, adlfs's abfs[s]://)
 _SCHEME_ALIASES = {"s3a": "s3", "s3n": "s3", "gcs": "gs", "abfs": "az", "abfss": "az", "local": "file"}
 
