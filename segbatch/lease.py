@@ -43,7 +43,8 @@ from segbatch import location
 from segbatch.errors import InputError, RunError, StoreBusyError
 from segbatch.location import Location
 
-LEASE_KEY = "lease/zarr.json"
+LEASE_GROUP = "lease"  # the group that holds the lease (and, on file systems, its lock)
+LEASE_KEY = f"{LEASE_GROUP}/zarr.json"
 LOCK_KEY = "lease/lock/zarr.json"  # on file systems: locked while the lease is read and replaced (see `exclusive`)
 _EMPTY_GROUP = json.dumps({"zarr_format": 3, "node_type": "group", "attributes": {}}).encode()
 HEARTBEAT_S = 5.0
@@ -269,11 +270,11 @@ class LeaseKeeper:
         """The claim of a store never built: the folder it made, or only the lease in a folder that was there before."""
         disk = location.on_disk(self.store)
         if disk is None:
-            location.remove_tree(self.store if self._made else f"{str(self.store).rstrip('/')}/{LEASE_KEY.split('/')[0]}")
+            location.remove_tree(self.store if self._made else f"{str(self.store).rstrip('/')}/{LEASE_GROUP}")
             return
         import shutil
 
-        shutil.rmtree(disk if self._made else disk / LEASE_KEY.split("/")[0], ignore_errors=True)
+        shutil.rmtree(disk if self._made else disk / LEASE_GROUP, ignore_errors=True)
 
     def check(self) -> None:
         if self.lost is not None:

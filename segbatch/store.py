@@ -35,7 +35,7 @@ import numpy as np
 
 from segbatch import __version__, location, schema
 from segbatch.errors import InputError, RunError, StoreError
-from segbatch.lease import LEASE_KEY, built, read_lease
+from segbatch.lease import LEASE_GROUP, built, read_lease
 from segbatch.location import Location
 
 PER_PIXEL = ("uncertainty", "entropy", "confidence", "mutual_information")
@@ -399,7 +399,7 @@ def clear_store(path: Location) -> None:
     """
     if built(path):
         open_store(path)  # raises unless it is ours: never delete a user's other data
-    keep = LEASE_KEY.split("/")[0]
+    keep = LEASE_GROUP
     if location.is_url(path):
         fs, key = location.filesystem(str(path))
         key = key.rstrip("/")

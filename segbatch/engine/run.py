@@ -23,7 +23,7 @@ from segbatch.engine.job import RunConfig, config_digest, software_versions
 from segbatch.engine.session import ray_session, stop_signal
 from segbatch.engine.source import Source, unit_id
 from segbatch.errors import InputError, Interrupted, RunError, first_line
-from segbatch.lease import LEASE_KEY, Lease, LeaseKeeper, LeaseLostError, built
+from segbatch.lease import LEASE_GROUP, Lease, LeaseKeeper, LeaseLostError, built
 from segbatch.location import Location
 from segbatch.progress import RunProgress, note, phase
 from segbatch.store import (
@@ -275,7 +275,7 @@ def _foreign(out: Location) -> bool:
     names = location.children(out)
     if names is None:
         return location.exists(out)  # a file where the store would go
-    keep = LEASE_KEY.split("/")[0]
+    keep = LEASE_GROUP
     return any(name != keep for name in names) and keep not in names
 
 

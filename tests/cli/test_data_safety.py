@@ -24,7 +24,7 @@ from segbatch.lease import Lease, read_lease, write_lease
 from segbatch.store import LEDGER
 from tests.helpers.drivers import start_driver, wait_for_units
 from tests.helpers.rasters import write_geotiff
-from tests.helpers.stores import arrays, assert_same, invoke, run
+from tests.helpers.stores import arrays, assert_same, invoke, one_line, run
 from tests.helpers.videos import write_video
 
 
@@ -56,13 +56,6 @@ def copy_store(made, tmp_path):
     out = tmp_path / "copy.zarr"
     shutil.copytree(made[0], out)
     return out
-
-
-def one_line(output: str) -> str:
-    lines = output.strip().splitlines()
-    assert len(lines) == 1, output
-    assert "internal error" not in lines[0] and "Traceback" not in output
-    return lines[0]
 
 
 # 1. Two runs on one store: a lease, and fenced writes

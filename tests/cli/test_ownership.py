@@ -16,7 +16,7 @@ import zarr
 
 from segbatch.lease import Lease, LeaseKeeper, claim, read_lease, write_lease
 from tests.helpers.drivers import start_driver
-from tests.helpers.stores import arrays, assert_same, invoke, run
+from tests.helpers.stores import arrays, assert_same, invoke, one_line, run
 from tests.helpers.videos import write_video
 
 
@@ -32,13 +32,6 @@ def long_video(tmp_path_factory):
 
 def args_of(video, out, model, *extra):
     return ("--input", video, "--out", out, "--model", model, "--samples", 2, *extra)
-
-
-def one_line(output: str) -> str:
-    lines = output.strip().splitlines()
-    assert len(lines) == 1, output
-    assert "internal error" not in lines[0] and "Traceback" not in output
-    return lines[0]
 
 
 def wait_for_claim(out, proc, timeout=120.0):

@@ -26,7 +26,7 @@ import zarr
 from tests.helpers.drivers import finished_units, kill_driver_mid_run, start_driver, total_units
 from tests.helpers.folders import write_many
 from tests.helpers.rasters import write_geotiff
-from tests.helpers.stores import arrays, assert_same, invoke, run
+from tests.helpers.stores import arrays, assert_same, invoke, one_line, run
 from tests.helpers.videos import write_audio_only, write_video
 
 # a bad input: (test id, make(folder) -> the input's path, extra options, what the one line says)
@@ -38,14 +38,6 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     if "bad_input" in metafunc.fixturenames:
         cases = metafunc.cls.BAD_INPUTS
         metafunc.parametrize("bad_input", [c[1:] for c in cases], ids=[c[0] for c in cases])
-
-
-def one_line(output: str) -> str:
-    """The output's only line (an error message is one line, never a traceback)."""
-    lines = output.strip().splitlines()
-    assert len(lines) == 1, output
-    assert "Traceback" not in output and "internal error" not in output
-    return lines[0]
 
 
 def status(store: Path) -> str:

@@ -30,3 +30,11 @@ def assert_same(a: dict[str, np.ndarray], b: dict[str, np.ndarray]) -> None:
     assert a.keys() == b.keys()
     for name in a:
         np.testing.assert_array_equal(a[name], b[name], err_msg=name)
+
+
+def one_line(output: str) -> str:
+    """The output's only line (an error message is one line, never a traceback)."""
+    lines = output.strip().splitlines()
+    assert len(lines) == 1, output
+    assert "Traceback" not in output and "internal error" not in output
+    return lines[0]
