@@ -21,21 +21,11 @@ from typing import cast
 import numpy as np
 
 from segbatch.errors import InputError
+from segbatch.model.catalog import CAMVID_PALETTE
 
+# CamVid's 11 classes in CamVid's order, under the demo's own (lower-case) names, painted in CamVid's colours.
 CLASSES: tuple[str, ...] = ("sky", "building", "pole", "road", "pavement", "tree", "sign", "fence", "car", "pedestrian", "cyclist")
-PALETTE: tuple[tuple[int, int, int], ...] = (
-    (128, 128, 128),
-    (128, 0, 0),
-    (192, 192, 128),
-    (128, 64, 128),
-    (60, 40, 222),
-    (128, 128, 0),
-    (192, 128, 128),
-    (64, 64, 128),
-    (64, 0, 128),
-    (64, 64, 0),
-    (0, 128, 192),
-)
+PALETTE = CAMVID_PALETTE
 SKY, BUILDING, POLE, ROAD, PAVEMENT, TREE, SIGN, FENCE, CAR, PEDESTRIAN, CYCLIST = range(len(CLASSES))
 
 RGB = tuple[float, float, float]

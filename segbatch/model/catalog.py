@@ -1,4 +1,4 @@
-"""Names of the architectures and dropout placements: plain data, importable without torch."""
+"""Names of the architectures and dropout placements, and CamVid's classes and colours: plain data, importable without torch."""
 
 from __future__ import annotations
 
@@ -29,6 +29,35 @@ BASIC_PLACEMENTS: dict[str, tuple[str, ...]] = {
     "none": (),
 }
 PLACEMENTS = tuple(SEGNET_PLACEMENTS)
+
+# CamVid's 11 classes (void, label 11, is ignored) and the colours of the SegNet-Tutorial scripts: an imported
+# CamVid model is labelled with them, and the demo scenes paint their classes (the same 11, in order) in the colours.
+CAMVID_CLASSES: tuple[str, ...] = (
+    "Sky",
+    "Building",
+    "Pole",
+    "Road",
+    "Pavement",
+    "Tree",
+    "SignSymbol",
+    "Fence",
+    "Car",
+    "Pedestrian",
+    "Bicyclist",
+)
+CAMVID_PALETTE: tuple[tuple[int, int, int], ...] = (
+    (128, 128, 128),
+    (128, 0, 0),
+    (192, 192, 128),
+    (128, 64, 128),
+    (60, 40, 222),
+    (128, 128, 0),
+    (192, 128, 128),
+    (64, 64, 128),
+    (64, 0, 128),
+    (64, 64, 0),
+    (0, 128, 192),
+)
 
 MAX_WIDTH = 4.0  # the largest channel-width multiplier a model is built with (and a checkpoint loaded with)
 

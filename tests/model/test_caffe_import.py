@@ -11,7 +11,7 @@ import torch
 
 from segbatch.mc import mc_predict
 from segbatch.model import build_model
-from segbatch.model.caffe import CAMVID_CLASSES
+from segbatch.model.catalog import CAMVID_CLASSES
 from segbatch.model.checkpoint import load_checkpoint
 from segbatch.model.segnet import SegNet
 from tests.helpers.caffe import write_caffe
