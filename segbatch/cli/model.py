@@ -136,7 +136,8 @@ def _read_import_classes(path: Path) -> tuple[tuple[str, ...], tuple[tuple[int, 
 def import_(prototxt: Path, weights: Path, classes_path: Path | None, out: Path, overwrite: bool) -> None:
     """Import a released SegNet / Bayesian SegNet Caffe model (no Caffe needed)."""
     from segbatch.errors import InputError
-    from segbatch.model.caffe import CAMVID_CLASSES, CAMVID_PALETTE, import_caffe
+    from segbatch.model.caffe import import_caffe
+    from segbatch.model.catalog import CAMVID_CLASSES, CAMVID_PALETTE
     from segbatch.model.checkpoint import ModelSpec, save_checkpoint
     from segbatch.model.segnet import count_parameters
 

@@ -28,7 +28,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from segbatch.model.caffe import SEGNET_BN_EPS, _messages
+from segbatch.model.caffe import SEGNET_BN_EPS
+from segbatch.model.caffe.schema import _messages
 from segbatch.model.segnet import SegNet
 
 # The V1 enum names of the types the writer uses (UPSAMPLE is not one of caffe.proto's).
