@@ -37,6 +37,7 @@ from typing import cast
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from segbatch.errors import InputError
@@ -270,3 +271,53 @@ def _mc(model: SegNet, x: Tensor, samples: int, item_seeds: list[int], max_rows:
         "entropy": entropy,
         "mutual_information": (entropy - entropy_sum / samples).clamp_min(0.0),
     }
+
+
+def predict_outputs(
+    model: SegNet,
+    x: Tensor,
+    seeds: list[int],
+    samples: int,
+    resize: tuple[int, int] | None,
+    outputs: tuple[str, ...],
+    float_dtype: str,
+    precision: str = "fp32",
+) -> dict[str, Tensor]:
+    """The store's arrays for a batch `x` (B, C, H, W floats in [0, 1]), as tensors on its device, one seed per item.
+
+    `labels` always; then each of `outputs` (probs, uncertainty, entropy,
+    confidence, mutual_information) that the run writes, cast to `float_dtype`
+    on the device (less to copy back). With `resize` the model runs at that
+    size and its outputs come back to (H, W): probabilities bilinear, then
+    argmax; entropy from the resampled probabilities; variance and the mean
+    per-sample entropy (for MI) bilinear.
+    """
+    size = x.shape[-2:]
+    if resize is not None:
+        x = F.interpolate(x, size=resize, mode="bilinear", antialias=True, align_corners=False)
+    if x.is_cuda:
+        x = x.contiguous(memory_format=torch.channels_last)
+    res = mc_predict(model, x, samples=samples, seed=seeds, precision=precision)
+    if resize is not None:
+
+        def up(v: Tensor) -> Tensor:
+            return F.interpolate(v, size=size, mode="bilinear", align_corners=False)
+
+        probs = up(res["probs"])
+        entropy = class_entropy(probs)
+        resampled = {"probs": probs, "labels": probs.argmax(1).to(torch.uint8), "entropy": entropy}
+        if "uncertainty" in res:
+            resampled["uncertainty"] = up(res["uncertainty"][:, None])[:, 0]
+            expected = up((res["entropy"] - res["mutual_information"])[:, None])[:, 0]
+            resampled["mutual_information"] = (entropy - expected).clamp_min(0.0)
+        res = resampled
+    dtype = getattr(torch, float_dtype)
+    out = {"labels": res["labels"]}
+    for name in outputs:
+        if name == "probs":
+            out[name] = res["probs"].permute(0, 2, 3, 1).to(dtype).contiguous()
+        elif name == "confidence":
+            out[name] = res["probs"].amax(1).to(dtype)
+        elif name in res and name != "labels":
+            out[name] = res[name].to(dtype)
+    return out

@@ -25,7 +25,6 @@ import re
 import shutil
 import struct
 import uuid
-import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,7 +32,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from segbatch import __version__, location, schema
+from segbatch import __version__, kinds, location, schema
 from segbatch.errors import InputError, RunError, StoreError
 from segbatch.lease import LEASE_GROUP, built, read_lease
 from segbatch.location import Location
@@ -42,7 +41,6 @@ PER_PIXEL = ("uncertainty", "entropy", "confidence", "mutual_information")
 OPTIONAL_OUTPUTS = ("mutual_information", "probs")
 NODATA_LABEL = 255
 STATUSES = schema.STATUSES
-KINDS = schema.KINDS
 LEDGER = "_segbatch/ledger"  # the ledger's path; stores made before it moved there have it at LEGACY_LEDGER
 LEGACY_LEDGER = "ledger"
 COORDINATES = "coordinates"  # in the ledger's group's attributes: each coordinate array's digest, recorded when the store is made
@@ -51,8 +49,6 @@ CF_CONVENTIONS = "CF-1.10"
 # a float _FillValue of NaN as xarray writes and reads it in a Zarr v3 attribute (base64 of the little-endian double):
 # JSON has no NaN, and with Zarr v3 xarray masks by the _FillValue attribute, not by the array's fill_value
 NAN_FILL_ATTR = base64.standard_b64encode(struct.pack("<d", float("nan"))).decode()
-# zarr warns on every consolidation that consolidated metadata is not yet in the v3 spec (xarray and zarr-python read it)
-warnings.filterwarnings("ignore", message="Consolidated metadata is currently not part", category=UserWarning)
 
 
 @dataclass(frozen=True)
@@ -272,9 +268,10 @@ def consolidate(root: Any) -> Any:
 
     zarr warns that consolidation is not yet in the v3 spec; xarray and
     zarr-python both read it, and a reader without it still finds every array.
-    That one warning is filtered for the whole process, once, when this
-    module is imported (not in a `catch_warnings` block, which is not
-    thread-safe: a job creates its groups in threads).
+    The CLI filters that one warning for its whole process, once, when its
+    root group runs (`segbatch.cli.main.CONSOLIDATION_WARNING`; not in a
+    `catch_warnings` block here, which is not thread-safe: a job creates its
+    groups in threads); a library caller decides for its own process.
     """
     import zarr
 
@@ -334,27 +331,14 @@ def store_attrs(root: Any) -> dict[str, Any]:
 
 def _layout_problem(root: Any, attrs: Mapping[str, Any]) -> str | None:
     """Where the attributes and the arrays must agree (readers index one by the other): frames, images or raster size, units."""
-    source = attrs["source"]
-    kind = source["kind"]
+    input_kind = kinds.kind(attrs["source"]["kind"])
     if "labels" not in root:
         return "it has no labels array"
     shape = tuple(root["labels"].shape)
     units = int(ledger_array(root).shape[0])
-    expect: tuple[int, ...]
-    if kind == "video":
-        first, stop = source["frame_range"]
-        expect, planned = (stop - first, source["height"], source["width"]), -(-(stop - first) // attrs["unit_frames"])
-        if "time" not in root or tuple(root["time"].shape) != (stop - first,):
-            return f"the time coordinate does not have the {stop - first} frames of source.frame_range"
-    elif kind == "images":
-        expect, planned = (source["images"], source["max_height"], source["max_width"]), -(-source["images"] // attrs["unit_images"])
-    else:
-        from segbatch.tiling import plan_tiles
-
-        expect, planned = (source["height"], source["width"]), len(plan_tiles(source["height"], source["width"], source["tile"], source["overlap"]))
-        transform = root["spatial_ref"].attrs.get("GeoTransform") if "spatial_ref" in root else None
-        if not isinstance(transform, str) or len(transform.split()) != 6 or schema.list_of(schema.number)(_floats(transform), "") is not None:
-            return "spatial_ref has no GeoTransform of six numbers"
+    expect, planned = input_kind.layout(attrs)
+    if (problem := input_kind.coordinates_problem(root, attrs)) is not None:
+        return problem
     if shape != expect:
         return f"labels is {'x'.join(map(str, shape))}, the source attributes say {'x'.join(map(str, expect))}"
     if planned != units:
@@ -363,17 +347,6 @@ def _layout_problem(root: Any, attrs: Mapping[str, Any]) -> str | None:
     if bad:
         return f"verify.bad_units names unit {bad[0]}, beyond the ledger's {units}"
     return None
-
-
-def _floats(text: str) -> list[Any]:
-    """The words of `text` as floats where they are numbers (else as they are, for the check to name)."""
-    out: list[Any] = []
-    for word in text.split():
-        try:
-            out.append(float(word))
-        except ValueError:
-            out.append(word)
-    return out
 
 
 def _store_name(root: Any) -> str:
@@ -627,69 +600,6 @@ def _full_region(arr: Any, region: Sequence[slice]) -> tuple[slice, ...]:
     """`region` with every axis explicit (start and stop), missing trailing axes whole."""
     region = tuple(region) + (slice(None),) * (arr.ndim - len(region))
     return tuple(slice(*s.indices(n)[:2]) for s, n in zip(region, arr.shape))
-
-
-def _sample_grid(arr: Any) -> tuple[int, ...]:
-    """The chunk grid sample_values spreads its sample over: a frame or image stack's first axis, else the whole grid."""
-    grid = tuple(-(-int(n) // int(c)) for n, c in zip(arr.shape, arr.chunks))
-    return grid[:1] if arr.ndim == 3 else grid
-
-
-def chunk_count(arr: Any) -> int:
-    """How many chunks sample_values spreads its sample over (a stack's chunks along its first axis, a raster's whole grid)."""
-    return int(np.prod(_sample_grid(arr)))
-
-
-def sample_values(arr: Any, count: int = 16) -> np.ndarray:
-    """Finite values of up to `count` chunks spread evenly over an array: a cheap, deterministic look at its distribution.
-
-    Frame and image stacks are sampled along their first axis (each sample the
-    chunk at the origin of a frame or image, which always holds pixels); a 2-D
-    raster over its whole chunk grid, so a mosaic's nodata margins do not
-    decide the sample.
-    """
-    grid = _sample_grid(arr)
-    values = []
-    for flat in np.unique(np.linspace(0, max(0, chunk_count(arr) - 1), count).astype(np.int64)):
-        index: tuple[int | np.integer[Any], ...] = (int(flat), *([0] * (arr.ndim - 1))) if arr.ndim == 3 else np.unravel_index(int(flat), grid)
-        region = tuple(slice(int(i) * c, (int(i) + 1) * c) for i, c in zip(index, arr.chunks))
-        block = np.asarray(arr[region], np.float32).ravel()
-        values.append(block[np.isfinite(block)])
-    return np.concatenate(values) if values else np.zeros(0, np.float32)
-
-
-def describe_store(path: Location) -> dict[str, Any]:
-    """The summary `segbatch info STORE` prints (and `--json` emits)."""
-    from segbatch.lease import describe_lease
-
-    root = open_store(path)
-    attrs = store_attrs(root)
-    check_ledger(root, attrs)
-    arrays = {}
-    for name, arr in root.arrays():
-        if name == LEGACY_LEDGER:
-            continue
-        arrays[name] = {"shape": list(arr.shape), "dtype": str(arr.dtype), "chunks": list(arr.chunks), "dims": list(arr.metadata.dimension_names or ())}
-    done = len(finished_units(root))
-    return {
-        "kind": "store",
-        "path": str(path),
-        "version": attrs.get("version"),
-        "status": attrs.get("status"),
-        "source": attrs.get("source"),
-        "model": attrs.get("model"),
-        "samples": attrs.get("samples"),
-        "seed": attrs.get("seed"),
-        "units": {"finished": done, "total": int(ledger_array(root).shape[0])},
-        "arrays": arrays,
-        "problems": attrs.get("problems", []),
-        "summary": attrs.get("summary"),
-        "lease": describe_lease(path),
-        "verify": attrs.get("verify"),
-        "error": attrs.get("error"),  # why a failed run stopped
-        "resumable": attrs["source"]["kind"] != "raster" or "tiles" in root,  # a raster resumes from its tiles/ alone
-        "config": attrs.get("config"),  # the settings --resume must be given again
-    }
 
 
 def base_attrs(source: dict[str, Any], model: dict[str, Any], samples: int, seed: int, config: dict[str, Any], run: str) -> dict[str, Any]:

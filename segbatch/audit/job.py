@@ -41,9 +41,10 @@ from segbatch.errors import InputError, StoreError
 from segbatch.jobstore import READ_THREADS, group_location, job_attrs, live_inputs
 from segbatch.location import Location
 from segbatch.progress import progress_bar
-from segbatch.store import chunk_count, open_complete_store, open_store, sample_values
+from segbatch.sampling import chunk_count, sample_values
+from segbatch.store import open_complete_store, open_store
 
-SAMPLE_CHUNKS = 16  # chunks the default threshold is sampled from, spread over the job's inputs (as store.sample_values does a store's)
+SAMPLE_CHUNKS = 16  # chunks the default threshold is sampled from, spread over the job's inputs (as sampling.sample_values does a store's)
 MAX_PROBLEMS = 1000  # the inputs' problems listed in summary.json (the per-input table counts every one)
 
 
@@ -62,7 +63,7 @@ class GroupPlan:
     items: int
     measure: str  # the ranking measure (ranking_plan's choice)
     spacing: Spacing
-    chunks: int  # the chunks store.sample_values spreads its sample over
+    chunks: int  # the chunks sampling.sample_values spreads its sample over
     truth: Path | None  # checked against the group when planned
     measures: tuple[str, ...]  # the measures its store has (a job's groups share one configuration, hence one set)
 

@@ -6,6 +6,7 @@ imported inside the commands, so `segbatch --help` stays instant.
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 import click
@@ -14,6 +15,9 @@ from segbatch import __version__
 from segbatch.cli.options import CommandGroup
 from segbatch.errors import InputError, Interrupted, SegbatchError, environment_refusal
 from segbatch.status import ExitStatus
+
+# zarr warns on every consolidation that consolidated metadata is not yet in the v3 spec (xarray and zarr-python read it)
+CONSOLIDATION_WARNING = "Consolidated metadata is currently not part"
 
 
 class CliError(click.ClickException):
@@ -65,6 +69,8 @@ def _as_cli_error(exc: Exception) -> CliError:
 @click.option("--traceback", is_flag=True, hidden=True, help="Show the full traceback of an error (for debugging).")
 def cli(traceback: bool) -> None:
     """Batch semantic segmentation with calibrated uncertainty (SegNet / Bayesian SegNet)."""
+    # for the whole process, before any command starts threads (a `catch_warnings` block is not thread-safe)
+    warnings.filterwarnings("ignore", message=CONSOLIDATION_WARNING, category=UserWarning)
 
 
 def _register() -> None:

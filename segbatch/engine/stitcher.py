@@ -15,20 +15,101 @@ stitch of the last row or so of chunks.
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 
 from segbatch.errors import RunError, task_failure
 from segbatch.stitch import StitchJob, stitch_chunks
+from segbatch.tiling import TilePlan
+
+if TYPE_CHECKING:
+    from zarr import Group
 
 BATCH = 8  # ready chunks per task at most: chunks that become ready together mostly share their tiles (a task decodes each tile it keeps once)
 TILE_ARRAYS = ("tiles/probs", "tiles/uncertainty")
 
 
+class StitchSchedule:
+    """Which output chunks are ready to blend as tiles finish, and which tiles they have used up: bookkeeping only (no Ray, no store).
+
+    Chunk `cid` is tile `cid`'s core and blends its contributors (that tile and
+    the neighbours whose weights reach into it), so it is ready once every one
+    of them is done; a tile may leave tiles/ once every chunk it reaches is
+    stitched. A skipped tile (all nodata) counts as done and has nothing in
+    tiles/ to read or free.
+
+    Args:
+        tiles: the store's tile plan.
+        done: the ledger's entries of the tiles already done (a resumed run);
+            chunks recorded as stitched there are not handed out again, unless
+            `again` (every chunk anew from kept tiles).
+    """
+
+    def __init__(self, tiles: TilePlan, done: Mapping[int, Mapping[str, Any]], again: bool = False) -> None:
+        n = len(tiles)
+        self.contributors = [tiles.contributors(cid) for cid in range(n)]  # chunk -> the tiles it blends
+        self.reaches: list[list[int]] = [[] for _ in range(n)]  # tile -> the chunks its weights reach
+        for cid, tids in enumerate(self.contributors):
+            for tid in tids:
+                self.reaches[tid].append(cid)
+        self.waiting = [len(tids) for tids in self.contributors]  # chunk -> its tiles not done yet
+        self.readers = [len(chunks) for chunks in self.reaches]  # tile -> the chunks it reaches not stitched yet
+        self.stitched: set[int] = set() if again else {cid for cid, entry in done.items() if entry.get("stitched")}
+        for cid in self.stitched:
+            for tid in self.contributors[cid]:
+                self.readers[tid] -= 1
+        self.skipped: set[int] = set()  # tiles done with nothing in tiles/
+        self.ready: list[int] = []  # chunks whose tiles are all done, not handed out yet, in the order they became ready
+        self.live = self.peak = 0  # tiles written and not freed: now, and at most
+        for tid, entry in sorted(done.items()):
+            self.tile_done(tid, entry, written=self.readers[tid] > 0)  # a tile whose chunks are all stitched is gone already
+
+    def tile_done(self, tid: int, entry: Mapping[str, Any], written: bool = True) -> None:
+        """Tile `tid` is done (its ledger entry): the chunks it was the last one missing for become ready."""
+        if entry.get("skipped"):
+            self.skipped.add(tid)
+        elif written:
+            self.live += 1
+            self.peak = max(self.peak, self.live)
+        for cid in self.reaches[tid]:
+            self.waiting[cid] -= 1
+            if self.waiting[cid] == 0 and cid not in self.stitched:
+                self.ready.append(cid)
+
+    def take(self, count: int = BATCH) -> list[int]:
+        """Hand out up to `count` of the chunks ready longest (in chunk order): each chunk is handed out once."""
+        batch = sorted(self.ready[:count])
+        del self.ready[:count]
+        return batch
+
+    def skipped_among(self, batch: Sequence[int]) -> frozenset[int]:
+        """The skipped tiles the chunks of `batch` blend (their task reads nothing of them)."""
+        return frozenset(tid for cid in batch for tid in self.contributors[cid] if tid in self.skipped)
+
+    def stitched_now(self, batch: Sequence[int]) -> list[int]:
+        """The chunks of `batch` are stitched: the tiles they used up (every chunk each reaches is stitched), which may be freed."""
+        self.stitched.update(batch)
+        freed = []
+        for cid in batch:
+            for tid in self.contributors[cid]:
+                self.readers[tid] -= 1
+                if self.readers[tid] == 0 and tid not in self.skipped:
+                    self.live -= 1
+                    freed.append(tid)
+        return freed
+
+    def left(self) -> int:
+        """Chunks not stitched yet."""
+        return len(self.contributors) - len(self.stitched)
+
+
 class Stitcher:
     """The stitch of one raster store, fed tile by tile; `drain` finishes it.
+
+    Its `schedule` says which chunks are ready and which tiles are used up;
+    the Stitcher runs the tasks and deletes the tiles.
 
     Args:
         job: the store, its tile plan, the run and where its lease lives.
@@ -42,49 +123,33 @@ class Stitcher:
     """
 
     def __init__(
-        self, job: StitchJob, root: Any, done: Mapping[int, Mapping[str, Any]], keep_tiles: bool, check: Any, cpus: float, again: bool = False
+        self, job: StitchJob, root: Group, done: Mapping[int, Mapping[str, Any]], keep_tiles: bool, check: Any, cpus: float, again: bool = False
     ) -> None:
         import ray
 
-        n = len(job.tiles)
         self.job, self.root, self.keep, self.check = job, root, keep_tiles, check
         self.task = ray.remote(num_cpus=0, max_retries=3)(stitch_chunks)  # beside the actors: they hold the CPUs while inference goes on
         self.job_ref = ray.put(job)
         self.cpus = max(1, int(cpus))
-        self.contributors = [job.tiles.contributors(cid) for cid in range(n)]
-        self.reaches: list[list[int]] = [[] for _ in range(n)]  # tile -> the chunks its weights reach
-        for cid, tiles in enumerate(self.contributors):
-            for tid in tiles:
-                self.reaches[tid].append(cid)
-        self.waiting = [len(tiles) for tiles in self.contributors]  # chunk -> its tiles not done yet
-        self.readers = [len(chunks) for chunks in self.reaches]  # tile -> the chunks it reaches not stitched yet
-        self.stitched: set[int] = set() if again else {cid for cid, entry in done.items() if entry.get("stitched")}
-        for cid in self.stitched:
-            for tid in self.contributors[cid]:
-                self.readers[tid] -= 1
-        self.skipped: set[int] = set()
-        self.ready: list[int] = []
         self.in_flight: dict[Any, list[int]] = {}
         self.inferring = True
         self.task_seconds = self.overlapped_seconds = 0.0
-        self.live = self.peak = 0  # tiles written and not deleted: now, and at most
         self.fills: list[tuple[Any, np.ndarray]] | None = None
-        for tid, entry in sorted(done.items()):
-            self._tile_done(tid, entry, written=self.readers[tid] > 0)
+        self.schedule = StitchSchedule(job.tiles, done, again)
 
     def tile_done(self, tid: int, entry: Mapping[str, Any]) -> None:
         """A tile's worker finished: the chunks it completes are stitched soon (a task per BATCH ready chunks)."""
-        self._tile_done(tid, entry, written=True)
+        self.schedule.tile_done(tid, entry)
         self._collect(block=False)
-        while self.ready and len(self.in_flight) < self._limit():
+        while self.schedule.ready and len(self.in_flight) < self._limit():
             self._submit()  # a free slot takes what is ready (up to BATCH): the stitch keeps up, the tail stays short
 
     def drain(self, bar: Any = None) -> float:
         """Inference is over: stitch every chunk still to do; returns the wall seconds this took (the stitch after inference)."""
         self.inferring = False
         started = time.perf_counter()
-        while self.ready or self.in_flight:
-            while self.ready and len(self.in_flight) < self._limit():
+        while self.schedule.ready or self.in_flight:
+            while self.schedule.ready and len(self.in_flight) < self._limit():
                 self._submit()
             count = self._collect(block=True)
             if bar is not None:
@@ -96,33 +161,20 @@ class Stitcher:
     def figures(self) -> dict[str, Any]:
         """For the store's summary: task seconds, the share of them that ran while inference went on, the most tiles kept at once."""
         overlap = self.overlapped_seconds / self.task_seconds if self.task_seconds > 0 else 0.0
-        return {"stitch_task_seconds": round(self.task_seconds, 3), "stitch_overlap": round(overlap, 3), "tiles_peak": self.peak}
+        return {"stitch_task_seconds": round(self.task_seconds, 3), "stitch_overlap": round(overlap, 3), "tiles_peak": self.schedule.peak}
 
     def left(self) -> int:
-        return len(self.contributors) - len(self.stitched)
+        return self.schedule.left()
 
     # inside
-
-    def _tile_done(self, tid: int, entry: Mapping[str, Any], written: bool) -> None:
-        if entry.get("skipped"):
-            self.skipped.add(tid)  # all nodata: nothing in tiles/ to read or delete
-        elif written:
-            self.live += 1
-            self.peak = max(self.peak, self.live)
-        for cid in self.reaches[tid]:
-            self.waiting[cid] -= 1
-            if self.waiting[cid] == 0 and cid not in self.stitched:
-                self.ready.append(cid)
 
     def _limit(self) -> int:
         """Tasks in flight: one per two CPUs while the actors run (at least one), one per CPU once they are done."""
         return self.cpus if not self.inferring else max(1, self.cpus // 2)
 
     def _submit(self) -> None:
-        batch = sorted(self.ready[:BATCH])
-        del self.ready[:BATCH]
-        skipped = frozenset(t for cid in batch for t in self.contributors[cid] if t in self.skipped)
-        self.in_flight[self.task.remote(self.job_ref, batch, skipped)] = batch
+        batch = self.schedule.take()
+        self.in_flight[self.task.remote(self.job_ref, batch, self.schedule.skipped_among(batch))] = batch
 
     def _collect(self, block: bool) -> int:
         """Take the finished tasks (wait for one when `block`): their chunks are stitched, the tiles they used up deleted."""
@@ -143,24 +195,18 @@ class Stitcher:
             self.task_seconds += seconds
             if self.inferring:
                 self.overlapped_seconds += seconds
-            self.stitched.update(batch)
             count += len(batch)
-            for cid in batch:
-                for tid in self.contributors[cid]:
-                    self.readers[tid] -= 1
-                    if self.readers[tid] == 0 and tid not in self.skipped:
-                        self._consumed(tid)
+            for tid in self.schedule.stitched_now(batch):
+                self._consumed(tid)
         return count
 
     def _consumed(self, tid: int) -> None:
         """Every chunk tile `tid` reaches is stitched: its part of tiles/ goes (unless kept); zarr drops a chunk written as fill."""
-        self.live -= 1
         if self.keep:
             return
         self.check()  # the driver's writes are fenced too
         if self.fills is None:  # the tiles/ arrays and a tile of fill values for each, made once
-            self.fills = [
-                (arr, np.full((1, *arr.shape[1:]), arr.fill_value, arr.dtype)) for name in TILE_ARRAYS if name in self.root for arr in [self.root[name]]
-            ]
+            arrays = [cast(Any, self.root[name]) for name in TILE_ARRAYS if name in self.root]
+            self.fills = [(arr, np.full((1, *arr.shape[1:]), arr.fill_value, arr.dtype)) for arr in arrays]
         for arr, fill in self.fills:
             arr[tid : tid + 1] = fill
