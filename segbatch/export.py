@@ -12,18 +12,20 @@ import re
 import subprocess
 import sys
 from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from segbatch import location
+from segbatch import kinds, location
 from segbatch.atomic import atomic_path
 from segbatch.colour import blend, colourise, heatmap, legend_font_px, legend_strip
 from segbatch.errors import InputError, first_line
 from segbatch.progress import progress_bar
-from segbatch.store import open_complete_store, sample_values
+from segbatch.sampling import sample_values
+from segbatch.store import open_complete_store
 
 VIDEO_OUT_SUFFIXES = (".mp4", ".mkv", ".mov")
 _HEAT_SAMPLE_CHUNKS = 16
@@ -65,27 +67,53 @@ def export(
     """
     root, attrs = open_complete_store(store, "exporting")
     check_export_target(store, attrs, to)
+    kind = attrs["source"]["kind"]
+    write = kinds.kind(kind).exporter()
+    if write is None:
+        raise InputError(f"{store} holds a {kind} result, which has no export yet")
+    return write(root, attrs, to, ExportOptions(alpha, what, quiet, creation_options, crf, preset))
+
+
+@dataclass(frozen=True)
+class ExportOptions:
+    """What `segbatch export` was asked for: each kind's export (`Kind.exporter`) takes what applies to it and refuses the rest."""
+
+    alpha: float = 0.5  # the labels' opacity over a video frame
+    what: str = "labels"  # the array a COG holds
+    quiet: bool = False
+    creation_options: Mapping[str, str] | None = None  # GDAL's, for a COG
+    crf: float | None = None  # libx264's, for an overlay video
+    preset: str | None = None
+
+    @property
+    def encoder(self) -> str:
+        """The overlay encoder's flags that were given ("--crf and --preset"), or ""."""
+        return " and ".join(flag for flag, value in (("--crf", self.crf), ("--preset", self.preset)) if value is not None)
+
+
+def export_raster(root: Any, attrs: dict[str, Any], to: Path, options: ExportOptions) -> int:
+    """A raster store's export: a COG of `options.what`."""
+    if to.suffix.lower() not in (".tif", ".tiff"):
+        raise InputError(f"{to}: a raster store exports to a Cloud-Optimised GeoTIFF (.tif)")
+    if options.encoder:
+        raise InputError(f"{options.encoder} set the overlay video's encoder; a raster store exports a COG (its GDAL creation options: --co KEY=VALUE)")
+    return export_cog(root, attrs, to, options.what, options.quiet, options.creation_options)
+
+
+def export_overlay(root: Any, attrs: dict[str, Any], to: Path, options: ExportOptions) -> int:
+    """A video store's export: an overlay video (`to` ends in a video suffix), else a folder of PNG panels."""
     source = attrs["source"]
-    encoder = " and ".join(flag for flag, value in (("--crf", crf), ("--preset", preset)) if value is not None)
-    if source.get("kind") == "raster":
-        if to.suffix.lower() not in (".tif", ".tiff"):
-            raise InputError(f"{to}: a raster store exports to a Cloud-Optimised GeoTIFF (.tif)")
-        if encoder:
-            raise InputError(f"{encoder} set the overlay video's encoder; a raster store exports a COG (its GDAL creation options: --co KEY=VALUE)")
-        return export_cog(root, attrs, to, what, quiet, creation_options)
-    if source.get("kind") != "video":
-        raise InputError(f"{store} holds a {source.get('kind')} result, which has no export yet")
-    if creation_options:
+    if options.creation_options:
         raise InputError("--co passes GDAL creation options to the COG of a raster store; a video store exports an overlay video or PNG frames")
     is_video = to.suffix.lower() in VIDEO_OUT_SUFFIXES
     if to.suffix and not is_video:
         raise InputError(f"{to}: export writes {', '.join(VIDEO_OUT_SUFFIXES)} overlays or a folder of PNGs (no suffix)")
-    if encoder and not is_video:
-        raise InputError(f"{encoder} set the overlay video's encoder; PNG frames have none (export to {', '.join(VIDEO_OUT_SUFFIXES)} to use them)")
-    x264 = x264_options(crf, preset)
-    panels = _panels(root, attrs, alpha)
+    if options.encoder and not is_video:
+        raise InputError(f"{options.encoder} set the overlay video's encoder; PNG frames have none (export to {', '.join(VIDEO_OUT_SUFFIXES)} to use them)")
+    x264 = x264_options(options.crf, options.preset)
+    panels = _panels(root, attrs, options.alpha)
     total = root["labels"].shape[0]
-    with progress_bar(total, "exporting", "frame", quiet) as bar:
+    with progress_bar(total, "exporting", "frame", options.quiet) as bar:
         if is_video:
             return _write_video(panels, to, root["time"][...], bar, x264, source["frame_range"])
         return _write_pngs(panels, to, source["frame_range"][0], bar)

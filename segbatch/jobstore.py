@@ -19,12 +19,11 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from segbatch import __version__, location, schema
+from segbatch import __version__, kinds, location, schema
 from segbatch.errors import InputError, RunError, StoreError
 from segbatch.location import Location
 
 JOB_KIND = "job"
-INPUT_KINDS = ("video", "raster")
 INPUT_STATUSES = ("pending", "complete", "failed")
 JOB_STATUSES = ("running", "complete", "failed")
 READ_THREADS = 16  # groups' attributes read at once (object stores: one request each)
@@ -49,8 +48,9 @@ def job_attrs(root: Any) -> dict[str, Any]:
     problems = []
     if not isinstance(attrs, dict):
         raise StoreError("the job store's 'segbatch' attribute is not a mapping; the store was altered")
-    if attrs.get("input_kind") not in INPUT_KINDS:
-        problems.append(f"input_kind {attrs.get('input_kind')!r} is not one of {', '.join(INPUT_KINDS)}")
+    many = [k.name for k in kinds.KINDS.values() if k.many]  # the kinds a job of many inputs takes
+    if attrs.get("input_kind") not in many:
+        problems.append(f"input_kind {attrs.get('input_kind')!r} is not one of {', '.join(many)}")
     if attrs.get("status") not in JOB_STATUSES:
         problems.append(f"status {attrs.get('status')!r} is not one of {', '.join(JOB_STATUSES)}")
     inputs = attrs.get("inputs")

@@ -8,7 +8,9 @@ instead of a crash wherever the field is used. Each field is declared once,
 with what it must be; keys segbatch does not read are let through (a later
 version may add some), and a field that earlier versions did not write is
 optional. `config` is compared whole by --resume, never read field by field,
-so only its being a mapping is checked.
+so only its being a mapping is checked. The fields that differ between kinds
+of input (`source`, ledger entries) are declared by each kind
+(segbatch/kinds/), with the checks of this module.
 """
 
 from __future__ import annotations
@@ -20,7 +22,6 @@ from typing import Any
 
 Check = Callable[[Any, str], "str | None"]  # (value, its path) -> what is wrong with it, or None
 
-KINDS = ("video", "raster", "images")
 STATUSES = ("creating", "running", "stitching", "complete", "failed", "damaged")
 DIGEST_ALGORITHM = "blake2b-128"  # the algorithm every digest segbatch records names (a bare hex digest is an older store's)
 FILL_DIGEST = "fill"  # a chunk equal to its fill value: zarr stores nothing for it
@@ -173,54 +174,7 @@ def digest(value: Any, path: str) -> str | None:
     return None if ok else _bad(path, value, f"a digest ({DIGEST_ALGORITHM}:<32 hex digits> or {FILL_DIGEST})")
 
 
-def _frame_range_within(source: Mapping[str, Any], path: str) -> str | None:
-    if source["frame_range"][1] > source["frames"]:
-        return f"{path}.frame_range {source['frame_range']} ends after the video's {source['frames']} frames"
-    return None
-
-
-def _raster_rule(source: Mapping[str, Any], path: str) -> str | None:
-    if source["tile"] <= 2 * source["overlap"]:
-        return f"{path}.tile {source['tile']} is not larger than twice its overlap {source['overlap']}"
-    stretch = source.get("stretch")
-    if stretch is not None and len(stretch) != len(source["bands"]):
-        return f"{path}.stretch has {len(stretch)} entries for {len(source['bands'])} bands"
-    return None
-
-
 _INT0, _INT1 = integer(0), integer(1)
-SOURCES: dict[str, Check] = {
-    "video": fields(
-        {
-            "path": string,
-            "kind": string,
-            "codec": string,
-            "frames": _INT0,
-            "height": _INT1,
-            "width": _INT1,
-            "rotation": number,
-            "frame_range": span,
-        },
-        {"declared_frames": nullable(_INT0), "time_base": string, "demux_error": nullable(string), "frame_order": string},
-        _frame_range_within,
-    ),
-    "raster": fields(
-        {
-            "path": string,
-            "kind": string,
-            "height": _INT1,
-            "width": _INT1,
-            "bands": list_of(_INT1, least=1, what="a list of band numbers"),
-            "dtype": dtype_name,
-            "nodata": nullable(number),
-            "stretch": nullable(list_of(list_of(number, length=2, what="[low, high]"))),
-            "tile": integer(2),
-            "overlap": _INT0,
-        },
-        rule=_raster_rule,
-    ),
-    "images": fields({"path": string, "kind": string, "images": _INT0, "max_height": _INT1, "max_width": _INT1}),
-}
 
 
 def _palette_fits(model: Mapping[str, Any], path: str) -> str | None:
@@ -240,12 +194,12 @@ MODEL = fields(
     _palette_fits,
 )
 
-_RANGES = list_of(span)
+RANGES = list_of(span)
 # problems, by kind (problems.py writes them in words); a kind this version does not know is shown as it is
 PROBLEMS: dict[str, Check] = {
-    "frames": fields({}, {"kind": string, "frames": span, "missing": _RANGES, "damaged": _RANGES, "messages": list_of(string), "reason": nullable(string)}),
+    "frames": fields({}, {"kind": string, "frames": span, "missing": RANGES, "damaged": RANGES, "messages": list_of(string), "reason": nullable(string)}),
     "unreadable": fields({"kind": string, "path": string, "error": string}, {"image": nullable(_INT0)}),
-    "skipped_tiles": fields({"kind": string, "tiles": _RANGES, "count": _INT0}, {"reason": string}),
+    "skipped_tiles": fields({"kind": string, "tiles": RANGES, "count": _INT0}, {"reason": string}),
 }
 
 
@@ -274,61 +228,57 @@ SUMMARY = nullable(
 )
 VERIFY = fields({"checked": number, "bad_units": list_of(_INT0)}, {"bad_coordinates": list_of(string)})
 
-# the root `segbatch` attribute of a store (or of a job's group); `source` by its kind, checked after these
-ROOT = fields(
-    {
-        "version": version,
-        "source": fields({"kind": one_of(*KINDS), "path": string}),
-        "model": MODEL,
-        "samples": _INT0,
-        "seed": integer(),
-        "config": mapping_of(lambda v, p: None),
-        "status": one_of(*STATUSES),
-    },
-    {
-        "problems": list_of(problem),
-        "runs": list_of(string, least=1),  # the run that made the store, then each that resumed it
-        "fingerprint": string,
-        "resize": nullable(list_of(_INT1, length=2, what="[height, width]")),
-        "unit_frames": _INT1,
-        "unit_images": _INT1,
-        "summary": SUMMARY,
-        "geozarr": mapping_of(lambda v, p: None),
-        "error": string,
-        "verify": VERIFY,
-    },
-)
-UNIT_SIZE = {"video": "unit_frames", "images": "unit_images"}  # the attribute that cuts a kind's units (rasters: one tile each)
+
+def root_fields() -> Check:
+    """The root `segbatch` attribute of a store (or of a job's group), with the kinds registered now; `source` by its kind, checked after these."""
+    from segbatch.kinds import KINDS  # asked when checking: the kinds declare their fields with this module's checks
+
+    return fields(
+        {
+            "version": version,
+            "source": fields({"kind": one_of(*KINDS), "path": string}),
+            "model": MODEL,
+            "samples": _INT0,
+            "seed": integer(),
+            "config": mapping_of(lambda v, p: None),
+            "status": one_of(*STATUSES),
+        },
+        {
+            "problems": list_of(problem),
+            "runs": list_of(string, least=1),  # the run that made the store, then each that resumed it
+            "fingerprint": string,
+            "resize": nullable(list_of(_INT1, length=2, what="[height, width]")),
+            **{k.unit_size: _INT1 for k in KINDS.values() if k.unit_size is not None},  # the items of a unit: unit_frames, unit_images
+            "summary": SUMMARY,
+            "geozarr": mapping_of(lambda v, p: None),
+            "error": string,
+            "verify": VERIFY,
+        },
+    )
 
 
 def root_problem(attrs: Mapping[str, Any]) -> str | None:
     """What is wrong with a store's `segbatch` attribute (paths as `source.frame_range`), or None."""
-    if (found := ROOT(attrs, "segbatch")) is not None:
+    from segbatch.kinds import kind
+
+    if (found := root_fields()(attrs, "segbatch")) is not None:
         return found.removeprefix("segbatch.")
-    kind = attrs["source"]["kind"]
-    if (found := SOURCES[kind](attrs["source"], "source")) is not None:
+    input_kind = kind(attrs["source"]["kind"])
+    if (found := input_kind.source_problem(attrs["source"], "source")) is not None:
         return found
-    if kind in UNIT_SIZE and UNIT_SIZE[kind] not in attrs:
-        return f"{UNIT_SIZE[kind]} is missing"
+    if input_kind.unit_size is not None and input_kind.unit_size not in attrs:
+        return f"{input_kind.unit_size} is missing"
     return None
 
 
-# a ledger entry, by the store's kind: what the worker (and, for rasters, the stitch) recorded for its unit
-_ENTRY_COMMON: dict[str, Check] = {
+# what every ledger entry may hold besides its kind's own fields (`Kind.entry_problem`): what the worker (and, for rasters, the stitch) recorded
+ENTRY_COMMON: dict[str, Check] = {
     "run": string,
     "unit": _INT0,
     "node": string,
     "seconds": number,
     "stages": _SECONDS,
     "chunks": mapping_of(digest),
-}
-ENTRIES: dict[str, Check] = {
-    "video": fields({"frames": span}, {**_ENTRY_COMMON, "missing": _RANGES, "damaged": _RANGES, "messages": list_of(string)}),
-    "raster": fields({}, {**_ENTRY_COMMON, "skipped": boolean, "stitched": boolean}),
-    "images": fields(
-        {"images": span, "unreadable": list_of(fields({"path": string, "image": _INT0, "error": string}))},
-        _ENTRY_COMMON,
-    ),
 }
 
 
@@ -339,9 +289,11 @@ def entry_problem(entry: Any, kind: str, arrays: Mapping[str, tuple[int, ...]], 
     must name a chunk of one of them (never a path: "../x/0.0" names nothing).
     `needs_run`: the store lists its runs, so each entry must say which it was.
     """
+    from segbatch.kinds import KINDS
+
     if not isinstance(entry, Mapping):
         return f"it is {json_type(entry)}, not an object"
-    if (found := ENTRIES[kind](entry, "entry")) is not None:
+    if (found := KINDS[kind].entry_problem(entry, "entry")) is not None:
         return found.removeprefix("entry.")
     if needs_run and "run" not in entry:
         return "run is missing"

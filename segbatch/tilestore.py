@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from segbatch import kinds
 from segbatch.tiling import TilePlan, padded_side
 
 PROB_SCALE = 254  # uint8 probabilities: round(p * 254); 255 is nodata
@@ -28,9 +29,9 @@ def tile_side(tiles: TilePlan) -> tuple[int, int]:
 
 
 def tiles_removed(root: Any, kind: str) -> bool:
-    """Whether `root` is a raster store whose tiles/ were removed after its stitch (as they are, unless --keep-tiles).
+    """Whether `root` is a store of a tiled kind (a raster's) whose tiles/ were removed after its stitch (as they are, unless --keep-tiles).
 
     Its output chunks are blends of tiles no longer kept, so no unit can be
     redone: --resume refuses it, and only --overwrite makes it again.
     """
-    return kind == "raster" and "tiles" not in root
+    return kinds.kind(kind).tiled and "tiles" not in root

@@ -1,9 +1,10 @@
-"""What an audit item is for each kind of store, and the statistics of one item.
+"""What an audit item is, and the statistics of one item.
 
 An item is what a person would look at: a frame of a video, a tile of a
-raster (one output chunk, i.e. one tile's core), an image of a folder. Items
-are read in blocks of whole chunks (a video chunk holds several frames), one
-block at a time, so an audit's memory is bounded by a chunk, not the store.
+raster (one output chunk, i.e. one tile's core), an image of a folder; each
+kind of store says what its items are (`Kind.audit_blocks`, segbatch/kinds/).
+Items are read in blocks of whole chunks (a video chunk holds several frames),
+one block at a time, so an audit's memory is bounded by a chunk, not the store.
 """
 
 from __future__ import annotations
@@ -14,10 +15,9 @@ from typing import Any
 
 import numpy as np
 
-from segbatch.errors import InputError
+from segbatch import kinds
+from segbatch.kinds.base import Region
 from segbatch.store import NODATA_LABEL
-
-Region = tuple[slice, ...]
 
 
 @dataclass(frozen=True)
@@ -39,71 +39,14 @@ class Block:
     items: tuple[tuple[Item, Region], ...]
 
 
-def item_noun(kind: str) -> str:
-    return {"video": "frame", "raster": "tile", "images": "image"}[kind]
-
-
 def item_count(root: Any, kind: str) -> int:
-    labels = root["labels"]
-    if kind == "raster":
-        return int(np.prod([-(-n // c) for n, c in zip(labels.shape, labels.chunks)]))
-    return int(labels.shape[0])
+    """The items of a store of `kind`."""
+    return kinds.kind(kind).item_count(root)
 
 
 def iter_blocks(root: Any, attrs: dict[str, Any], group: str | None = None) -> Iterator[Block]:
     """The store's items in order, grouped into blocks of whole chunks; `group` names the input of a job's group."""
-    kind = attrs["source"]["kind"]
-    if kind == "video":
-        yield from _video_blocks(root, attrs, group)
-    elif kind == "raster":
-        yield from _raster_blocks(root, group)
-    elif kind == "images":
-        yield from _image_blocks(root, group)
-    else:
-        raise InputError(f"cannot audit a store of kind {kind!r}")
-
-
-def _video_blocks(root: Any, attrs: dict[str, Any], group: str | None) -> Iterator[Block]:
-    labels = root["labels"]
-    frames, step = labels.shape[0], labels.chunks[0]
-    first = int(attrs["source"]["frame_range"][0])
-    times = np.asarray(root["time"][...], np.float64)
-    for lo in range(0, frames, step):
-        hi = min(lo + step, frames)
-        items = tuple(
-            (Item(i, (slice(i, i + 1),), f"frame {first + i}", {"frame": first + i, "time": float(times[i])}, group), (slice(i - lo, i - lo + 1),))
-            for i in range(lo, hi)
-        )
-        yield Block((slice(lo, hi),), items)
-
-
-def _raster_blocks(root: Any, group: str | None) -> Iterator[Block]:
-    labels = root["labels"]
-    (h, w), (ch, cw) = labels.shape, labels.chunks
-    xs, ys = np.asarray(root["x"][...]), np.asarray(root["y"][...])
-    index = 0
-    for r in range(0, h, ch):
-        for c in range(0, w, cw):
-            rows, cols = slice(r, min(r + ch, h)), slice(c, min(c + cw, w))
-            meta = {
-                "row": r,
-                "col": c,
-                "height": rows.stop - r,
-                "width": cols.stop - c,
-                "x": float(xs[(c + cols.stop - 1) // 2]),
-                "y": float(ys[(r + rows.stop - 1) // 2]),
-            }
-            name = f"tile {index} (rows {r}:{rows.stop}, cols {c}:{cols.stop})"
-            yield Block((rows, cols), ((Item(index, (rows, cols), name, meta, group), (slice(None), slice(None))),))
-            index += 1
-
-
-def _image_blocks(root: Any, group: str | None) -> Iterator[Block]:
-    paths = root["path"][...]
-    heights, widths = root["height"][...], root["width"][...]
-    for i, (path, h, w) in enumerate(zip(paths, heights, widths)):
-        region = (slice(i, i + 1), slice(0, int(h)), slice(0, int(w)))
-        yield Block(region, ((Item(i, region, str(path), {"path": str(path), "height": int(h), "width": int(w)}, group), (slice(None),) * 3),))
+    return kinds.kind(attrs["source"]["kind"]).audit_blocks(root, attrs, group)
 
 
 def squeeze_item(values: np.ndarray, local: Region) -> np.ndarray:

@@ -11,6 +11,8 @@ when it is close to one already picked (greedy non-maximum suppression).
   distance in the tile grid, so 1 leaves out the 8 neighbours; default 1);
 - images: no spacing (the images of a folder are not a sequence).
 
+Each kind says how (`Kind.spacing`, `position`, `describe_gap`, segbatch/kinds/).
+
 In a job of many inputs, each input has its own time axis or tile grid: picks
 are spaced within an input, and two items of different inputs never exclude
 each other (`DiverseTop.enter` switches to the next input's spacing).
@@ -36,13 +38,11 @@ from typing import Any
 
 import numpy as np
 
+from segbatch import kinds
 from segbatch.audit.items import Item
 from segbatch.errors import InputError
 
 MAX_CANDIDATES = 10_000  # a candidate holds its Item and its items.csv row packed (CompactRows): ~1 kB + 8 bytes a column
-DEFAULT_GAP = {"video": 1.0, "raster": 1.0, "images": 0.0}
-GAP_UNIT = {"video": "s", "raster": "tiles", "images": ""}
-TIME_TOLERANCE = 1e-6  # seconds: frames 25 apart at 25 fps are 1 s apart, whatever the float rounding of `time`
 
 
 @dataclass(frozen=True)
@@ -57,45 +57,23 @@ class Spacing:
 
     @property
     def unit(self) -> str:
-        return GAP_UNIT[self.kind]
+        return kinds.kind(self.kind).gap_unit
 
     def position(self, item: Item) -> tuple[float, ...]:
-        if self.kind == "video":
-            return (float(item.meta["time"]),)
-        if self.kind == "raster":
-            return (float(item.meta["row"] // self.tile[0]), float(item.meta["col"] // self.tile[1]))
-        return (float(item.index),)
+        return kinds.kind(self.kind).position(self, item)
 
     def describe(self) -> str:
         """How the picks are spaced, for the report: "at least 1 s apart", "no two within 1 tile", or ""."""
         if self.radius <= 0:
             return ""
-        if self.kind == "video":
-            return f"at least {self.gap:g} s apart"
-        return f"no two within {self.gap:g} tile{'s' if self.gap != 1 else ''}"
+        return kinds.kind(self.kind).describe_gap(self.gap)
 
 
 def spacing_for(root: Any, kind: str, min_gap: float | None) -> Spacing:
     """The spacing `--min-gap` asks for on this store (None: the kind's default)."""
     if min_gap is not None and (not math.isfinite(min_gap) or min_gap < 0):
         raise InputError(f"--min-gap must be a number >= 0, got {min_gap}")
-    if kind == "images":
-        if min_gap:
-            raise InputError("--min-gap applies to video (seconds) and raster (tiles) stores; the images of a folder are not spaced")
-        return Spacing(kind, 0.0, 0.0, 1)
-    gap = DEFAULT_GAP[kind] if min_gap is None else float(min_gap)
-    if gap == 0:
-        return Spacing(kind, 0.0, 0.0, 1)
-    if kind == "video":
-        radius = gap - TIME_TOLERANCE
-        times = np.sort(np.asarray(root["time"][...], np.float64))
-        within = np.searchsorted(times, times + radius, side="left") - np.searchsorted(times, times - radius, side="right")
-        return Spacing(kind, gap, radius, max(1, int(within.max(initial=1))))
-    chunks = tuple(int(c) for c in root["labels"].chunks)
-    grid = [-(-int(n) // c) for n, c in zip(root["labels"].shape, chunks)]
-    reach = int(math.floor(gap))  # tiles at Chebyshev distance <= gap are excluded
-    side = [min(2 * reach + 1, g) for g in grid]
-    return Spacing(kind, gap, reach + 1.0, side[0] * side[1], (chunks[0], chunks[1]))
+    return kinds.kind(kind).spacing(root, min_gap)
 
 
 class DiverseTop:

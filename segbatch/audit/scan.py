@@ -19,13 +19,14 @@ from typing import Any
 
 import numpy as np
 
-from segbatch.audit.items import Block, Item, item_count, item_noun, item_stats, iter_blocks, squeeze_item
+from segbatch import kinds
+from segbatch.audit.items import Block, Item, item_count, item_stats, iter_blocks, squeeze_item
 from segbatch.audit.metrics import HonestyAccumulator, confusion_matrix, mean_iou, value_bins
 from segbatch.audit.ranking import CompactRows, DiverseTop, Spacing, spacing_for
 from segbatch.audit.truth import TruthSource, labelled_mask, open_truth
 from segbatch.errors import DataError, InputError
 from segbatch.progress import progress_bar
-from segbatch.store import sample_values
+from segbatch.sampling import sample_values
 
 HIST_BINS = 4096
 TIMELINE_POINTS = 2000
@@ -128,7 +129,7 @@ def new_result(kind: str, model: dict[str, Any], measures: list[str], measure: s
     k = len(classes)
     return ScanResult(
         kind=kind,
-        noun=item_noun(kind),
+        noun=kinds.kind(kind).noun,
         items=items,
         classes=classes,
         palette=[list(c) for c in model["palette"]],
@@ -152,7 +153,7 @@ def scan_store(root: Any, attrs: dict[str, Any], opts: AuditOptions, write_row: 
     n_items = item_count(root, kind)
     result = new_result(kind, attrs["model"], [m for m in MEASURES if m in root], measure, threshold, n_items)
     result.truth = open_truth_summary(opts, root, attrs, len(result.classes)) if opts.truth else None
-    timeline = _Timeline(n_items) if kind == "video" else None
+    timeline = _Timeline(n_items) if kinds.kind(kind).timeline else None
     ranked, packed = DiverseTop(opts.top, spacing), CompactRows()
     with progress_bar(n_items, "auditing", result.noun, opts.quiet) as bar:
         scan_items(result, root, attrs, opts, ranked, packed, write_row, bar.update, timeline)

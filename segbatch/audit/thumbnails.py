@@ -1,8 +1,9 @@
 """Small pictures of the audit's top items: the input, the labels, the uncertainty, and (with truth) the errors.
 
 The input comes from the source the store names (a video frame, a raster
-window with the run's own band stretch, an image file). When the source has
-moved or changed, the input picture is left out and the report says so.
+window with the run's own band stretch, an image file), as the store's kind
+reads it (`Kind.input_reader`, segbatch/kinds/). When the source has moved or
+changed, the input picture is left out and the report says so.
 """
 
 from __future__ import annotations
@@ -14,11 +15,12 @@ from typing import Any, cast
 
 import numpy as np
 
-from segbatch import location
+from segbatch import kinds, location
 from segbatch.audit.items import Item
 from segbatch.audit.truth import TruthSource, labelled_mask
 from segbatch.colour import colourise, heatmap
 from segbatch.errors import SegbatchError
+from segbatch.kinds.base import ItemPixels
 from segbatch.store import NODATA_LABEL
 
 THUMB_SIDE = 256
@@ -58,58 +60,24 @@ class InputReader:
         self.source = attrs["source"]
         self.kind = self.source["kind"]
         self.problem: str | None = None
-        self._plan: Any = None
+        self._read: ItemPixels | None = None
         path = location.parse(self.source["path"])
         if not location.exists(path):
             self.problem = f"the source {path} is not there any more; input thumbnails are left out"
-        elif self.kind == "raster":
-            from segbatch.sources.raster import fits_source, plan_from_store
-
-            raster = plan_from_store(self.source, root["spatial_ref"].attrs)
-            try:
-                fits = fits_source(raster)
-            except (SegbatchError, OSError):
-                fits = False
-            if fits:
-                self._plan = raster
-            else:
-                self.problem = f"the source {path} changed since the run (its size or bands); input thumbnails are left out"
-        elif self.kind == "video":
-            from segbatch.sources.video import probe_video
-
-            plan = probe_video(path)
-            if plan.frames != self.source["frames"] or (plan.height, plan.width) != (self.source["height"], self.source["width"]):
-                self.problem = f"the source {path} changed since the run; input thumbnails are left out"
-            else:
-                self._plan = plan
+            return
+        opened = kinds.kind(self.kind).input_reader(self.source, root, path)
+        if isinstance(opened, str):
+            self.problem = opened
+        else:
+            self._read = opened
 
     def read(self, item: Item) -> np.ndarray | None:
-        if self.problem is not None:
+        if self._read is None:
             return None
         try:
             return self._read(item)
         except (SegbatchError, OSError):
             return None
-
-    def _read(self, item: Item) -> np.ndarray | None:
-        if self.kind == "video":
-            from segbatch.sources.video import read_frames
-
-            frame = item.meta["frame"]
-            got = next(read_frames(self._plan, frame, frame + 1), None)
-            return got[1] if got is not None and got[0] == frame else None
-        if self.kind == "raster":
-            from segbatch.sources.raster import read_window
-            from segbatch.tiling import Window
-
-            meta = item.meta
-            data, valid = read_window(self._plan, Window(meta["row"], meta["col"], meta["height"], meta["width"]))
-            rgb = to_display(data)
-            rgb[~valid] = 0
-            return rgb
-        from segbatch.sources.images import read_image, to_unit_float
-
-        return to_display(to_unit_float(read_image(Path(self.source["path"]) / item.meta["path"])))
 
 
 @dataclass(frozen=True)

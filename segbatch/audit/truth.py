@@ -9,6 +9,7 @@
 - raster stores: a single-band label raster on the store's grid (GDAL
   nodata is ignored), or a (H, W) array.
 
+Each kind of store picks its own (`Kind.open_truth`, segbatch/kinds/).
 Truth values outside [0, classes) count as "not labelled" and are ignored,
 as is `--ignore-index`. Items without truth are reported, never dropped.
 
@@ -27,6 +28,7 @@ from typing import Any
 
 import numpy as np
 
+from segbatch import kinds
 from segbatch.audit.items import Item
 from segbatch.errors import DataError, InputError
 from segbatch.sources.images import find_images, read_mask
@@ -56,21 +58,12 @@ def open_truth(path: Path, root: Any, attrs: dict[str, Any]) -> TruthSource:
     """The truth source `--truth PATH` names, checked against the store's kind and shape."""
     if not path.exists():
         raise InputError(f"--truth {path}: no such file or folder")
-    kind = attrs["source"]["kind"]
-    shape = tuple(root["labels"].shape)
-    if _is_zarr(path) or path.suffix.lower() == ".npy":
-        if kind == "images":
-            raise InputError(f"--truth {path}: an image store takes a folder of masks, not an array")
-        return _ArrayTruth(path, shape, kind, attrs)
-    if kind == "images":
-        if not path.is_dir():
-            raise InputError(f"--truth {path}: an image store takes a folder of masks")
-        return _FolderTruth(path)
-    if kind == "video":
-        if not path.is_dir():
-            raise InputError(f"--truth {path}: a video store takes a folder of per-frame masks, a .npy or a Zarr array")
-        return _FrameFolderTruth(path, shape[1:])
-    return _RasterTruth(path, shape, root)
+    return kinds.kind(attrs["source"]["kind"]).open_truth(path, root, attrs)
+
+
+def is_array_truth(path: Path) -> bool:
+    """Whether `--truth PATH` names an array (a .npy file, a Zarr array or group) rather than masks or a label raster."""
+    return _is_zarr(path) or path.suffix.lower() == ".npy"
 
 
 SINGLE_TRUTH_SUFFIXES = (".npy", ".tif", ".tiff", ".png", ".zarr")  # what one input's truth is, never a manifest
@@ -154,7 +147,9 @@ def _check_shape(mask: np.ndarray, shape: tuple[int, ...], where: str) -> np.nda
     return mask.astype(np.int64)
 
 
-class _FolderTruth(TruthSource):
+class FolderTruth(TruthSource):
+    """Masks in a folder, matched to images by relative path, else by a unique file stem."""
+
     def __init__(self, folder: Path) -> None:
         self.description = f"masks in {folder}"
         masks = find_images(folder)
@@ -174,7 +169,9 @@ class _FolderTruth(TruthSource):
         return _check_shape(read_mask(mask), (item.meta["height"], item.meta["width"]), str(mask))
 
 
-class _FrameFolderTruth(TruthSource):
+class FrameFolderTruth(TruthSource):
+    """Per-frame masks in a folder, matched by the source frame number their names end in."""
+
     def __init__(self, folder: Path, shape: tuple[int, ...]) -> None:
         self.description = f"per-frame masks in {folder}"
         self.shape = shape
@@ -195,8 +192,10 @@ class _FrameFolderTruth(TruthSource):
         return None if path is None else _check_shape(read_mask(path), self.shape, str(path))
 
 
-class _ArrayTruth(TruthSource):
-    def __init__(self, path: Path, shape: tuple[int, ...], kind: str, attrs: dict[str, Any]) -> None:
+class ArrayTruth(TruthSource):
+    """An integer array of the store's shape; `source_frames` (frames of the source, the store's first) also takes one of a video's source frames."""
+
+    def __init__(self, path: Path, shape: tuple[int, ...], source_frames: tuple[int, int] | None = None) -> None:
         self.description = f"array {path}"
         if path.suffix.lower() == ".npy":
             try:
@@ -219,8 +218,8 @@ class _ArrayTruth(TruthSource):
             raise InputError(f"--truth {path}: holds {self.array.dtype}, not integer class ids")
         self.offset = 0
         have = tuple(self.array.shape)
-        if kind == "video" and have != shape and have[1:] == shape[1:] and have[0] == attrs["source"]["frames"]:
-            self.offset = int(attrs["source"]["frame_range"][0])  # indexed by the source's frames
+        if source_frames is not None and have != shape and have[1:] == shape[1:] and have[0] == source_frames[0]:
+            self.offset = source_frames[1]  # indexed by the source's frames
         elif have != shape:
             raise InputError(f"--truth {path}: shape {have} matches neither the store's {shape} nor the source's frames")
 
@@ -232,7 +231,9 @@ class _ArrayTruth(TruthSource):
         return (out[0] if out.ndim == 3 else out).astype(np.int64)
 
 
-class _RasterTruth(TruthSource):
+class RasterTruth(TruthSource):
+    """A single-band label raster on the store's grid (GDAL nodata ignored)."""
+
     def __init__(self, path: Path, shape: tuple[int, ...], root: Any) -> None:
         import rasterio
 

@@ -24,8 +24,8 @@ def info(path: Path | str, group: str | None, as_json: bool) -> None:
     if not location.exists(path):
         raise FileRefused(f"{path}: no such store or checkpoint")
     if location.is_dir(path):
+        from segbatch.describe import describe_store
         from segbatch.jobstore import describe_job, reader_target
-        from segbatch.store import describe_store
 
         job, target = reader_target(path, group, "summarise")
         summary, text = (describe_job(path), format_job) if job is not None else (describe_store(target), format_store)
@@ -41,6 +41,7 @@ def info(path: Path | str, group: str | None, as_json: bool) -> None:
 
 def format_store(s: dict[str, Any]) -> str:
     """The `info` text for a store: status, source, model, arrays, problems (per kind, long lists cut short)."""
+    from segbatch.kinds import KINDS
     from segbatch.problems import printable, problem_counts, problem_lines
 
     src, model = s.get("source") or {}, s.get("model") or {}
@@ -54,20 +55,8 @@ def format_store(s: dict[str, Any]) -> str:
         ("model", f"{model.get('arch')} ({len(model.get('classes', []))} classes, sha256 {str(model.get('sha256'))[:12]})"),
         ("samples", f"{s['samples']} (seed {s['seed']})"),
     ]
-    if src.get("kind") == "raster":
-        rows.append(("raster", f"{src['width']}x{src['height']} {src['dtype']}, bands {src['bands']}, tile {src['tile']} overlap {src['overlap']}"))
-    if src.get("kind") == "video":
-        rows.append(
-            (
-                "frames",
-                f"{src['frame_range'][0]}:{src['frame_range'][1]} of {src['frames']}"
-                + (f" (the index declares {src['declared_frames']}: truncated)" if (src.get("declared_frames") or 0) > src["frames"] else "")
-                + " "
-                f"({src['codec']}, {src['width']}x{src['height']}, rotation {src['rotation']})",
-            )
-        )
-    if src.get("kind") == "images":
-        rows.append(("images", f"{src['images']} (largest {src['max_width']}x{src['max_height']}; smaller ones padded with nodata)"))
+    if src.get("kind") in KINDS:
+        rows += KINDS[src["kind"]].info_rows(src)
     for name, a in s["arrays"].items():
         rows.append((name, f"{a['dtype']} ({', '.join(f'{d}={n}' for d, n in zip(a['dims'], a['shape']))}) chunks {a['chunks']}"))
     summary = s.get("summary") or {}

@@ -7,7 +7,7 @@ from segbatch.audit.items import Item, item_stats
 from segbatch.audit.metrics import bin_edges, value_bins
 from segbatch.audit.report import csv_cell, quantile_from_histogram
 from segbatch.audit.scan import column_name
-from segbatch.audit.truth import _FolderTruth, labelled_mask
+from segbatch.audit.truth import FolderTruth, labelled_mask
 
 
 def test_item_stats_over_valid_pixels_only():
@@ -68,7 +68,7 @@ def test_folder_truth_matches_by_relative_path_then_unique_stem(tmp_path):
     Image.fromarray(mask).save(tmp_path / "a" / "x.png")
     Image.fromarray(mask * 2).save(tmp_path / "b" / "x.png")
     Image.fromarray(mask * 3).save(tmp_path / "b" / "solo.png")
-    truth = _FolderTruth(tmp_path)
+    truth = FolderTruth(tmp_path)
 
     def item(path, h=4, w=6):
         return Item(0, (), path, {"path": path, "height": h, "width": w})
