@@ -29,6 +29,7 @@ from typing import Any
 
 from segbatch import location
 from segbatch.errors import InputError, first_line
+from segbatch.kinds import KINDS, kind_of
 from segbatch.location import Location
 from segbatch.sources import RASTER_SUFFIXES, source_kind
 
@@ -42,7 +43,6 @@ SIDECAR_SUFFIXES = (
 )
 RESERVED_NAMES = ("lease", "zarr.json")  # names the job store's root uses itself: such an input's name gets a trailing "_"
 MAX_NAME = 200  # characters: file systems allow 255 bytes a component; longer names are cut and keep a hash of the whole
-KIND_WORDS = {"video": "videos", "raster": "rasters"}
 
 _MAGIC = re.compile(r"[*?[]")
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]")
@@ -55,7 +55,7 @@ class Input:
 
     name: str  # the group name in the job store: unique in the job (case-insensitively), only [A-Za-z0-9._-]
     location: Location  # an absolute Path for a local file, a str for a URL
-    kind: str  # "video" or "raster"
+    kind: str  # its kind, a name in segbatch.kinds.KINDS (the inputs of a job: a kind that makes jobs of many)
 
 
 @dataclass(frozen=True)
@@ -213,7 +213,7 @@ def _refuse_mixed(spec: str, entries: Iterable[_Entry]) -> None:
     for entry in entries:
         first.setdefault(entry.kind, entry)
     if len(first) > 1:
-        examples = " and ".join(f"{KIND_WORDS.get(kind, kind)} ({first[kind].location})" for kind in sorted(first, key=lambda k: k != "video"))
+        examples = " and ".join(f"{KINDS[kind].plural} ({first[kind].location})" for kind in sorted(first, key=list(KINDS).index))
         raise InputError(f"{spec}: mixes {examples}; a job takes one kind: give each kind its own job")
 
 
@@ -527,3 +527,9 @@ def _from_stac(spec: str, asset: str | None) -> list[_Entry]:
 
 def _keys(item: Any) -> str:
     return ", ".join(item.assets) or "none"
+
+
+def one_input(path: Location) -> Input:
+    """The one input an --input names when it names no job (`segbatch.kinds.kind_of`); its name is "": a run of one input
+    writes the store itself, no group."""
+    return Input("", path, kind_of(path))

@@ -37,7 +37,7 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 from segbatch import location
 from segbatch.errors import InputError, RunError, StoreBusyError
@@ -244,7 +244,7 @@ class LeaseKeeper:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._beat, name="segbatch-lease", daemon=True)
 
-    def __enter__(self) -> LeaseKeeper:
+    def __enter__(self) -> Self:
         self._made = not location.exists(self.store)
         self.previous = claim(self.store, self.lease)
         self._thread.start()

@@ -248,9 +248,6 @@ def stage_line(stages: Mapping[str, float], units: int) -> str:
 
 
 def _unit_key(unit: Any) -> dict[str, Any]:
-    """A unit's ledger row (a tile is its id; other units carry `.id`), and its group when it is a unit of a job of many inputs."""
-    if hasattr(unit, "group") and hasattr(unit, "unit"):
-        return {"group": unit.group, **_unit_key(unit.unit)}
-    if isinstance(unit, int):
-        return {"unit": unit}
-    return {"unit": getattr(unit, "id", str(unit))}
+    """A unit's ledger row, and its group when it is a unit of a job of many inputs."""
+    group = getattr(unit, "group", "")
+    return ({"group": group} if group else {}) | {"unit": unit.id}

@@ -27,8 +27,8 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from segbatch.lease import check_fence
-from segbatch.store import NODATA_LABEL, ledger_array, open_store, record_unit, write_region
+from segbatch.owner import Fence
+from segbatch.store import NODATA_LABEL, ledger_array, record_unit, write_region
 from segbatch.tilestore import PROB_NODATA, PROB_SCALE
 from segbatch.tiling import Tile, TilePlan, Window, blend_weights
 
@@ -48,6 +48,11 @@ class StitchJob:
     tiles: TilePlan  # the plan tiles/ was written with: tile i's core is output chunk i
     run: str  # the run holding the lease: every write is fenced by it
     lease: str = ""  # where that lease lives ("" = the store itself; a many-input job's groups share its root's)
+
+    @property
+    def fence(self) -> Fence:
+        """What every write of a stitch task passes (segbatch.owner)."""
+        return Fence(self.lease or self.store, self.run)
 
 
 class TileOutput(NamedTuple):
@@ -228,13 +233,13 @@ def stitch_chunks(job: StitchJob, chunk_ids: Sequence[int], skipped: frozenset[i
     (all nodata) were never written and are not read.
     """
     started = time.perf_counter()
-    root = _Arrays(open_store(job.store, mode="r+"))
-    fence = job.lease or job.store
+    fence = job.fence
+    root = _Arrays(fence.open(job.store))
     uncertainty, with_confidence = "uncertainty" in root, "confidence" in root  # stores made before confidence existed are still stitched
     float_dtype = root["entropy"].dtype
     tile_cache, blend_cache = _TileCache(root, uncertainty), BlendCache(job.tiles.overlap)
     for cid in chunk_ids:
-        check_fence(fence, job.run)
+        fence.check()
         core = job.tiles[cid].core
         tiles = (tile_cache.get(job.tiles[tid]) for tid in job.tiles.contributors(cid) if tid not in skipped)
         outputs = blend_chunk(core, tiles, blend_cache, float_dtype, uncertainty)
@@ -242,7 +247,7 @@ def stitch_chunks(job: StitchJob, chunk_ids: Sequence[int], skipped: frozenset[i
             del outputs["confidence"]
         digests = write_region(root, core.slices, outputs)
         entry = json.loads(str(ledger_array(root)[cid]) or "{}")
-        check_fence(fence, job.run)
+        fence.check()
         record_unit(root, cid, {**entry, "chunks": digests, "stitched": True})
     return len(chunk_ids), time.perf_counter() - started
 

@@ -20,9 +20,11 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
+from segbatch import kinds
 from segbatch.batching import batched
-from segbatch.lease import Lease, LeaseKeeper, read_lease
+from segbatch.lease import Lease, read_lease
 from segbatch.location import Location
+from segbatch.owner import Owner
 from segbatch.store import (
     FILL_DIGEST,
     LEGACY_LEDGER,
@@ -148,31 +150,11 @@ def verify_store(path: Location, threads: int = READ_THREADS, lease: Location | 
 
 
 def _owned_chunks(root: Any, attrs: dict[str, Any]) -> Callable[[int, dict[str, Any]], list[str]]:
-    """unit, its ledger entry -> the keys of the output chunks it wrote, from the region it owns: a video unit's frames, an
-    image's rows and columns (an unreadable image writes none), a raster tile's core once stitched (its tiles/ are scratch)."""
+    """unit, its ledger entry -> the keys of the output chunks it wrote, from the region it owns (as the store's kind says:
+    a video unit's frames, an image's rows and columns, a raster tile's core once stitched)."""
     source = attrs["source"]
     outputs = [root[name] for name in ("labels", "probs", *PER_PIXEL) if name in root]
-    if source["kind"] == "raster":
-        from segbatch.tiling import plan_tiles
-
-        tiles = plan_tiles(source["height"], source["width"], source["tile"], source["overlap"])
-
-        def regions(unit: int, entry: dict[str, Any]) -> list[tuple[slice, ...]]:
-            return [tiles[unit].core.slices] if entry.get("stitched") else []
-
-    elif source["kind"] == "video":
-        first = source["frame_range"][0]
-
-        def regions(unit: int, entry: dict[str, Any]) -> list[tuple[slice, ...]]:
-            return [(slice(entry["frames"][0] - first, entry["frames"][1] - first),)]
-
-    else:
-        heights, widths = root["height"][...], root["width"][...]
-
-        def regions(unit: int, entry: dict[str, Any]) -> list[tuple[slice, ...]]:
-            unreadable = {u["image"] for u in entry["unreadable"]}
-            images = [i for i in range(*entry["images"]) if i not in unreadable and i < len(heights)]
-            return [(slice(i, i + 1), slice(0, int(heights[i])), slice(0, int(widths[i]))) for i in images]
+    regions = kinds.kind(source["kind"]).owned_regions(root, source)
 
     def owned(unit: int, entry: dict[str, Any]) -> list[str]:
         return [key for region in regions(unit, entry) for arr in outputs for key in region_chunk_keys(arr, region)]
@@ -220,8 +202,8 @@ def _mark(path: Location, attrs: dict[str, Any], report: VerifyReport, lease: Lo
         return  # an unfinished run's store: --resume already redoes what its ledger lacks
     new = "damaged" if not report.ok else "complete"
     try:
-        with LeaseKeeper(lease, Lease.new()):  # the mark is a write like any other: made while this command holds the store
-            root = open_store(path, mode="r+")
+        with Owner(lease, Lease.new()) as owner:  # the mark is a write like any other: made while this command holds the store
+            root = owner.open(path)
             update_attrs(root, status=new, verify={"checked": time.time(), "bad_units": report.bad_units, "bad_coordinates": report.bad_coordinates})
     except Exception:  # a read-only store, or a run took it meanwhile: the report alone says what is wrong
         return

@@ -6,6 +6,14 @@ import pytest
 from click.testing import CliRunner
 
 
+def pytest_collection_modifyitems(items):
+    """A test that runs Ray end to end (the session's runtime, or a driver process of its own) is slow: `-m "not slow"` keeps
+    the fast part (units, contracts, parsers, messages) under a couple of minutes."""
+    for item in items:
+        if "ray_address" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.slow)
+
+
 @pytest.fixture
 def runner() -> CliRunner:
     return CliRunner()

@@ -3,7 +3,9 @@
 import numpy as np
 import pytest
 
+import segbatch.owner
 import segbatch.stitch as stitch
+import segbatch.store
 from segbatch.stitch import BlendCache, StitchJob, TileOutput, blend_chunk, stitch_chunks
 from segbatch.store import NODATA_LABEL
 from segbatch.tilestore import PROB_NODATA, PROB_SCALE
@@ -221,8 +223,8 @@ def test_stitch_chunks_blends_from_the_store_and_fences_with_the_jobs_lease(monk
         "uncertainty": None,  # a store made before confidence existed
     }
     fences, written, ledger = [], [], {}
-    monkeypatch.setattr(stitch, "open_store", lambda store, mode: root)
-    monkeypatch.setattr(stitch, "check_fence", lambda store, run: fences.append((store, run)))
+    monkeypatch.setattr(segbatch.store, "open_store", lambda store, mode: root)
+    monkeypatch.setattr(segbatch.owner, "check_fence", lambda store, run: fences.append((store, run)))
     monkeypatch.setattr(stitch, "write_region", lambda root, region, outputs: written.append((region, outputs)) or {"labels/0.0": "d"})
     monkeypatch.setattr(stitch, "ledger_array", lambda root: ["", "", "", "", '{"unit": 4}'])
     monkeypatch.setattr(stitch, "record_unit", lambda root, cid, entry: ledger.setdefault(cid, entry))

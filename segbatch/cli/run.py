@@ -13,8 +13,7 @@ from segbatch.cli.options import LOCATION, check_verbosity, overwrite_opt, parse
 
 if TYPE_CHECKING:
     from segbatch.engine.job import RunConfig
-    from segbatch.engine.many import JobSummary
-    from segbatch.engine.run import RunSummary
+    from segbatch.engine.outcome import JobSummary, RunSummary
     from segbatch.inputs import Input
 
 
@@ -171,60 +170,31 @@ def run(
         precision=precision,
         hwaccel=hwaccel,
     )
-    from segbatch.inputs import many_inputs
+    from segbatch.engine.outcome import JobSummary
+    from segbatch.inputs import many_inputs, one_input
     from segbatch.problems import problem_lines
     from segbatch.progress import StartUp, phase
 
     with StartUp(quiet, verbose, progress):  # the progress line says what goes on until the first unit is done
         phase("plan", f"planning {spec}", input=spec)
-        inputs = many_inputs(spec, asset)  # None: one input (a file, an image folder)
-        if inputs is not None:
-            job = _run_many(cfg, inputs, spec, add_inputs)
-        else:
-            summary = _run_one(cfg, add_inputs)
-    if inputs is not None:
-        _report_many(cfg, job)
+        many = many_inputs(spec, asset)  # None: one input (a file, an image folder)
+        summary = _run(cfg, many if many is not None else [one_input(input_path)], many is not None, spec, add_inputs)
+    if isinstance(summary, JobSummary):
+        _report_many(cfg, summary)
         return
     click.echo(summary.line(out), err=True)
     for line in problem_lines(summary.problems):
         click.echo(f"warning: {line}", err=True)
 
 
-def _run_one(cfg: RunConfig, add_inputs: bool) -> RunSummary:
-    """One input (a video, a raster, a folder of images), one store."""
+def _run(cfg: RunConfig, inputs: list[Input], many: bool, spec: str, add_inputs: bool) -> RunSummary:
+    """One input (a video, a raster, a folder of images) into the store, or many (a group each): the kind's source, one run path."""
     from segbatch.engine.run import run as run_job
-    from segbatch.sources import source_kind
+    from segbatch.kinds import kind
 
-    if add_inputs:
-        from segbatch.errors import InputError
-
-        raise InputError("--add-inputs is for jobs of many inputs (a folder, a glob, @FILE or STAC as --input)")
-    kind = "images" if location.is_dir(cfg.input) else source_kind(cfg.input)
-    refuse_options_not_for(kind)
-    if kind == "images":
-        from segbatch.engine.images import ImageSource
-
-        return run_job(cfg, ImageSource)
-    if kind == "video":
-        from segbatch.engine.video import VideoSource
-
-        return run_job(cfg, VideoSource)
-    from segbatch.engine.raster import RasterSource
-
-    return run_job(cfg, RasterSource)
-
-
-def _run_many(cfg: RunConfig, inputs: list[Input], spec: str, add_inputs: bool) -> JobSummary:
-    """Many inputs, one store with a group each."""
-    from segbatch.engine.many import run_many
-
-    kind = inputs[0].kind
-    refuse_options_not_for(kind)
-    if kind == "video":
-        from segbatch.engine.video import VideoSource as make
-    else:
-        from segbatch.engine.raster import RasterSource as make  # type: ignore[assignment]
-    return run_many(cfg, inputs, spec, make, add_inputs)
+    of = kind(inputs[0].kind)
+    refuse_options_not_for(of.name)
+    return run_job(cfg, inputs, of.source_class(), many=many, spec=spec, add_inputs=add_inputs)
 
 
 def _report_many(cfg: RunConfig, summary: JobSummary) -> None:
@@ -250,30 +220,20 @@ def _report_many(cfg: RunConfig, summary: JobSummary) -> None:
         raise error(f"{what}; `segbatch info {cfg.out}` lists them" + ("; --resume retries them" if ran else ""))
 
 
-# the options that apply to some kinds of input only: one table, checked before anything runs
-ONLY_FOR = {
-    "frames": ("video",),
-    "hwaccel": ("video",),
-    "batch_size": ("video",),  # a raster tile or an image (sizes differ) goes to the model alone
-    "resize": ("video", "images"),
-    "extra_outputs": ("video", "images"),
-    "tile": ("raster",),
-    "overlap": ("raster",),
-    "bands": ("raster",),
-    "keep_tiles": ("raster",),
-}
-KIND_WORDS = {"video": "a video", "raster": "a raster", "images": "an image folder"}
-
-
-def refuse_options_not_for(kind: str) -> None:
+def refuse_options_not_for(name: str) -> None:
     """One line, exit 2, naming every option the user set that does not apply to this kind of input (and what it is for)."""
     from segbatch.errors import InputError
+    from segbatch.kinds import KINDS
 
-    wrong = [(name, kinds) for name, kinds in ONLY_FOR.items() if kind not in kinds and _given(name)]
+    only_for: dict[str, list[str]] = {}  # the options that apply to some kinds only, in the kinds' order
+    for k in KINDS.values():
+        for option in k.options:
+            only_for.setdefault(option, []).append(k.name)
+    wrong = [(option, kinds) for option, kinds in only_for.items() if name not in kinds and _given(option)]
     if wrong:
-        flags = ", ".join(_flag(name) for name, _ in wrong)
-        uses = "; ".join(f"{_flag(name)} is for {' and '.join(KIND_WORDS[k].split(' ', 1)[1] + 's' for k in kinds)}" for name, kinds in wrong)
-        raise InputError(f"{flags}: not for {KIND_WORDS[kind]} ({uses})")
+        flags = ", ".join(_flag(option) for option, _ in wrong)
+        uses = "; ".join(f"{_flag(option)} is for {' and '.join(KINDS[k].plural for k in kinds)}" for option, kinds in wrong)
+        raise InputError(f"{flags}: not for {KINDS[name].article} ({uses})")
 
 
 def _flag(name: str) -> str:

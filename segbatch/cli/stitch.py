@@ -16,7 +16,7 @@ from segbatch.cli.options import LOCATION, check_verbosity, quiet_opt, verbose_o
 @verbose_opt
 def stitch(store: Path | str, group: str | None, quiet: bool, verbose: int) -> None:
     """Re-run the stitch of a raster store (its tiles/ must have been kept: run --keep-tiles)."""
-    from segbatch.engine.raster import restitch
+    from segbatch.engine.restitch import restitch
 
     check_verbosity(quiet, verbose)
     summary = restitch(store, quiet, verbose, group)

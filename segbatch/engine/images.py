@@ -13,19 +13,24 @@ from __future__ import annotations
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from segbatch import location
-from segbatch.engine.job import JobBasics, RunConfig
+from segbatch.engine.job import RunConfig
+from segbatch.engine.outcome import RunSummary, finished_or_fail, mark_complete
+from segbatch.engine.outputs import output_names
 from segbatch.engine.pipeline import require_readable
-from segbatch.engine.run import UNITS_PER_ACTOR, RunSummary, finished_or_fail, mark_complete
-from segbatch.engine.source import FinalisedAtEnd, Item, UnitReport, Write
-from segbatch.engine.video import output_names
+from segbatch.engine.source import UNITS_PER_ACTOR, FinalisedAtEnd, Item, UnitReport, Write
+from segbatch.engine.step import ModelStep
 from segbatch.errors import DataError, InputError
+from segbatch.owner import Owner
 from segbatch.sources.images import ImageFolderPlan, probe_folder, read_image, to_unit_float
 from segbatch.store import StoreLayout, store_attrs
+
+if TYPE_CHECKING:
+    from zarr import Group
 
 MAX_UNIT_IMAGES = 16
 MAX_CHUNK_SIDE = 1024  # a large image spans several chunks, all of them its own
@@ -65,25 +70,19 @@ def model_input(image: np.ndarray, in_channels: int, path: Path) -> np.ndarray:
 
 
 @dataclass(frozen=True)
-class ImageJob(JobBasics):
-    """The worker half: everything an actor needs besides the unit (sent once to each)."""
+class ImageJob:
+    """The worker half: everything an actor needs about the folder besides the unit (sent once to each)."""
 
-    float_dtype: str
-    resize: tuple[int, int] | None
-    outputs: tuple[str, ...]  # the store's arrays
+    store: str
     root: str  # the folder; paths are relative to it
     paths: tuple[str, ...]
     shapes: tuple[tuple[int, int, int], ...]  # (height, width, bands) per image, from the headers
     in_channels: int
 
-    @property
-    def model_outputs(self) -> tuple[str, ...]:
-        return tuple(name for name in self.outputs if name != "labels")
-
     def check_node(self) -> None:
         require_readable(self.root)
 
-    def read(self, unit: ImageUnit, report: UnitReport) -> Iterator[list[Item]]:
+    def read(self, unit: ImageUnit, report: UnitReport) -> Iterator[Item]:
         """Each image alone (images differ in size); one that cannot be used is recorded and keeps its fill values."""
         for i in range(unit.start, unit.stop):
             path = Path(self.root) / self.paths[i]
@@ -95,7 +94,7 @@ class ImageJob(JobBasics):
             except DataError as exc:
                 report.unreadable.append({"image": i, "path": self.paths[i], "error": str(exc).removeprefix(f"{path}: ")})
                 continue
-            yield [Item(i, x)]
+            yield Item(i, x)
 
     def to_model(self, x: Any) -> Any:
         return x
@@ -174,13 +173,19 @@ class ImageSource(FinalisedAtEnd):
     def units(self, attrs: Mapping[str, Any]) -> list[ImageUnit]:
         return plan_image_units(self.plan.images, int(attrs["unit_images"]))
 
-    def job(self, store: str, checkpoint: str, run: str) -> ImageJob:
-        cfg = self.cfg
+    @staticmethod
+    def job_options(cfg: RunConfig) -> dict[str, Any]:
+        """What every image folder of a job would share in its fingerprint."""
+        return {"resize": list(cfg.resize) if cfg.resize else None, "outputs": list(cfg.extra_outputs)}
+
+    def step(self, checkpoint: str) -> ModelStep:
+        """Each image alone (images differ in size)."""
+        model_outputs = tuple(name for name in self.outputs if name != "labels")
+        return ModelStep.of(self.cfg, checkpoint, model_outputs, self.cfg.float_dtype, 1, self.cfg.resize)
+
+    def job(self, store: str) -> ImageJob:
         return ImageJob(
-            **JobBasics.of(cfg, store, checkpoint, run),
-            float_dtype=cfg.float_dtype,
-            resize=cfg.resize,
-            outputs=self.outputs,
+            store=store,
             root=self.plan.root,
             paths=self.plan.paths,
             shapes=self.plan.shapes,
@@ -193,9 +198,9 @@ class ImageSource(FinalisedAtEnd):
     def describe(self, unit: ImageUnit) -> str:
         return f"unit {unit.id} (images {unit.start}:{unit.stop}, {self.plan.paths[unit.start]} ...)"
 
-    def finish(self, root: Any, units: Sequence[ImageUnit], ran: Sequence[ImageUnit], summary: RunSummary, keeper: Any) -> None:
+    def finish(self, root: Group, units: Sequence[ImageUnit], ran: Sequence[ImageUnit], summary: RunSummary, owner: Owner) -> None:
         """From the ledger (every unit, this run's and earlier ones') and the plan's problems: the final attributes."""
-        ledger = finished_or_fail(root, units)
+        ledger = finished_or_fail(root, [u.id for u in units])
         attrs = store_attrs(root)
         planned = [p for p in attrs.get("problems", []) if p.get("image") is None]
         found = [

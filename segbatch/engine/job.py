@@ -66,35 +66,3 @@ def source_identity(path: Location) -> dict[str, Any]:
 
 def config_digest(config: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:16]
-
-
-@dataclass(frozen=True)
-class JobBasics:
-    """What every source's worker job holds: where to write and read, the run that owns the store, the model step's settings."""
-
-    store: str  # absolute location of the store (a path or a URL)
-    checkpoint: str
-    run: str  # the run that owns the store (its lease): every write is fenced by it
-    threads: int  # torch threads per actor
-    samples: int
-    seed: int
-    precision: str
-
-    def where(self, unit: Any) -> tuple[str, int]:
-        """A single input's store: the unit writes into the store itself, in its own ledger row."""
-        from segbatch.engine.source import unit_id
-
-        return "", unit_id(unit)
-
-    @staticmethod
-    def of(cfg: RunConfig, store: str, checkpoint: str, run: str) -> dict[str, Any]:
-        """These fields for a job's constructor, from the run's options."""
-        return {
-            "store": store,
-            "checkpoint": checkpoint,
-            "run": run,
-            "threads": max(1, int(cfg.cpus_per_actor)),
-            "samples": cfg.samples,
-            "seed": cfg.seed,
-            "precision": cfg.precision,
-        }

@@ -25,40 +25,43 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from segbatch.engine.source import Item, SourceJob, UnitReport, Write
+from segbatch.batching import batched
+from segbatch.engine.runjob import RunJob, RunUnit, input_job
+from segbatch.engine.source import Item, Placer, SourceJob, UnitReport, Write
 from segbatch.errors import InputError
-from segbatch.jobstore import group_location
-from segbatch.lease import check_fence
-from segbatch.mc import derive_seed, mc_predict
-from segbatch.store import open_store, record_unit, write_region
+from segbatch.mc import derive_seed, predict_outputs
+from segbatch.store import record_unit, write_region
 
-OPEN_GROUPS = 64  # groups of a job store an actor keeps open (units of one input tend to come together)
+if TYPE_CHECKING:
+    from zarr import Group
+
+OPEN_GROUPS = 64  # stores (a job's groups) an actor keeps open (units of one input tend to come together)
 QUEUE_BATCHES = 2  # batches waiting between stages: enough to hide jitter, few enough to bound memory
 STAGES = ("read", "to_device", "model", "to_host", "write", "wait")
 
 
 class PipelineWorker:
-    """What every actor holds: its torch threads, its device (the GPU Ray gave it, else CPU), the model, the store."""
+    """What every actor holds: its torch threads, its device (the GPU Ray gave it, else CPU), the model, the stores it writes."""
 
-    def __init__(self, job: SourceJob) -> None:
+    def __init__(self, job: RunJob) -> None:
         import torch
 
-        torch.set_num_threads(max(1, job.threads))
-        self.job = job
+        torch.set_num_threads(max(1, job.step.threads))
+        self.job, self.step = job, job.step
         self.device = torch.device("cuda" if torch.cuda.is_available() and _ray_gave_gpu() else "cpu")
         self.cuda = self.device.type == "cuda"
         self.model: Any = None  # loaded by device_name(), the pool's first call
         self.model_lock = threading.Lock()  # two units in flight, one model: its calls take turns
         self.copy_stream = torch.cuda.Stream(self.device) if self.cuda else None  # type: ignore[no-untyped-call]
-        self.root = open_store(job.store, mode="r+")
-        self.groups: OrderedDict[str, Any] = OrderedDict()  # a job store's groups this actor writes to, the last OPEN_GROUPS used
-        self.groups_lock = threading.Lock()  # two units in flight may open groups at once
+        self.stores: OrderedDict[str, Group] = OrderedDict()  # the stores (a job's groups) this actor writes to, the last OPEN_GROUPS used
+        self.stores_lock = threading.Lock()  # two units in flight may open stores at once
         self.node = _node_id()
-        job.check_node()
+        if job.first is not None:
+            input_job(job.first)  # a run of one input: its node check, before any unit
 
     def device_name(self) -> str:
         """Load the model, then say the device: the pool's first call, so the driver tells an actor that is up from one that is ready."""
@@ -67,24 +70,23 @@ class PipelineWorker:
 
             from segbatch.model.checkpoint import load_checkpoint
 
-            model = load_checkpoint(self.job.checkpoint).model.to(self.device).eval()
+            model = load_checkpoint(self.step.checkpoint).model.to(self.device).eval()
             # on GPUs, channels-last feeds cuDNN's tensor-core kernels without layout conversions (same results: tested on CPU)
             self.model = model.to(memory_format=torch.channels_last) if self.cuda else model  # type: ignore[call-overload]
         return str(self.device)
 
-    def process(self, unit: Any) -> dict[str, Any]:
+    def process(self, unit: RunUnit) -> dict[str, Any]:
         """Run one unit through the pipeline; write its chunks, then its ledger entry; return the entry."""
-        job = self.job
-        group, row = job.where(unit)
-        root = self._root(group)
+        source = input_job(unit.job)
+        root = self._open(source.store)
         started = time.perf_counter()
         report = UnitReport()
         times = dict.fromkeys(STAGES, 0.0)
         digests: dict[str, str] = {}
-        placer = job.placer(unit, self.model.num_classes)
+        placer = source.placer(unit.unit, self.model.num_classes)
         batches: queue.Queue[Any] = queue.Queue(QUEUE_BATCHES)
         results: queue.Queue[Any] = queue.Queue(QUEUE_BATCHES)
-        reader = _Stage(lambda stage: self._read(unit, report, stage, times), batches)
+        reader = _Stage(lambda stage: self._read(source, unit, report, stage, times), batches)
         writer = _Stage(lambda stage: self._write(root, placer, stage, digests, times), results)
         reader.start()
         writer.start()
@@ -96,7 +98,7 @@ class PipelineWorker:
                 if batch is None:
                     break
                 items, host = batch
-                results_for_batch = self._infer(items, host, times)
+                results_for_batch = self._infer(source, items, host, times)
                 t = time.perf_counter()
                 writer.put((items, results_for_batch))
                 times["wait"] += time.perf_counter() - t
@@ -105,30 +107,28 @@ class PipelineWorker:
         finally:
             reader.stop()
             writer.stop()
-        stats = job.unit_stats(unit, report)
+        stats = source.unit_stats(unit.unit, report)
         stats["seconds"] = round(time.perf_counter() - started, 3)
         stats["stages"] = {k: round(v, 4) for k, v in times.items()}
-        check_fence(job.store, job.run)
-        entry = {**stats, "node": self.node, "run": job.run, "chunks": dict(sorted(digests.items()))}
-        record_unit(root, row, entry)
+        self.job.fence.check()
+        entry = {**stats, "node": self.node, "run": self.job.fence.run, "chunks": dict(sorted(digests.items()))}
+        record_unit(root, unit.id, entry)
         return entry
 
-    def _root(self, group: str) -> Any:
-        """Where a unit's chunks and ledger entry go: the store, or one group of a job store (opened once per actor)."""
-        if not group:
-            return self.root
-        with self.groups_lock:
-            if group in self.groups:
-                self.groups.move_to_end(group)
+    def _open(self, store: str) -> Group:
+        """Where a unit's chunks and ledger entry go: its input's store, or its group of a job store (opened once per actor)."""
+        with self.stores_lock:
+            if store in self.stores:
+                self.stores.move_to_end(store)
             else:
-                self.groups[group] = open_store(group_location(self.job.store, group), mode="r+")
-                while len(self.groups) > OPEN_GROUPS:
-                    self.groups.popitem(last=False)
-            return self.groups[group]
+                self.stores[store] = self.job.fence.open(store)
+                while len(self.stores) > OPEN_GROUPS:
+                    self.stores.popitem(last=False)
+            return self.stores[store]
 
-    def _read(self, unit: Any, report: UnitReport, out: _Stage, times: dict[str, float]) -> None:
-        """Read-ahead thread: the source's batches, stacked on the host (pinned on CUDA), into the queue."""
-        batches = iter(self.job.read(unit, report))
+    def _read(self, source: SourceJob[Any], unit: RunUnit, report: UnitReport, out: _Stage, times: dict[str, float]) -> None:
+        """Read-ahead thread: the unit's items in batches of the model step's size, stacked on the host (pinned on CUDA), into the queue."""
+        batches = batched(source.read(unit.unit, report), self.step.batch_size)
         while True:
             t = time.perf_counter()
             items = next(batches, None)
@@ -144,19 +144,18 @@ class PipelineWorker:
         x = torch.from_numpy(np.ascontiguousarray(np.stack([item.data for item in items])))
         return x.pin_memory() if self.cuda else x
 
-    def _infer(self, items: list[Item], host: Any, times: dict[str, float]) -> Any:
+    def _infer(self, source: SourceJob[Any], items: list[Item], host: Any, times: dict[str, float]) -> Any:
         """The model step: to the device, MC dropout, the store's arrays computed there, copies back started."""
         import torch
 
-        job = self.job
         t = time.perf_counter()
         with self.model_lock:
             times["wait"] += time.perf_counter() - t  # the other unit in flight had the model
             t = time.perf_counter()
-            x = job.to_model(host.to(self.device, non_blocking=True))
+            x = source.to_model(host.to(self.device, non_blocking=True))
             times["to_device"] += time.perf_counter() - t
             t = time.perf_counter()
-            outputs = self.predict(x, [derive_seed(job.seed, item.index) for item in items])
+            outputs = self.predict(x, [derive_seed(self.step.seed, item.index) for item in items])
             times["model"] += time.perf_counter() - t
             t = time.perf_counter()
             if not self.cuda:
@@ -177,10 +176,10 @@ class PipelineWorker:
 
     def predict(self, x: Any, seeds: list[int]) -> dict[str, Any]:
         """The model on a batch on the device: the store's arrays, still there (a benchmark's stand-in device replaces this)."""
-        job = self.job
-        return predict(self.model, x, seeds, job.samples, job.resize, job.model_outputs, job.float_dtype, job.precision)
+        step = self.step
+        return predict_outputs(self.model, x, seeds, step.samples, step.resize, step.outputs, step.float_dtype, step.precision)
 
-    def _write(self, root: Any, placer: Any, results: _Stage, digests: dict[str, str], times: dict[str, float]) -> None:
+    def _write(self, root: Group, placer: Placer, results: _Stage, digests: dict[str, str], times: dict[str, float]) -> None:
         """Writer thread: wait for each batch's copies, let the source's placer cut whole chunks, write them fenced."""
         while True:
             got = results.take()
@@ -201,9 +200,9 @@ class PipelineWorker:
             self._store(root, placer.put(items, outputs), digests)
             times["write"] += time.perf_counter() - t
 
-    def _store(self, root: Any, writes: list[Write], digests: dict[str, str]) -> None:
+    def _store(self, root: Group, writes: list[Write], digests: dict[str, str]) -> None:
         for w in writes:
-            check_fence(self.job.store, self.job.run)  # nothing is written once this run no longer owns the store
+            self.job.fence.check()  # nothing is written once this run no longer owns the store
             written = write_region(root, w.region, w.arrays)
             if w.digests:
                 digests.update(written)
@@ -289,61 +288,6 @@ class _Stage:
                 return self.channel.get(timeout=0.1)
             except queue.Empty:
                 continue
-
-
-def predict(
-    model: Any,
-    x: Any,
-    seeds: list[int],
-    samples: int,
-    resize: tuple[int, int] | None,
-    outputs: tuple[str, ...],
-    float_dtype: str,
-    precision: str = "fp32",
-) -> dict[str, Any]:
-    """The store's arrays for a batch `x` (B, C, H, W floats in [0, 1]), as tensors on its device, one seed per item.
-
-    `labels` always; then each of `outputs` (probs, uncertainty, entropy,
-    confidence, mutual_information) that the run writes, cast to `float_dtype`
-    on the device (less to copy back). With `resize` the model runs at that
-    size and its outputs come back to (H, W): probabilities bilinear, then
-    argmax; entropy from the resampled probabilities; variance and the mean
-    per-sample entropy (for MI) bilinear.
-    """
-    import torch
-    import torch.nn.functional as F
-
-    from segbatch.mc import class_entropy
-
-    size = x.shape[-2:]
-    if resize is not None:
-        x = F.interpolate(x, size=resize, mode="bilinear", antialias=True, align_corners=False)
-    if x.is_cuda:
-        x = x.contiguous(memory_format=torch.channels_last)
-    res = mc_predict(model, x, samples=samples, seed=seeds, precision=precision)
-    if resize is not None:
-
-        def up(v: torch.Tensor) -> torch.Tensor:
-            return F.interpolate(v, size=size, mode="bilinear", align_corners=False)
-
-        probs = up(res["probs"])
-        entropy = class_entropy(probs)
-        resampled = {"probs": probs, "labels": probs.argmax(1).to(torch.uint8), "entropy": entropy}
-        if "uncertainty" in res:
-            resampled["uncertainty"] = up(res["uncertainty"][:, None])[:, 0]
-            expected = up((res["entropy"] - res["mutual_information"])[:, None])[:, 0]
-            resampled["mutual_information"] = (entropy - expected).clamp_min(0.0)
-        res = resampled
-    dtype = getattr(torch, float_dtype)
-    out = {"labels": res["labels"]}
-    for name in outputs:
-        if name == "probs":
-            out[name] = res["probs"].permute(0, 2, 3, 1).to(dtype).contiguous()
-        elif name == "confidence":
-            out[name] = res["probs"].amax(1).to(dtype)
-        elif name in res and name != "labels":
-            out[name] = res[name].to(dtype)
-    return out
 
 
 def require_readable(path: str) -> None:

@@ -11,51 +11,55 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from segbatch import location
-from segbatch.engine.job import JobBasics, RunConfig, source_identity
+from segbatch.engine.job import RunConfig, source_identity
+from segbatch.engine.outcome import RunSummary, finished_or_fail, stage_totals
 from segbatch.engine.pipeline import require_readable
-from segbatch.engine.run import RunSummary, finished_or_fail, recorded_outcome, stage_totals
-from segbatch.engine.session import ray_session
 from segbatch.engine.source import Item, UnitReport, Write
+from segbatch.engine.step import ModelStep
 from segbatch.engine.stitcher import Stitcher
 from segbatch.errors import InputError
-from segbatch.lease import Lease, LeaseKeeper
+from segbatch.owner import Owner
 from segbatch.problems import index_ranges
 from segbatch.progress import note
 from segbatch.sources.raster import RasterPlan, georeference, geozarr_attrs, probe_raster, read_window
 from segbatch.stitch import StitchJob
-from segbatch.store import ArraySpec, StoreLayout, consolidate, enclosing_store, open_store, read_store, store_attrs, update_attrs
+from segbatch.store import ArraySpec, StoreLayout, consolidate, update_attrs
 from segbatch.tilestore import PROB_NODATA, PROB_SCALE, tile_side
 from segbatch.tiling import TilePlan, padded_side, plan_tiles
 
+if TYPE_CHECKING:
+    from zarr import Group
+
 
 @dataclass(frozen=True)
-class RasterJob(JobBasics):
-    """The worker half: everything an actor needs besides the tile id (sent once to each)."""
+class TileUnit:
+    """A unit of a raster: one tile (core + overlap) of the tile plan, its id the tile number."""
 
+    id: int
+
+
+@dataclass(frozen=True)
+class RasterJob:
+    """The worker half: everything an actor needs about the raster besides the tile (sent once to each)."""
+
+    store: str
     store_dtype: str  # tiles/uncertainty's dtype (the model step computes in float32; probs are quantised to uint8)
     plan: RasterPlan
     tiles: TilePlan
     tile_side: tuple[int, int]  # (height, width) of the tiles/ arrays: segbatch.tilestore.tile_side
     pool: int  # the model's input sides must be multiples of this (each pooling level halves them)
-    resize: None = None
-    float_dtype: str = "float32"
-
-    @property
-    def model_outputs(self) -> tuple[str, ...]:
-        return ("probs", "uncertainty") if self.samples > 0 else ("probs",)
 
     def check_node(self) -> None:
         require_readable(self.plan.path)
 
-    def read(self, tile_id: int, report: UnitReport) -> Iterator[list[Item]]:
+    def read(self, tile: TileUnit, report: UnitReport) -> Iterator[Item]:
         """The tile's window, reflect-padded to sides the pooling halves exactly; nothing when it is all nodata (skipped)."""
-        data, valid = read_window(self.plan, self.tiles[tile_id].window)
+        data, valid = read_window(self.plan, self.tiles[tile.id].window)
         if not valid.any():
             report.skipped = True
             return
@@ -63,16 +67,16 @@ class RasterJob(JobBasics):
         ph, pw = padded_side(h, self.pool) - h, padded_side(w, self.pool) - w
         if ph or pw:  # a raster smaller than a tile, say
             data = np.pad(data, ((0, 0), (0, ph), (0, pw)), mode="reflect" if min(h, w) > max(ph, pw) else "edge")
-        yield [Item(tile_id, data, info=valid)]
+        yield Item(tile.id, data, info=valid)
 
     def to_model(self, x: Any) -> Any:
         return x
 
-    def placer(self, tile_id: int, num_classes: int) -> TilePlacer:
+    def placer(self, tile: TileUnit, num_classes: int) -> TilePlacer:
         return TilePlacer(self)
 
-    def unit_stats(self, tile_id: int, report: UnitReport) -> dict[str, Any]:
-        return {"unit": tile_id, "skipped": report.skipped}
+    def unit_stats(self, tile: TileUnit, report: UnitReport) -> dict[str, Any]:
+        return {"unit": tile.id, "skipped": report.skipped}
 
 
 class TilePlacer:
@@ -159,13 +163,24 @@ class RasterSource:
         # segbatch.geozarr: the same keys again where earlier stores kept them, so readers of that place keep working
         return layout, {"source": source, "geozarr": geozarr}
 
-    def units(self, attrs: Mapping[str, Any]) -> list[int]:
-        return list(range(len(self.tiles)))
+    def units(self, attrs: Mapping[str, Any]) -> list[TileUnit]:
+        return [TileUnit(i) for i in range(len(self.tiles))]
 
-    def job(self, store: str, checkpoint: str, run: str) -> RasterJob:
+    @staticmethod
+    def job_options(cfg: RunConfig) -> dict[str, Any]:
+        """What every raster of a job shares in its fingerprint (each group's own adds its raster's identity)."""
+        options = {"bands": list(cfg.bands) if cfg.bands else None, "tile": cfg.tile, "overlap": cfg.overlap}
+        return options | {"outputs": list(cfg.extra_outputs), "hwaccel": cfg.hwaccel}
+
+    def step(self, checkpoint: str) -> ModelStep:
+        """Class probabilities (and the uncertainty) in float32 for the blend, a tile at a time (edge tiles are smaller)."""
+        outputs = ("probs", "uncertainty") if self.cfg.samples > 0 else ("probs",)
+        return ModelStep.of(self.cfg, checkpoint, outputs, "float32", 1)
+
+    def job(self, store: str) -> RasterJob:
         cfg = self.cfg
         return RasterJob(
-            **JobBasics.of(cfg, store, checkpoint, run),
+            store=store,
             store_dtype=cfg.float_dtype,
             plan=self.plan,
             tiles=self.tiles,
@@ -173,38 +188,38 @@ class RasterSource:
             pool=2 ** len(self.ckpt.model.encoders),
         )
 
-    def size(self, tile_id: int) -> int:
+    def size(self, tile: TileUnit) -> int:
         return 1
 
-    def describe(self, tile_id: int) -> str:
-        return f"tile {tile_id} (window {self.tiles[tile_id].window})"
+    def describe(self, tile: TileUnit) -> str:
+        return f"tile {tile.id} (window {self.tiles[tile.id].window})"
 
-    def check_resume(self, root: Any, attrs: Mapping[str, Any]) -> None:
+    def check_resume(self, root: Group, attrs: Mapping[str, Any]) -> None:
         if "tiles" not in root and attrs["status"] == "complete":
             raise InputError(f"{self.cfg.out} is complete and its tiles/ were removed after stitching: nothing to resume; use --overwrite to run again")
         if "tiles" not in root:
             raise InputError(f"{self.cfg.out} has no tiles/ left to resume from (status {attrs['status']}); use --overwrite to run again")
 
-    def begin(self, root: Any, done: Mapping[int, Mapping[str, Any]], keeper: Any) -> None:
+    def begin(self, root: Group, done: Mapping[int, Mapping[str, Any]], owner: Owner) -> None:
         """Start the stitcher: chunks are blended as their tiles finish (a job's groups are fenced by the lease at its root)."""
-        job = StitchJob(store=location.absolute(self.cfg.out), tiles=self.tiles, run=keeper.lease.run, lease=location.absolute(keeper.store))
-        self.stitcher = new_stitcher(job, root, done, self.cfg.keep_tiles, keeper)
+        job = StitchJob(store=location.absolute(self.cfg.out), tiles=self.tiles, run=owner.run, lease=location.absolute(owner.store))
+        self.stitcher = new_stitcher(job, root, done, self.cfg.keep_tiles, owner)
 
-    def unit_done(self, unit: int, entry: Mapping[str, Any]) -> None:
-        self.stitcher.tile_done(unit, entry)
+    def unit_done(self, unit: TileUnit, entry: Mapping[str, Any]) -> None:
+        self.stitcher.tile_done(unit.id, entry)
 
-    def finish(self, root: Any, units: Sequence[int], ran: Sequence[int], summary: RunSummary, keeper: Any) -> None:
-        stitch_store(root, self.stitcher, self.cfg.keep_tiles, self.cfg.quiet, summary, keeper)
+    def finish(self, root: Group, units: Sequence[TileUnit], ran: Sequence[TileUnit], summary: RunSummary, owner: Owner) -> None:
+        stitch_store(root, self.stitcher, self.cfg.keep_tiles, self.cfg.quiet, summary, owner)
 
 
-def new_stitcher(job: StitchJob, root: Any, done: Mapping[int, Mapping[str, Any]], keep_tiles: bool, keeper: LeaseKeeper, again: bool = False) -> Stitcher:
+def new_stitcher(job: StitchJob, root: Group, done: Mapping[int, Mapping[str, Any]], keep_tiles: bool, owner: Owner, again: bool = False) -> Stitcher:
     import ray
 
     cpus = float(ray.cluster_resources().get("CPU", 1))  # type: ignore[no-untyped-call]
-    return Stitcher(job, root, done, keep_tiles, keeper.check, cpus, again=again)
+    return Stitcher(job, root, done, keep_tiles, owner.check, cpus, again=again)
 
 
-def stitch_store(root: Any, stitcher: Stitcher, keep_tiles: bool, quiet: bool, summary: RunSummary, keeper: LeaseKeeper) -> None:
+def stitch_store(root: Group, stitcher: Stitcher, keep_tiles: bool, quiet: bool, summary: RunSummary, owner: Owner) -> None:
     """Every tile is done: stitch the chunks still to do, mark the store complete, then drop tiles/ (unless kept).
 
     Most chunks were stitched while inference went on (`Stitcher`); what is
@@ -220,8 +235,8 @@ def stitch_store(root: Any, stitcher: Stitcher, keep_tiles: bool, quiet: bool, s
     with progress_bar(stitcher.left(), "stitching", "chunk", quiet) as bar:
         after = stitcher.drain(bar)
     summary.stitch_seconds = after
-    keeper.renew()
-    keeper.check()
+    owner.renew()
+    owner.check()
     update_attrs(
         root,
         drop=("error",),
@@ -249,35 +264,3 @@ def skipped_problems(skipped: frozenset[int]) -> list[dict[str, Any]]:
     if not skipped:
         return []
     return [{"kind": "skipped_tiles", "reason": "all nodata", "tiles": index_ranges(skipped), "count": len(skipped)}]
-
-
-def restitch(path: Path | str, quiet: bool, verbose: int = 0, group: str | None = None) -> RunSummary:
-    """`segbatch stitch STORE [--group NAME]`: blend a store's kept tiles again (`verbose` >= 2: Ray's own logs on stderr).
-
-    A group of a job store is stitched under the job's lease (its root's), as the job's own writes are.
-    """
-    from segbatch.jobstore import group_of
-
-    target = group_of(path, group, "stitch")
-    root, attrs, _ = read_store(target)  # attributes and ledger checked before the store is claimed
-    if attrs["source"]["kind"] != "raster":
-        raise InputError(f"{target} is a {attrs['source']['kind']} store; only raster stores are stitched")
-    if "tiles" not in root:
-        raise InputError(f"{target} has no tiles/ (they are removed after a stitch unless the run had --keep-tiles)")
-    owner = enclosing_store(target) or target  # one run owns a store (a job's group: the job's root), not while another holds it
-    lease = Lease.new()
-    src = attrs["source"]
-    tiles = plan_tiles(src["height"], src["width"], src["tile"], src["overlap"])
-    job = StitchJob(store=location.absolute(target), tiles=tiles, run=lease.run, lease=location.absolute(owner))
-    summary = RunSummary(units=len(job.tiles), noun="tile")
-    with LeaseKeeper(owner, lease) as keeper, ray_session(None, verbose):
-        root = open_store(target, mode="r+")  # as it is now that this run holds it
-        attrs = store_attrs(root)
-        with recorded_outcome(root, len(job.tiles), "tiles"):
-            done = finished_or_fail(root, range(len(job.tiles)))
-            # every chunk again only from tiles a run kept whole; a run stopped mid-stitch deleted the tiles it had used up,
-            # so then only the chunks it had not stitched yet (their tiles are all still there)
-            again = bool((attrs.get("summary") or {}).get("tiles_kept"))
-            stitcher = new_stitcher(job, root, done, keep_tiles=True, keeper=keeper, again=again)
-            stitch_store(root, stitcher, keep_tiles=True, quiet=quiet, summary=summary, keeper=keeper)
-    return summary

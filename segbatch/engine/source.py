@@ -4,7 +4,8 @@ A source has two halves. The driver half (`Source`) plans: it checks the
 input, names the settings that decide the output's bits, lays out the store,
 cuts the work into units and, at the end, finishes the store (finalise, or
 stitch). The worker half (`SourceJob`, sent once to each actor) reads a
-unit's items in fixed batches and places the model's outputs in the store.
+unit's items and places the model's outputs in the store; the model step's
+settings (`ModelStep`) are the run's, not the source's.
 Everything else is the engine's, written once: the run prologue, the
 elastic pool, the worker pipeline (read-ahead, device, copy back, writer),
 fencing, digests and the ledger.
@@ -14,11 +15,20 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 import numpy as np
 
 from segbatch.store import StoreLayout
+
+if TYPE_CHECKING:
+    from zarr import Group
+
+    from segbatch.engine.outcome import RunSummary
+    from segbatch.engine.step import ModelStep
+    from segbatch.owner import Owner
+
+UNITS_PER_ACTOR = 8  # sources cut units so each actor gets at least this many: no actor idles long at the end
 
 
 @dataclass(frozen=True)
@@ -50,6 +60,17 @@ class UnitReport:
     skipped: bool = False
 
 
+class Unit(Protocol):
+    """A piece of work an actor runs alone: its `id` is its row in its store's ledger (frames, images, a tile: the source's)."""
+
+    @property
+    def id(self) -> int: ...
+
+
+U = TypeVar("U", bound=Unit)  # a source's own unit type (FrameUnit, TileUnit, ImageUnit)
+U_in = TypeVar("U_in", bound=Unit, contravariant=True)  # the same, where the worker half only takes units
+
+
 class Placer(Protocol):
     """A unit's outputs on their way into the store: buffers them into whole chunks (one per unit, worker side)."""
 
@@ -62,67 +83,42 @@ class Placer(Protocol):
         ...
 
 
-class SourceJob(Protocol):
-    """The worker half of a source: picklable, sent once to each actor."""
+class SourceJob(Protocol[U_in]):
+    """The worker half of a source: facts about one input and its store, picklable, sent once to each actor that needs it.
+
+    The model step's settings are not here: they are the run's (`ModelStep`).
+    """
 
     @property
-    def store(self) -> str: ...
-    @property
-    def checkpoint(self) -> str: ...
-    @property
-    def run(self) -> str:
-        """The run that owns the store (its lease): every write is fenced by it."""
-        ...
-
-    @property
-    def threads(self) -> int: ...
-    @property
-    def samples(self) -> int: ...
-    @property
-    def seed(self) -> int: ...
-    @property
-    def precision(self) -> str: ...
-    @property
-    def float_dtype(self) -> str:
-        """The dtype of the model step's float outputs (cast on the device)."""
-        ...
-
-    @property
-    def resize(self) -> tuple[int, int] | None: ...
-    @property
-    def model_outputs(self) -> tuple[str, ...]:
-        """What the model step hands to the placer besides labels (see engine.pipeline.predict)."""
+    def store(self) -> str:
+        """The store (or a job's group) the input's units write into."""
         ...
 
     def check_node(self) -> None:
-        """At an actor's start: its node can read the input (and decode it as asked)."""
+        """Before an actor's first unit of this input: its node can read the input (and decode it as asked)."""
         ...
 
-    def where(self, unit: Any) -> tuple[str, int]:
-        """The group of a job store the unit writes into ("" = the store itself), and its row in that group's ledger."""
-        ...
-
-    def read(self, unit: Any, report: UnitReport) -> Iterator[list[Item]]:
-        """The unit's items, in batches whose composition depends on the unit only (that fixes the bits)."""
+    def read(self, unit: U_in, report: UnitReport) -> Iterator[Item]:
+        """The unit's items in order (the model step batches them: `ModelStep.batch_size`): they depend on the unit only."""
         ...
 
     def to_model(self, x: Any) -> Any:
         """A stacked batch on the model's device -> (B, C, H, W) float in [0, 1]."""
         ...
 
-    def placer(self, unit: Any, num_classes: int) -> Placer:
+    def placer(self, unit: U_in, num_classes: int) -> Placer:
         """Where a unit's outputs go."""
         ...
 
-    def unit_stats(self, unit: Any, report: UnitReport) -> dict[str, Any]:
+    def unit_stats(self, unit: U_in, report: UnitReport) -> dict[str, Any]:
         """The unit's ledger entry (besides run, node, digests and stage times, which the engine adds)."""
         ...
 
 
-class Source(Protocol):
+class Source(Protocol[U]):
     """The driver half of a source."""
 
-    kind: str  # video | raster | images
+    kind: str  # video | raster | images: its entry in segbatch.kinds
     noun: str  # what an item is called in messages: frame, tile, image
     max_units: int  # the most units the input can be cut into (the pool is never larger)
 
@@ -134,33 +130,39 @@ class Source(Protocol):
         """The store's layout and the source's root attributes (`source`, unit size, ...), for a new run."""
         ...
 
-    def units(self, attrs: Mapping[str, Any]) -> list[Any]:
+    def units(self, attrs: Mapping[str, Any]) -> Sequence[U]:
         """The units, from the store's attributes (the unit size is fixed when the store is made)."""
         ...
 
-    def job(self, store: str, checkpoint: str, run: str) -> SourceJob: ...
+    def step(self, checkpoint: str) -> ModelStep:
+        """The model step this input's items need (the run's options, and the outputs its placer takes)."""
+        ...
 
-    def size(self, unit: Any) -> int:
+    def job(self, store: str) -> SourceJob[U]:
+        """The worker half, writing into `store` (the store, or the input's group of a job store)."""
+        ...
+
+    def size(self, unit: U) -> int:
         """Items in a unit (for progress)."""
         ...
 
-    def describe(self, unit: Any) -> str:
+    def describe(self, unit: U) -> str:
         """A unit in messages."""
         ...
 
-    def check_resume(self, root: Any, attrs: Mapping[str, Any]) -> None:
+    def check_resume(self, root: Group, attrs: Mapping[str, Any]) -> None:
         """Anything besides the configuration that stops --resume (a raster stitched already, say)."""
         ...
 
-    def begin(self, root: Any, done: Mapping[int, Mapping[str, Any]], keeper: Any) -> None:
+    def begin(self, root: Group, done: Mapping[int, Mapping[str, Any]], owner: Owner) -> None:
         """The store is ready and `done` holds the ledger's finished units; units are about to run (a raster starts its stitcher)."""
         ...
 
-    def unit_done(self, unit: Any, entry: Mapping[str, Any]) -> None:
+    def unit_done(self, unit: U, entry: Mapping[str, Any]) -> None:
         """In the driver, as each unit finishes (a raster stitches the chunks the tile completes)."""
         ...
 
-    def finish(self, root: Any, units: Sequence[Any], ran: Sequence[Any], summary: Any, keeper: Any) -> None:
+    def finish(self, root: Group, units: Sequence[U], ran: Sequence[U], summary: RunSummary, owner: Owner) -> None:
         """All units are in the ledger: write the final attributes (or stitch, then write them)."""
         ...
 
@@ -172,16 +174,11 @@ class FinalisedAtEnd:
     stops --resume. A raster follows its tiles instead (it stitches as they finish).
     """
 
-    def begin(self, root: Any, done: Mapping[int, Mapping[str, Any]], keeper: Any) -> None:
+    def begin(self, root: Group, done: Mapping[int, Mapping[str, Any]], owner: Owner) -> None:
         return None
 
     def unit_done(self, unit: Any, entry: Mapping[str, Any]) -> None:
         return None
 
-    def check_resume(self, root: Any, attrs: Mapping[str, Any]) -> None:
+    def check_resume(self, root: Group, attrs: Mapping[str, Any]) -> None:
         return None
-
-
-def unit_id(unit: Any) -> int:
-    """A unit's row in the ledger: a tile's id is the tile number, other units carry `.id`."""
-    return int(unit if isinstance(unit, int) else unit.id)

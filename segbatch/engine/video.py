@@ -12,21 +12,26 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from segbatch import location
-from segbatch.batching import batched
-from segbatch.engine.job import JobBasics, RunConfig, source_identity
+from segbatch.engine.job import RunConfig, source_identity
+from segbatch.engine.outcome import RunSummary, finished_or_fail, mark_complete
+from segbatch.engine.outputs import empty_outputs, output_names
 from segbatch.engine.pipeline import require_readable
-from segbatch.engine.run import UNITS_PER_ACTOR, RunSummary, finished_or_fail, mark_complete
-from segbatch.engine.source import FinalisedAtEnd, Item, UnitReport, Write
+from segbatch.engine.source import UNITS_PER_ACTOR, FinalisedAtEnd, Item, UnitReport, Write
+from segbatch.engine.step import ModelStep
 from segbatch.errors import InputError
+from segbatch.owner import Owner
 from segbatch.problems import index_ranges
 from segbatch.progress import note
 from segbatch.sources.video import DecodeReport, VideoPlan, check_hwaccel, probe_video, read_frames, truncation_problems
-from segbatch.store import NODATA_LABEL, OPTIONAL_OUTPUTS, StoreLayout
+from segbatch.store import StoreLayout
+
+if TYPE_CHECKING:
+    from zarr import Group
 
 CHUNK_PIXELS = 2_000_000  # about 2 MB of labels (4 MB of float16) per chunk
 MAX_CHUNK_FRAMES = 8
@@ -76,53 +81,28 @@ def frame_range(plan: VideoPlan, frames: tuple[int | None, int | None] | None) -
     return first, stop
 
 
-def output_names(cfg: RunConfig) -> tuple[str, ...]:
-    """The arrays a video or image run writes: labels, entropy, confidence, uncertainty (when sampling), and --outputs."""
-    if cfg.samples == 0 and "mutual_information" in cfg.extra_outputs:
-        raise InputError("mutual_information needs --samples >= 1")
-    return ("labels", "entropy", "confidence", *(("uncertainty",) if cfg.samples > 0 else ()), *(o for o in OPTIONAL_OUTPUTS if o in cfg.extra_outputs))
-
-
-def empty_outputs(names: Sequence[str], shape: tuple[int, ...], num_classes: int, float_dtype: str) -> dict[str, np.ndarray]:
-    """Store arrays of `shape` holding their fill values (255 labels, NaN floats; probs with a class axis)."""
-    out = {}
-    for name in names:
-        if name == "labels":
-            out[name] = np.full(shape, NODATA_LABEL, np.uint8)
-        elif name == "probs":
-            out[name] = np.full((*shape, num_classes), np.nan, float_dtype)
-        else:
-            out[name] = np.full(shape, np.nan, float_dtype)
-    return out
-
-
 @dataclass(frozen=True)
-class VideoJob(JobBasics):
-    """The worker half: everything an actor needs besides the unit (sent once to each)."""
+class VideoJob:
+    """The worker half: everything an actor needs about the video besides the unit (sent once to each)."""
 
-    float_dtype: str
-    resize: tuple[int, int] | None
+    store: str
+    float_dtype: str  # of the store's float arrays (the fill values of frames that never decode)
     outputs: tuple[str, ...]  # the store's arrays
     plan: VideoPlan
     first_frame: int  # --frames A:B cuts the source to [first_frame, stop_frame)
     stop_frame: int
-    batch_size: int
     chunk_frames: int  # frames per store chunk; a unit is a run of whole chunks
     hwaccel: str | None = None  # decode on the GPU (PyAV hardware acceleration), e.g. "cuda"
-
-    @property
-    def model_outputs(self) -> tuple[str, ...]:
-        return tuple(name for name in self.outputs if name != "labels")
 
     def check_node(self) -> None:
         require_readable(self.plan.path)
         if self.hwaccel:
             check_hwaccel(self.plan, self.hwaccel)  # on the node that will decode: its GPU, its FFmpeg
 
-    def read(self, unit: FrameUnit, report: UnitReport) -> Iterator[list[Item]]:
+    def read(self, unit: FrameUnit, report: UnitReport) -> Iterator[Item]:
         decode = DecodeReport()
-        frames = read_frames(self.plan, unit.start, unit.stop, decode, self.hwaccel)
-        yield from batched((Item(i, rgb) for i, rgb in frames), self.batch_size)
+        for i, rgb in read_frames(self.plan, unit.start, unit.stop, decode, self.hwaccel):
+            yield Item(i, rgb)
         report.missing, report.damaged, report.messages = decode.missing, decode.damaged, decode.messages
 
     def to_model(self, x: Any) -> Any:
@@ -252,17 +232,25 @@ class VideoSource(FinalisedAtEnd):
     def units(self, attrs: Mapping[str, Any]) -> list[FrameUnit]:
         return plan_frame_units(self.first, self.stop, int(attrs["unit_frames"]))
 
-    def job(self, store: str, checkpoint: str, run: str) -> VideoJob:
+    @staticmethod
+    def job_options(cfg: RunConfig) -> dict[str, Any]:
+        """What every video of a job shares in its fingerprint (each group's own adds its video's identity)."""
+        options = {"batch_size": cfg.batch_size, "frames": list(cfg.frames) if cfg.frames else None, "resize": list(cfg.resize) if cfg.resize else None}
+        return options | {"outputs": list(cfg.extra_outputs), "hwaccel": cfg.hwaccel}
+
+    def step(self, checkpoint: str) -> ModelStep:
+        model_outputs = tuple(name for name in self.outputs if name != "labels")
+        return ModelStep.of(self.cfg, checkpoint, model_outputs, self.cfg.float_dtype, self.cfg.batch_size, self.cfg.resize)
+
+    def job(self, store: str) -> VideoJob:
         cfg = self.cfg
         return VideoJob(
-            **JobBasics.of(cfg, store, checkpoint, run),
+            store=store,
             float_dtype=cfg.float_dtype,
-            resize=cfg.resize,
             outputs=self.outputs,
             plan=self.plan,
             first_frame=self.first,
             stop_frame=self.stop,
-            batch_size=cfg.batch_size,
             chunk_frames=self.chunk,
             hwaccel=cfg.hwaccel,
         )
@@ -273,9 +261,9 @@ class VideoSource(FinalisedAtEnd):
     def describe(self, unit: FrameUnit) -> str:
         return f"unit {unit.id} (frames {unit.start}:{unit.stop})"
 
-    def finish(self, root: Any, units: Sequence[FrameUnit], ran: Sequence[FrameUnit], summary: RunSummary, keeper: Any) -> None:
+    def finish(self, root: Group, units: Sequence[FrameUnit], ran: Sequence[FrameUnit], summary: RunSummary, owner: Owner) -> None:
         """From the ledger (this run's units and earlier ones'): the problems per unit, the truncated tail, the figures."""
-        ledger = finished_or_fail(root, units)
+        ledger = finished_or_fail(root, [u.id for u in units])
         problems = [
             {"kind": "frames"} | {k: v for k, v in stats.items() if k in ("frames", "missing", "damaged", "messages")}
             for _, stats in sorted(ledger.items())

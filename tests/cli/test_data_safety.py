@@ -323,7 +323,7 @@ def test_verify_checks_stitched_raster_chunks_and_image_stores(ray_address, runn
 
 
 def test_marking_failed_that_fails_keeps_the_first_cause():
-    from segbatch.engine.run import recorded_outcome
+    from segbatch.engine.outcome import recorded_outcome
     from segbatch.errors import RunError
 
     class ReadOnlyAttrs(dict):

@@ -154,9 +154,11 @@ def test_the_cli_draws_start_up_on_the_progress_line_at_a_terminal(ray_address, 
 
 
 def test_progress_json_of_a_resumed_run_counts_the_units_done_before(capsys):
+    from segbatch.engine.raster import TileUnit
+
     with RunProgress(units=4, items=40, done_units=2, done_items=20, noun="frame", size=lambda unit: 10, mode="json") as progress:
-        progress.unit_done(2, {"seconds": 0.5, "stages": {"read": 0.1, "model": 0.3, "write": 0.1, "wait": 0.0}})
-        progress.unit_done(3, None)  # a worker that returned no entry: still counted
+        progress.unit_done(TileUnit(2), {"seconds": 0.5, "stages": {"read": 0.1, "model": 0.3, "write": 0.1, "wait": 0.0}})
+        progress.unit_done(TileUnit(3), None)  # a worker that returned no entry: still counted
     events = _json_lines(capsys.readouterr().err)
     assert [(e["event"], e["done"], e["total"], e["items"]) for e in events] == [("start", 2, 4, 20), ("unit", 3, 4, 30), ("unit", 4, 4, 40)]
     assert events[1]["unit"] == 2 and events[1]["seconds"] == 0.5 and events[2]["seconds"] is None
@@ -164,10 +166,11 @@ def test_progress_json_of_a_resumed_run_counts_the_units_done_before(capsys):
 
 
 def test_progress_json_names_a_job_units_input_and_its_ledger_row(capsys):
-    from segbatch.engine.many import GroupUnit
+    from segbatch.engine.raster import TileUnit
+    from segbatch.engine.runjob import RunUnit
     from segbatch.engine.video import FrameUnit
 
-    units = [GroupUnit("day1--a", FrameUnit(3, 24, 32), 8, job=None), GroupUnit("c", 5, 1, job=None)]
+    units = [RunUnit("day1--a", FrameUnit(3, 24, 32), 8, job=None), RunUnit("c", TileUnit(5), 1, job=None)]
     with RunProgress(units=2, items=9, noun="frame", size=lambda u: u.size, mode="json") as progress:
         for unit in units:
             progress.unit_done(unit, {"seconds": 0.1})

@@ -1,0 +1,85 @@
+"""The worker half of every run: the run's job (fence, model step) sent to each actor once, and units that bring their input's job.
+
+A run of one input and a job of many send the same things: each unit names
+its input and carries that input's `SourceJob` as a Ray object reference,
+put once per input and fetched once per actor (its node check runs then,
+so in a job a bad input fails alone). A run of one input also checks its
+input when an actor starts, as a run has always refused a node that cannot
+read it before any unit ran.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from segbatch.engine.source import Item, Placer, SourceJob, Unit, UnitReport
+from segbatch.engine.step import ModelStep
+from segbatch.owner import Fence
+
+JOBS_PER_ACTOR = 256  # inputs' worker jobs an actor keeps after fetching them
+
+_jobs: OrderedDict[Any, SourceJob[Any]] = OrderedDict()  # per actor process: the inputs' jobs fetched so far
+_jobs_lock = threading.Lock()
+
+
+@dataclass(frozen=True)
+class RunUnit:
+    """A unit of one input of the run: the input's group ("" for a run of one input), its own unit, its size and its job."""
+
+    group: str
+    unit: Unit  # the input's own unit: its row in the input's ledger is unit.id
+    size: int  # items (frames, tiles, images) for progress and ordering
+    job: Any  # the input's SourceJob, as a Ray object reference (or the job itself outside Ray)
+
+    @property
+    def id(self) -> int:
+        return self.unit.id
+
+
+@dataclass(frozen=True)
+class RunJob:
+    """What every actor of a run is built from: the fence every write passes, and the model step."""
+
+    fence: Fence
+    step: ModelStep
+    first: Any = None  # a run of one input: its job (reference), checked when an actor starts
+
+    def input_job(self, unit: RunUnit) -> SourceJob[Any]:
+        return input_job(unit.job)
+
+    def read(self, unit: RunUnit, report: UnitReport) -> Iterator[Item]:
+        return self.input_job(unit).read(unit.unit, report)
+
+    def placer(self, unit: RunUnit, num_classes: int) -> Placer:
+        return self.input_job(unit).placer(unit.unit, num_classes)
+
+    def unit_stats(self, unit: RunUnit, report: UnitReport) -> dict[str, Any]:
+        return self.input_job(unit).unit_stats(unit.unit, report)
+
+
+def input_job(ref: Any) -> SourceJob[Any]:
+    """An input's job: fetched (and its node check run) the first time this actor sees that input."""
+    if not _is_ref(ref):
+        return ref  # type: ignore[no-any-return]  # outside Ray (tests): the job itself
+    with _jobs_lock:
+        known = _jobs.get(ref)
+        if known is not None:
+            _jobs.move_to_end(ref)
+            return known
+    import ray
+
+    job: SourceJob[Any] = ray.get(ref)
+    job.check_node()
+    with _jobs_lock:
+        _jobs[ref] = job
+        while len(_jobs) > JOBS_PER_ACTOR:
+            _jobs.popitem(last=False)
+    return job
+
+
+def _is_ref(value: Any) -> bool:
+    return type(value).__name__ == "ObjectRef"
