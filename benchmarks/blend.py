@@ -1,6 +1,6 @@
 """Mpx/s of the stitcher's blend alone (`segbatch.stitch.blend_chunk`), on one core, over synthetic tiles.
 
-    OMP_NUM_THREADS=1 python benchmarks/blend.py [--classes 11] [--tile 512] [--overlap 64] [--chunks 3x4] [--repeats 5]
+    OMP_NUM_THREADS=1 python -m benchmarks.blend [--classes 11] [--tile 512] [--overlap 64] [--chunks 3x4] [--repeats 5]
 
 Plans a raster of --chunks output chunks (each a tile's core), makes every
 tile's uint8 probabilities (a seeded softmax of random logits, quantised as

@@ -1,7 +1,7 @@
 """The driver's cost per work unit, and `segbatch run` on 1 and 2 simulated nodes.
 
-    python benchmarks/cluster.py driver [--units 4000] [--actors 4]
-    python benchmarks/cluster.py nodes [--frames 96] [--size 120x160] [--samples 2]
+    python -m benchmarks.cluster driver [--units 4000] [--actors 4]
+    python -m benchmarks.cluster nodes [--frames 96] [--size 120x160] [--samples 2]
 
 driver: the engine's actor pool (segbatch.engine.pool.ActorPool: scheduling,
 in-flight bookkeeping, retries, progress) over units whose worker does nothing,
@@ -88,7 +88,6 @@ def nodes(frames: int, size: str, samples: int) -> None:
     import ray
     from ray.cluster_utils import Cluster
 
-    sys.path.insert(0, str(Path(__file__).parents[1]))  # the repository root: the tests' helpers are `tests.helpers`
     from segbatch.demo.video import write_demo_video
     from segbatch.model import save_checkpoint
     from segbatch.model.checkpoint import ModelSpec

@@ -1,6 +1,6 @@
 """Frames/s of SegNet with MC dropout in each precision, and the fraction of the device's peak that is.
 
-    python benchmarks/gpu_precision.py [--device cuda] [--size 360x480] [--samples 8] [--batch 4] [--peak-tflops 989]
+    python -m benchmarks.gpu_precision [--device cuda] [--size 360x480] [--samples 8] [--batch 4] [--peak-tflops 989]
 
 Measures `mc_predict` (the shared prefix on, as the workers run it) on a
 full-width SegNet (11 classes) with channels-last weights and inputs on CUDA,

@@ -1,9 +1,9 @@
 """Many inputs in one job: throughput against one long video, driver planning cost, and a Ray Data pipeline side by side.
 
-    python benchmarks/many_inputs.py throughput [--videos 1000] [--frames 8] [--size 240x320] [--samples 2] [--work DIR]
-    python benchmarks/many_inputs.py plan [--inputs 10000] [--distinct 8] [--work DIR]
-    python benchmarks/many_inputs.py raydata [--videos 1000] [--frames 8] [--size 240x320] [--samples 2] [--work DIR]
-    python benchmarks/many_inputs.py all --quick          # every measurement at small sizes (50 videos, 500 plan inputs)
+    python -m benchmarks.many_inputs throughput [--videos 1000] [--frames 8] [--size 240x320] [--samples 2] [--work DIR]
+    python -m benchmarks.many_inputs plan [--inputs 10000] [--distinct 8] [--work DIR]
+    python -m benchmarks.many_inputs raydata [--videos 1000] [--frames 8] [--size 240x320] [--samples 2] [--work DIR]
+    python -m benchmarks.many_inputs all --quick          # every measurement at small sizes (50 videos, 500 plan inputs)
 
 throughput: N short videos (index-encoded, H.264) as one `segbatch run --input
 FOLDER` job, against one video holding the same N x frames, same settings (a
@@ -14,11 +14,11 @@ single >= 0.8.
 
 plan: the driver's cost of a job of N inputs before any unit runs, in a fresh
 subprocess (so nothing else inflates its peak memory): expand_inputs of a
-manifest, planning every input (engine.many._plan with VideoSource: each
+manifest, planning every input (engine.groups.plan with VideoSource: each
 file's header), creating the job root, and each input's layout and units
-(_prepare_groups), as run_many does them; no Ray. Reported per input in ms
+(engine.groups.prepare), as engine.run does them; no Ray. Reported per input in ms
 (target < 20 ms). Then the groups themselves (a Zarr store per input,
-engine.many._Groups), which a real job creates in background threads while
+engine.groups.Creator), which a real job creates in background threads while
 the actors work, timed apart. The N inputs are distinct hard links to a few
 real small videos (the expansion refuses a file listed twice). Also the
 process's peak RSS (getrusage maxrss; target < 1 GB), with the import and
@@ -55,8 +55,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
-
 
 def parse_size(text: str) -> tuple[int, int]:
     h, w = text.lower().split("x")
@@ -65,8 +63,6 @@ def parse_size(text: str) -> tuple[int, int]:
 
 def write_video(path: Path, frames: int, size: tuple[int, int]) -> Path:
     """The tests' index-encoded H.264 video, written aside and renamed into place (an interrupted run leaves no torn file)."""
-    if str(ROOT) not in sys.path:
-        sys.path.insert(0, str(ROOT))  # the repository root: the generator is `tests.helpers.videos`
     from tests.helpers.videos import write_video as write
 
     tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")
@@ -165,17 +161,18 @@ def plan_inputs(work: Path, count: int, distinct: int) -> Path:
 
 
 def plan_child(manifest: str, out: str, model: str, samples: int) -> dict[str, Any]:
-    """In a fresh process: expand, plan, create the root and the groups as run_many does; seconds of each and peak RSS."""
+    """In a fresh process: expand, plan, create the root and the groups as engine.run does; seconds of each and peak RSS."""
     times: dict[str, float] = {}
     t = time.perf_counter()
+    from segbatch.engine.groups import Creator, model_attrs, model_fingerprint, new_states, plan, prepare
     from segbatch.engine.job import RunConfig
-    from segbatch.engine.many import InputState, _Groups, _plan, _prepare_groups, job_fingerprint
-    from segbatch.engine.run import model_attrs
+    from segbatch.engine.target import Target
     from segbatch.engine.video import VideoSource
     from segbatch.inputs import expand_inputs
-    from segbatch.jobstore import create_job_root, new_job_attrs
-    from segbatch.lease import Lease, LeaseKeeper
+    from segbatch.jobstore import new_job_attrs
+    from segbatch.lease import Lease
     from segbatch.model.checkpoint import load_checkpoint
+    from segbatch.owner import Owner
 
     ckpt = load_checkpoint(model)
     times["imports_checkpoint"] = time.perf_counter() - t
@@ -187,29 +184,28 @@ def plan_child(manifest: str, out: str, model: str, samples: int) -> dict[str, A
     times["expand"] = time.perf_counter() - t
 
     cfg = RunConfig(input=spec, out=Path(out), model=Path(model), samples=samples, quiet=True)
-    states = [InputState(i) for i in inputs]
+    states = new_states(Target(cfg.out, many=True), inputs)
     t = time.perf_counter()
-    _plan(cfg, ckpt, VideoSource, states)
+    plan(cfg, ckpt, VideoSource, states)
     times["plan"] = time.perf_counter() - t
     planned = [s for s in states if s.source is not None]
-    max_units = sum(s.source.max_units for s in planned if s.source is not None)
+    max_units = sum(s.planned().max_units for s in planned)
     actors = max(1, min(os.cpu_count() or 1, max_units))  # what pool_size gives on a one-node CPU cluster
 
-    lease = Lease.new()
     kind = inputs[0].kind
-    with LeaseKeeper(cfg.out, lease):
+    config = model_fingerprint(cfg, ckpt.sha256) | VideoSource.job_options(cfg) | {"input_kind": kind}
+    with Owner(cfg.out, Lease.new()) as owner:
         t = time.perf_counter()
-        attrs = new_job_attrs(kind, spec, [s.entry() for s in states], model_attrs(ckpt), cfg, job_fingerprint(cfg, ckpt.sha256, kind), lease.run)
-        create_job_root(cfg.out, attrs)
+        owner.create_job(new_job_attrs(kind, spec, [s.entry() for s in states], model_attrs(ckpt), cfg, config, owner.run))
         times["root"] = time.perf_counter() - t
         t = time.perf_counter()
-        _prepare_groups(cfg, ckpt, planned, actors, lease.run)
+        prepare(cfg, ckpt, planned, actors, owner)
         times["prepare"] = time.perf_counter() - t
         t = time.perf_counter()
-        groups = _Groups(cfg, [s for s in planned if s.source is not None])  # run_many creates these beside inference
-        while groups:
-            groups.ready(block=True)
-        groups.close()
+        creator = Creator(owner, [s for s in planned if s.status != "failed"])  # a real job creates these beside inference
+        while creator:
+            creator.ready(block=True)
+        creator.close()
         times["groups"] = time.perf_counter() - t
     failed = [s.error for s in states if s.status == "failed"]
     return {
@@ -244,15 +240,15 @@ def plan(args: argparse.Namespace, work: Path) -> None:
     print(f"{'step':<34}{'seconds':>9}{'ms/input':>10}")
     rows = [
         ("expand_inputs (@manifest)", s["expand"]),
-        ("_plan (headers, VideoSource)", s["plan"]),
+        ("plan (headers, VideoSource)", s["plan"]),
         ("job root (attrs with every input)", s["root"]),
-        ("_prepare_groups (layouts, units)", s["prepare"]),
+        ("prepare (layouts, units)", s["prepare"]),
     ]
     for name, sec in rows:
         print(f"{name:<34}{sec:>9.2f}{1000 * sec / n:>10.2f}")
     print(f"{'planning (target < 20 ms/input)':<34}{driver:>9.2f}{1000 * driver / n:>10.2f}")
     groups = s["groups"]
-    print(f"{'_Groups (a store per input)':<34}{groups:>9.2f}{1000 * groups / n:>10.2f}   created beside inference in a real job")
+    print(f"{'Creator (a store per input)':<34}{groups:>9.2f}{1000 * groups / n:>10.2f}   created beside inference in a real job")
     print(f"imports + checkpoint (once): {s['imports_checkpoint']:.2f} s")
     print(f"peak RSS {r['peak_rss'] / 2**20:.0f} MiB (target < 1024), of which {r['baseline_rss'] / 2**20:.0f} MiB before expanding (imports, checkpoint)")
     print(f"{r['units']} units planned, {r['failed']} inputs failed{': ' + r['first_failure'] if r['failed'] else ''}; {files} files in the job store")

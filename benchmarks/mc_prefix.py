@@ -1,6 +1,6 @@
 """Samples/s of `mc_predict` with and without the shared deterministic prefix.
 
-Usage: python benchmarks/mc_prefix.py [--device cuda] [--samples 8] [--size 360x480] [--batch 1] [--repeats 3] [--arch segnet]
+Usage: python -m benchmarks.mc_prefix [--device cuda] [--samples 8] [--size 360x480] [--batch 1] [--repeats 3] [--arch segnet]
 
 The prefix (layers before the first dropout) runs once per batch instead of
 once per sample; with central dropout that is SegNet's first three encoder

@@ -1,6 +1,6 @@
 """Simulated accelerator: how busy the worker pipeline keeps a device that needs 1.5x the host work per item.
 
-    python benchmarks/pipeline.py [--frames 400] [--size 360x480] [--hd-frames 120] [--hd-size 1080x1920]
+    python -m benchmarks.pipeline [--frames 400] [--size 360x480] [--hd-frames 120] [--hd-size 1080x1920]
                                   [--raster-side 4096] [--samples 8] [--batch-size 4] [--keep DIR] [--calibrate]
                                   [--stand-in-ms CASE=MS ...]   (one run per CASE at a fixed stand-in time: A/B of engine changes)
 
@@ -56,7 +56,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import tempfile
 import threading
 import time
@@ -69,6 +68,7 @@ from segbatch.engine.pipeline import PipelineWorker
 from segbatch.engine.raster import RasterSource
 from segbatch.engine.run import run
 from segbatch.engine.video import VideoSource
+from segbatch.inputs import one_input
 from segbatch.store import finished_units, open_store
 from segbatch.tiling import plan_tiles
 
@@ -99,11 +99,11 @@ class StandInWorker(PipelineWorker):
         import torch
 
         began, wall = time.perf_counter(), time.time()
-        job = self.job
-        dtype = getattr(torch, job.float_dtype)
+        step = self.step
+        dtype = getattr(torch, step.float_dtype)
         first = x[:, 0]  # (B, H, W) floats in [0, 1]: outputs that vary, cheaply
         out = {"labels": (first * 10).to(torch.uint8)}
-        for name in job.model_outputs:
+        for name in step.outputs:
             if name == "probs":  # channel-last (B, H, W, K), as the model step hands it
                 k = int(self.model.num_classes)
                 out[name] = (first[..., None] / k).expand(*first.shape, k).to(dtype).contiguous()
@@ -118,7 +118,7 @@ class StandInWorker(PipelineWorker):
 
     def process(self, unit: Any) -> dict[str, Any]:
         begun = time.time()
-        self.local.unit = int(unit if isinstance(unit, int) else unit.id)
+        self.local.unit = unit.id
         entry = super().process(unit)
         with self.calls_lock:
             calls, self.calls = self.calls, []
@@ -151,7 +151,7 @@ class Result:
 
 def run_case(cfg: RunConfig, make_source: Any, seconds_per_item: float, spans: Path) -> Result:
     spans.unlink(missing_ok=True)
-    summary = run(cfg, make_source, worker=stand_in(seconds_per_item, spans))
+    summary = run(cfg, [one_input(cfg.input)], make_source, worker=stand_in(seconds_per_item, spans))
     lines = [json.loads(line) for line in spans.read_text().splitlines()] if spans.exists() else []
     if not lines:
         raise SystemExit("no unit recorded a span: run() did not use the stand-in worker (does it pass `worker` to the pool?)")
@@ -244,8 +244,7 @@ def make_video(path: Path, frames: int, size: tuple[int, int]) -> Path:
 
 def make_raster(path: Path, side: int) -> Path:
     if not path.exists():
-        sys.path.insert(0, str(Path(__file__).parent))
-        from run_raster import make_raster as write
+        from benchmarks.run_raster import make_raster as write
 
         write(path, side)
     return path

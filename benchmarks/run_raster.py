@@ -1,6 +1,6 @@
 """Peak memory and disk vs raster size, and what the stitch adds to a run's wall time, for `segbatch run` on GeoTIFFs.
 
-    python benchmarks/run_raster.py [--sizes 3000,6000] [--samples 2] [--width 0.25] [--tile 512] [--overlap 64] [--no-compare]
+    python -m benchmarks.run_raster [--sizes 3000,6000] [--samples 2] [--width 0.25] [--tile 512] [--overlap 64] [--no-compare]
 
 Generates 3-band uint8 tiled GeoTIFFs (DEFLATE) of each size and runs
 `segbatch run` on each as a subprocess with a small untrained SegNet-Basic:
@@ -33,8 +33,7 @@ import zarr
 from rasterio.transform import Affine
 from rasterio.windows import Window
 
-sys.path.insert(0, str(Path(__file__).parent))
-from run_video import measure  # noqa: E402
+from benchmarks.run_video import measure
 
 
 def make_raster(path: Path, side: int, block: int = 1024) -> Path:
@@ -98,17 +97,18 @@ def compare(raster: Path, ckpt: Path, d: Path, args: argparse.Namespace) -> dict
     from segbatch.engine.job import RunConfig
     from segbatch.engine.raster import RasterSource
     from segbatch.engine.run import run
+    from segbatch.inputs import one_input
 
     class InferenceOnly(RasterSource):
         """The raster source with no stitch: what inference alone costs."""
 
-        def begin(self, root: Any, done: Any, keeper: Any) -> None:
+        def begin(self, root: Any, done: Any, owner: Any) -> None:
             return None
 
         def unit_done(self, unit: Any, entry: Any) -> None:
             return None
 
-        def finish(self, root: Any, units: Any, ran: Any, summary: Any, keeper: Any) -> None:
+        def finish(self, root: Any, units: Any, ran: Any, summary: Any, owner: Any) -> None:
             return None
 
     d.mkdir(parents=True, exist_ok=True)
@@ -118,7 +118,7 @@ def compare(raster: Path, ckpt: Path, d: Path, args: argparse.Namespace) -> dict
         for name, source in (("inference_only", InferenceOnly), ("with_stitch", RasterSource)):
             cfg = RunConfig(input=raster, out=d / f"{name}.zarr", model=ckpt, samples=args.samples, tile=args.tile, overlap=args.overlap, quiet=True)
             started = time.perf_counter()
-            run(cfg, source)
+            run(cfg, [one_input(raster)], source)
             out[name] = time.perf_counter() - started
         return out
     finally:

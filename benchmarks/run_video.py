@@ -1,7 +1,7 @@
 """End-to-end `segbatch run` on video against model-only throughput, and peak memory vs video length.
 
-    python benchmarks/run_video.py throughput [--frames 300] [--size 360x480] [--input VIDEO] [--samples 8] [--batch-size 4] [--model CKPT]
-    python benchmarks/run_video.py memory [--short 200] [--long 2000] [--size 360x480] [--samples 1] [--model CKPT]
+    python -m benchmarks.run_video throughput [--frames 300] [--size 360x480] [--input VIDEO] [--samples 8] [--batch-size 4] [--model CKPT]
+    python -m benchmarks.run_video memory [--short 200] [--long 2000] [--size 360x480] [--samples 1] [--model CKPT]
 
 throughput: the same frames, samples, batch size and frame size, measured in one
 run: (a) model only, frames decoded beforehand, one process using every core;

@@ -1,6 +1,6 @@
 """`segbatch verify` on a video store: wall time and peak memory, against the store's size.
 
-    python benchmarks/verify.py [--frames 2000] [--size 240x320] [--threads 8] [--keep DIR]
+    python -m benchmarks.verify [--frames 2000] [--size 240x320] [--threads 8] [--keep DIR]
 
 Makes a demo-generator video, segments it with `segbatch run` (the built-in
 demo model, --samples 1: the arrays, not the model, are what verify reads),
