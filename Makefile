@@ -12,7 +12,7 @@ $(VENV)/.installed: setup.cfg pyproject.toml
 	$(BIN)/python -m pip install -q -e ".[test]"
 	touch $@
 
-.PHONY: setup demo lint test
+.PHONY: setup demo lint test test-fast
 setup: $(VENV)/.installed
 
 demo: $(VENV)/.installed
@@ -29,3 +29,6 @@ lint: $(VENV)/.installed
 
 test: lint
 	$(BIN)/python -m pytest
+
+test-fast: lint  # without the end-to-end Ray tests (marked slow): units, contracts, parsers, messages
+	$(BIN)/python -m pytest -m "not slow"
