@@ -79,7 +79,7 @@ def format_store(s: dict[str, Any]) -> str:
             )
         )
     if summary.get("wall_seconds"):
-        noun = "images" if "images" in summary else "frames"
+        noun = f"{KINDS[src['kind']].noun}s" if src.get("kind") in KINDS else "frames"  # the summary counts its items under that name
         rows.append(("run", f"{summary.get(noun, '?')} {noun} in {summary['wall_seconds']:.1f} s {on}"))
     if (summary.get("stages") or {}).get("seconds"):
         rows.append(("stages", _stages_line(summary["stages"])))
