@@ -40,7 +40,34 @@ def cli_module():
 
 
 @pytest.fixture(scope="session")
-def ray_address():
+def s3_server():
+    """An S3-compatible server on 127.0.0.1 for the session, and the standard variables pointing s3fs and GDAL at it; set
+    before the Ray runtime starts (`ray_address` depends on this), as its workers take the driver's environment at start."""
+    import os
+
+    from tests.helpers.s3 import S3Server, environment
+
+    server = S3Server()
+    server.start()
+    saved = {name: os.environ.get(name) for name in environment(server.port)}
+    os.environ.update(environment(server.port))
+    yield server
+    for name, value in saved.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
+    server.stop()
+
+
+@pytest.fixture
+def s3_bucket(s3_server) -> str:
+    """A new, empty bucket of the session's S3 server: its s3:// URL."""
+    return s3_server.bucket()
+
+
+@pytest.fixture(scope="session")
+def ray_address(s3_server):
     """One local Ray runtime for the whole test session (4 logical CPUs so 3 actors fit on 2 cores); its own, never a cluster
     that a `ray start` on the machine recorded (what ray.init would join without an address)."""
     import logging
