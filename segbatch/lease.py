@@ -20,7 +20,13 @@ attributes saying "creating" until it is whole. On a local or shared file
 system (a path, or a file:// URL) every change of the lease (claim, renewal, take-over, release) reads,
 decides and replaces it while holding an exclusive lock (`exclusive`),
 so of two runs at the same moment exactly one wins. Object stores have no
-locks: there a claim is written and read back CLAIM_SETTLE_S later.
+locks; an S3-protocol bucket that honours conditional writes (AWS S3, MinIO,
+R2, ...: probed once per bucket, `conditional_writes`) gets the same
+compare-and-swap from them: a claim creates the lease only if it is absent
+(If-None-Match: *), a renewal, take-over or release replaces it only if it
+is still the version this run read or wrote (If-Match: its ETag), and a
+write that finds another run's version is refused (HTTP 412). Elsewhere a
+claim is written and read back CLAIM_SETTLE_S later (`segbatch info` says so).
 """
 
 from __future__ import annotations
@@ -51,6 +57,11 @@ HEARTBEAT_S = 5.0
 FENCE_AFTER_S = 20.0  # a worker stops writing when its run's heartbeat is this old (its driver is gone or stuck)
 STALE_AFTER_S = 45.0  # another run may take the store over when the heartbeat is this old
 CLAIM_SETTLE_S = 0.3  # after writing a claim, read it back this much later: a concurrent claimer's write wins or loses visibly
+# object stores: a worker's fence reads the lease at most this often before its chunks (a GET each) and afresh before every
+# ledger entry; a run that takes a store over waits this long, and a margin, before it writes anything, so no worker of the
+# run it replaced still acts on a read of the old lease by then
+FENCE_CACHE_S = 2.0
+TAKE_OVER_MARGIN_S = 0.5
 
 
 class LeaseLostError(RunError):
@@ -68,6 +79,7 @@ class Lease:
     heartbeat: float
     pid_started: str | None = None  # the process's start time on its host: a reused pid is not the holder
     released: bool = False  # the run ended and let the store go (the lease stays, so Zarr's metadata never names a missing group)
+    guard: str | None = None  # object stores: how the lease is changed, "conditional" writes or "read-back" (file systems: a lock)
 
     @staticmethod
     def new() -> Lease:
@@ -98,27 +110,19 @@ class Lease:
 def read_lease(store: Location) -> Lease | None:
     """The store's lease, or None when it has none (never leased, released, or unreadable)."""
     try:
-        raw = location.read_bytes(_lease_location(store))
+        if location.on_disk(store) is not None:
+            raw = location.read_bytes(_lease_location(store))
+        else:  # one GET, never an answer from a listing cached before the lease was made or replaced
+            fs, path = location.filesystem(str(_lease_location(store)))
+            raw = fs.cat_file(path)
     except (OSError, InputError):  # missing, or a URL whose backend is not installed
         return None
-    try:
-        fields = json.loads(raw)["attributes"]["segbatch_lease"]
-        held = Lease(
-            **{k: fields[k] for k in ("run", "host", "pid", "started", "heartbeat")},
-            pid_started=fields.get("pid_started"),
-            released=fields.get("released", False),
-        )
-    except (ValueError, KeyError, TypeError):
-        return None  # a torn or hand-edited lease owns nothing
-    # each field of its own type, or the lease owns nothing: a heartbeat "now" (or NaN, never stale) would break every use of it
-    times_ok = all(type(t) in (int, float) and float("-inf") < t < float("inf") for t in (held.started, held.heartbeat))
-    kinds_ok = isinstance(held.run, str) and isinstance(held.host, str) and type(held.pid) is int and isinstance(held.released, bool)
-    return held if times_ok and kinds_ok and isinstance(held.pid_started, (str, type(None))) else None
+    return _parse(raw)
 
 
 def write_lease(store: Location, lease: Lease) -> None:
     """Replace the lease whole (a rename on a file system, one PUT on an object store)."""
-    data = json.dumps({"zarr_format": 3, "node_type": "group", "attributes": {"segbatch_lease": asdict(lease)}}, sort_keys=True).encode()
+    data = _lease_bytes(lease)
     disk = location.on_disk(store)
     if disk is None:
         fs, path = location.filesystem(str(_lease_location(store)))
@@ -131,9 +135,107 @@ def write_lease(store: Location, lease: Lease) -> None:
     os.replace(tmp, target)
 
 
+class _Conflict(Exception):
+    """A conditional write found the lease object changed (or, creating it, present): another run's write came first."""
+
+
+_CONDITIONAL: dict[str, bool] = {}  # bucket (endpoint included) -> whether it honours conditional writes, probed once
+_CONDITIONAL_LOCK = threading.Lock()
+
+
+def conditional_writes(store: Location) -> bool:
+    """Whether `store`'s lease is changed by conditional writes: an s3:// store whose bucket honours If-None-Match.
+
+    Probed once per bucket: a probe object is created twice with
+    If-None-Match: *; a backend that lets the second write through ignores
+    the condition, and its stores fall back to claim-and-read-back.
+    """
+    if location.on_disk(store) is not None or not str(store).startswith("s3://"):
+        return False
+    fs, path = location.filesystem(str(store))
+    bucket = path.split("/", 1)[0]
+    endpoint = str(getattr(getattr(fs, "s3", None), "_endpoint", None) or fs.client_kwargs.get("endpoint_url") or os.environ.get("AWS_ENDPOINT_URL", ""))
+    key = f"{endpoint} {bucket}"
+    with _CONDITIONAL_LOCK:
+        if key not in _CONDITIONAL:
+            # beside the store, not in it: a run checking the store's prefix for other files meanwhile must not see the probe
+            probe = f"{path.rstrip('/').rsplit('/', 1)[0]}/.segbatch-probe-{uuid.uuid4().hex[:12]}"
+            try:
+                _put(fs, probe, b"", None)
+                try:
+                    _put(fs, probe, b"", None)
+                    _CONDITIONAL[key] = False
+                except _Conflict:
+                    _CONDITIONAL[key] = True
+            except OSError:  # no right to write there, say: the claim itself fails in one line later
+                return False
+            finally:
+                try:
+                    fs.rm_file(probe)
+                except OSError:
+                    pass
+        return _CONDITIONAL[key]
+
+
+def _put(fs: Any, path: str, data: bytes, etag: str | None) -> str:
+    """One PUT of `path`: only if absent (`etag` None) or only if its ETag is still `etag`; returns the new ETag."""
+    bucket, key = path.split("/", 1)
+    condition = {"IfNoneMatch": "*"} if etag is None else {"IfMatch": etag}
+    try:
+        return str(fs.call_s3("put_object", Bucket=bucket, Key=key, Body=data, **condition)["ETag"])
+    except OSError as exc:
+        code = getattr(exc.__cause__, "response", {}).get("Error", {}).get("Code")
+        if code in ("PreconditionFailed", "ConditionalRequestConflict"):
+            raise _Conflict(code) from None
+        raise
+
+
+def _get(fs: Any, path: str) -> tuple[bytes, str] | None:
+    """The object's bytes and ETag, read in one request (None when absent)."""
+    from fsspec.asyn import sync
+
+    bucket, key = path.split("/", 1)
+    try:
+        got = fs.call_s3("get_object", Bucket=bucket, Key=key)
+    except FileNotFoundError:
+        return None
+
+    async def body() -> bytes:
+        async with got["Body"] as stream:
+            return bytes(await stream.read())
+
+    return sync(fs.loop, body), str(got["ETag"])
+
+
+def _lease_bytes(lease: Lease) -> bytes:
+    fields = {k: v for k, v in asdict(lease).items() if not (k == "guard" and v is None)}  # a file system's lease is as it was
+    return json.dumps({"zarr_format": 3, "node_type": "group", "attributes": {"segbatch_lease": fields}}, sort_keys=True).encode()
+
+
+def _parse(raw: bytes) -> Lease | None:
+    try:
+        fields = json.loads(raw)["attributes"]["segbatch_lease"]
+        held = Lease(
+            **{k: fields[k] for k in ("run", "host", "pid", "started", "heartbeat")},
+            pid_started=fields.get("pid_started"),
+            released=fields.get("released", False),
+            guard=fields.get("guard"),
+        )
+    except (ValueError, KeyError, TypeError):
+        return None  # a torn or hand-edited lease owns nothing
+    # each field of its own type, or the lease owns nothing: a heartbeat "now" (or NaN, never stale) would break every use of it
+    times_ok = all(type(t) in (int, float) and float("-inf") < t < float("inf") for t in (held.started, held.heartbeat))
+    kinds_ok = isinstance(held.run, str) and isinstance(held.host, str) and type(held.pid) is int and isinstance(held.released, bool)
+    optional_ok = all(isinstance(v, (str, type(None))) for v in (held.pid_started, held.guard))
+    return held if times_ok and kinds_ok and optional_ok else None
+
+
 def refuse_if_held(store: Location, mine: Lease) -> Lease | None:
     """Before a run touches `store`: refuse while another run holds it; return a dead or stale lease to take over."""
-    held = read_lease(store)
+    return _refuse(store, read_lease(store), mine)
+
+
+def _refuse(store: Location, held: Lease | None, mine: Lease) -> Lease | None:
     if held is None or held.released or held.run == mine.run:
         return None
     if not held.stale():
@@ -194,35 +296,78 @@ def exclusive(store: Location, create: bool = False) -> Iterator[None]:
 
 
 def claim(store: Location, mine: Lease) -> Lease | None:
+    """Take the store's lease for this run (see `_claim`); returns the dead or stale lease it replaced, if any."""
+    return _claim(store, mine)[0]
+
+
+def _claim(store: Location, mine: Lease) -> tuple[Lease | None, str | None]:
     """Take the store's lease for this run, before anything is written or deleted, whether the store exists yet or not;
     returns the dead or stale lease it replaced (to warn about), if any.
 
     On a file system the lease is read and written under `exclusive`: of two
     runs claiming at once, the second finds the first's live lease and is
-    refused. On an object store the claim is written, then read back after
-    CLAIM_SETTLE_S: the one whose write landed last owns the store and the
-    other is refused (and any writes it still tried would be fenced).
+    refused. On a bucket with conditional writes the lease is created only if
+    absent, or replaced only if it is still the version read: of two claimers
+    one write lands and the other gets a 412 and is refused; the ETag this
+    run wrote comes back with the previous lease (None elsewhere). On other
+    object stores the claim is written, then read back after CLAIM_SETTLE_S:
+    the one whose write landed last owns the store and the other is refused
+    (and any writes it still tried would be fenced).
     """
+    if conditional_writes(store):
+        fs, path = location.filesystem(str(_lease_location(store)))
+        found = _get(fs, path)
+        previous = _refuse(store, None if found is None else _parse(found[0]), mine)
+        try:
+            lease = replace(mine, heartbeat=time.time(), guard="conditional")
+            return previous, _put(fs, path, _lease_bytes(lease), None if found is None else found[1])
+        except _Conflict:
+            now = read_lease(store)
+            raise StoreBusyError(f"{store} was claimed by {now.holder() if now else 'another run'} at the same time; try again once it ends") from None
     with exclusive(store, create=True):
         previous = refuse_if_held(store, mine)
-        write_lease(store, replace(mine, heartbeat=time.time()))
+        write_lease(store, replace(mine, heartbeat=time.time(), guard=None if location.on_disk(store) is not None else "read-back"))
     if location.on_disk(store) is None:
         time.sleep(CLAIM_SETTLE_S)
         now = read_lease(store)
         if now is None or now.run != mine.run:
             raise StoreBusyError(f"{store} was claimed by {now.holder() if now else 'another run'} at the same time; try again once it ends")
-    return previous
+    return previous, None
 
 
-def check_fence(store: Location, run: str) -> None:
-    """Worker side, before every chunk and ledger entry: this run must still own the store, and its driver must be alive."""
-    held = read_lease(store)
+_fence_reads: dict[tuple[str, str], tuple[float, Lease | None]] = {}  # per worker process: (store, run) -> (when, the lease read)
+
+
+def check_fence(store: Location, run: str, fresh: bool = False) -> None:
+    """Worker side, before every chunk and ledger entry: this run must still own the store, and its driver must be alive.
+
+    On a file system every check reads the lease. On an object store a check
+    before a chunk may use a read younger than FENCE_CACHE_S (one GET per
+    unit and a few seconds, not per chunk); `fresh` (before a ledger entry)
+    always reads. A take-over waits FENCE_CACHE_S before it writes, and a
+    stale lease is taken over only long after its workers stopped
+    (FENCE_AFTER_S < STALE_AFTER_S), so the cache lets no write land after
+    another run took the store.
+    """
+    held = _fence_read(store, run, fresh)
     if held is None:
         raise LeaseLostError(f"{store} has no lease any more (removed or replaced by another run); this run writes nothing more to it")
     if held.run != run or held.released:
         raise LeaseLostError(f"{store} now belongs to {held.holder()}; this run writes nothing more to it")
     if held.age() > FENCE_AFTER_S:
         raise LeaseLostError(f"this run's driver has not renewed its lease on {store} for {held.age():.0f} s; its workers stop writing")
+
+
+def _fence_read(store: Location, run: str, fresh: bool) -> Lease | None:
+    if location.on_disk(store) is not None:
+        return read_lease(store)
+    key, now = (str(store), run), time.monotonic()
+    cached = None if fresh else _fence_reads.get(key)
+    if cached is not None and now - cached[0] < FENCE_CACHE_S:
+        return cached[1]
+    held = read_lease(store)
+    _fence_reads[key] = (now, held)
+    return held
 
 
 class LeaseKeeper:
@@ -239,6 +384,7 @@ class LeaseKeeper:
         self.store, self.lease = store, lease
         self.lost: Lease | None = None
         self.previous: Lease | None = None  # the dead or stale lease this run took over
+        self.etag: str | None = None  # the version of the lease this run wrote last, where the store's writes are conditional
         self.lock = threading.Lock()  # one renewal at a time (the thread's, or the driver's own)
         self._made = False  # the claim made the store's folder
         self._stop = threading.Event()
@@ -246,7 +392,11 @@ class LeaseKeeper:
 
     def __enter__(self) -> Self:
         self._made = not location.exists(self.store)
-        self.previous = claim(self.store, self.lease)
+        self.previous, self.etag = _claim(self.store, self.lease)
+        guard = "conditional" if self.etag is not None else None if location.on_disk(self.store) is not None else "read-back"
+        self.lease = replace(self.lease, guard=guard)  # renewals keep saying how the lease is guarded
+        if self.previous is not None and location.on_disk(self.store) is None:
+            time.sleep(FENCE_CACHE_S + TAKE_OVER_MARGIN_S)  # the replaced run's workers see this lease before this run writes
         self._thread.start()
         return self
 
@@ -260,10 +410,10 @@ class LeaseKeeper:
                 if held is None or held.run != self.lease.run:
                     return
                 if built(self.store):
-                    write_lease(self.store, replace(self.lease, heartbeat=time.time(), released=True))
+                    self._write(replace(self.lease, heartbeat=time.time(), released=True))
                     return
             self._remove_claim()
-        except (InputError, OSError):  # the store went away, or cannot be written: nothing to let go of
+        except (InputError, OSError, _Conflict):  # the store went away, cannot be written, or another run took it: nothing to let go of
             return
 
     def _remove_claim(self) -> None:
@@ -285,11 +435,26 @@ class LeaseKeeper:
         with self.lock, exclusive(self.store):
             if self.lost is not None:
                 return
-            held = read_lease(self.store)
-            if held is not None and held.run != self.lease.run:
-                self.lost = held
-                return
-            write_lease(self.store, replace(self.lease, heartbeat=time.time()))
+            if self.etag is None:
+                held = read_lease(self.store)
+                if held is not None and held.run != self.lease.run:
+                    self.lost = held
+                    return
+            try:
+                self._write(replace(self.lease, heartbeat=time.time()))
+            except _Conflict:  # replaced by another run since this run wrote it (or removed)
+                self.lost = read_lease(self.store) or replace(self.lease, run="unknown (the lease was removed)", released=True)
+
+    def _write(self, lease: Lease) -> None:
+        """Replace the lease: only if it is still the version this run wrote where writes are conditional (`_Conflict` if not)."""
+        if self.etag is None:
+            write_lease(self.store, lease)
+            return
+        fs, path = location.filesystem(str(_lease_location(self.store)))
+        try:
+            self.etag = _put(fs, path, _lease_bytes(lease), self.etag)
+        except FileNotFoundError:
+            raise _Conflict("removed") from None
 
     def _beat(self) -> None:
         while not self._stop.wait(HEARTBEAT_S):

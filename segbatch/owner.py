@@ -95,9 +95,9 @@ class Fence:
     lease: str  # the root holding the lease (a job's root for its groups)
     run: str
 
-    def check(self) -> None:
-        """Before every chunk and ledger entry: this run still owns the root and its driver is alive."""
-        check_fence(self.lease, self.run)
+    def check(self, fresh: bool = False) -> None:
+        """Before every chunk (and, `fresh`, every ledger entry): this run still owns the root and its driver is alive."""
+        check_fence(self.lease, self.run, fresh)
 
     def open(self, store: str) -> Group:
         """A store or group under the fenced root, open for writing (the fence is checked before each write, not here)."""

@@ -247,7 +247,7 @@ def stitch_chunks(job: StitchJob, chunk_ids: Sequence[int], skipped: frozenset[i
             del outputs["confidence"]
         digests = write_region(root, core.slices, outputs)
         entry = json.loads(str(ledger_array(root)[cid]) or "{}")
-        fence.check()
+        fence.check(fresh=True)
         record_unit(root, cid, {**entry, "chunks": digests, "stitched": True})
     return len(chunk_ids), time.perf_counter() - started
 

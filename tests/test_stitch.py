@@ -224,7 +224,7 @@ def test_stitch_chunks_blends_from_the_store_and_fences_with_the_jobs_lease(monk
     }
     fences, written, ledger = [], [], {}
     monkeypatch.setattr(segbatch.store, "open_store", lambda store, mode: root)
-    monkeypatch.setattr(segbatch.owner, "check_fence", lambda store, run: fences.append((store, run)))
+    monkeypatch.setattr(segbatch.owner, "check_fence", lambda store, run, fresh: fences.append((store, run)))
     monkeypatch.setattr(stitch, "write_region", lambda root, region, outputs: written.append((region, outputs)) or {"labels/0.0": "d"})
     monkeypatch.setattr(stitch, "ledger_array", lambda root: ["", "", "", "", '{"unit": 4}'])
     monkeypatch.setattr(stitch, "record_unit", lambda root, cid, entry: ledger.setdefault(cid, entry))

@@ -167,7 +167,10 @@ def format_checkpoint(s: dict[str, Any]) -> str:
 def _lease_line(lease: dict[str, Any]) -> str:
     """Who holds the store: a live run, or one that stopped without letting go (its lease is taken over by the next run)."""
     state = "in progress" if lease["live"] else "stopped without releasing the store"
-    return f"{state}: run {lease['run']} on {lease['host']} (pid {lease['pid']}), heartbeat {lease['heartbeat_age_s']:.0f} s ago"
+    line = f"{state}: run {lease['run']} on {lease['host']} (pid {lease['pid']}), heartbeat {lease['heartbeat_age_s']:.0f} s ago"
+    if lease.get("guard") == "read-back":
+        line += "; claimed by write and read-back (this object store has no conditional writes)"
+    return line
 
 
 def _finish_word(s: dict[str, Any]) -> str:

@@ -110,7 +110,7 @@ class PipelineWorker:
         stats = source.unit_stats(unit.unit, report)
         stats["seconds"] = round(time.perf_counter() - started, 3)
         stats["stages"] = {k: round(v, 4) for k, v in times.items()}
-        self.job.fence.check()
+        self.job.fence.check(fresh=True)  # a ledger entry counts a unit done: never written on an old read of the lease
         entry = {**stats, "node": self.node, "run": self.job.fence.run, "chunks": dict(sorted(digests.items()))}
         record_unit(root, unit.id, entry)
         return entry

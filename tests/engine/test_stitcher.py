@@ -201,7 +201,7 @@ def test_chunks_are_stitched_as_tiles_finish_and_used_up_tiles_are_deleted(kept,
     checks = []
     stitcher = Stitcher(job, root, {}, keep_tiles=False, check=lambda: checks.append(1), cpus=2)
     stitcher.task = _Now()
-    monkeypatch.setattr(owner_module, "check_fence", lambda store, run: None)  # the copy has no live lease; fencing is tested elsewhere
+    monkeypatch.setattr(owner_module, "check_fence", lambda store, run, fresh: None)  # the copy has no live lease; fencing is tested elsewhere
     on_disk, stitched = [], []
     for tid in range(len(plan)):
         stitcher.tile_done(tid, entries[tid])
@@ -234,7 +234,7 @@ def test_segbatch_stitch_of_a_store_stopped_mid_stitch_stitches_only_what_is_lef
     import segbatch.owner as owner_module
     from segbatch.store import update_attrs
 
-    monkeypatch.setattr(owner_module, "check_fence", lambda store, run: None)
+    monkeypatch.setattr(owner_module, "check_fence", lambda store, run, fresh: None)
     job = StitchJob(store=str(store), tiles=plan, run="run-1")
     stitcher = Stitcher(job, root, {}, keep_tiles=False, check=lambda: None, cpus=2)
     stitcher.task = _Now()
