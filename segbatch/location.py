@@ -20,6 +20,21 @@ from segbatch.errors import InputError
 Location = Path | str
 
 _URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
+_USERINFO = re.compile(r"\b([A-Za-z][A-Za-z0-9+.-]*://)[^/\s@]+@")  # scheme://user:password@host
+# an http(s) URL's query: a signed URL's ?X-Amz-Signature=..., an Azure SAS token (other schemes' keys may hold a "?")
+_QUERY = re.compile(r"\b(https?://[^\s?#]*)[?#][^\s'\"]*", re.IGNORECASE)
+
+
+def redact(text: str) -> str:
+    """`text` with every URL's credentials and query string left out: what may be written into a store, a report or a message.
+
+    A signed URL's signature, a SAS token or a user:password@ never leave the
+    process that was given them; the object's location (scheme, host, path)
+    stays.
+    """
+    return _QUERY.sub(r"\1", _USERINFO.sub(r"\1", text))
+
+
 _GDAL_PREFIX = {"s3": "/vsis3/", "gs": "/vsigs/", "gcs": "/vsigs/", "az": "/vsiaz/", "abfs": "/vsiaz/", "http": "/vsicurl/", "https": "/vsicurl/"}
 
 

@@ -24,6 +24,8 @@ from typing import Any, ClassVar
 
 from tqdm import tqdm
 
+from segbatch.location import redact
+
 PROGRESS_MODES = ("bar", "json")
 
 
@@ -35,7 +37,7 @@ def progress_bar(total: int | None, desc: str, unit: str, quiet: bool = False, *
 def note(message: str, quiet: bool = False) -> None:
     """A one-line status message on stderr (stdout stays clean for data), above the progress line when there is one."""
     if not quiet:
-        tqdm.write(message, file=sys.stderr)
+        tqdm.write(redact(message), file=sys.stderr)
         sys.stderr.flush()
 
 
@@ -117,7 +119,7 @@ RUN_DESCRIPTION = "segmenting"  # the bar's description once units finish
 def phase(name: str, message: str, **fields: Any) -> None:
     """Say that start-up phase `name` begins (see StartUp); nothing outside a command's `with StartUp(...)` block."""
     if StartUp.current is not None:
-        StartUp.current.say(name, message, **fields)
+        StartUp.current.say(name, redact(message), **{k: redact(v) if isinstance(v, str) else v for k, v in fields.items()})
 
 
 class RunProgress:

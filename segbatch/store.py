@@ -604,4 +604,5 @@ def _full_region(arr: Any, region: Sequence[slice]) -> tuple[slice, ...]:
 
 def base_attrs(source: dict[str, Any], model: dict[str, Any], samples: int, seed: int, config: dict[str, Any], run: str) -> dict[str, Any]:
     """The root `segbatch` attribute of DESIGN.md, before the run starts (`runs`: the runs whose ledger entries count)."""
+    source, model = {**source, "path": location.redact(str(source["path"]))}, {**model, "path": location.redact(str(model.get("path", "")))}
     return {"version": __version__, "source": source, "model": model, "samples": samples, "seed": seed, "config": config, "problems": [], "runs": [run]}

@@ -14,6 +14,7 @@ import click
 from segbatch import __version__
 from segbatch.cli.options import CommandGroup
 from segbatch.errors import InputError, Interrupted, SegbatchError, environment_refusal
+from segbatch.location import redact
 from segbatch.status import ExitStatus
 
 # zarr warns on every consolidation that consolidated metadata is not yet in the v3 spec (xarray and zarr-python read it)
@@ -24,7 +25,7 @@ class CliError(click.ClickException):
     """A library error turned into click's one-line message with our exit code."""
 
     def __init__(self, message: str, exit_code: int) -> None:
-        super().__init__(message)
+        super().__init__(redact(message))  # a signed URL's signature or a password in a URL is never shown
         self.exit_code = exit_code  # type: ignore[misc]  # click declares it on the class; each error has its own
 
 

@@ -64,7 +64,7 @@ class InputState:
 
     def entry(self) -> dict[str, Any]:
         """Its entry in a job root's `inputs`."""
-        out: dict[str, Any] = {"name": self.input.name, "path": location.absolute(self.input.location), "status": self.status}
+        out: dict[str, Any] = {"name": self.input.name, "path": location.redact(location.absolute(self.input.location)), "status": self.status}
         return out | ({"error": self.error} if self.error else {})
 
     def planned(self) -> Source[Any]:
@@ -143,7 +143,7 @@ def resume_states(
     attrs = job_attrs(root)
     check_resumable(attrs, config)
     recorded = live_inputs(cfg.out, attrs)
-    given = {location.absolute(i.location): i for i in inputs}
+    given = {location.redact(location.absolute(i.location)): i for i in inputs}  # as the store records them
     known = {e["path"] for e in recorded}
     dropped = [e for e in recorded if e["path"] not in given]
     if dropped:
@@ -154,7 +154,7 @@ def resume_states(
     added = [i for path, i in given.items() if path not in known]
     if added and not add_inputs:
         raise InputError(
-            f"cannot resume: {len(added)} input(s) are not in {cfg.out} (first: {location.absolute(added[0].location)}); "
+            f"cannot resume: {len(added)} input(s) are not in {cfg.out} (first: {location.redact(location.absolute(added[0].location))}); "
             "pass --add-inputs to add them, or --overwrite to start again"
         )
     taken = {e["name"].casefold() for e in recorded}
