@@ -9,7 +9,7 @@ $(VENV)/.installed: setup.cfg pyproject.toml
 	$(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q "$(TORCH)"
-	$(BIN)/python -m pip install -q -e ".[test]"
+	$(BIN)/python -m pip install -q -e ".[test]" "$(TORCH)"  # torch named again: no dependency may swap the build for another
 	touch $@
 
 .PHONY: setup demo lint test test-fast
