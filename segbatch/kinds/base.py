@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     from segbatch.audit.ranking import Spacing
     from segbatch.audit.truth import TruthSource
     from segbatch.export import ExportOptions
+    from segbatch.schema import Check
 
 Region = tuple[slice, ...]
 OwnedRegions = Callable[[int, Mapping[str, Any]], list[Region]]  # (unit, its ledger entry) -> the output regions it wrote
@@ -40,6 +41,8 @@ class Kind(ABC):
     plural: str  # inputs, in messages: "videos"
     options: tuple[str, ...]  # the `segbatch run` options (click parameter names) that apply to this kind, and not to every kind
     many: bool  # a folder, glob, @manifest or STAC file of such inputs is one job of many (segbatch.jobstore)
+    source_fields: Check  # its store's `source` attribute, declared with segbatch.schema's checks (a staticmethod)
+    entry_fields: Check  # one of its ledger entries, besides the fields every entry has (a staticmethod)
     unit_size: str | None = None  # the root attribute that fixes the items of a unit (None: one item a unit)
     tiled: bool = False  # outputs are blended from tiles/ (segbatch.tilestore), removed once stitched: no unit can be redone then
     timeline: bool = False  # the audit plots its items over time
@@ -50,13 +53,13 @@ class Kind(ABC):
     def source_class(self) -> Any:
         """The engine's driver half for this kind (segbatch.engine.source.Source), imported now."""
 
-    @abstractmethod
     def source_problem(self, source: Mapping[str, Any], path: str) -> str | None:
         """What is wrong with a store's `source` attribute (called `path` in the message), or None (its fields, with segbatch.schema's checks)."""
+        return self.source_fields(source, path)
 
-    @abstractmethod
     def entry_problem(self, entry: Mapping[str, Any], path: str) -> str | None:
         """What is wrong with one ledger entry of such a store (besides its chunk keys and run), or None."""
+        return self.entry_fields(entry, path)
 
     @abstractmethod
     def layout(self, attrs: Mapping[str, Any]) -> tuple[tuple[int, ...], int]:

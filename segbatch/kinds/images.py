@@ -35,16 +35,13 @@ class Images(Kind):
     many = False  # a folder of images is one input: the folder of a job of many is one of videos or of rasters
     unit_size = "unit_images"
 
+    source_fields = staticmethod(SOURCE)
+    entry_fields = staticmethod(ENTRY)
+
     def source_class(self) -> Any:
         from segbatch.engine.images import ImageSource
 
         return ImageSource
-
-    def source_problem(self, source: Mapping[str, Any], path: str) -> str | None:
-        return SOURCE(source, path)
-
-    def entry_problem(self, entry: Mapping[str, Any], path: str) -> str | None:
-        return ENTRY(entry, path)
 
     def layout(self, attrs: Mapping[str, Any]) -> tuple[tuple[int, ...], int]:
         source = attrs["source"]

@@ -76,16 +76,13 @@ class Raster(Kind):
     default_gap = 1.0
     gap_unit = "tiles"
 
+    source_fields = staticmethod(SOURCE)
+    entry_fields = staticmethod(ENTRY)
+
     def source_class(self) -> Any:
         from segbatch.engine.raster import RasterSource
 
         return RasterSource
-
-    def source_problem(self, source: Mapping[str, Any], path: str) -> str | None:
-        return SOURCE(source, path)
-
-    def entry_problem(self, entry: Mapping[str, Any], path: str) -> str | None:
-        return ENTRY(entry, path)
 
     def layout(self, attrs: Mapping[str, Any]) -> tuple[tuple[int, ...], int]:
         from segbatch.tiling import plan_tiles

@@ -65,16 +65,13 @@ class Video(Kind):
     default_gap = 1.0
     gap_unit = "s"
 
+    source_fields = staticmethod(SOURCE)
+    entry_fields = staticmethod(ENTRY)
+
     def source_class(self) -> Any:
         from segbatch.engine.video import VideoSource
 
         return VideoSource
-
-    def source_problem(self, source: Mapping[str, Any], path: str) -> str | None:
-        return SOURCE(source, path)
-
-    def entry_problem(self, entry: Mapping[str, Any], path: str) -> str | None:
-        return ENTRY(entry, path)
 
     def layout(self, attrs: Mapping[str, Any]) -> tuple[tuple[int, ...], int]:
         source = attrs["source"]
