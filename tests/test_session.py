@@ -80,3 +80,17 @@ def test_the_reaper_ends_the_processes_started_their_descendants_and_late_tagged
     code = "from tests.helpers.reaping import reap_tree_and_late_tagged; reap_tree_and_late_tagged()"
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=180, cwd=ROOT)
     assert r.returncode == 0, r.stderr
+
+
+def test_workers_get_the_drivers_storage_variables_and_nothing_else(monkeypatch):
+    for name in list(os.environ):
+        if name.startswith(session.STORAGE_VARIABLES):
+            monkeypatch.delenv(name)
+    assert session.worker_options() == {}  # no variables: the nodes' own credentials (instance roles) stay in charge
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "s")
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://minio:9000")
+    monkeypatch.setenv("GDAL_HTTP_MAX_RETRY", "3")
+    monkeypatch.setenv("AZURE_STORAGE_SAS_TOKEN", "t")
+    monkeypatch.setenv("NOT_AWS_KEY", "x")
+    env = session.worker_options()["runtime_env"]["env_vars"]
+    assert env == {"AWS_SECRET_ACCESS_KEY": "s", "AWS_ENDPOINT_URL": "http://minio:9000", "GDAL_HTTP_MAX_RETRY": "3", "AZURE_STORAGE_SAS_TOKEN": "t"}

@@ -181,6 +181,19 @@ def reap_on_exit(before: set[int], tag: str, session: str) -> Reaper | None:
 
 
 PROBE_TIMEOUT_S = 5.0  # nothing listens at HOST:PORT: said in seconds
+STORAGE_VARIABLES = ("AWS_", "AZURE_", "GOOGLE_", "GS_", "GDAL_", "CPL_", "FSSPEC_")  # s3fs/botocore, adlfs, gcsfs, GDAL, fsspec
+
+
+def worker_options() -> dict[str, Any]:
+    """Ray options for every actor and task a run starts: a runtime environment holding the driver's object-storage and GDAL variables
+    (STORAGE_VARIABLES: keys, tokens, endpoint, region, addressing), so workers reach the stores and inputs the driver
+    does. A local runtime's workers inherit them anyway; a cluster's nodes were started with environments of their own.
+    Given per actor and task, not to ray.init, where they would clash with a Ray Job's own runtime environment; none at
+    all when the driver has none of them (nodes with credentials of their own, e.g. instance roles)."""
+    variables = {name: value for name, value in os.environ.items() if name.startswith(STORAGE_VARIABLES)}
+    return {"runtime_env": {"env_vars": variables}} if variables else {}
+
+
 CONNECT_TIMEOUT_S = 30.0  # something listens, but ray.init cannot join it (not Ray's port, a token it lacks): it would retry for minutes
 START_TIMEOUT_S = 300.0  # a private local runtime that has not started by then never will (Ray's own waits are shorter)
 LOCAL = "local"  # ray.init's address for a new runtime of this process's own

@@ -137,3 +137,36 @@ def test_a_many_input_job_loses_a_node_and_loses_no_unit(cluster, fleet, tiny_mo
     for name in "abcd":
         assert_same(arrays(store / name), arrays(reference / name))
     assert zarr.open_group(str(store), mode="r").attrs["segbatch"]["summary"]["complete"] == 4
+
+
+@pytest.fixture
+def bare_cluster(s3_server):
+    """A head that runs no actors and two worker nodes started without the storage variables (as a cluster's nodes are: their
+    environment is their own, not the driver's); the driver, in this process's environment, has them."""
+    from ray.cluster_utils import Cluster
+
+    from tests.helpers.s3 import environment
+
+    saved = {name: os.environ.pop(name) for name in environment(s3_server.port) if name in os.environ}
+    try:
+        c = Cluster(initialize_head=True, head_node_args={"num_cpus": 0})
+        nodes = [c.add_node(num_cpus=1) for _ in range(2)]
+        c.wait_for_nodes()
+    finally:
+        os.environ.update(saved)
+    yield c, nodes
+    c.shutdown()
+
+
+def test_two_nodes_write_one_store_to_the_bucket_with_the_drivers_credentials(bare_cluster, s3_bucket, clip, tiny_model, reference):
+    c, nodes = bare_cluster
+    store = f"{s3_bucket}/cluster.zarr"
+    proc = _driver(c.address, "--input", clip, "--out", store, "--model", tiny_model, "--samples", "4", "--quiet")
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err
+    ledger = _ledger(store)
+    assert len(ledger) == total_units(store)
+    assert {e["node"] for e in ledger} == {n.node_id for n in nodes}  # both nodes wrote chunks and ledger entries to the bucket
+    assert_same(arrays(store), reference)
+    attrs = zarr.open_group(store, mode="r").attrs["segbatch"]
+    assert attrs["status"] == "complete"
