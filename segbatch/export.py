@@ -58,15 +58,21 @@ def export(
     creation_options: Mapping[str, str] | None = None,
     crf: float | None = None,
     preset: str | None = None,
+    source: location.Location | None = None,
 ) -> int:
     """Export STORE: a raster store to a COG (.tif); a video store to an overlay video or a folder of PNG panels.
 
     `creation_options` (GDAL's, for the COG) and `crf` / `preset` (libx264's,
-    for the overlay video) are refused where they do not apply. Returns the
-    frames (video) or pixels rows (raster) written.
+    for the overlay video) are refused where they do not apply. `source`:
+    where the store's input is now, when not where the run read it. Returns
+    the frames (video) or pixels rows (raster) written.
     """
     root, attrs = open_complete_store(store, "exporting")
     check_export_target(store, attrs, to)
+    if source is not None:
+        if location.inside(source, to):
+            raise InputError(f"{to} is the store's source ({source}); export somewhere else")
+        attrs = attrs | {"source": attrs["source"] | {"path": str(source)}, "source_moved": True}
     kind = attrs["source"]["kind"]
     write = kinds.kind(kind).exporter()
     if write is None:
@@ -137,7 +143,8 @@ def _panels(root: Any, attrs: dict[str, Any], alpha: float) -> Iterator[np.ndarr
     source = attrs["source"]
     path = location.parse(source["path"])
     if not location.exists(path):
-        raise InputError(f"the source video {path} is gone; the overlay needs it")
+        given = "" if attrs.get("source_moved") else "; --source: where it is now (a signed URL's signature is never recorded)"
+        raise InputError(f"the source video {location.redact(str(path))} cannot be read; the overlay needs it{given}")
     plan = probe_video(path)
     if plan.frames != source["frames"] or (plan.height, plan.width) != (source["height"], source["width"]):
         raise InputError(

@@ -44,6 +44,8 @@ def audit(store: location.Location, report: Path, opts: AuditOptions, overwrite:
     write: Callable[[Path], dict[str, Any]]
     job, where = reader_target(store, group, "audit")
     if job is not None:
+        if opts.source is not None:
+            raise InputError(f"--source names one input's source, and {store} is a job of many inputs: audit one with --group NAME --source ...")
         plan = plan_job(store, opts)  # every input checked (and its truth) before any folder is made
 
         def write(folder: Path) -> dict[str, Any]:
@@ -147,7 +149,7 @@ def _write(root: Any, attrs: dict[str, Any], store: location.Location, folder: P
     finally:
         rows.close()
     summary = summarise(result, attrs, store, opts)
-    reader = InputReader(attrs, root)
+    reader = InputReader(attrs, root, opts.source)
     place = Place(root, reader, result.truth.source if result.truth is not None else None)
     thumbs = _pictures(result, summary, folder, opts, lambda item: place)
     summary["input_thumbnails"] = reader.problem or "ok"

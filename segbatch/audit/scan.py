@@ -45,6 +45,7 @@ class AuditOptions:
     quiet: bool = False
     rank_by: str | None = None  # one of MEASURES; None: uncertainty, or entropy for a store run with --samples 0
     min_gap: float | None = None  # spacing of the ranked items (audit/ranking.py); None: the kind's default
+    source: str | None = None  # where the store's input is now, for its thumbnails (None: where the store says it was read)
 
 
 def ranking_plan(root: Any, attrs: dict[str, Any], opts: AuditOptions) -> tuple[str, Spacing]:

@@ -56,14 +56,16 @@ def error_map(labels: np.ndarray, truth: np.ndarray, labelled: np.ndarray) -> np
 class InputReader:
     """Reads the source pixels of audit items; `read` gives None when the source is unavailable."""
 
-    def __init__(self, attrs: dict[str, Any], root: Any) -> None:
+    def __init__(self, attrs: dict[str, Any], root: Any, moved: location.Location | None = None) -> None:
+        """`moved`: where the source is now (audit --source), in place of where the store says it was read."""
         self.source = attrs["source"]
         self.kind = self.source["kind"]
         self.problem: str | None = None
         self._read: ItemPixels | None = None
-        path = location.parse(self.source["path"])
+        path = location.parse(moved if moved is not None else self.source["path"])
         if not location.exists(path):
-            self.problem = f"the source {path} is not there any more; input thumbnails are left out"
+            name = location.redact(str(path))
+            self.problem = f"the source {name} cannot be read; input thumbnails are left out" + ("" if moved else " (--source: where it is now)")
             return
         opened = kinds.kind(self.kind).input_reader(self.source, root, path)
         if isinstance(opened, str):

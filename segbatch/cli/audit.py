@@ -8,7 +8,7 @@ from typing import Any
 import click
 
 from segbatch.cli.config import config_opt
-from segbatch.cli.options import LOCATION, overwrite_opt, path_type, quiet_opt
+from segbatch.cli.options import LOCATION, SOURCE_HELP, overwrite_opt, path_type, quiet_opt
 
 
 @click.command()
@@ -38,6 +38,7 @@ from segbatch.cli.options import LOCATION, overwrite_opt, path_type, quiet_opt
     type=click.FloatRange(min=0),
     help="Value of the ranking measure above which a pixel counts as unsure (default: the store's 90th percentile, sampled).",
 )
+@click.option("--source", type=LOCATION, help=f"{SOURCE_HELP} For the input thumbnails.")
 @click.option("--ignore-index", type=int, help="A truth value to ignore (values outside the model's classes are always ignored).")
 @overwrite_opt
 @config_opt
@@ -51,6 +52,7 @@ def audit(
     rank_by: str | None,
     min_gap: float | None,
     threshold: float | None,
+    source: Path | str | None,
     ignore_index: int | None,
     overwrite: bool,
     quiet: bool,
@@ -63,7 +65,16 @@ def audit(
     from segbatch.audit.report import audit as run_audit
     from segbatch.audit.scan import AuditOptions
 
-    opts = AuditOptions(top=top, threshold=threshold, truth=truth, ignore_index=ignore_index, quiet=quiet, rank_by=rank_by, min_gap=min_gap)
+    opts = AuditOptions(
+        top=top,
+        threshold=threshold,
+        truth=truth,
+        ignore_index=ignore_index,
+        quiet=quiet,
+        rank_by=rank_by,
+        min_gap=min_gap,
+        source=None if source is None else str(source),
+    )
     summary = run_audit(store, report, opts, overwrite, group)
     m = summary["measure"]
     job = summary.get("job")
@@ -71,6 +82,8 @@ def audit(
     line = f"audited {summary['items']} {summary['item']}s{of} ({summary['pixels']:,} pixels): mean {m} {_fmt(summary[m]['mean'])}"
     if job:
         _job_warnings(job, truth)
+    if summary.get("input_thumbnails", "ok") != "ok":
+        click.echo(f"warning: {summary['input_thumbnails']}", err=True)
     t = summary["truth"]
     if t:
         auroc = t["auroc"].get(m)

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from segbatch.cli.options import LOCATION, overwrite_opt, path_type, quiet_opt, refuse_existing
+from segbatch.cli.options import LOCATION, SOURCE_HELP, overwrite_opt, path_type, quiet_opt, refuse_existing
 
 # as in segbatch.export, which imports numpy: kept here so `segbatch --help` stays instant
 X264_PRESETS = ("ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower", "veryslow", "placebo")
@@ -68,6 +68,7 @@ def _creation_options(ctx: click.Context, param: click.Parameter, values: tuple[
     default=None,
     help="Video: libx264's speed/size preset, as ffmpeg's -preset: slower presets make smaller files at the same --crf.  [default: veryfast]",
 )
+@click.option("--source", type=LOCATION, help=f"{SOURCE_HELP} Video: the overlay's frames, checked against the store's.")
 @overwrite_opt
 @quiet_opt
 def export(
@@ -79,6 +80,7 @@ def export(
     creation_options: dict[str, str],
     crf: float | None,
     preset: str | None,
+    source: Path | str | None,
     overwrite: bool,
     quiet: bool,
 ) -> None:
@@ -114,7 +116,9 @@ def export(
             refuse_existing(target, overwrite)
         if target.suffix.lower() in (".tif", ".tiff"):
             refuse_existing(f"{target}.aux.xml", overwrite)  # GDAL's sidecar: the export replaces (labels) or removes it
-    for source, target in targets:
+    if source is not None and len(targets) > 1:
+        raise InputError(f"--source names one input's source, and {store} is a job of many inputs: export one with --group NAME --source ...")
+    for result, target in targets:
         target.parent.mkdir(parents=True, exist_ok=True)
-        n = run_export(source, target, alpha=alpha, what=what, quiet=quiet, creation_options=creation_options, crf=crf, preset=preset)
+        n = run_export(result, target, alpha=alpha, what=what, quiet=quiet, creation_options=creation_options, crf=crf, preset=preset, source=source)
         click.echo(f"wrote {target} ({n} {'rows' if target.suffix.lower() in ('.tif', '.tiff') else 'frames'})", err=True)

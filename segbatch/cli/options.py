@@ -31,6 +31,7 @@ class LocationType(click.ParamType[location.Location]):
 
 
 LOCATION = LocationType()
+SOURCE_HELP = "Where the store's input is now, when not where the run read it (moved, or a signed URL, whose signature is never recorded)."
 
 
 class FileRefused(click.ClickException):

@@ -3,6 +3,7 @@ signature and no query string into its store, and says none in its messages (aga
 
 from __future__ import annotations
 
+import json
 import os
 
 from tests.helpers.stores import invoke, run
@@ -25,8 +26,21 @@ def test_no_key_or_signature_reaches_the_store_info_or_a_message(ray_address, ru
     refused = run(runner, cli, "--input", signed, "--out", out, "--model", tiny_model, "--address", ray_address)  # exists: refused
     assert refused.exit_code == 2
     said.append(refused.output)
+    audit = invoke(runner, cli, "audit", out, "--report", tmp_path / "bare", "--top", 2, "--min-gap", 0, "--quiet")
+    assert audit.exit_code == 0 and "input thumbnails are left out (--source" in audit.output, audit.output  # the signature is not in the store
+    said.append(audit.output)
+    audit = invoke(runner, cli, "audit", out, "--report", tmp_path / "report", "--top", 2, "--min-gap", 0, "--source", signed, "--quiet")
+    assert audit.exit_code == 0 and "warning" not in audit.output, audit.output
+    assert json.loads((tmp_path / "report" / "summary.json").read_text())["input_thumbnails"] == "ok"
+    moved = invoke(runner, cli, "export", out, "--to", tmp_path / "overlay.mp4", "--quiet")  # the signature is not in the store
+    assert moved.exit_code == 2 and "--source" in moved.output, moved.output
+    exported = invoke(runner, cli, "export", out, "--to", tmp_path / "overlay.mp4", "--source", signed, "--quiet")
+    assert exported.exit_code == 0, exported.output
+    said += [audit.output, moved.output, exported.output]
     stored = [s3_server.client().get_object(Bucket=bucket, Key=key)["Body"].read() for key in s3_server.keys(out)]
+    written = [p.read_bytes() for p in [*tmp_path.glob("bare/**/*"), *tmp_path.glob("report/**/*"), tmp_path / "overlay.mp4"] if p.is_file()]
+    assert any(b"in/clip.mp4" in data for data in written)  # the report names the source, by its location
     assert any(b"in/clip.mp4" in data for data in stored)  # the input is recorded, by its location
     for secret in secrets:
-        assert not any(secret.encode() in data for data in stored), secret
+        assert not any(secret.encode() in data for data in stored + written), secret
         assert not any(secret in text for text in said), secret
