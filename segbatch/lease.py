@@ -46,7 +46,7 @@ from pathlib import Path
 from typing import Any, Self
 
 from segbatch import location
-from segbatch.errors import InputError, RunError, StoreBusyError
+from segbatch.errors import InputError, RunError, StoreBusyError, first_line
 from segbatch.location import Location
 
 LEASE_GROUP = "lease"  # the group that holds the lease (and, on file systems, its lock)
@@ -150,61 +150,67 @@ def conditional_writes(store: Location) -> bool:
     If-None-Match: *; a backend that lets the second write through ignores
     the condition, and its stores fall back to claim-and-read-back.
     """
-    if location.on_disk(store) is not None or not str(store).startswith("s3://"):
+    if location.on_disk(store) is not None or str(store).split("://", 1)[0].lower() not in location.OBSTORE_SCHEMES:
         return False
-    fs, path = location.filesystem(str(store))
-    bucket = path.split("/", 1)[0]
-    endpoint = str(getattr(getattr(fs, "s3", None), "_endpoint", None) or fs.client_kwargs.get("endpoint_url") or os.environ.get("AWS_ENDPOINT_URL", ""))
+    bucket = str(store).split("://", 1)[1].split("/", 1)[0]
+    endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL") or os.environ.get("AWS_ENDPOINT") or ""
     key = f"{endpoint} {bucket}"
     with _CONDITIONAL_LOCK:
         if key not in _CONDITIONAL:
             # beside the store, not in it: a run checking the store's prefix for other files meanwhile must not see the probe
-            probe = f"{path.rstrip('/').rsplit('/', 1)[0]}/.segbatch-probe-{uuid.uuid4().hex[:12]}"
+            probe = f"{str(store).rstrip('/').rsplit('/', 1)[0]}/.segbatch-probe-{uuid.uuid4().hex[:12]}"
             try:
-                _put(fs, probe, b"", None)
+                _put(probe, b"", None)
                 try:
-                    _put(fs, probe, b"", None)
+                    _put(probe, b"", None)
                     _CONDITIONAL[key] = False
                 except _Conflict:
                     _CONDITIONAL[key] = True
             except OSError:  # no right to write there, say: the claim itself fails in one line later
                 return False
             finally:
-                try:
-                    fs.rm_file(probe)
-                except OSError:
-                    pass
+                _delete(probe)
         return _CONDITIONAL[key]
 
 
-def _put(fs: Any, path: str, data: bytes, etag: str | None) -> str:
-    """One PUT of `path`: only if absent (`etag` None) or only if its ETag is still `etag`; returns the new ETag."""
-    bucket, key = path.split("/", 1)
-    condition = {"IfNoneMatch": "*"} if etag is None else {"IfMatch": etag}
+def _put(url: str, data: bytes, etag: str | None) -> str:
+    """One PUT of `url`: only if absent (`etag` None) or only if its ETag is still `etag`; returns the new ETag."""
+    import obstore
+    from obstore.exceptions import AlreadyExistsError, BaseError, PreconditionError
+
+    store, key = location.object_store(url)
     try:
-        return str(fs.call_s3("put_object", Bucket=bucket, Key=key, Body=data, **condition)["ETag"])
-    except OSError as exc:
-        code = getattr(exc.__cause__, "response", {}).get("Error", {}).get("Code")
-        if code in ("PreconditionFailed", "ConditionalRequestConflict"):
-            raise _Conflict(code) from None
-        raise
+        return str(obstore.put(store, key, data, mode="create" if etag is None else {"e_tag": etag})["e_tag"])
+    except (AlreadyExistsError, PreconditionError) as exc:  # present, changed, or gone since `etag`
+        raise _Conflict(type(exc).__name__) from None
+    except BaseError as exc:
+        raise OSError(f"{location.redact(url)}: {first_line(exc)}") from None
 
 
-def _get(fs: Any, path: str) -> tuple[bytes, str] | None:
+def _get(url: str) -> tuple[bytes, str] | None:
     """The object's bytes and ETag, read in one request (None when absent)."""
-    from fsspec.asyn import sync
+    import obstore
+    from obstore.exceptions import BaseError, NotFoundError
 
-    bucket, key = path.split("/", 1)
+    store, key = location.object_store(url)
     try:
-        got = fs.call_s3("get_object", Bucket=bucket, Key=key)
-    except FileNotFoundError:
+        got = obstore.get(store, key)
+        return bytes(got.bytes()), str(got.meta["e_tag"])
+    except (FileNotFoundError, NotFoundError):
         return None
+    except BaseError as exc:
+        raise OSError(f"{location.redact(url)}: {first_line(exc)}") from None
 
-    async def body() -> bytes:
-        async with got["Body"] as stream:
-            return bytes(await stream.read())
 
-    return sync(fs.loop, body), str(got["ETag"])
+def _delete(url: str) -> None:
+    import obstore
+    from obstore.exceptions import BaseError
+
+    store, key = location.object_store(url)
+    try:
+        obstore.delete(store, key)
+    except BaseError:
+        pass
 
 
 def _lease_bytes(lease: Lease) -> bytes:
@@ -315,12 +321,12 @@ def _claim(store: Location, mine: Lease) -> tuple[Lease | None, str | None]:
     (and any writes it still tried would be fenced).
     """
     if conditional_writes(store):
-        fs, path = location.filesystem(str(_lease_location(store)))
-        found = _get(fs, path)
+        url = str(_lease_location(store))
+        found = _get(url)
         previous = _refuse(store, None if found is None else _parse(found[0]), mine)
         try:
             lease = replace(mine, heartbeat=time.time(), guard="conditional")
-            return previous, _put(fs, path, _lease_bytes(lease), None if found is None else found[1])
+            return previous, _put(url, _lease_bytes(lease), None if found is None else found[1])
         except _Conflict:
             now = read_lease(store)
             raise StoreBusyError(f"{store} was claimed by {now.holder() if now else 'another run'} at the same time; try again once it ends") from None
@@ -450,11 +456,7 @@ class LeaseKeeper:
         if self.etag is None:
             write_lease(self.store, lease)
             return
-        fs, path = location.filesystem(str(_lease_location(self.store)))
-        try:
-            self.etag = _put(fs, path, _lease_bytes(lease), self.etag)
-        except FileNotFoundError:
-            raise _Conflict("removed") from None
+        self.etag = _put(str(_lease_location(self.store)), _lease_bytes(lease), self.etag)  # gone or changed: _Conflict
 
     def _beat(self) -> None:
         while not self._stop.wait(HEARTBEAT_S):

@@ -1,11 +1,13 @@
 """Where inputs, checkpoints and stores live: a local (or shared) path, or an fsspec URL every node can reach.
 
 A location is a `Path` for local files and a `str` for URLs (`s3://`,
-`gs://`, `az://`, `https://`, `file://`, ...; the URL's scheme picks the
-fsspec filesystem, whose package, e.g. s3fs or gcsfs, must be installed on
-every node). Zarr stores are opened through fsspec, rasters through GDAL's
-virtual file systems (/vsis3/, /vsigs/, ...), videos through a file object
-that PyAV reads.
+`gs://`, `az://`, `https://`, `file://`, ...). `s3://` goes through
+obstore (Rust's object_store: the Zarr store, the lease's conditional puts,
+listings and the file objects videos are read through, one client; chosen on
+figures, benchmarks/object_clients.py); other schemes pick their fsspec
+filesystem, whose package (gcsfs, adlfs) must be installed on every node.
+Rasters are read through GDAL's virtual file systems (/vsis3/, /vsigs/,
+...), videos through a file object that PyAV reads.
 """
 
 from __future__ import annotations
@@ -13,9 +15,12 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
-from typing import IO, Any, cast
+from typing import IO, TYPE_CHECKING, Any, cast
 
 from segbatch.errors import InputError
+
+if TYPE_CHECKING:
+    from obstore.store import ClientConfig
 
 Location = Path | str
 
@@ -130,10 +135,64 @@ def storage_options(url: str) -> dict[str, Any]:
     return {"auto_mkdir": True} if url.split("://", 1)[0] in ("file", "local") else {}
 
 
+OBSTORE_SCHEMES = ("s3", "s3a")  # reached through obstore
+
+
+def _s3_client_options() -> ClientConfig:
+    """obstore's client options: plain http allowed when the endpoint the environment names is http (MinIO, a test server)."""
+    endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL") or os.environ.get("AWS_ENDPOINT") or ""
+    return {"allow_http": True} if endpoint.lower().startswith("http://") else {}
+
+
+def _s3_credentials() -> dict[str, Any]:
+    """obstore's own credentials (keys in the environment, an instance's or a pod's role) unless the environment names a
+    profile or the user has ~/.aws without keys in the environment: then boto3's, where it is installed (profiles, SSO,
+    assumed roles), and the profile's region where none is set."""
+    if os.environ.get("AWS_ACCESS_KEY_ID") or not (os.environ.get("AWS_PROFILE") or Path("~/.aws").expanduser().is_dir()):
+        return {}
+    try:
+        import boto3
+        from obstore.auth.boto3 import Boto3CredentialProvider
+    except ImportError:
+        return {}
+    session = boto3.Session()
+    if session.get_credentials() is None:
+        return {}
+    found: dict[str, Any] = {"credential_provider": Boto3CredentialProvider(session)}
+    if session.region_name and not (os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")):
+        found["region"] = session.region_name
+    return found
+
+
+def _obstore_missing() -> InputError:
+    return InputError("s3:// needs the obstore package on every node (pip install 'segbatch[s3]')")
+
+
+def object_store(url: str, rooted: bool = False) -> tuple[Any, str]:
+    """The obstore store of an s3:// URL's bucket (configured from the standard AWS variables) and the key within it; with
+    `rooted`, a store whose keys start at the URL's key (what Zarr takes) and ""."""
+    try:
+        from obstore.store import S3Store
+    except ImportError:
+        raise _obstore_missing() from None
+    bucket, _, key = url.split("://", 1)[1].partition("/")
+    key = key.strip("/")
+    if rooted:
+        return S3Store(bucket, prefix=key or None, client_options=_s3_client_options(), **_s3_credentials()), ""
+    return S3Store(bucket, client_options=_s3_client_options(), **_s3_credentials()), key
+
+
 def filesystem(url: str) -> tuple[Any, str]:
     """The fsspec filesystem of a URL and the path within it; a missing backend package is a one-line error."""
     import fsspec
 
+    scheme, _, rest = url.partition("://")
+    if scheme.lower() in OBSTORE_SCHEMES:
+        try:
+            from obstore.fsspec import FsspecStore
+        except ImportError:
+            raise _obstore_missing() from None
+        return FsspecStore("s3", client_options=_s3_client_options(), **_s3_credentials()), rest
     try:
         return cast(tuple[Any, str], fsspec.core.url_to_fs(url, **storage_options(url)))
     except ImportError as exc:
@@ -185,6 +244,8 @@ def open_binary(location: Location) -> IO[bytes]:
     if not is_url(location):
         return Path(location).open("rb")
     fs, path = filesystem(str(location))
+    if str(location).split("://", 1)[0].lower() in OBSTORE_SCHEMES and not fs.isfile(path):
+        raise InputError(f"{location}: no such file")  # before open: obstore's reader of a missing object dies noisily
     try:
         return cast(IO[bytes], fs.open(path, "rb"))
     except FileNotFoundError:
@@ -219,11 +280,13 @@ def gdal_path(location: Location) -> str:
 
 
 def zarr_store(location: Location, read_only: bool) -> Any:
-    """What zarr.open_group takes: a local path, or an fsspec store for a URL."""
+    """What zarr.open_group takes: a local path, or a store for a URL (obstore's for s3://, fsspec's for others)."""
     if not is_url(location):
         return str(location)
-    from zarr.storage import FsspecStore
+    from zarr.storage import FsspecStore, ObjectStore
 
+    if str(location).split("://", 1)[0].lower() in OBSTORE_SCHEMES:
+        return ObjectStore(object_store(str(location), rooted=True)[0], read_only=read_only)
     try:
         return FsspecStore.from_url(str(location), storage_options=storage_options(str(location)), read_only=read_only)
     except ImportError as exc:

@@ -41,7 +41,7 @@ def cli_module():
 
 @pytest.fixture(scope="session")
 def s3_server():
-    """An S3-compatible server on 127.0.0.1 for the session, and the standard variables pointing s3fs and GDAL at it; set
+    """An S3-compatible server on 127.0.0.1 for the session, and the standard variables pointing obstore and GDAL at it; set
     before the Ray runtime starts (`ray_address` depends on this), as its workers take the driver's environment at start."""
     import os
 

@@ -181,7 +181,7 @@ def reap_on_exit(before: set[int], tag: str, session: str) -> Reaper | None:
 
 
 PROBE_TIMEOUT_S = 5.0  # nothing listens at HOST:PORT: said in seconds
-STORAGE_VARIABLES = ("AWS_", "AZURE_", "GOOGLE_", "GS_", "GDAL_", "CPL_", "FSSPEC_")  # s3fs/botocore, adlfs, gcsfs, GDAL, fsspec
+STORAGE_VARIABLES = ("AWS_", "AZURE_", "GOOGLE_", "GS_", "GDAL_", "CPL_", "FSSPEC_")  # obstore, boto3, adlfs, gcsfs, GDAL, fsspec
 
 
 def worker_options() -> dict[str, Any]:

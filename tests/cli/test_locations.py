@@ -73,7 +73,7 @@ def test_a_store_whose_creation_never_finished_is_not_resumed(runner, cli, ray_a
 
 @pytest.mark.skipif(importlib.util.find_spec("gcsfs") is not None, reason="with gcsfs installed this would reach for the network")
 def test_a_url_without_its_fsspec_backend_is_one_line_exit_2(runner, cli):
-    result = invoke(runner, cli, "info", "gs://some-bucket/run.zarr")  # s3fs is a test dependency now: gs:// has no backend here
+    result = invoke(runner, cli, "info", "gs://some-bucket/run.zarr")  # obstore (s3://) is a test dependency: gs:// has no backend here
     assert result.exit_code == 2 and "gcsfs" in result.output and len(result.output.strip().splitlines()) == 1
 
 

@@ -1,6 +1,6 @@
 """A real S3-protocol server for the tests (moto's server mode on 127.0.0.1), and the variables that point every client at it.
 
-s3fs (stores, videos, checkpoints) reads AWS_ENDPOINT_URL; GDAL (rasters
+obstore (stores, leases, videos, checkpoints) reads AWS_ENDPOINT_URL (plain http allowed for an http endpoint); GDAL (rasters
 through /vsis3/) reads AWS_S3_ENDPOINT, AWS_HTTPS and AWS_VIRTUAL_HOSTING
 (path-style addressing: a bucket name is no host name on 127.0.0.1). Both
 take the keys and region from the standard variables.
@@ -24,7 +24,7 @@ def free_port() -> int:
 
 
 def environment(port: int) -> dict[str, str]:
-    """The variables that send s3fs, botocore and GDAL to the server at `port`, with its (any) keys."""
+    """The variables that send obstore, botocore and GDAL to the server at `port`, with its (any) keys."""
     return {
         "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}",
         "AWS_ACCESS_KEY_ID": "test-key-id-4f7c2a",
