@@ -86,11 +86,21 @@ def test_workers_get_the_drivers_storage_variables_and_nothing_else(monkeypatch)
     for name in list(os.environ):
         if name.startswith(session.STORAGE_VARIABLES):
             monkeypatch.delenv(name)
-    assert session.worker_options() == {}  # no variables: the nodes' own credentials (instance roles) stay in charge
+    assert session.storage_variables() == {}  # none: the nodes' own credentials (instance roles) stay in charge
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "s")
     monkeypatch.setenv("AWS_ENDPOINT_URL", "http://minio:9000")
     monkeypatch.setenv("GDAL_HTTP_MAX_RETRY", "3")
     monkeypatch.setenv("AZURE_STORAGE_SAS_TOKEN", "t")
     monkeypatch.setenv("NOT_AWS_KEY", "x")
-    env = session.worker_options()["runtime_env"]["env_vars"]
-    assert env == {"AWS_SECRET_ACCESS_KEY": "s", "AWS_ENDPOINT_URL": "http://minio:9000", "GDAL_HTTP_MAX_RETRY": "3", "AZURE_STORAGE_SAS_TOKEN": "t"}
+    variables = session.storage_variables()
+    assert variables == {"AWS_SECRET_ACCESS_KEY": "s", "AWS_ENDPOINT_URL": "http://minio:9000", "GDAL_HTTP_MAX_RETRY": "3", "AZURE_STORAGE_SAS_TOKEN": "t"}
+
+
+def test_the_variables_a_job_carries_are_never_printed():
+    from segbatch.engine.runjob import RunJob
+    from segbatch.owner import Fence
+    from segbatch.stitch import StitchJob
+
+    secret = {"AWS_SECRET_ACCESS_KEY": "never-printed-3f9a"}
+    assert "never-printed" not in repr(RunJob(Fence("s3://b/x.zarr", "run"), None, None, secret))  # type: ignore[arg-type]
+    assert "never-printed" not in repr(StitchJob("s3://b/x.zarr", None, "run", environment=secret))  # type: ignore[arg-type]

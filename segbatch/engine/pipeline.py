@@ -50,6 +50,10 @@ class PipelineWorker:
     def __init__(self, job: RunJob) -> None:
         import torch
 
+        from segbatch.engine.session import use_variables
+
+        use_variables(job.environment)  # before the checkpoint, an input or a store is read
+
         torch.set_num_threads(max(1, job.step.threads))
         self.job, self.step = job, job.step
         self.device = torch.device("cuda" if torch.cuda.is_available() and _ray_gave_gpu() else "cpu")

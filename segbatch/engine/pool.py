@@ -62,9 +62,7 @@ class ActorPool:
     ) -> None:
         import ray
 
-        from segbatch.engine.session import worker_options
-
-        self.cls: Any = ray.remote(max_restarts=0, max_task_retries=0, **worker_options())(_guarded(worker))
+        self.cls: Any = ray.remote(max_restarts=0, max_task_retries=0)(_guarded(worker))
         self.job, self.cpus, self.gpus, self.grows = job, cpus, gpus, grow
         self.describe, self.retries, self.quiet, self.unit_errors = describe, retries, quiet, unit_errors
         self.actors: dict[int, Any] = {}  # slot -> actor handle (starting or ready)

@@ -7,7 +7,7 @@ from pathlib import Path
 from segbatch import location
 from segbatch.engine.outcome import RunSummary, finished_or_fail, recorded_outcome
 from segbatch.engine.raster import new_stitcher, stitch_store
-from segbatch.engine.session import ray_session
+from segbatch.engine.session import ray_session, storage_variables
 from segbatch.errors import InputError
 from segbatch.kinds import KINDS, kind
 from segbatch.lease import Lease
@@ -35,7 +35,7 @@ def restitch(path: Path | str, quiet: bool, verbose: int = 0, group: str | None 
     lease = Lease.new()
     src = attrs["source"]
     tiles = plan_tiles(src["height"], src["width"], src["tile"], src["overlap"])
-    job = StitchJob(store=location.absolute(target), tiles=tiles, run=lease.run, lease=location.absolute(owned))
+    job = StitchJob(store=location.absolute(target), tiles=tiles, run=lease.run, lease=location.absolute(owned), environment=storage_variables())
     summary = RunSummary(units=len(job.tiles), noun="tile")
     with Owner(owned, lease) as owner, ray_session(None, verbose):
         root = owner.open(target)  # as it is now that this run holds it

@@ -31,7 +31,7 @@ from segbatch.engine.groups import Creator, InputState, finish, follow, model_at
 from segbatch.engine.job import RunConfig
 from segbatch.engine.outcome import JobSummary, RunSummary, recorded_outcome
 from segbatch.engine.runjob import RunJob, RunUnit
-from segbatch.engine.session import ray_session
+from segbatch.engine.session import ray_session, storage_variables
 from segbatch.engine.source import Source
 from segbatch.engine.target import Target, own_target
 from segbatch.errors import InputError
@@ -207,7 +207,7 @@ def _run_units(
             with (
                 ActorPool(
                     worker or PipelineWorker,
-                    RunJob(owner.fence(), step, first),
+                    RunJob(owner.fence(), step, first, storage_variables()),
                     actors,
                     cfg.cpus_per_actor,
                     gpus,

@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 from segbatch.engine.source import Item, Placer, SourceJob, Unit, UnitReport
@@ -47,6 +47,7 @@ class RunJob:
     fence: Fence
     step: ModelStep
     first: Any = None  # a run of one input: its job (reference), checked when an actor starts
+    environment: Mapping[str, str] = field(default_factory=dict, repr=False, compare=False)  # session.storage_variables(): never printed
 
     def input_job(self, unit: RunUnit) -> SourceJob[Any]:
         return input_job(unit.job)

@@ -128,9 +128,7 @@ class Stitcher:
         import ray
 
         self.job, self.root, self.keep, self.check = job, root, keep_tiles, check
-        from segbatch.engine.session import worker_options
-
-        self.task = ray.remote(num_cpus=0, max_retries=3, **worker_options())(stitch_chunks)  # beside the actors: they hold the CPUs while inference goes on
+        self.task = ray.remote(num_cpus=0, max_retries=3)(stitch_chunks)  # beside the actors: they hold the CPUs while inference goes on
         self.job_ref = ray.put(job)
         self.cpus = max(1, int(cpus))
         self.in_flight: dict[Any, list[int]] = {}

@@ -170,3 +170,6 @@ def test_two_nodes_write_one_store_to_the_bucket_with_the_drivers_credentials(ba
     assert_same(arrays(store), reference)
     attrs = zarr.open_group(store, mode="r").attrs["segbatch"]
     assert attrs["status"] == "complete"
+    secret = os.environ["AWS_SECRET_ACCESS_KEY"].encode()  # never in Ray's logs (a runtime environment's agent logs its variables)
+    logged = [p for p in Path(c.head_node.get_session_dir_path()).rglob("*") if p.is_file() and secret in p.read_bytes()]
+    assert not logged, logged
