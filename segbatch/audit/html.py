@@ -85,6 +85,8 @@ def render_index(summary: dict[str, Any], result: ScanResult, thumbs: list[dict[
     parts.append("<h2>Plots</h2><div class='plots'>" + "".join(f"<img src='{escape(f)}' alt='{escape(k)}'>" for k, f in figures.items()) + "</div>")
     parts.append(_classes(summary, result))
     parts.append(_top(summary, thumbs))
+    if truth:
+        parts.append(_label_errors(summary))
     parts.append("</body></html>")
     return "\n".join(parts)
 
@@ -210,3 +212,43 @@ def _top(summary: dict[str, Any], thumbs: list[dict[str, str]]) -> str:
             "a pass over every item could add more. Lower --min-gap or --top for an exact ranking.</p>"
         )
     return f"<h2>Most uncertain {escape(summary['item'])}s (top {len(rows)}, {how})</h2>{note}<table>{head}{''.join(rows)}</table>"
+
+
+def _label_errors(summary: dict[str, Any]) -> str:
+    """The likely label errors: how a pixel becomes suspect, the likely class swaps, and the items ranked with their pictures."""
+    errors = summary["truth"].get("label_errors")
+    noun = escape(summary["item"])
+    if errors is None:
+        return "<h2>Likely label errors</h2><p class='muted'>Not searched: the store has neither a confidence nor a probs array.</p>"
+    m = escape(errors["measure"])
+    parts = [
+        "<h2>Likely label errors</h2>",
+        f"<p>A labelled pixel is suspect when the model predicts another class at least as confidently as it usually predicts that class "
+        f"correctly (the class's threshold, summary.json) while its {m} is below {_num(errors['calm_below'])}, the audit's threshold: a calm, "
+        f"confident disagreement points at the label, an unsure one at a hard example. Disagreements are weighed by {escape(errors['weighed_by'])}. "
+        f"An {noun}'s score is the mean weight of its suspect pixels over its labelled pixels (items.csv: label_issue_score).</p>",
+        f"<p>{errors['suspect_items']:,} {noun}s hold {errors['suspect_pixels']:,} suspect pixels.</p>",
+    ]
+    if errors["swaps"]:
+        swaps = "".join(
+            f"<tr><td>{escape(s['truth'])}</td><td>{escape(s['model'])}</td><td class='num'>{s['pixels']:,}</td>"
+            f"<td class='num'>{_pct(s['share_of_truth_class'])}</td></tr>"
+            for s in errors["swaps"]
+        )
+        parts.append(
+            "<h3>Likely swaps</h3><table><tr><th>truth says</th><th>the model says, calmly</th><th class='num'>suspect pixels</th>"
+            f"<th class='num'>of the truth class's pixels</th></tr>{swaps}</table>"
+        )
+    if errors["ranked"]:
+        job = "inputs" in summary
+        head = (
+            f"<tr><th>#</th>{'<th>input</th>' if job else ''}<th>{noun}</th><th class='num'>score</th><th>input · truth · prediction · suspect pixels</th></tr>"
+        )
+        rows = []
+        for e in errors["ranked"]:
+            images = "".join(f"<img src='{escape(path)}' alt='{escape(what)}' title='{escape(what)}'>" for what, path in e.get("pictures", {}).items())
+            where = f"<td>{escape(e['input'])}</td>" if job else ""
+            score = _num(e["label_issue_score"], 3)
+            rows.append(f"<tr><td>{e['rank']}</td>{where}<td>{escape(e['name'])}</td><td class='num'>{score}</td><td class='thumbs'>{images}</td></tr>")
+        parts.append(f"<h3>Most likely mislabelled {noun}s (top {len(rows)}, by score)</h3><table>{head}{''.join(rows)}</table>")
+    return "".join(parts)

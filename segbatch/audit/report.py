@@ -25,9 +25,10 @@ from segbatch.audit import plots
 from segbatch.audit.html import render_index
 from segbatch.audit.items import Item
 from segbatch.audit.job import GroupPlaces, JobPlan, plan_job, scan_job
+from segbatch.audit.label_errors import WHAT
 from segbatch.audit.metrics import bin_edges, class_iou, mean_iou
 from segbatch.audit.scan import AuditOptions, ScanResult, ranking_plan, scan_store
-from segbatch.audit.thumbnails import InputReader, Place, write_thumbnails
+from segbatch.audit.thumbnails import InputReader, Place, write_label_error_thumbnails, write_thumbnails
 from segbatch.errors import InputError
 from segbatch.jobstore import reader_target
 from segbatch.store import open_complete_store
@@ -184,6 +185,14 @@ def _pictures(result: ScanResult, summary: dict[str, Any], folder: Path, opts: A
     summary["files"] = {"items": "items.csv", "summary": "summary.json", "index": "index.html", "plots": figures}
     vmax = summary[result.measure]["p99"] or result.hist_max[result.measure]
     top = [r.item for r in result.top]
+    errors = result.truth.label_errors if result.truth is not None else None
+    if errors is not None:
+        ranked = [item for _, item in errors.ranked()]
+        pictures = write_label_error_thumbnails(
+            ranked, folder / "label-errors", place, result.palette, errors, result.measure, len(result.classes), opts.ignore_index
+        )
+        for entry, pics in zip(summary["truth"]["label_errors"]["ranked"], pictures, strict=True):
+            entry["pictures"] = pics
     return write_thumbnails(top, folder / "thumbs", place, result.palette, result.measure, vmax, len(result.classes), opts.ignore_index)
 
 
@@ -286,8 +295,33 @@ def summarise(result: ScanResult, attrs: dict[str, Any], store: location.Locatio
             "auroc": auroc,
             "best_measure": best_measure(auroc),
             "accuracy_vs_coverage": {m: acc.accuracy_vs_coverage() for m, acc in t.honesty.items()},
+            "label_errors": _label_errors(result),
         }
     return cast(dict[str, Any], _clean(summary))
+
+
+def _label_errors(result: ScanResult) -> dict[str, Any] | None:
+    """summary.json's likely label errors: how they were found, the ranked items, the likely swaps (None: no scores stored)."""
+    assert result.truth is not None
+    errors = result.truth.label_errors
+    if errors is None:
+        return None
+    ranked = []
+    for k, (score, item) in enumerate(errors.ranked(), start=1):
+        ranked.append(
+            {"rank": k, **({"input": item.group} if item.group is not None else {}), "item": item.index, "name": item.name, "label_issue_score": score}
+        )
+    return {
+        "scores": errors.mode,
+        "weighed_by": WHAT[errors.mode],
+        "calm_below": errors.calm_below,
+        "measure": result.measure,
+        "class_thresholds": {name: float(t) if np.isfinite(t) else None for name, t in zip(result.classes, errors.thresholds, strict=True)},
+        "suspect_items": errors.suspect_items,
+        "suspect_pixels": errors.suspect_pixels,
+        "swaps": errors.swap_table(result.classes),
+        "ranked": ranked,
+    }
 
 
 def best_measure(auroc: dict[str, float | None]) -> str | None:

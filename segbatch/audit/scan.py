@@ -21,10 +21,12 @@ import numpy as np
 
 from segbatch import kinds
 from segbatch.audit.items import Block, Item, item_count, item_stats, iter_blocks, squeeze_item
+from segbatch.audit.label_errors import CONFIDENCE, PROBS, ClassThresholds, LabelErrors
 from segbatch.audit.metrics import HonestyAccumulator, confusion_matrix, mean_iou, value_bins
 from segbatch.audit.ranking import CompactRows, DiverseTop, Spacing, spacing_for
 from segbatch.audit.truth import TruthSource, labelled_mask, open_truth
 from segbatch.errors import DataError, InputError
+from segbatch.kinds.base import Region
 from segbatch.progress import progress_bar
 from segbatch.sampling import sample_values
 
@@ -113,6 +115,8 @@ class TruthSummary:
     without_truth_count: int = 0
     errors: list[str] = field(default_factory=list)
     source: TruthSource | None = None  # None: the items being read have no truth (an input of a job without any)
+    label_scores: str | None = None  # what weighs a disagreement (label_errors.PROBS or CONFIDENCE); None: the store has neither
+    label_errors: LabelErrors | None = None  # the likely label errors, once the first pass set the class thresholds
 
 
 def threshold_of(opts: AuditOptions, measure: str, sample: Callable[[], np.ndarray], over: str) -> tuple[float, str]:
@@ -154,6 +158,11 @@ def scan_store(root: Any, attrs: dict[str, Any], opts: AuditOptions, write_row: 
     n_items = item_count(root, kind)
     result = new_result(kind, attrs["model"], [m for m in MEASURES if m in root], measure, threshold, n_items)
     result.truth = open_truth_summary(opts, root, attrs, len(result.classes)) if opts.truth else None
+    if result.truth is not None and result.truth.label_scores is not None:
+        thresholds = ClassThresholds(len(result.classes), result.truth.label_scores)
+        with progress_bar(n_items, "label thresholds", result.noun, opts.quiet) as bar:
+            first_pass(thresholds, root, attrs, result.truth, opts.ignore_index, bar.update)
+        start_label_errors(result, thresholds, opts)
     timeline = _Timeline(n_items) if kinds.kind(kind).timeline else None
     ranked, packed = DiverseTop(opts.top, spacing), CompactRows()
     with progress_bar(n_items, "auditing", result.noun, opts.quiet) as bar:
@@ -182,16 +191,15 @@ def scan_items(
     needed = ["labels", *measures]
     if truth is not None:
         needed += [m for m in truth.honesty if m not in needed]
-        if truth.confidence_source:
-            needed.append(truth.confidence_source)
+        needed += [a for a in (truth.confidence_source, truth.label_scores) if a and a not in needed]
     for block, arrays in _read_ahead(root, iter_blocks(root, attrs, group), needed):
         if truth is not None and truth.confidence_source == "probs":
-            arrays["confidence"] = arrays.pop("probs").max(axis=-1)
+            arrays["confidence"] = arrays["probs"].max(axis=-1)
         for item, local in block.items:
-            values = {name: squeeze_item(a, local) for name, a in arrays.items()}
+            values = {name: squeeze_item(a, local) if name != "probs" else squeeze_probs(a, local) for name, a in arrays.items()}
             row = _item_row(result, item, values, measures, k)
             if truth is not None:
-                row |= _truth_row(truth, item, values, k, opts.ignore_index)
+                row |= _truth_row(truth, item, values, k, opts.ignore_index, result.measure)
             if not result.columns:
                 result.columns = list(row)
             write_row(row)
@@ -252,14 +260,55 @@ def new_truth_summary(root: Any, k: int, description: str, source: TruthSource |
     measures = [m for m in MEASURES if m in root]
     honesty = {m: HonestyAccumulator(VARIANCE_MAX if m == "uncertainty" else math.log(k)) for m in measures}
     confidence = "confidence" if "confidence" in root else "probs" if "probs" in root else None
-    return TruthSummary(description, np.zeros((k, k), np.int64), honesty, confidence, source=source)
+    scores = PROBS if PROBS in root else CONFIDENCE if CONFIDENCE in root else None
+    return TruthSummary(description, np.zeros((k, k), np.int64), honesty, confidence, source=source, label_scores=scores)
 
 
 MAX_LISTED = 1000  # items without truth named in summary.json (items.csv has every one)
 
 
-def _truth_row(truth: TruthSummary, item: Item, values: dict[str, np.ndarray], k: int, ignore_index: int | None) -> dict[str, Any]:
+def squeeze_probs(values: np.ndarray, local: Region) -> np.ndarray:
+    """An item's (H, W, K) probabilities out of a block's (frames and images come with a leading axis of 1)."""
+    out = values[local]
+    return out[0] if out.ndim == 4 else out
+
+
+def first_pass(
+    thresholds: ClassThresholds,
+    root: Any,
+    attrs: dict[str, Any],
+    truth: TruthSummary,
+    ignore_index: int | None,
+    advance: Callable[[int], Any],
+    group: str | None = None,
+) -> None:
+    """The label-error thresholds' pass over one store (or a job's group): labels, the scores, and the truth, item by item."""
+    assert truth.source is not None and truth.label_scores is not None
+    k = len(thresholds.sums)
+    for block, arrays in _read_ahead(root, iter_blocks(root, attrs, group), ["labels", truth.label_scores]):
+        for item, local in block.items:
+            try:
+                t = truth.source.read(item)
+            except DataError:
+                t = None  # said once, by the second pass
+            if t is not None:
+                labels = squeeze_item(arrays["labels"], local)
+                scores = squeeze_probs(arrays[PROBS], local) if truth.label_scores == PROBS else squeeze_item(arrays[CONFIDENCE], local)
+                ok = labelled_mask(labels, t, k, ignore_index)
+                thresholds.add(labels[ok].astype(np.int64), t[ok].astype(np.int64), scores[ok].astype(np.float64))
+            advance(1)
+
+
+def start_label_errors(result: ScanResult, thresholds: ClassThresholds, opts: AuditOptions) -> None:
+    """The second pass's label-error accounting, from the first pass's class thresholds."""
+    assert result.truth is not None
+    result.truth.label_errors = LabelErrors(thresholds.thresholds(), thresholds.mode, result.threshold, opts.top)
+
+
+def _truth_row(truth: TruthSummary, item: Item, values: dict[str, np.ndarray], k: int, ignore_index: int | None, measure: str) -> dict[str, Any]:
     blank = {"truth": "none", "truth_pixels": 0, "accuracy": float("nan"), "miou": float("nan")}
+    if truth.label_errors is not None:
+        blank |= {"suspect_pixels": 0, "suspect_share": float("nan"), "label_issue_score": float("nan")}
     if truth.source is None:
         return blank  # an input of a job that has no truth: counted once, as an input, not item by item
     try:
@@ -285,7 +334,12 @@ def _truth_row(truth: TruthSummary, item: Item, values: dict[str, np.ndarray], k
         # the reliability diagram does not depend on the measure: the first accumulator alone keeps it
         acc.update(values[m][ok], confidence[ok] if k == 0 and confidence is not None else None, correct)
     n = int(ok.sum())
-    return {"truth": "yes", "truth_pixels": n, "accuracy": float(correct.mean()) if n else float("nan"), "miou": mean_iou(conf) if n else float("nan")}
+    row = {"truth": "yes", "truth_pixels": n, "accuracy": float(correct.mean()) if n else float("nan"), "miou": mean_iou(conf) if n else float("nan")}
+    errors = truth.label_errors
+    if errors is not None:
+        scores = values[errors.mode][ok].astype(np.float64)
+        row |= errors.add(item, pred, gt.astype(np.int64), scores, values[measure][ok])
+    return row
 
 
 class _Timeline:

@@ -1,4 +1,5 @@
-"""Small pictures of the audit's top items: the input, the labels, the uncertainty, and (with truth) the errors.
+"""Small pictures of the audit's top items: the input, the labels, the uncertainty, and (with truth) the errors; and of
+the items most likely mislabelled: the input, the truth, the prediction and the suspect pixels.
 
 The input comes from the source the store names (a video frame, a raster
 window with the run's own band stretch, an image file), as the store's kind
@@ -17,6 +18,7 @@ import numpy as np
 
 from segbatch import kinds, location
 from segbatch.audit.items import Item
+from segbatch.audit.label_errors import LabelErrors, suspect_map
 from segbatch.audit.truth import TruthSource, labelled_mask
 from segbatch.colour import colourise, heatmap
 from segbatch.errors import SegbatchError
@@ -25,6 +27,7 @@ from segbatch.store import NODATA_LABEL
 
 THUMB_SIDE = 256
 RIGHT, WRONG, UNLABELLED = (70, 70, 70), (235, 50, 50), (0, 0, 0)
+SUSPECT = np.array((255, 0, 255), np.uint8)  # magenta: in no class palette segbatch ships
 
 
 def shrink(rgb: np.ndarray, nearest: bool) -> np.ndarray:
@@ -123,6 +126,64 @@ def write_thumbnails(
                 t = None
             if t is not None:
                 pictures["errors"] = (error_map(labels, t, labelled_mask(labels, t, num_classes, ignore_index)), True)
+        names = {}
+        for what, (rgb, nearest) in pictures.items():
+            name = f"{rank:03d}-{what}.png"
+            Image.fromarray(shrink(rgb, nearest)).save(folder / name)
+            names[what] = f"{folder.name}/{name}"
+        out.append(names)
+    return out
+
+
+def _item_array(root: Any, name: str, item: Item) -> np.ndarray:
+    """An item's pixels of one array: (H, W), or (H, W, K) for probs (frames and images drop their leading axis of 1)."""
+    values = np.asarray(root[name][item.region])
+    return values[0] if values.ndim == (4 if name == "probs" else 3) else values
+
+
+def suspect_overlay(base: np.ndarray, suspects: np.ndarray) -> np.ndarray:
+    """`base` (H, W, 3) dimmed, its suspect pixels in magenta."""
+    out = (base.astype(np.float32) * 0.45).astype(np.uint8)
+    out[suspects] = SUSPECT
+    return out
+
+
+def write_label_error_thumbnails(
+    items: Sequence[Item],
+    folder: Path,
+    place: Callable[[Item], Place],
+    palette: Sequence[Sequence[int]],
+    errors: LabelErrors,
+    measure: str,
+    num_classes: int,
+    ignore_index: int | None,
+) -> list[dict[str, str]]:
+    """label-errors/<rank>-<what>.png for the items most likely mislabelled: input, truth, prediction, suspect pixels."""
+    from PIL import Image
+
+    folder.mkdir(exist_ok=True)
+    out = []
+    for rank, item in enumerate(items, start=1):
+        where = place(item)
+        labels = _item_array(where.root, "labels", item)
+        try:
+            t = where.truth.read(item) if where.truth is not None else None
+        except SegbatchError:
+            t = None
+        pictures: dict[str, tuple[np.ndarray, bool]] = {}
+        source = where.reader.read(item)
+        if source is not None and source.shape[:2] != labels.shape:
+            source = None
+        if source is not None:
+            pictures["input"] = (source, False)
+        if t is not None:
+            labelled = labelled_mask(labels, t, num_classes, ignore_index)
+            shown = np.where(labelled, t, NODATA_LABEL).astype(np.uint8)
+            pictures["truth"] = (colourise(shown, palette, NODATA_LABEL), True)
+            pictures["prediction"] = (colourise(labels, palette, NODATA_LABEL), True)
+            scores = _item_array(where.root, errors.mode, item).astype(np.float64)
+            suspects = suspect_map(labels, t, labelled, scores, _item_array(where.root, measure, item), errors)
+            pictures["suspect"] = (suspect_overlay(source if source is not None else pictures["prediction"][0], suspects), True)
         names = {}
         for what, (rgb, nearest) in pictures.items():
             name = f"{rank:03d}-{what}.png"

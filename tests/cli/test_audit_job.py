@@ -267,3 +267,35 @@ def test_picks_are_spaced_within_an_input_never_across_inputs(job, groups, tmp_p
     for r in summary["top"]:
         assert r["uncertainty_mean"] == pytest.approx(best[r["input"]], rel=1e-5)
     assert summary["ranking"]["exact"] and "within an input" in summary["ranking"]["spacing"]
+
+
+def test_label_errors_of_a_job_pool_the_class_thresholds_of_every_input_with_truth(job, groups, truths, tmp_path, runner, cli):
+    _, store = job
+    folder, made = truths
+    out = tmp_path / "report"
+    assert invoke(runner, cli, "audit", store, "--report", out, "--truth", folder, "--top", "3", "--quiet").exit_code == 0
+    summary = json.loads((out / "summary.json").read_text())
+    errors = summary["truth"]["label_errors"]
+    # computed here: thresholds from a and c together (b has no truth), then each input's suspect pixels
+    pooled = {name: (groups[name]["labels"], truth, groups[name]["confidence"], groups[name]["uncertainty"]) for name, truth in made.items()}
+    sums, counts = np.zeros(K), np.zeros(K)
+    for labels, truth, conf, _ in pooled.values():
+        ok = (labels != NODATA_LABEL) & (truth < K) & (labels == truth)
+        sums += np.bincount(labels[ok], weights=conf[ok].astype(np.float64), minlength=K)
+        counts += np.bincount(labels[ok], minlength=K)
+    thresholds = np.where(counts > 0, sums / np.maximum(counts, 1), np.inf)
+    assert [errors["class_thresholds"][n] for n in summary["model"]["classes"]] == pytest.approx([t if np.isfinite(t) else None for t in thresholds])
+    suspect = 0
+    for labels, truth, conf, unc in pooled.values():
+        ok = (labels != NODATA_LABEL) & (truth < K)
+        pred = labels[ok].astype(np.int64)
+        suspect += int(((pred != truth[ok]) & (conf[ok] >= thresholds[pred]) & (unc[ok] < summary["threshold"])).sum())
+    assert suspect > 0 and errors["suspect_pixels"] == suspect
+    assert errors["scores"] == "confidence" and 0 < len(errors["ranked"]) <= 3
+    assert {e["input"] for e in errors["ranked"]} <= {"a", "c"}  # b has no truth: nothing of it can be suspect
+    for e in errors["ranked"]:
+        assert set(e["pictures"]) == {"truth", "prediction", "suspect"} | ({"input"} if "input" in e["pictures"] else set())
+        assert all((out / p).is_file() for p in e["pictures"].values())
+    rows = [r for r in _rows(out) if r["input"] == "b"]
+    assert {r["label_issue_score"] for r in rows} == {""}  # no truth: no score (an empty cell), not zero
+    assert "Likely label errors" in (out / "index.html").read_text()
