@@ -123,4 +123,4 @@ def test_the_audit_asks_the_stores_kind_for_its_items_and_spacing(pages):
     assert item_count(root, "tiffpages") == 7
     blocks = list(iter_blocks(root, _attrs("tiffpages"), group="scans"))
     assert [(item.name, item.group) for block in blocks for item, _ in block.items] == [("a.tif#1", "scans"), ("a.tif#2", "scans")]
-    assert spacing_for(root, "tiffpages", None).kind == "tiffpages"
+    assert spacing_for(root, "tiffpages", None, 20).kind == "tiffpages"

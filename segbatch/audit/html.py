@@ -14,7 +14,9 @@ h1{font-size:22px}h2{font-size:17px;margin-top:28px;border-bottom:1px solid #ddd
 table{border-collapse:collapse}td,th{padding:4px 8px;border-bottom:1px solid #eee;text-align:left;vertical-align:top}
 th{background:#f6f6f6}.num{text-align:right;font-variant-numeric:tabular-nums}
 .sw{display:inline-block;width:12px;height:12px;border:1px solid #555;margin-right:6px;vertical-align:-1px}
-.thumbs img{max-height:160px;margin-right:4px;border:1px solid #ccc}.plots img{max-width:100%;margin:6px 0}
+td.thumbs{width:100%}.strip{display:flex;gap:4px}.strip img{flex:1 1 0;min-width:0;max-width:256px;max-height:160px;object-fit:contain;
+object-position:left top;border:1px solid #ccc}.plots img{max-width:100%;margin:6px 0}
+.scale img{width:160px;height:10px;border:1px solid #ccc;vertical-align:middle;margin:0 6px}
 .warn{color:#a94442}.muted{color:#777}
 """
 
@@ -197,7 +199,7 @@ def _top(summary: dict[str, Any], thumbs: list[dict[str, str]]) -> str:
         rows.append(
             f"<tr><td>{row['rank']}</td>{where}<td>{escape(row['name'])}</td><td class='num'>{_num(row[f'{m}_mean'])}</td>"
             f"<td class='num'>{_num(row[f'{m}_p95'])}</td><td class='num'>{_pct(row['above_threshold'])}</td>{extra}"
-            f"<td class='thumbs'>{images}</td></tr>"
+            f"<td class='thumbs'><div class='strip'>{images}</div></td></tr>"
         )
     if not rows:
         return f"<h2>Most uncertain {escape(summary['item'])}s</h2><p>No {escape(summary['item'])} has pixels.</p>"
@@ -205,11 +207,19 @@ def _top(summary: dict[str, Any], thumbs: list[dict[str, str]]) -> str:
     how = f"ranked by mean {escape(m)}"
     if ranking.get("spacing", "none") != "none":
         how += f", {escape(ranking['spacing'])}"
+    if ranking.get("filled"):
+        how += f"; {ranking['filled']} more, not spaced, as the input is short"
     note = ""
     if not ranking.get("exact", True):
         note = (
             f"<p class='warn'>The picks were drawn from the {ranking['candidates']:,} highest-scoring {escape(summary['item'])}s only; "
             "a pass over every item could add more. Lower --min-gap or --top for an exact ranking.</p>"
+        )
+    scale = summary.get("heat_scale")
+    if scale:
+        note += (
+            f"<p class='scale muted'>{escape(scale['measure'])} in the thumbnails: 0<img src='{escape(scale['file'])}' alt='colour scale'>"
+            f"{_num(scale['max'])} and above (the store's 99th percentile)</p>"
         )
     return f"<h2>Most uncertain {escape(summary['item'])}s (top {len(rows)}, {how})</h2>{note}<table>{head}{''.join(rows)}</table>"
 
@@ -227,7 +237,7 @@ def _label_errors(summary: dict[str, Any]) -> str:
         f"correctly (the class's threshold, summary.json) while its {m} is below {_num(errors['calm_below'])}, the audit's threshold: a calm, "
         f"confident disagreement points at the label, an unsure one at a hard example. Disagreements are weighed by {escape(errors['weighed_by'])}. "
         f"An {noun}'s score is the mean weight of its suspect pixels over its labelled pixels (items.csv: label_issue_score).</p>",
-        f"<p>{errors['suspect_items']:,} {noun}s hold {errors['suspect_pixels']:,} suspect pixels.</p>",
+        f"<p>{errors['suspect_items']:,} of {summary['truth']['items_with_truth']:,} {noun}s with truth hold {errors['suspect_pixels']:,} suspect pixels.</p>",
     ]
     if errors["swaps"]:
         swaps = "".join(
@@ -249,6 +259,7 @@ def _label_errors(summary: dict[str, Any]) -> str:
             images = "".join(f"<img src='{escape(path)}' alt='{escape(what)}' title='{escape(what)}'>" for what, path in e.get("pictures", {}).items())
             where = f"<td>{escape(e['input'])}</td>" if job else ""
             score = _num(e["label_issue_score"], 3)
-            rows.append(f"<tr><td>{e['rank']}</td>{where}<td>{escape(e['name'])}</td><td class='num'>{score}</td><td class='thumbs'>{images}</td></tr>")
+            strip = f"<td class='thumbs'><div class='strip'>{images}</div></td>"
+            rows.append(f"<tr><td>{e['rank']}</td>{where}<td>{escape(e['name'])}</td><td class='num'>{score}</td>{strip}</tr>")
         parts.append(f"<h3>Most likely mislabelled {noun}s (top {len(rows)}, by score)</h3><table>{head}{''.join(rows)}</table>")
     return "".join(parts)

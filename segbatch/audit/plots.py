@@ -79,9 +79,9 @@ def timeline(path: Path, points: dict[str, list[float]], measure: str) -> str:
     a.plot(t, points["p95"], color="#f0ad4e", lw=1, label="95th percentile")
     a.plot(t, points["mean"], color="#5b4a9b", lw=1.2, label="mean")
     a.set_ylabel(measure)
-    a.legend(loc="upper right")
+    a.legend(loc="lower right", bbox_to_anchor=(1.0, 1.0), ncol=2, frameon=False, fontsize="small")  # above the axes: it covers no curve
     step = int(points["frames_per_point"][0])
-    a.set_title(f"{measure.capitalize()} over time" + (f" (each point {step} frames)" if step > 1 else ""))
+    a.set_title(f"{measure.capitalize()} over time" + (f" (each point {step} frames)" if step > 1 else ""), loc="left")
     b.plot(t, np.asarray(points["above_threshold"]) * 100, color="#d9534f", lw=1)
     b.set_ylabel("% above threshold")
     b.set_xlabel("time (s)")

@@ -54,6 +54,7 @@ class Spacing:
     radius: float  # picks closer than this exclude each other (0: none do)
     neighbourhood: int  # the most items one pick can exclude, itself included
     tile: tuple[int, int] = (1, 1)  # a raster's chunk shape: pixel offsets to tile-grid positions
+    fill: bool = False  # the kind's default spacing: when it leaves fewer than `top` picks, the best other items fill up
 
     @property
     def unit(self) -> str:
@@ -69,11 +70,11 @@ class Spacing:
         return kinds.kind(self.kind).describe_gap(self.gap)
 
 
-def spacing_for(root: Any, kind: str, min_gap: float | None) -> Spacing:
-    """The spacing `--min-gap` asks for on this store (None: the kind's default)."""
+def spacing_for(root: Any, kind: str, min_gap: float | None, top: int) -> Spacing:
+    """The spacing `--min-gap` asks for on this store for `top` picks (None: the kind's default)."""
     if min_gap is not None and (not math.isfinite(min_gap) or min_gap < 0):
         raise InputError(f"--min-gap must be a number >= 0, got {min_gap}")
-    return kinds.kind(kind).spacing(root, min_gap)
+    return kinds.kind(kind).spacing(root, min_gap, top)
 
 
 class DiverseTop:
@@ -91,6 +92,7 @@ class DiverseTop:
         self.heap: list[tuple[float, int, Any]] = []
         self.dropped = False  # an item fell out of the pool: the pool is not the whole store
         self.offered = 0  # items offered so far: ties go to the earlier one, across the inputs of a job too
+        self.filled = 0  # picks that are not spaced: the best of the rest under a default spacing (picks())
 
     def enter(self, spacing: Spacing) -> None:
         """The items offered from now on are those of another input of a job, placed on its own axis or grid."""
@@ -112,9 +114,11 @@ class DiverseTop:
             self.dropped = True
 
     def picks(self) -> list[tuple[float, Item, Any]]:
-        """The best items in score order, each far enough from every earlier pick; at most `top`."""
+        """The best items in score order, each far enough from every earlier pick; at most `top`. Under a default spacing
+        (`fill`) that leaves fewer, the best of the other candidates follow, so a short input still shows `top` items."""
         ordered = sorted(self.heap, key=lambda e: e[:2], reverse=True)
         out: list[tuple[float, Item, Any]] = []
+        skipped: list[tuple[float, Item, Any]] = []
         taken: dict[str | None, list[tuple[float, ...]]] = {}  # picks' positions, per input of a job
         for score, _, (item, payload, (group, p)) in ordered:
             if len(out) == self.top:
@@ -122,10 +126,12 @@ class DiverseTop:
             if self.spacing.radius > 0:
                 near = taken.setdefault(group, [])
                 if near and bool((np.abs(np.asarray(near) - p).max(axis=1) < self.spacing.radius).any()):
+                    skipped.append((score, item, payload))
                     continue
                 near.append(p)
             out.append((score, item, payload))
-        return out
+        self.filled = max(0, min(self.top - len(out), len(skipped))) if self.spacing.fill else 0
+        return sorted(out + skipped[: self.filled], key=lambda pick: pick[0], reverse=True)  # stable: ties keep their order
 
     def exact(self, picked: int) -> bool:
         """Whether the picks are those of greedy selection over the whole store (see the module's note)."""
@@ -137,6 +143,7 @@ class DiverseTop:
             "unit": self.spacing.unit or None,
             "spacing": self.spacing.describe() or "none",
             "picked": picked,
+            "filled": self.filled,
             "candidates": len(self.heap),
             "exact": self.exact(picked),
         }

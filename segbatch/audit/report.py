@@ -28,7 +28,7 @@ from segbatch.audit.job import GroupPlaces, JobPlan, plan_job, scan_job
 from segbatch.audit.label_errors import WHAT
 from segbatch.audit.metrics import bin_edges, class_iou, mean_iou
 from segbatch.audit.scan import AuditOptions, ScanResult, ranking_plan, scan_store
-from segbatch.audit.thumbnails import InputReader, Place, write_label_error_thumbnails, write_thumbnails
+from segbatch.audit.thumbnails import InputReader, Place, write_heat_scale, write_label_error_thumbnails, write_thumbnails
 from segbatch.errors import InputError
 from segbatch.jobstore import reader_target
 from segbatch.store import open_complete_store
@@ -193,7 +193,10 @@ def _pictures(result: ScanResult, summary: dict[str, Any], folder: Path, opts: A
         )
         for entry, pics in zip(summary["truth"]["label_errors"]["ranked"], pictures, strict=True):
             entry["pictures"] = pics
-    return write_thumbnails(top, folder / "thumbs", place, result.palette, result.measure, vmax, len(result.classes), opts.ignore_index)
+    thumbs = write_thumbnails(top, folder / "thumbs", place, result.palette, result.measure, vmax, len(result.classes), opts.ignore_index)
+    if thumbs:
+        summary["heat_scale"] = {"file": write_heat_scale(folder / "thumbs", vmax), "max": vmax, "measure": result.measure}
+    return thumbs
 
 
 def _save(summary: dict[str, Any], result: ScanResult, thumbs: list[dict[str, str]], folder: Path) -> dict[str, Any]:

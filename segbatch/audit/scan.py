@@ -63,7 +63,7 @@ def ranking_plan(root: Any, attrs: dict[str, Any], opts: AuditOptions) -> tuple[
         raise InputError(f"--rank-by {opts.rank_by}: the store has no {opts.rank_by} array (it has {have}){how.get(opts.rank_by, '')}")
     else:
         measure = opts.rank_by
-    return measure, spacing_for(root, kind, opts.min_gap)
+    return measure, spacing_for(root, kind, opts.min_gap, opts.top)
 
 
 @dataclass

@@ -191,3 +191,12 @@ def write_label_error_thumbnails(
             names[what] = f"{folder.name}/{name}"
         out.append(names)
     return out
+
+
+def write_heat_scale(folder: Path, vmax: float) -> str:
+    """folder/scale.png: the heat map's colours from 0 (left) to `vmax` (right), as every uncertainty thumbnail uses them."""
+    from PIL import Image
+
+    ramp = np.repeat(np.linspace(0.0, vmax, 256, dtype=np.float32)[None, :], 10, axis=0)
+    Image.fromarray(heatmap(ramp, vmax)).save(folder / "scale.png")
+    return f"{folder.name}/scale.png"

@@ -82,8 +82,9 @@ class Kind(ABC):
         """The store's audit items in order, in blocks of whole chunks (segbatch.audit.items)."""
 
     @abstractmethod
-    def spacing(self, root: Any, min_gap: float | None) -> Spacing:
-        """How far apart the audit's top picks must be, for `--min-gap` (None: `default_gap`); checked >= 0 already."""
+    def spacing(self, root: Any, min_gap: float | None, top: int) -> Spacing:
+        """How far apart the audit's `top` picks must be, for `--min-gap` (None: the kind's default, `fill` set); checked >= 0
+        already."""
 
     def position(self, spacing: Spacing, item: Item) -> tuple[float, ...]:
         """Where an item is, for spacing picks: its index."""

@@ -68,7 +68,7 @@ class Images(Kind):
             region = (slice(i, i + 1), slice(0, int(h)), slice(0, int(w)))
             yield Block(region, ((Item(i, region, str(path), {"path": str(path), "height": int(h), "width": int(w)}, group), (slice(None),) * 3),))
 
-    def spacing(self, root: Any, min_gap: float | None) -> Spacing:
+    def spacing(self, root: Any, min_gap: float | None, top: int) -> Spacing:
         """None: the images of a folder are not a sequence."""
         from segbatch.audit.ranking import Spacing
         from segbatch.errors import InputError

@@ -136,8 +136,9 @@ class Raster(Kind):
                 yield Block((rows, cols), ((Item(index, (rows, cols), name, meta, group), (slice(None), slice(None))),))
                 index += 1
 
-    def spacing(self, root: Any, min_gap: float | None) -> Spacing:
-        """No two picks within `--min-gap` tiles (Chebyshev distance on the tile grid; its neighbourhood clipped to the grid)."""
+    def spacing(self, root: Any, min_gap: float | None, top: int) -> Spacing:
+        """No two picks within `--min-gap` tiles (Chebyshev distance on the tile grid; its neighbourhood clipped to the grid).
+        The default (1) is filled up with the best other tiles when a small grid leaves fewer than `top` spaced picks."""
         from segbatch.audit.ranking import Spacing
 
         gap = self.default_gap if min_gap is None else float(min_gap)
@@ -146,7 +147,7 @@ class Raster(Kind):
         chunks = tuple(int(c) for c in root["labels"].chunks)
         reach = int(math.floor(gap))  # tiles at Chebyshev distance <= gap are excluded
         side = [min(2 * reach + 1, g) for g in _grid(root)]
-        return Spacing(self.name, gap, reach + 1.0, side[0] * side[1], (chunks[0], chunks[1]))
+        return Spacing(self.name, gap, reach + 1.0, side[0] * side[1], (chunks[0], chunks[1]), fill=min_gap is None)
 
     def position(self, spacing: Spacing, item: Item) -> tuple[float, ...]:
         return (float(item.meta["row"] // spacing.tile[0]), float(item.meta["col"] // spacing.tile[1]))

@@ -111,19 +111,26 @@ class Video(Kind):
             )
             yield Block((slice(lo, hi),), items)
 
-    def spacing(self, root: Any, min_gap: float | None) -> Spacing:
-        """Picks at least `--min-gap` seconds apart on the store's `time` (its neighbourhood: the most frames that close)."""
+    def spacing(self, root: Any, min_gap: float | None, top: int) -> Spacing:
+        """Picks at least `--min-gap` seconds apart on the store's `time` (its neighbourhood: the most frames that close).
+
+        The default is `default_gap`, or the video's length over `top - 1` when
+        that is shorter (a 40-frame clip still gets its `top` picks, spread over it),
+        and filled up with the best other frames if spacing still leaves fewer.
+        """
         import numpy as np
 
         from segbatch.audit.ranking import Spacing
 
+        times = np.sort(np.asarray(root["time"][...], np.float64))
         gap = self.default_gap if min_gap is None else float(min_gap)
-        if gap == 0:
+        if min_gap is None and times.size and top > 1:
+            gap = min(gap, float(times[-1] - times[0]) / (top - 1))  # `top` picks this far apart fit between the first and the last
+        if gap <= 0:
             return Spacing(self.name, 0.0, 0.0, 1)
         radius = gap - TIME_TOLERANCE
-        times = np.sort(np.asarray(root["time"][...], np.float64))
         within = np.searchsorted(times, times + radius, side="left") - np.searchsorted(times, times - radius, side="right")
-        return Spacing(self.name, gap, radius, max(1, int(within.max(initial=1))))
+        return Spacing(self.name, gap, radius, max(1, int(within.max(initial=1))), fill=min_gap is None)
 
     def position(self, spacing: Spacing, item: Item) -> tuple[float, ...]:
         return (float(item.meta["time"]),)

@@ -36,11 +36,11 @@ def _greedy(scores: np.ndarray, close, top: int) -> list[int]:
 
 
 def test_video_neighbourhood_counts_the_frames_one_pick_excludes():
-    s = spacing_for(_video_root(500), "video", None)
+    s = spacing_for(_video_root(500), "video", None, 20)
     assert (s.gap, s.unit, s.neighbourhood) == (1.0, "s", 49)  # 24 frames either side: the 25th is a second away
-    assert spacing_for(_video_root(500), "video", 0.2).neighbourhood == 9
-    assert spacing_for(_video_root(10), "video", 5.0).neighbourhood == 10  # never more than the store
-    assert spacing_for(_video_root(500), "video", 0).radius == 0
+    assert spacing_for(_video_root(500), "video", 0.2, 20).neighbourhood == 9
+    assert spacing_for(_video_root(10), "video", 5.0, 20).neighbourhood == 10  # never more than the store
+    assert spacing_for(_video_root(500), "video", 0, 20).radius == 0
 
 
 @pytest.mark.parametrize("seed", range(5))
@@ -48,7 +48,7 @@ def test_spaced_video_picks_equal_greedy_over_the_whole_store(seed):
     rng = np.random.default_rng(seed)
     frames, top = 3000, 12
     scores = np.convolve(rng.random(frames), np.ones(40) / 40, mode="same")  # smooth: runs of near-equal neighbours
-    ranking = DiverseTop(top, spacing_for(_video_root(frames), "video", 1.0))
+    ranking = DiverseTop(top, spacing_for(_video_root(frames), "video", 1.0, 20))
     for i in range(frames):
         ranking.offer(float(scores[i]), _frame(i), None)
     assert len(ranking.heap) == top * 49 < frames
@@ -60,7 +60,7 @@ def test_spaced_video_picks_equal_greedy_over_the_whole_store(seed):
 
 def test_raster_picks_keep_out_of_each_others_neighbourhood():
     rows, cols, top = 20, 30, 10
-    s = spacing_for(_raster_root(rows, cols), "raster", None)
+    s = spacing_for(_raster_root(rows, cols), "raster", None, 20)
     assert (s.neighbourhood, s.describe()) == (9, "no two within 1 tile")
     rng = np.random.default_rng(1)
     scores = rng.random(rows * cols)
@@ -73,16 +73,16 @@ def test_raster_picks_keep_out_of_each_others_neighbourhood():
         return max(abs(i // cols - j // cols), abs(i % cols - j % cols)) <= 1
 
     assert picks == _greedy(scores, close, top)
-    assert spacing_for(_raster_root(rows, cols), "raster", 2).neighbourhood == 25
-    assert spacing_for(_raster_root(2, 1), "raster", 3).neighbourhood == 2  # clipped to the grid
+    assert spacing_for(_raster_root(rows, cols), "raster", 2, 20).neighbourhood == 25
+    assert spacing_for(_raster_root(2, 1), "raster", 3, 20).neighbourhood == 2  # clipped to the grid
 
 
 def test_images_are_not_spaced_and_a_gap_for_them_is_refused():
-    s = spacing_for({}, "images", None)
+    s = spacing_for({}, "images", None, 20)
     assert s.radius == 0 and s.neighbourhood == 1 and s.describe() == ""
-    assert spacing_for({}, "images", 0).radius == 0
+    assert spacing_for({}, "images", 0, 20).radius == 0
     with pytest.raises(InputError, match="--min-gap applies to video"):
-        spacing_for({}, "images", 2)
+        spacing_for({}, "images", 2, 20)
 
 
 def test_a_capped_pool_says_it_is_not_exact():
@@ -117,3 +117,19 @@ def test_candidate_rows_are_packed_and_come_back_equal():
     assert np.isnan(back["entropy_p95"]) and {k: v for k, v in back.items() if k not in ("item", "entropy_p95")} == {
         k: v for k, v in row.items() if k not in ("item", "entropy_p95")
     }
+
+
+def test_a_short_video_still_gets_its_top_picks_spread_and_then_filled():
+    s = spacing_for(_video_root(40), "video", None, 20)  # 1.56 s: a 1 s gap would leave 2 picks
+    assert s.gap == pytest.approx(39 / 25 / 19) and s.fill
+    ranking = DiverseTop(20, s)
+    scores = np.random.default_rng(0).random(40)
+    for i in range(40):
+        ranking.offer(float(scores[i]), _frame(i), None)
+    picks = ranking.picks()
+    assert len(picks) == 20 and [p[0] for p in picks] == sorted((p[0] for p in picks), reverse=True)
+    assert picks[0][1].index == int(np.argmax(scores))
+    given = DiverseTop(20, spacing_for(_video_root(40), "video", 1.0, 20))  # a gap the user gave: kept, fewer picks
+    for i in range(40):
+        given.offer(float(scores[i]), _frame(i), None)
+    assert len(given.picks()) == 2 and given.filled == 0

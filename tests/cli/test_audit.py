@@ -77,7 +77,8 @@ def test_video_audit_with_truth_writes_a_complete_report(runner, cli, video_stor
 
     refs = _references(report / "index.html")
     assert {"items.csv", "summary.json", "histogram.png", "classes.png", "timeline.png", "reliability.png", "coverage.png", "confusion.png"} <= set(refs)
-    assert sum(r.startswith("thumbs/") for r in refs) == 4 * 4  # input, labels, uncertainty, errors per ranked frame
+    assert sum(r.startswith("thumbs/") and r != "thumbs/scale.png" for r in refs) == 4 * 4  # input, labels, uncertainty, errors per frame
+    assert "thumbs/scale.png" in refs  # the heat map's colour scale
     for ref in refs:
         assert (report / ref).is_file(), ref
         assert not ref.startswith(("http:", "https:", "//"))
@@ -220,12 +221,17 @@ def test_calibration_certain_and_right_vs_confidently_wrong(runner, cli, ray_add
     assert s["item"] == "tile" and s["items"] == len(list(csv.DictReader((tmp_path / "right" / "items.csv").open())))
     assert s["truth"]["ece"] < 0.01 and s["truth"]["accuracy"] == 1.0 and s["truth"]["auroc"]["uncertainty"] is None  # no errors to detect
     assert s["truth"]["best_measure"] is None
-    # the ranking's default spacing: no two picks are neighbouring tiles (Chebyshev distance 1 in the tile grid)
+    # the default spacing (1 tile) leaves fewer than --top picks on a small grid: the best other tiles fill up, all shown
     rows = list(csv.DictReader((tmp_path / "right" / "items.csv").open()))
+    assert len(s["top"]) == len(rows) < 20 and 1 <= s["ranking"]["filled"] < len(rows)
+    # --min-gap 1 given: no two picks are neighbouring tiles (Chebyshev distance 1 in the tile grid), and none fill up
+    spaced = invoke(runner, cli, "audit", store, "--report", tmp_path / "spaced", "--min-gap", "1", "--quiet")
+    assert spaced.exit_code == 0, spaced.output
+    s = json.loads((tmp_path / "spaced" / "summary.json").read_text())
     grid_row = {v: i for i, v in enumerate(sorted({int(r["row"]) for r in rows}))}
     grid_col = {v: i for i, v in enumerate(sorted({int(r["col"]) for r in rows}))}
     picks = [(grid_row[t["row"]], grid_col[t["col"]]) for t in s["top"]]
-    assert s["ranking"]["spacing"] == "no two within 1 tile" and 1 <= len(picks) < len(rows)
+    assert s["ranking"]["spacing"] == "no two within 1 tile" and 1 <= len(picks) < len(rows) and s["ranking"]["filled"] == 0
     assert all(max(abs(a[0] - b[0]), abs(a[1] - b[1])) > 1 for i, a in enumerate(picks) for b in picks[:i])
 
     wrong = invoke(runner, cli, "audit", store, "--report", tmp_path / "wrong", "--truth", _label_raster(tmp_path / "t1.tif", raster, 1), "--quiet")
@@ -389,7 +395,7 @@ def test_ranking_spaces_its_picks_by_min_gap(runner, cli, tmp_path):
     """A run of near-duplicate uncertain frames gives one pick, the best first; --min-gap 0 is the plain top-K."""
     store, _ = _ranked_video_store(tmp_path / "v.zarr")
 
-    spaced = _audit(runner, cli, store, tmp_path / "spaced", "--top", "5")  # default: about a second (25 frames) apart
+    spaced = _audit(runner, cli, store, tmp_path / "spaced", "--top", "5", "--min-gap", "1")  # about a second (25 frames) apart
     assert [t["frame"] for t in spaced["top"]] == [24, 50]  # the peak of the run, then the other bump; nothing else is 1 s from both
     assert spaced["ranking"] == {
         "measure": "uncertainty",
@@ -397,10 +403,16 @@ def test_ranking_spaces_its_picks_by_min_gap(runner, cli, tmp_path):
         "unit": "s",
         "spacing": "at least 1 s apart",
         "picked": 2,
+        "filled": 0,  # a gap the user gave is kept, even when it leaves fewer picks than --top
         "candidates": 60,
         "exact": True,
     }
     assert "at least 1 s apart" in (tmp_path / "spaced" / "index.html").read_text()
+
+    # the default on a 2.4 s clip: 1 s would leave 2 picks of 5, so the gap is the clip's length over 4, and the best fill up
+    default = _audit(runner, cli, store, tmp_path / "default", "--top", "5")
+    assert len(default["top"]) == 5 and default["top"][0]["frame"] == 24
+    assert default["ranking"]["min_gap"] == pytest.approx(59 / 25 / 4, rel=1e-6)
 
     wider = _audit(runner, cli, store, tmp_path / "wider", "--top", "5", "--min-gap", "0.2")  # 5 frames
     times = [t["time"] for t in wider["top"]]

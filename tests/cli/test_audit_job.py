@@ -256,10 +256,10 @@ def test_group_audits_one_input_as_a_store(job, groups, tmp_path, runner, cli):
 
 
 def test_picks_are_spaced_within_an_input_never_across_inputs(job, groups, tmp_path, runner, cli):
-    """Each input is 8 frames (under a second): with the default 1 s gap each may give one pick, and each does."""
+    """Each input is 8 frames (under a second): with a 1 s gap each may give one pick, and each does."""
     _, store = job
     out = tmp_path / "report"
-    assert invoke(runner, cli, "audit", store, "--report", out, "--top", "5", "--quiet").exit_code == 0
+    assert invoke(runner, cli, "audit", store, "--report", out, "--top", "5", "--min-gap", "1", "--quiet").exit_code == 0
     summary = json.loads((out / "summary.json").read_text())
     means = _frame_means(groups)
     best = {name: max(v for (n, _), v in means.items() if n == name) for name in GOOD}
