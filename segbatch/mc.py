@@ -168,6 +168,7 @@ def mc_predict(
     max_rows: int | None = None,
     share_prefix: bool = True,
     precision: str = "fp32",
+    temperature: float = 1.0,
 ) -> dict[str, Tensor]:
     """Predict with N Monte-Carlo dropout samples.
 
@@ -188,6 +189,9 @@ def mc_predict(
         precision: "fp32", or "fp16" / "bf16" to run the network under autocast
             (convolutions in half precision on GPUs' tensor cores); softmax,
             its mean and variance stay float32 either way.
+        temperature: every sample's logits are divided by it before the
+            softmax (`segbatch calibrate`'s; 1 leaves them, and the bits, as
+            they are).
 
     The bits of the result are fixed by the checkpoint, the seeds, the batch
     composition (items, order, shape), samples, precision, share_prefix, the
@@ -219,14 +223,43 @@ def mc_predict(
     try:
         with torch.inference_mode(), cast:
             if samples == 0:
-                probs = torch.softmax(model(x).float(), dim=1)
+                probs = torch.softmax(_tempered(model(x).float(), temperature), dim=1)
                 return {"probs": probs, "labels": probs.argmax(1).to(torch.uint8), "entropy": class_entropy(probs)}
-            return _mc(model, x, samples, item_seeds, max_rows, share_prefix, 4 if dtype is None else 2)
+            return _mc(model, x, samples, item_seeds, max_rows, share_prefix, 4 if dtype is None else 2, temperature)
     finally:
         model.train(was_training)
 
 
-def _mc(model: SegNet, x: Tensor, samples: int, item_seeds: list[int], max_rows: int | None, share_prefix: bool, elem: int) -> dict[str, Tensor]:
+def _tempered(logits: Tensor, temperature: float) -> Tensor:
+    return logits if temperature == 1.0 else logits / temperature
+
+
+def sample_logits(model: SegNet, x: Tensor, samples: int, seed: int = 0) -> Tensor:
+    """(S, B, K, H, W) float32: each MC dropout sample's logits (the masks mc_predict draws for `seed`), untempered; what
+    `segbatch calibrate` fits its temperature on. `samples` 0: the one pass with dropout off, as (1, B, K, H, W)."""
+    batch = x.shape[0]
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.inference_mode():
+            if samples == 0:
+                return cast(Tensor, model(x).float()[None])
+            start = model.first_stochastic_step
+            prefix = model.run_steps(State(model.normalise(x)), 0, start)
+            drops = dropout_layers(model)
+            keys = _to_device(torch.from_numpy(dropout_keys([seed] * batch, range(samples), len(drops)).view(np.int64)), x.device)
+            out = []
+            for s in range(samples):
+                with _masks(drops, keys[:, s, :].reshape(len(drops), batch)):
+                    out.append(model.run_steps(prefix.select(torch.arange(batch, device=x.device)), start).x.float())
+            return torch.stack(out)
+    finally:
+        model.train(was_training)
+
+
+def _mc(
+    model: SegNet, x: Tensor, samples: int, item_seeds: list[int], max_rows: int | None, share_prefix: bool, elem: int, temperature: float = 1.0
+) -> dict[str, Tensor]:
     batch = x.shape[0]
     start = model.first_stochastic_step if share_prefix else 0
     prefix = model.run_steps(State(model.normalise(x)), 0, start)  # once for the whole batch
@@ -243,7 +276,7 @@ def _mc(model: SegNet, x: Tensor, samples: int, item_seeds: list[int], max_rows:
         row_keys = keys[:, sample_ids.start : sample_ids.stop, items.start : items.stop].reshape(len(drops), len(sample_ids) * len(items))
         with _masks(drops, row_keys):
             logits = model.run_steps(state, start).x
-        p = torch.softmax(logits.float(), dim=1)
+        p = torch.softmax(_tempered(logits.float(), temperature), dim=1)
         ent = class_entropy(p).view(len(sample_ids), len(items), *p.shape[2:])
         fmt = torch.channels_last if not p.is_contiguous() and p.is_contiguous(memory_format=torch.channels_last) else torch.contiguous_format
         p = p.view(len(sample_ids), len(items), *p.shape[1:])
@@ -282,6 +315,7 @@ def predict_outputs(
     outputs: tuple[str, ...],
     float_dtype: str,
     precision: str = "fp32",
+    temperature: float = 1.0,
 ) -> dict[str, Tensor]:
     """The store's arrays for a batch `x` (B, C, H, W floats in [0, 1]), as tensors on its device, one seed per item.
 
@@ -297,7 +331,7 @@ def predict_outputs(
         x = F.interpolate(x, size=resize, mode="bilinear", antialias=True, align_corners=False)
     if x.is_cuda:
         x = x.contiguous(memory_format=torch.channels_last)
-    res = mc_predict(model, x, samples=samples, seed=seeds, precision=precision)
+    res = mc_predict(model, x, samples=samples, seed=seeds, precision=precision, temperature=temperature)
     if resize is not None:
 
         def up(v: Tensor) -> Tensor:

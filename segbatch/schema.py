@@ -190,7 +190,7 @@ MODEL = fields(
         "palette": list_of(list_of(integer(0, 255), length=3, what="[red, green, blue]"), least=1, what="a list of colours"),
         "sha256": string,
     },
-    {"path": string, "dropout": string, "width": number, "temperature": nullable(number)},
+    {"path": string, "dropout": string, "width": number, "temperature": nullable(number), "calibration": fields({"temperature": number})},
     _palette_fits,
 )
 

@@ -45,6 +45,7 @@ def render_index(summary: dict[str, Any], result: ScanResult, thumbs: list[dict[
         ("source", f"{escape(summary['kind'])} {escape(str(summary['source']))}"),
         *_job_rows(summary),
         ("model", f"{escape(str(summary['model']['arch']))}, sha256 {escape(str(summary['model']['sha256'])[:12])}, {summary['samples']} MC samples"),
+        ("calibration", _calibration(summary["model"].get("calibration"))),
         (f"{summary['item']}s", f"{summary['items']:,} ({summary['items_with_pixels']:,} with pixels)"),
         ("pixels", f"{summary['pixels']:,}"),
         (f"{m}", f"mean {_num(summary[m]['mean'])}, median {_num(summary[m]['p50'])}, 95th pct {_num(summary[m]['p95'])}, 99th pct {_num(summary[m]['p99'])}"),
@@ -263,3 +264,17 @@ def _label_errors(summary: dict[str, Any]) -> str:
             rows.append(f"<tr><td>{e['rank']}</td>{where}<td>{escape(e['name'])}</td><td class='num'>{score}</td>{strip}</tr>")
         parts.append(f"<h3>Most likely mislabelled {noun}s (top {len(rows)}, by score)</h3><table>{head}{''.join(rows)}</table>")
     return "".join(parts)
+
+
+def _calibration(found: Any) -> str:
+    """Whether the store's model was calibrated (`segbatch calibrate`), and on what."""
+    if not isinstance(found, dict):
+        return "none: confidence and probs are the model's own (segbatch calibrate fits a temperature)"
+    try:
+        return escape(
+            f"temperature {float(found['temperature']):.3f}, fitted by segbatch calibrate on {int(found['fit_images'])} images of "
+            f"{found['images']} ({int(found['samples'])} MC samples); on {int(found['held_out_images'])} held-out images "
+            f"ECE {float(found['ece_before']):.4f} -> {float(found['ece_after']):.4f}, NLL {float(found['nll_before']):.4f} -> {float(found['nll_after']):.4f}"
+        )
+    except (KeyError, TypeError, ValueError):
+        return "recorded, but not in a form this version reads"

@@ -254,7 +254,7 @@ def summarise(result: ScanResult, attrs: dict[str, Any], store: location.Locatio
         "kind": result.kind,
         "item": result.noun,
         "source": attrs["source"].get("path"),
-        "model": {k: attrs["model"].get(k) for k in ("arch", "sha256", "classes")},
+        "model": {k: attrs["model"].get(k) for k in ("arch", "sha256", "classes", "calibration")},
         "samples": attrs.get("samples"),
         "items": result.items,
         "items_with_pixels": result.items_with_pixels,

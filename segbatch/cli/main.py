@@ -75,9 +75,10 @@ def cli(traceback: bool) -> None:
 
 
 def _register() -> None:
-    from segbatch.cli import audit, demo, export, info, model, run, stitch, train, verify
+    from segbatch.cli import audit, calibrate, demo, export, info, model, run, stitch, train, verify
 
-    for command in (run.run, stitch.stitch, export.export, audit.audit, info.info, verify.verify, model.model, train.train, demo.demo):
+    commands = (run.run, stitch.stitch, export.export, audit.audit, calibrate.calibrate, info.info, verify.verify, model.model, train.train, demo.demo)
+    for command in commands:
         cli.add_command(command)
 
 

@@ -113,6 +113,8 @@ def model_attrs(ckpt: Any) -> dict[str, Any]:
         "path": str(ckpt.path),
         "dropout": ckpt.spec.dropout,
         "width": ckpt.spec.width,
+        # segbatch calibrate's temperature and record, only when it ran: uncalibrated stores are as before
+        **({"temperature": ckpt.calibration_temperature, "calibration": ckpt.spec.extra["calibration"]} if "calibration" in ckpt.spec.extra else {}),
     }
 
 

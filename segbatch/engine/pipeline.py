@@ -59,6 +59,7 @@ class PipelineWorker:
         self.device = torch.device("cuda" if torch.cuda.is_available() and _ray_gave_gpu() else "cpu")
         self.cuda = self.device.type == "cuda"
         self.model: Any = None  # loaded by device_name(), the pool's first call
+        self.temperature = 1.0  # the checkpoint's calibration, read with the model
         self.model_lock = threading.Lock()  # two units in flight, one model: its calls take turns
         self.copy_stream = torch.cuda.Stream(self.device) if self.cuda else None  # type: ignore[no-untyped-call]
         self.stores: OrderedDict[str, Group] = OrderedDict()  # the stores (a job's groups) this actor writes to, the last OPEN_GROUPS used
@@ -74,7 +75,9 @@ class PipelineWorker:
 
             from segbatch.model.checkpoint import load_checkpoint
 
-            model = load_checkpoint(self.step.checkpoint).model.to(self.device).eval()
+            ckpt = load_checkpoint(self.step.checkpoint)
+            self.temperature = ckpt.calibration_temperature  # `segbatch calibrate`'s, else 1
+            model = ckpt.model.to(self.device).eval()
             # on GPUs, channels-last feeds cuDNN's tensor-core kernels without layout conversions (same results: tested on CPU)
             self.model = model.to(memory_format=torch.channels_last) if self.cuda else model  # type: ignore[call-overload]
         return str(self.device)
@@ -181,7 +184,7 @@ class PipelineWorker:
     def predict(self, x: Any, seeds: list[int]) -> dict[str, Any]:
         """The model on a batch on the device: the store's arrays, still there (a benchmark's stand-in device replaces this)."""
         step = self.step
-        return predict_outputs(self.model, x, seeds, step.samples, step.resize, step.outputs, step.float_dtype, step.precision)
+        return predict_outputs(self.model, x, seeds, step.samples, step.resize, step.outputs, step.float_dtype, step.precision, self.temperature)
 
     def _write(self, root: Group, placer: Placer, results: _Stage, digests: dict[str, str], times: dict[str, float]) -> None:
         """Writer thread: wait for each batch's copies, let the source's placer cut whole chunks, write them fenced."""

@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -82,6 +83,17 @@ class Checkpoint:
     spec: ModelSpec
     sha256: str
     path: location.Location  # a path, or the fsspec URL it was read from
+
+    @property
+    def calibration_temperature(self) -> float:
+        """What runs divide every MC sample's logits by: the temperature `segbatch calibrate` recorded, else 1."""
+        found = self.spec.extra.get("calibration")
+        if found is None:
+            return 1.0
+        t = found.get("temperature") if isinstance(found, dict) else None
+        if not isinstance(t, int | float) or isinstance(t, bool) or not math.isfinite(t) or t <= 0:
+            raise CheckpointError(f"{self.path}: its calibration has no valid temperature ({t!r}); calibrate it again")
+        return float(t)
 
     def describe(self) -> dict[str, Any]:
         """The summary `segbatch info CKPT` prints (and `--json` emits)."""
