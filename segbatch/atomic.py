@@ -30,3 +30,17 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def replace_folder(building: Path, target: Path) -> None:
+    """Put the folder `building` (made beside `target`) in `target`'s place: renames, so readers see the old folder or the new
+    one whole; an old one is removed after."""
+    import shutil
+
+    old = None
+    if target.exists():
+        old = target.parent / f".{target.name}.old-{uuid.uuid4().hex[:8]}"
+        os.rename(target, old)
+    os.rename(building, target)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)

@@ -212,6 +212,7 @@ def scan_job(plan: JobPlan, opts: AuditOptions, write_row: Callable[[dict[str, A
     total = sum(g.items for g in plan.groups)
     result = new_result(attrs["input_kind"], attrs["model"], plan.measures, plan.measure, threshold, total)
     ranked, packed = DiverseTop(opts.top, plan.spacing), CompactRows()
+    queue = DiverseTop(opts.queue_size, plan.spacing) if opts.queue_ranking == "uncertainty" else None
     if opts.truth is not None:
         described = f"per input from {opts.truth}: {len(plan.groups) - len(plan.truth_missing)} of {len(plan.groups)} inputs"
         result.truth = new_truth_summary(plan.groups[0].root, len(result.classes), described, None)
@@ -225,9 +226,11 @@ def scan_job(plan: JobPlan, opts: AuditOptions, write_row: Callable[[dict[str, A
             before = _Before.of(result)
             rows = _InputRows(write_row, plan.measure)
             ranked.enter(g.spacing)
-            scan_items(result, g.root, g.attrs, opts, ranked, packed, rows, bar.update, group=g.name)
+            if queue is not None:
+                queue.enter(g.spacing)
+            scan_items(result, g.root, g.attrs, opts, ranked, packed, rows, bar.update, group=g.name, queue=queue)
             table.append(_input_figures(result, before, g, rows))
-    finish_ranking(result, ranked, packed)
+    finish_ranking(result, ranked, packed, queue)
     result.ranking["spacing"] = f"{result.ranking['spacing']} within an input" if result.ranking["spacing"] != "none" else "none"
     if result.truth is not None:
         result.truth.source = None

@@ -21,12 +21,14 @@ from typing import Any, cast
 import numpy as np
 
 from segbatch import __version__, location
+from segbatch.atomic import replace_folder
 from segbatch.audit import plots
 from segbatch.audit.html import render_index
 from segbatch.audit.items import Item
 from segbatch.audit.job import GroupPlaces, JobPlan, plan_job, scan_job
 from segbatch.audit.label_errors import WHAT
 from segbatch.audit.metrics import bin_edges, class_iou, mean_iou
+from segbatch.audit.queue import Entry, check_queue_target, label_error_why, uncertainty_why, write_queue
 from segbatch.audit.scan import AuditOptions, ScanResult, ranking_plan, scan_store
 from segbatch.audit.thumbnails import InputReader, Place, write_heat_scale, write_label_error_thumbnails, write_thumbnails
 from segbatch.errors import InputError
@@ -60,11 +62,15 @@ def audit(store: location.Location, report: Path, opts: AuditOptions, overwrite:
             return _write(root, attrs, where, folder, opts)
 
     _check_target(report, overwrite, {"store": store, "--truth": opts.truth})
+    if opts.queue is not None:
+        if opts.queue_ranking == "label-errors" and opts.truth is None:
+            raise InputError("--queue-by label-errors needs --truth: label errors are disagreements with it")
+        check_queue_target(opts.queue, overwrite, report)
     building = report.parent / f".{report.name}.building-{uuid.uuid4().hex[:8]}"
     building.mkdir()
     try:
         summary = write(building)
-        _put_in_place(building, report)
+        replace_folder(building, report)
     except BaseException:
         shutil.rmtree(building, ignore_errors=True)
         raise
@@ -97,16 +103,6 @@ def _is_report(folder: Path) -> bool:
         return REPORT_MARK in json.loads((folder / "summary.json").read_text())
     except (OSError, ValueError, TypeError):
         return False
-
-
-def _put_in_place(building: Path, report: Path) -> None:
-    old = None
-    if report.exists():
-        old = report.parent / f".{report.name}.old-{uuid.uuid4().hex[:8]}"
-        os.rename(report, old)
-    os.rename(building, report)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
 
 
 FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")  # a spreadsheet reads a cell starting so as a formula (OWASP CSV injection)
@@ -187,7 +183,7 @@ def _pictures(result: ScanResult, summary: dict[str, Any], folder: Path, opts: A
     top = [r.item for r in result.top]
     errors = result.truth.label_errors if result.truth is not None else None
     if errors is not None:
-        ranked = [item for _, item in errors.ranked()]
+        ranked = [item for _, item in errors.ranked()[: opts.top]]
         pictures = write_label_error_thumbnails(
             ranked, folder / "label-errors", place, result.palette, errors, result.measure, len(result.classes), opts.ignore_index
         )
@@ -196,7 +192,21 @@ def _pictures(result: ScanResult, summary: dict[str, Any], folder: Path, opts: A
     thumbs = write_thumbnails(top, folder / "thumbs", place, result.palette, result.measure, vmax, len(result.classes), opts.ignore_index)
     if thumbs:
         summary["heat_scale"] = {"file": write_heat_scale(folder / "thumbs", vmax), "max": vmax, "measure": result.measure}
+    if opts.queue is not None:
+        entries = _queue_entries(result, opts)
+        write_queue(opts.queue, entries, place, result.classes, result.palette, result.measure, vmax, str(opts.queue_ranking))
+        summary["queue"] = {"folder": str(opts.queue), "items": len(entries), "ranked_by": opts.queue_ranking}
     return thumbs
+
+
+def _queue_entries(result: ScanResult, opts: AuditOptions) -> list[Entry]:
+    """The queue's items in order: the most likely mislabelled (with truth), or the most uncertain, spaced as the report's."""
+    errors = result.truth.label_errors if result.truth is not None else None
+    if opts.queue_ranking == "label-errors":
+        if errors is None:
+            return []
+        return [Entry(item, score, label_error_why(score)) for score, item in errors.ranked()[: opts.queue_size]]
+    return [Entry(r.item, r.score, uncertainty_why(result.measure, r.row)) for r in result.queue]
 
 
 def _save(summary: dict[str, Any], result: ScanResult, thumbs: list[dict[str, str]], folder: Path) -> dict[str, Any]:
@@ -298,19 +308,19 @@ def summarise(result: ScanResult, attrs: dict[str, Any], store: location.Locatio
             "auroc": auroc,
             "best_measure": best_measure(auroc),
             "accuracy_vs_coverage": {m: acc.accuracy_vs_coverage() for m, acc in t.honesty.items()},
-            "label_errors": _label_errors(result),
+            "label_errors": _label_errors(result, opts.top),
         }
     return cast(dict[str, Any], _clean(summary))
 
 
-def _label_errors(result: ScanResult) -> dict[str, Any] | None:
+def _label_errors(result: ScanResult, top: int) -> dict[str, Any] | None:
     """summary.json's likely label errors: how they were found, the ranked items, the likely swaps (None: no scores stored)."""
     assert result.truth is not None
     errors = result.truth.label_errors
     if errors is None:
         return None
     ranked = []
-    for k, (score, item) in enumerate(errors.ranked(), start=1):
+    for k, (score, item) in enumerate(errors.ranked()[:top], start=1):
         ranked.append(
             {"rank": k, **({"input": item.group} if item.group is not None else {}), "item": item.index, "name": item.name, "label_issue_score": score}
         )

@@ -48,6 +48,16 @@ class AuditOptions:
     rank_by: str | None = None  # one of MEASURES; None: uncertainty, or entropy for a store run with --samples 0
     min_gap: float | None = None  # spacing of the ranked items (audit/ranking.py); None: the kind's default
     source: str | None = None  # where the store's input is now, for its thumbnails (None: where the store says it was read)
+    queue: Path | None = None  # the relabelling queue's folder (audit/queue.py); None: no queue
+    queue_size: int = 50
+    queue_by: str | None = None  # "uncertainty" or "label-errors"; None: label-errors with truth, else uncertainty
+
+    @property
+    def queue_ranking(self) -> str | None:
+        """What orders the queue, or None without one."""
+        if self.queue is None:
+            return None
+        return self.queue_by or ("label-errors" if self.truth is not None else "uncertainty")
 
 
 def ranking_plan(root: Any, attrs: dict[str, Any], opts: AuditOptions) -> tuple[str, Spacing]:
@@ -97,6 +107,7 @@ class ScanResult:
     items_with_pixels: int = 0
     above: int = 0
     top: list[Ranked] = field(default_factory=list)
+    queue: list[Ranked] = field(default_factory=list)  # the relabelling queue's picks, when it is ordered by uncertainty
     ranking: dict[str, Any] = field(default_factory=dict)  # how the top was picked (DiverseTop.summary)
     timeline: dict[str, list[float]] | None = None
     truth: TruthSummary | None = None
@@ -165,9 +176,10 @@ def scan_store(root: Any, attrs: dict[str, Any], opts: AuditOptions, write_row: 
         start_label_errors(result, thresholds, opts)
     timeline = _Timeline(n_items) if kinds.kind(kind).timeline else None
     ranked, packed = DiverseTop(opts.top, spacing), CompactRows()
+    queue = DiverseTop(opts.queue_size, spacing) if opts.queue_ranking == "uncertainty" else None
     with progress_bar(n_items, "auditing", result.noun, opts.quiet) as bar:
-        scan_items(result, root, attrs, opts, ranked, packed, write_row, bar.update, timeline)
-    finish_ranking(result, ranked, packed)
+        scan_items(result, root, attrs, opts, ranked, packed, write_row, bar.update, timeline, queue=queue)
+    finish_ranking(result, ranked, packed, queue)
     result.timeline = timeline.points() if timeline is not None else None
     return result
 
@@ -183,6 +195,7 @@ def scan_items(
     advance: Callable[[int], Any],
     timeline: _Timeline | None = None,
     group: str | None = None,
+    queue: DiverseTop | None = None,
 ) -> None:
     """Add every item of one store (or one group of a job, named `group`) to `result`, writing its row and offering it to `ranked`."""
     measures = list(result.histograms)
@@ -206,16 +219,20 @@ def scan_items(
             score = row[f"{result.measure}_mean"]
             if row["valid_pixels"] and np.isfinite(score):
                 ranked.offer(score, item, packed.pack(row))
+                if queue is not None:
+                    queue.offer(score, item, packed.pack(row))
             if timeline is not None:
                 timeline.add(item, row, result.measure)
             advance(1)
 
 
-def finish_ranking(result: ScanResult, ranked: DiverseTop, packed: CompactRows) -> None:
-    """The spaced top-K picks, with their rows, and how they were picked."""
+def finish_ranking(result: ScanResult, ranked: DiverseTop, packed: CompactRows, queue: DiverseTop | None = None) -> None:
+    """The spaced top-K picks, with their rows, and how they were picked; and the queue's, when uncertainty orders it."""
     picks = ranked.picks()
     result.top = [Ranked(score, item, packed.unpack(row)) for score, item, row in picks]
     result.ranking = {"measure": result.measure, **ranked.summary(len(picks))}
+    if queue is not None:
+        result.queue = [Ranked(score, item, packed.unpack(row)) for score, item, row in queue.picks()]
 
 
 def _item_row(result: ScanResult, item: Item, values: dict[str, np.ndarray], measures: list[str], k: int) -> dict[str, Any]:
@@ -302,7 +319,8 @@ def first_pass(
 def start_label_errors(result: ScanResult, thresholds: ClassThresholds, opts: AuditOptions) -> None:
     """The second pass's label-error accounting, from the first pass's class thresholds."""
     assert result.truth is not None
-    result.truth.label_errors = LabelErrors(thresholds.thresholds(), thresholds.mode, result.threshold, opts.top)
+    keep = max(opts.top, opts.queue_size if opts.queue_ranking == "label-errors" else 0)  # the report's, or the queue's if longer
+    result.truth.label_errors = LabelErrors(thresholds.thresholds(), thresholds.mode, result.threshold, keep)
 
 
 def _truth_row(truth: TruthSummary, item: Item, values: dict[str, np.ndarray], k: int, ignore_index: int | None, measure: str) -> dict[str, Any]:

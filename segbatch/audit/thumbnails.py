@@ -65,6 +65,7 @@ class InputReader:
         self.kind = self.source["kind"]
         self.problem: str | None = None
         self._read: ItemPixels | None = None
+        self.path: location.Location | None = None  # where the source is read from, once it can be
         path = location.parse(moved if moved is not None else self.source["path"])
         if not location.exists(path):
             name = location.redact(str(path))
@@ -74,7 +75,7 @@ class InputReader:
         if isinstance(opened, str):
             self.problem = opened
         else:
-            self._read = opened
+            self._read, self.path = opened, path
 
     def read(self, item: Item) -> np.ndarray | None:
         if self._read is None:
@@ -135,7 +136,7 @@ def write_thumbnails(
     return out
 
 
-def _item_array(root: Any, name: str, item: Item) -> np.ndarray:
+def item_array(root: Any, name: str, item: Item) -> np.ndarray:
     """An item's pixels of one array: (H, W), or (H, W, K) for probs (frames and images drop their leading axis of 1)."""
     values = np.asarray(root[name][item.region])
     return values[0] if values.ndim == (4 if name == "probs" else 3) else values
@@ -165,7 +166,7 @@ def write_label_error_thumbnails(
     out = []
     for rank, item in enumerate(items, start=1):
         where = place(item)
-        labels = _item_array(where.root, "labels", item)
+        labels = item_array(where.root, "labels", item)
         try:
             t = where.truth.read(item) if where.truth is not None else None
         except SegbatchError:
@@ -181,8 +182,8 @@ def write_label_error_thumbnails(
             shown = np.where(labelled, t, NODATA_LABEL).astype(np.uint8)
             pictures["truth"] = (colourise(shown, palette, NODATA_LABEL), True)
             pictures["prediction"] = (colourise(labels, palette, NODATA_LABEL), True)
-            scores = _item_array(where.root, errors.mode, item).astype(np.float64)
-            suspects = suspect_map(labels, t, labelled, scores, _item_array(where.root, measure, item), errors)
+            scores = item_array(where.root, errors.mode, item).astype(np.float64)
+            suspects = suspect_map(labels, t, labelled, scores, item_array(where.root, measure, item), errors)
             pictures["suspect"] = (suspect_overlay(source if source is not None else pictures["prediction"][0], suspects), True)
         names = {}
         for what, (rgb, nearest) in pictures.items():

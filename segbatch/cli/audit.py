@@ -39,6 +39,19 @@ from segbatch.cli.options import LOCATION, SOURCE_HELP, overwrite_opt, path_type
     help="Value of the ranking measure above which a pixel counts as unsure (default: the store's 90th percentile, sampled).",
 )
 @click.option("--source", type=LOCATION, help=f"{SOURCE_HELP} For the input thumbnails.")
+@click.option(
+    "--queue",
+    type=path_type(),
+    help="Folder to write the relabelling queue to: the items to look at first, with the model's masks, as FiftyOne "
+    "(image segmentation directory) and CVAT (Segmentation mask 1.1) import them, and a manifest.csv.",
+)
+@click.option("--queue-size", type=click.IntRange(min=1), default=50, show_default=True, help="Items in the relabelling queue.")
+@click.option(
+    "--queue-by",
+    type=click.Choice(["uncertainty", "label-errors"]),
+    help="What orders the queue: the most uncertain items (spaced as the report's), or the most likely mislabelled "
+    "(needs --truth). Default: label-errors with --truth, else uncertainty.",
+)
 @click.option("--ignore-index", type=int, help="A truth value to ignore (values outside the model's classes are always ignored).")
 @overwrite_opt
 @config_opt
@@ -53,6 +66,9 @@ def audit(
     min_gap: float | None,
     threshold: float | None,
     source: Path | str | None,
+    queue: Path | None,
+    queue_size: int,
+    queue_by: str | None,
     ignore_index: int | None,
     overwrite: bool,
     quiet: bool,
@@ -74,6 +90,9 @@ def audit(
         rank_by=rank_by,
         min_gap=min_gap,
         source=None if source is None else str(source),
+        queue=queue,
+        queue_size=queue_size,
+        queue_by=queue_by,
     )
     summary = run_audit(store, report, opts, overwrite, group)
     m = summary["measure"]
@@ -94,6 +113,9 @@ def audit(
         if t["items_without_truth"]:
             click.echo(f"warning: {t['items_without_truth']} {summary['item']}(s) have no truth (listed in items.csv and summary.json)", err=True)
     click.echo(f"{line} -> {report / 'index.html'}", err=True)
+    if "queue" in summary:
+        q = summary["queue"]
+        click.echo(f"queued {q['items']} {summary['item']}s to relabel, by {q['ranked_by']} -> {q['folder']}", err=True)
 
 
 def _job_warnings(job: dict[str, Any], truth: Path | None) -> None:

@@ -9,8 +9,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import zarr
+from PIL import Image
 
 from tests.helpers.label_noise import write_noisy_dataset
+from tests.helpers.queue import check_layout
 from tests.helpers.stores import invoke, run
 
 COUNT, H, W = 32, 240, 320
@@ -33,7 +36,8 @@ def test_the_injected_label_errors_rank_above_the_clean_items(ray_address, runne
     store, report = tmp_path / "run.zarr", tmp_path / "report"
     r = run(runner, cli, "--input", images, "--out", store, "--samples", 4, *outputs, "--address", ray_address)  # the demo model
     assert r.exit_code == 0, r.output
-    r = invoke(runner, cli, "audit", store, "--report", report, "--truth", masks, "--top", 8, "--quiet")
+    queue = tmp_path / "queue"
+    r = invoke(runner, cli, "audit", store, "--report", report, "--truth", masks, "--top", 8, "--queue", queue, "--queue-size", 6, "--quiet")
     assert r.exit_code == 0, r.output
 
     rows = list(csv.DictReader((report / "items.csv").open()))
@@ -51,3 +55,12 @@ def test_the_injected_label_errors_rank_above_the_clean_items(ray_address, runne
     assert set(first) == {"input", "truth", "prediction", "suspect"} and all((report / p).is_file() for p in first.values())
     page = (report / "index.html").read_text()
     assert "Likely label errors" in page and "Likely swaps" in page and first["suspect"] in page
+
+    # the queue: by label errors (truth given), the same order as the report's ranking, images and masks as they are
+    root = zarr.open_group(str(store), mode="r")
+    queued = check_layout(queue, root.attrs["segbatch"]["model"]["classes"], root.attrs["segbatch"]["model"]["palette"])
+    assert [q["item"] for q in queued] == ranked[:6] and all(q["why"].startswith("likely mislabelled") for q in queued)
+    index = {row["name"]: int(row["item"]) for row in rows}
+    for q in queued:
+        assert np.array_equal(np.asarray(Image.open(queue / "data" / f"{q['name']}.png")), np.asarray(Image.open(images / q["item"]).convert("RGB")))
+        assert np.array_equal(np.asarray(Image.open(queue / "labels" / f"{q['name']}.png")), root["labels"][index[q["item"]]])
