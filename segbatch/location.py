@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Mapping
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, cast
 
@@ -291,3 +292,26 @@ def zarr_store(location: Location, read_only: bool) -> Any:
         return FsspecStore.from_url(str(location), storage_options=storage_options(str(location)), read_only=read_only)
     except ImportError as exc:
         raise InputError(f"{location}: {exc}") from None
+
+
+STORAGE_VARIABLES = ("AWS_", "AZURE_", "GOOGLE_", "GS_", "GDAL_", "CPL_", "FSSPEC_")  # obstore, boto3, adlfs, gcsfs, GDAL, fsspec
+
+
+def storage_variables() -> dict[str, str]:
+    """The driver's object-storage and GDAL variables (STORAGE_VARIABLES: keys, tokens, endpoint, region, addressing).
+
+    Every actor and stitch task of a run sets them in its own process before
+    it reads an input or opens a store (use_variables), so the nodes of a
+    cluster, started with environments of their own, reach what the driver
+    does; none when the driver has none (nodes with roles of their own). They
+    travel inside the run's job object (Ray's object store), not in a Ray
+    runtime environment, whose agent writes every variable, values included,
+    into each node's runtime_env_agent.log, and which the dashboard shows.
+    """
+    return {name: value for name, value in os.environ.items() if name.startswith(STORAGE_VARIABLES)}
+
+
+def use_variables(variables: Mapping[str, str]) -> None:
+    """In a worker: the driver's storage variables (storage_variables()) in this process's environment, where obstore, boto3,
+    fsspec and GDAL read them."""
+    os.environ.update(variables)

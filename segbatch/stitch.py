@@ -48,7 +48,7 @@ class StitchJob:
     tiles: TilePlan  # the plan tiles/ was written with: tile i's core is output chunk i
     run: str  # the run holding the lease: every write is fenced by it
     lease: str = ""  # where that lease lives ("" = the store itself; a many-input job's groups share its root's)
-    environment: Mapping[str, str] = field(default_factory=dict, repr=False, compare=False)  # session.storage_variables(): never printed
+    environment: Mapping[str, str] = field(default_factory=dict, repr=False, compare=False)  # location.storage_variables(): never printed
 
     @property
     def fence(self) -> Fence:
@@ -233,7 +233,7 @@ def stitch_chunks(job: StitchJob, chunk_ids: Sequence[int], skipped: frozenset[i
     Every write is fenced by the run's lease, like a worker's; skipped tiles
     (all nodata) were never written and are not read.
     """
-    from segbatch.engine.session import use_variables
+    from segbatch.location import use_variables
 
     use_variables(job.environment)  # a task on another node: the driver's storage variables, before the store is opened
     started = time.perf_counter()

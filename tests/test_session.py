@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from segbatch import location
 from segbatch.engine import session
 from segbatch.engine.session import stop_signal, stop_signals
 from segbatch.status import ExitStatus
@@ -84,15 +85,15 @@ def test_the_reaper_ends_the_processes_started_their_descendants_and_late_tagged
 
 def test_workers_get_the_drivers_storage_variables_and_nothing_else(monkeypatch):
     for name in list(os.environ):
-        if name.startswith(session.STORAGE_VARIABLES):
+        if name.startswith(location.STORAGE_VARIABLES):
             monkeypatch.delenv(name)
-    assert session.storage_variables() == {}  # none: the nodes' own credentials (instance roles) stay in charge
+    assert location.storage_variables() == {}  # none: the nodes' own credentials (instance roles) stay in charge
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "s")
     monkeypatch.setenv("AWS_ENDPOINT_URL", "http://minio:9000")
     monkeypatch.setenv("GDAL_HTTP_MAX_RETRY", "3")
     monkeypatch.setenv("AZURE_STORAGE_SAS_TOKEN", "t")
     monkeypatch.setenv("NOT_AWS_KEY", "x")
-    variables = session.storage_variables()
+    variables = location.storage_variables()
     assert variables == {"AWS_SECRET_ACCESS_KEY": "s", "AWS_ENDPOINT_URL": "http://minio:9000", "GDAL_HTTP_MAX_RETRY": "3", "AZURE_STORAGE_SAS_TOKEN": "t"}
 
 

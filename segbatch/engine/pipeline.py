@@ -50,7 +50,7 @@ class PipelineWorker:
     def __init__(self, job: RunJob) -> None:
         import torch
 
-        from segbatch.engine.session import use_variables
+        from segbatch.location import use_variables
 
         use_variables(job.environment)  # before the checkpoint, an input or a store is read
 

@@ -19,7 +19,6 @@ from segbatch import location
 from segbatch.engine.job import RunConfig, source_identity
 from segbatch.engine.outcome import RunSummary, finished_or_fail, stage_totals
 from segbatch.engine.pipeline import require_readable
-from segbatch.engine.session import storage_variables
 from segbatch.engine.source import Item, UnitReport, Write
 from segbatch.engine.step import ModelStep
 from segbatch.engine.stitcher import Stitcher
@@ -204,7 +203,11 @@ class RasterSource:
     def begin(self, root: Group, done: Mapping[int, Mapping[str, Any]], owner: Owner) -> None:
         """Start the stitcher: chunks are blended as their tiles finish (a job's groups are fenced by the lease at its root)."""
         job = StitchJob(
-            store=location.absolute(self.cfg.out), tiles=self.tiles, run=owner.run, lease=location.absolute(owner.store), environment=storage_variables()
+            store=location.absolute(self.cfg.out),
+            tiles=self.tiles,
+            run=owner.run,
+            lease=location.absolute(owner.store),
+            environment=location.storage_variables(),
         )
         self.stitcher = new_stitcher(job, root, done, self.cfg.keep_tiles, owner)
 

@@ -7,10 +7,11 @@ from pathlib import Path
 from segbatch import location
 from segbatch.engine.outcome import RunSummary, finished_or_fail, recorded_outcome
 from segbatch.engine.raster import new_stitcher, stitch_store
-from segbatch.engine.session import ray_session, storage_variables
+from segbatch.engine.session import ray_session
 from segbatch.errors import InputError
 from segbatch.kinds import KINDS, kind
 from segbatch.lease import Lease
+from segbatch.location import storage_variables
 from segbatch.owner import Owner
 from segbatch.stitch import StitchJob
 from segbatch.store import enclosing_store, read_store, store_attrs

@@ -31,13 +31,14 @@ from segbatch.engine.groups import Creator, InputState, finish, follow, model_at
 from segbatch.engine.job import RunConfig
 from segbatch.engine.outcome import JobSummary, RunSummary, recorded_outcome
 from segbatch.engine.runjob import RunJob, RunUnit
-from segbatch.engine.session import ray_session, storage_variables
+from segbatch.engine.session import ray_session
 from segbatch.engine.source import Source
 from segbatch.engine.target import Target, own_target
 from segbatch.errors import InputError
 from segbatch.inputs import Input
 from segbatch.jobstore import job_attrs, new_job_attrs, update_job
 from segbatch.lease import Lease, built
+from segbatch.location import storage_variables
 from segbatch.owner import Owner
 from segbatch.progress import RunProgress, note, phase
 from segbatch.store import read_store

@@ -47,7 +47,7 @@ class RunJob:
     fence: Fence
     step: ModelStep
     first: Any = None  # a run of one input: its job (reference), checked when an actor starts
-    environment: Mapping[str, str] = field(default_factory=dict, repr=False, compare=False)  # session.storage_variables(): never printed
+    environment: Mapping[str, str] = field(default_factory=dict, repr=False, compare=False)  # location.storage_variables(): never printed
 
     def input_job(self, unit: RunUnit) -> SourceJob[Any]:
         return input_job(unit.job)

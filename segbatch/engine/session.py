@@ -36,7 +36,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from types import FrameType
@@ -181,29 +181,6 @@ def reap_on_exit(before: set[int], tag: str, session: str) -> Reaper | None:
 
 
 PROBE_TIMEOUT_S = 5.0  # nothing listens at HOST:PORT: said in seconds
-STORAGE_VARIABLES = ("AWS_", "AZURE_", "GOOGLE_", "GS_", "GDAL_", "CPL_", "FSSPEC_")  # obstore, boto3, adlfs, gcsfs, GDAL, fsspec
-
-
-def storage_variables() -> dict[str, str]:
-    """The driver's object-storage and GDAL variables (STORAGE_VARIABLES: keys, tokens, endpoint, region, addressing).
-
-    Every actor and stitch task of a run sets them in its own process before
-    it reads an input or opens a store (use_variables), so the nodes of a
-    cluster, started with environments of their own, reach what the driver
-    does; none when the driver has none (nodes with roles of their own). They
-    travel inside the run's job object (Ray's object store), not in a Ray
-    runtime environment, whose agent writes every variable, values included,
-    into each node's runtime_env_agent.log, and which the dashboard shows.
-    """
-    return {name: value for name, value in os.environ.items() if name.startswith(STORAGE_VARIABLES)}
-
-
-def use_variables(variables: Mapping[str, str]) -> None:
-    """In a worker: the driver's storage variables (storage_variables()) in this process's environment, where obstore, boto3,
-    fsspec and GDAL read them."""
-    os.environ.update(variables)
-
-
 CONNECT_TIMEOUT_S = 30.0  # something listens, but ray.init cannot join it (not Ray's port, a token it lacks): it would retry for minutes
 START_TIMEOUT_S = 300.0  # a private local runtime that has not started by then never will (Ray's own waits are shorter)
 LOCAL = "local"  # ray.init's address for a new runtime of this process's own
