@@ -3,6 +3,7 @@
     python -m benchmarks.pipeline [--frames 400] [--size 360x480] [--hd-frames 120] [--hd-size 1080x1920]
                                   [--raster-side 4096] [--samples 8] [--batch-size 4] [--keep DIR] [--calibrate]
                                   [--stand-in-ms CASE=MS ...]   (one run per CASE at a fixed stand-in time: A/B of engine changes)
+    python -m benchmarks.pipeline --h100 [--arch segnet] [--actors N]   (a device as fast as an H100 would be)
 
 Inside real actors (`segbatch.engine.run.run`, a fresh local Ray, one actor
 with 1 CPU and no GPU: "one device"), the network call is replaced by a
@@ -41,6 +42,20 @@ also splits the device's idle time (from the stand-in's own call times):
 before the first batch, after the last, between batches, and next to a
 unit's first or last batch (unit boundaries).
 
+--h100: the stand-in holds the device for the time an H100 would need per
+item instead: the network's FLOPs at the case's size and samples (--arch,
+full SegNet by default: convolutions counted by forward hooks on one pass,
+the layers before the first dropout once and the rest once per sample, the
+raster at its tile size, 1080p scaled from 360x480 by area) at 40% of the
+H100's 990 bf16 TFLOP/s; the arithmetic is printed. --actors actors (default:
+one per core) share that one device: a file lock held while the stand-in
+"computes", so their device time never overlaps. First a calibration with
+one actor and one unit in flight (stages do not inflate each other) gives
+the host milliseconds per item by stage, and the cores per device that host
+work implies (host ms / device ms); then the shared-device run gives the
+device's busy fraction. Last line: `simulated-H100 efficiency X.XX`, the
+lowest of the --size video and the raster (1080p reported).
+
 Cases: the demo video at --size (360x480), at --hd-size (1080p), and a
 3-band uint8 tiled DEFLATE GeoTIFF of --raster-side (tiles 512, overlap 64:
 one tile per unit). A case with 0 frames (or side 0) is skipped. Each
@@ -56,6 +71,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import tempfile
 import threading
 import time
@@ -88,6 +104,7 @@ class StandInWorker(PipelineWorker):
 
     seconds_per_item = 0.0
     spans = ""  # a JSON-lines file: per unit {"unit", "begun", "ended", "calls": [[unit, begun, ended], ...]} (wall clock)
+    device_lock = ""  # a file every actor locks while it holds the one shared device (--h100); "" for a device per actor
 
     def __init__(self, job: Any) -> None:
         super().__init__(job)
@@ -109,6 +126,20 @@ class StandInWorker(PipelineWorker):
                 out[name] = (first[..., None] / k).expand(*first.shape, k).to(dtype).contiguous()
             else:
                 out[name] = first.to(dtype)
+        if self.device_lock:  # one device for every actor: its time per batch, the others wait for it
+            import fcntl
+
+            with open(self.device_lock, "a") as lock:
+                fcntl.flock(lock, fcntl.LOCK_EX)
+                try:
+                    wall = time.time()
+                    time.sleep(self.seconds_per_item * len(seeds))
+                    ended = time.time()
+                finally:
+                    fcntl.flock(lock, fcntl.LOCK_UN)
+            with self.calls_lock:
+                self.calls.append((self.local.unit, wall, ended))
+            return out
         left = self.seconds_per_item * len(seeds) - (time.perf_counter() - began)
         if left > 0:
             time.sleep(left)  # the GIL is released, as while a CUDA stream runs
@@ -127,8 +158,9 @@ class StandInWorker(PipelineWorker):
         return entry
 
 
-def stand_in(seconds_per_item: float, spans: Path) -> type:
-    return type("StandInWorker", (StandInWorker,), {"seconds_per_item": seconds_per_item, "spans": str(spans), "__module__": __name__})
+def stand_in(seconds_per_item: float, spans: Path, device_lock: str = "") -> type:
+    attrs = {"seconds_per_item": seconds_per_item, "spans": str(spans), "device_lock": device_lock, "__module__": __name__}
+    return type("StandInWorker", (StandInWorker,), attrs)
 
 
 @dataclass
@@ -139,6 +171,7 @@ class Result:
     stages: dict[str, float]  # seconds per stage, summed over units
     units: int
     idle: dict[str, float]  # device idle seconds: before the first call, after the last, between calls, next to a unit's first or last call
+    busy: float = 0.0  # seconds the device was held (the stand-in's calls; with a shared device, never overlapping)
     tail: float = 0.0  # rasters: the stitch left after the last unit (the store's summary), what it adds to the run's wall time
 
     def per_item(self, stage: str) -> float:
@@ -149,9 +182,9 @@ class Result:
         return sum(self.per_item(s) for s in HOST_STAGES)
 
 
-def run_case(cfg: RunConfig, make_source: Any, seconds_per_item: float, spans: Path) -> Result:
+def run_case(cfg: RunConfig, make_source: Any, seconds_per_item: float, spans: Path, device_lock: str = "") -> Result:
     spans.unlink(missing_ok=True)
-    summary = run(cfg, [one_input(cfg.input)], make_source, worker=stand_in(seconds_per_item, spans))
+    summary = run(cfg, [one_input(cfg.input)], make_source, worker=stand_in(seconds_per_item, spans, device_lock))
     lines = [json.loads(line) for line in spans.read_text().splitlines()] if spans.exists() else []
     if not lines:
         raise SystemExit("no unit recorded a span: run() did not use the stand-in worker (does it pass `worker` to the pool?)")
@@ -169,7 +202,8 @@ def run_case(cfg: RunConfig, make_source: Any, seconds_per_item: float, spans: P
         boundary = lasts[prev[0]] is prev or firsts[call[0]] is call
         idle["at unit starts/ends" if boundary else "between batches"] += max(0.0, call[1] - prev[2])
     tail = float((open_store(cfg.out).attrs["segbatch"].get("summary") or {}).get("stitch_seconds") or 0.0)
-    return Result(items=summary.items, span=ended - begun, wall=summary.seconds, stages=stages, units=len(ledger), idle=idle, tail=tail)
+    busy = sum(c[2] - c[1] for c in calls)
+    return Result(items=summary.items, span=ended - begun, wall=summary.seconds, stages=stages, units=len(ledger), idle=idle, busy=busy, tail=tail)
 
 
 def stage_line(r: Result, noun: str, per_mp: float | None = None) -> str:
@@ -228,6 +262,79 @@ def measure(name: str, cfg: RunConfig, make_source: Any, work: Path, noun: str, 
     return efficiency
 
 
+H100_FLOPS = 990e12  # dense bf16 FLOP/s
+H100_SHARE = 0.4  # the fraction of it a real SegNet run would reach
+
+
+def network_flops(arch: str, size: tuple[int, int]) -> tuple[float, float]:
+    """FLOPs of `arch` on one (H, W) item: the layers before the first dropout (run once per item), and one pass of the
+    rest (once per MC sample); convolutions as 2 x multiply-adds, counted by forward hooks on one pass."""
+    import torch
+
+    from segbatch.model.segnet import State, build_model
+
+    model = build_model(arch, num_classes=11).eval()
+    counted = [0.0]
+
+    def count(module: Any, inputs: Any, output: Any) -> None:
+        k = module.kernel_size[0] * module.kernel_size[1]
+        counted[0] += 2.0 * output.numel() * (module.in_channels // module.groups) * k
+
+    hooks = [m.register_forward_hook(count) for m in model.modules() if isinstance(m, torch.nn.Conv2d)]
+    try:
+        with torch.inference_mode():
+            start = model.first_stochastic_step
+            state = model.run_steps(State(model.normalise(torch.zeros(1, 3, *size))), 0, start)
+            prefix, counted[0] = counted[0], 0.0
+            model.run_steps(state, start)
+    finally:
+        for h in hooks:
+            h.remove()
+    return prefix, counted[0]
+
+
+def h100_seconds(arch: str, size: tuple[int, int], samples: int, scale_from: tuple[int, int] | None = None) -> float:
+    """The H100's time per item for `arch` at `size` with `samples`, printed with its arithmetic (`scale_from`: count there
+    and scale by area, for sizes too big to run on the CPU in a moment)."""
+    at = scale_from or size
+    prefix, rest = network_flops(arch, at)
+    area = size[0] * size[1] / (at[0] * at[1])
+    prefix, rest = prefix * area, rest * area
+    total = prefix + max(1, samples) * rest  # --samples 0: one pass with dropout off
+    seconds = total / (H100_SHARE * H100_FLOPS)
+    how = f" (counted at {at[0]}x{at[1]}, x{area:.1f} by area)" if scale_from else ""
+    print(
+        f"  H100 estimate: {arch} at {size[0]}x{size[1]}{how}: {prefix / 1e9:.1f} GFLOP before the first dropout + {samples} samples x "
+        f"{rest / 1e9:.1f} GFLOP = {total / 1e12:.3f} TFLOP per item; / ({H100_SHARE:.0%} of {H100_FLOPS / 1e12:.0f} TFLOP/s) = {1e3 * seconds:.2f} ms"
+    )
+    return seconds
+
+
+def h100_case(name: str, cfg: RunConfig, make_source: Any, work: Path, noun: str, device_s: float, actors: int, per_mp: float | None = None) -> float:
+    """Host work with one actor and one unit in flight, then `actors` actors sharing one stand-in device at `device_s` per item."""
+    import segbatch.engine.pool as pool
+
+    saved, pool.IN_FLIGHT_PER_ACTOR = pool.IN_FLIGHT_PER_ACTOR, 1  # the driver's pool reads it when it sends units
+    try:
+        cal = run_case(_with(cfg, out=str(work / f"{name}-host.zarr"), actors=1), make_source, 0.0, work / f"{name}-host.spans")
+    finally:
+        pool.IN_FLIGHT_PER_ACTOR = saved
+    print(f"  host work, one actor, one unit at a time ({cal.items} {noun}s):")
+    print(stage_line(cal, noun, per_mp))
+    print(f"  cores per device that host work implies: {1e3 * cal.host:.2f} ms / {1e3 * device_s:.2f} ms = {cal.host / device_s:.1f}")
+    lock = work / f"{name}.device"
+    lock.touch()
+    r = run_case(_with(cfg, out=str(work / f"{name}-h100.zarr"), actors=actors), make_source, device_s, work / f"{name}-h100.spans", str(lock))
+    efficiency = r.items * device_s / (r.span + r.tail)
+    print(
+        f"  {actors} actor(s) sharing one simulated H100: {r.items} {noun}s in {r.span:.2f} s = {r.items / r.span:.1f} {noun}s/s "
+        f"(the device alone: {1 / device_s:.1f}/s); device busy {r.busy / r.span:.2f} of the span"
+    )
+    print(stage_line(r, noun, per_mp))
+    print(f"  {name} simulated-H100 efficiency {efficiency:.2f}", flush=True)
+    return efficiency
+
+
 def _with(cfg: RunConfig, **changes: Any) -> RunConfig:
     from dataclasses import replace
 
@@ -269,8 +376,14 @@ def main() -> None:
     ap.add_argument(
         "--stand-in-ms", action="append", default=[], metavar="CASE=MS", help="video, hd or raster: one run with the stand-in at MS per item, no calibration"
     )
+    ap.add_argument("--h100", action="store_true", help="the stand-in takes an H100's time for --arch (see the module's note)")
+    ap.add_argument("--arch", default="segnet", help="--h100: the network whose FLOPs set the device's time (segnet, segnet-basic)")
+    ap.add_argument("--actors", type=int, default=os.cpu_count() or 1, help="--h100: actors sharing the one device (default: one per core)")
     args = ap.parse_args()
     fixed = {k: float(v) / 1e3 for k, v in (a.split("=") for a in args.stand_in_ms)}
+    if args.h100:
+        main_h100(args)
+        return
 
     with tempfile.TemporaryDirectory() as tmp:
         work = args.keep or Path(tmp)
@@ -307,6 +420,39 @@ def main() -> None:
         worst = min(targeted, key=lambda k: targeted[k] or 0.0)
         print(f"(lowest of {', '.join(targeted)}: {worst}; target >= 0.9)")
         print(f"simulated-device efficiency {targeted[worst]:.2f}")
+
+
+def main_h100(args: argparse.Namespace) -> None:
+    """--h100: each case at an H100's time per item, `--actors` actors sharing it; the lowest targeted efficiency last."""
+    with tempfile.TemporaryDirectory() as tmp:
+        work = args.keep or Path(tmp)
+        work.mkdir(parents=True, exist_ok=True)
+
+        def config(path: Path) -> RunConfig:
+            return RunConfig(
+                input=str(path), out="", samples=args.samples, batch_size=args.batch_size, actors=1, cpus_per_actor=1.0, overwrite=True, quiet=True
+            )
+
+        results: dict[str, float] = {}
+        for name, frames, size in (("video", args.frames, args.size), ("hd", args.hd_frames, args.hd_size)):
+            if frames:
+                print(f"video {size[0]}x{size[1]}, {frames} frames:", flush=True)
+                device_s = h100_seconds(args.arch, size, args.samples, scale_from=(360, 480) if size[0] * size[1] > 360 * 480 else None)
+                video = make_video(work / f"street-{size[0]}x{size[1]}-{frames}.mp4", frames, size)
+                results[name] = h100_case(name, config(video), VideoSource, work, "frame", device_s, args.actors)
+        if args.raster_side:
+            side = args.raster_side
+            cfg = config(make_raster(work / f"raster-{side}.tif", side))
+            tiles_per_mp = len(plan_tiles(side, side, cfg.tile, cfg.overlap)) * 1e6 / (side * side)
+            print(f"raster {side}x{side}, tiles {cfg.tile} (overlap {cfg.overlap}), {tiles_per_mp:.2f} tiles per megapixel:", flush=True)
+            device_s = h100_seconds(args.arch, (cfg.tile, cfg.tile), args.samples)
+            results["raster"] = h100_case("raster", cfg, RasterSource, work, "tile", device_s, args.actors, per_mp=tiles_per_mp)
+        targeted = {k: v for k, v in results.items() if k in TARGETED}
+        if not targeted:
+            raise SystemExit("no targeted case ran (the --size video or the raster)")
+        worst = min(targeted, key=lambda k: targeted[k])
+        print(f"(lowest of {', '.join(targeted)}: {worst}; target >= 0.8; 1080p reported, not targeted)")
+        print(f"simulated-H100 efficiency {targeted[worst]:.2f}")
 
 
 if __name__ == "__main__":
