@@ -14,7 +14,6 @@ and wall time are printed per length, and their ratio.
 from __future__ import annotations
 
 import argparse
-import json
 import subprocess
 import sys
 import tempfile
@@ -32,30 +31,15 @@ def make_store(folder: Path, frames: int, h: int, w: int) -> tuple[Path, Path]:
     import warnings
 
     from segbatch.cli.main import CONSOLIDATION_WARNING
-    from segbatch.lease import Lease, claim
-    from segbatch.store import LEDGER, StoreLayout, base_attrs, create_store, update_attrs
+    from segbatch.store import update_attrs
+    from tests.helpers.stores import new_video_store
     from tests.helpers.videos import write_video
 
     warnings.filterwarnings("ignore", message=CONSOLIDATION_WARNING)  # as the CLI does
-    video = write_video(folder / "clip.mp4", frames, height=h, width=w, gop=25)
+    write_video(folder / "clip.mp4", frames, height=h, width=w, gop=25)
     store = folder / "clip.zarr"
+    root = new_video_store(store, frames, h, w)  # its source: clip.mp4 beside it
     chunk = 8
-    layout = StoreLayout(
-        dims=("frame", "y", "x"),
-        shape=(frames, h, w),
-        chunks=(chunk, h, w),
-        num_classes=11,
-        units=1,
-        outputs=("labels", "entropy", "confidence", "uncertainty"),
-        float_dtype="float16",
-        coords={"time": (("frame",), np.arange(frames) / FPS, {"units": "s"})},
-    )
-    source = {"path": str(video), "kind": "video", "codec": "h264", "rotation": 0, "frames": frames, "height": h, "width": w, "frame_range": [0, frames]}
-    model = {"arch": "segnet-basic", "classes": [f"c{i}" for i in range(11)], "palette": [[i * 20, 255 - i * 20, i * 7] for i in range(11)], "sha256": "0" * 64}
-    lease = Lease.new()
-    claim(store, lease)
-    root = create_store(store, layout, base_attrs(source, model, 4, 0, {}, lease.run) | {"unit_frames": frames})
-    root[LEDGER][0] = json.dumps({"unit": 0, "frames": [0, frames], "run": lease.run})
     truth = np.lib.format.open_memmap(folder / "truth.npy", mode="w+", dtype=np.uint8, shape=(frames, h, w))
     rng = np.random.default_rng(0)
     yy, xx = np.mgrid[:h, :w]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -44,3 +44,27 @@ def replace_folder(building: Path, target: Path) -> None:
     os.rename(building, target)
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
+
+
+def check_folder_target(folder: Path, overwrite: bool, what: str, ours: Callable[[Path], bool], inputs: Mapping[str, str | Path | None]) -> None:
+    """A folder a command builds aside and renames into place (replace_folder): it may be new, empty, or, with --overwrite, one
+    that `ours` says the command made before (`what`: "audit report"); never one that holds any of the command's `inputs`
+    (name -> location)."""
+    from segbatch import location
+
+    noun = what.split()[-1]
+    for name, path in inputs.items():
+        if path is not None and location.inside(path, folder):
+            raise InputError(f"the {name} {path} is inside the {noun} folder {folder}, which would be replaced; pick another")
+    parent = folder.parent if str(folder.parent) else Path(".")
+    if not parent.is_dir():
+        raise InputError(f"cannot write {folder}: folder {parent} does not exist")
+    if not os.access(parent, os.W_OK):
+        raise InputError(f"cannot write {folder}: folder {parent} is not writable")
+    if folder.exists() and not folder.is_dir():
+        raise InputError(f"{folder} is a file; the {noun} is a folder")
+    if folder.is_dir() and any(folder.iterdir()):
+        if not overwrite:
+            raise InputError(f"{folder} exists and is not empty; pass --overwrite to replace it")
+        if not ours(folder):
+            raise InputError(f"{folder} is not a segbatch {what}; refusing to replace it")

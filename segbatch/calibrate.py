@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +28,6 @@ import numpy as np
 
 from segbatch.errors import InputError
 
-ECE_BINS = 15
 T_RANGE = (0.05, 20.0)  # the search's bounds for T (on log T)
 
 
@@ -52,14 +51,14 @@ class Pixels:
         return float(-torch.log(p.clamp_min(1e-12)).mean())
 
     def ece(self, temperature: float) -> float:
-        """Pixel-weighted gap between confidence (the winning class's mean probability) and accuracy, 15 bins."""
-        probs = self.mean_probs(temperature)
-        conf, pred = (t.numpy().astype(np.float64) for t in probs.max(dim=0))
-        right = pred == self.truth.numpy()
-        bins = np.clip((conf * ECE_BINS).astype(np.int64), 0, ECE_BINS - 1)
-        n = np.bincount(bins, minlength=ECE_BINS)
-        gap = np.abs(np.bincount(bins, weights=conf, minlength=ECE_BINS) - np.bincount(bins, weights=right, minlength=ECE_BINS))
-        return float(gap.sum() / max(1, n.sum()))
+        """The audit's ECE (audit.metrics): pixel-weighted gap between confidence (the winning class's mean probability) and
+        accuracy, 15 bins."""
+        from segbatch.audit.metrics import HonestyAccumulator
+
+        conf, pred = self.mean_probs(temperature).max(dim=0)
+        honesty = HonestyAccumulator(max_uncertainty=1.0)
+        honesty.update(np.zeros(conf.numel()), conf.numpy(), pred.numpy() == self.truth.numpy())  # the uncertainty plays no part here
+        return float(honesty.ece() or 0.0)
 
 
 def fit_temperature(pixels: Pixels, tolerance: float = 1e-4) -> float:
@@ -134,7 +133,7 @@ class Calibration:
     ece_after: float
 
     def record(self) -> dict[str, Any]:
-        return {k: getattr(self, k) for k in self.__dataclass_fields__}
+        return asdict(self)
 
 
 def calibrate(

@@ -69,15 +69,13 @@ def export(
     """
     root, attrs = open_complete_store(store, "exporting")
     check_export_target(store, attrs, to)
-    if source is not None:
-        if location.inside(source, to):
-            raise InputError(f"{to} is the store's source ({source}); export somewhere else")
-        attrs = attrs | {"source": attrs["source"] | {"path": str(source)}, "source_moved": True}
+    if source is not None and location.inside(source, to):
+        raise InputError(f"{to} is the store's source ({source}); export somewhere else")
     kind = attrs["source"]["kind"]
     write = kinds.kind(kind).exporter()
     if write is None:
         raise InputError(f"{store} holds a {kind} result, which has no export yet")
-    return write(root, attrs, to, ExportOptions(alpha, what, quiet, creation_options, crf, preset))
+    return write(root, attrs, to, ExportOptions(alpha, what, quiet, creation_options, crf, preset, source))
 
 
 @dataclass(frozen=True)
@@ -90,6 +88,7 @@ class ExportOptions:
     creation_options: Mapping[str, str] | None = None  # GDAL's, for a COG
     crf: float | None = None  # libx264's, for an overlay video
     preset: str | None = None
+    source: location.Location | None = None  # where the store's input is now (--source); None: where the run read it
 
     @property
     def encoder(self) -> str:
@@ -117,7 +116,7 @@ def export_overlay(root: Any, attrs: dict[str, Any], to: Path, options: ExportOp
     if options.encoder and not is_video:
         raise InputError(f"{options.encoder} set the overlay video's encoder; PNG frames have none (export to {', '.join(VIDEO_OUT_SUFFIXES)} to use them)")
     x264 = x264_options(options.crf, options.preset)
-    panels = _panels(root, attrs, options.alpha)
+    panels = _panels(root, attrs, options.alpha, options.source)
     total = root["labels"].shape[0]
     with progress_bar(total, "exporting", "frame", options.quiet) as bar:
         if is_video:
@@ -136,15 +135,15 @@ def x264_options(crf: float | None = None, preset: str | None = None) -> dict[st
     return {"crf": f"{crf:g}", "preset": preset}
 
 
-def _panels(root: Any, attrs: dict[str, Any], alpha: float) -> Iterator[np.ndarray]:
+def _panels(root: Any, attrs: dict[str, Any], alpha: float, moved: location.Location | None) -> Iterator[np.ndarray]:
     """Frame by frame: the source with the palette blended in | the uncertainty heat map."""
     from segbatch.sources.video import probe_video, read_frames
 
     source = attrs["source"]
-    path = location.parse(source["path"])
+    path = location.parse(moved if moved is not None else source["path"])
     if not location.exists(path):
-        given = "" if attrs.get("source_moved") else "; --source: where it is now (a signed URL's signature is never recorded)"
-        raise InputError(f"the source video {location.redact(str(path))} cannot be read; the overlay needs it{given}")
+        given = "" if moved is not None else "; --source: where it is now (a signed URL's signature is never recorded)"
+        raise InputError(f"the source video {path} cannot be read; the overlay needs it{given}")  # the CLI redacts every line
     plan = probe_video(path)
     if plan.frames != source["frames"] or (plan.height, plan.width) != (source["height"], source["width"]):
         raise InputError(

@@ -150,11 +150,9 @@ def conditional_writes(store: Location) -> bool:
     If-None-Match: *; a backend that lets the second write through ignores
     the condition, and its stores fall back to claim-and-read-back.
     """
-    if location.on_disk(store) is not None or str(store).split("://", 1)[0].lower() not in location.OBSTORE_SCHEMES:
+    if not location.via_obstore(store):
         return False
-    bucket = str(store).split("://", 1)[1].split("/", 1)[0]
-    endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL") or os.environ.get("AWS_ENDPOINT") or ""
-    key = f"{endpoint} {bucket}"
+    key = f"{location.s3_endpoint()} {str(store).split('://', 1)[1].split('/', 1)[0]}"  # the endpoint and the bucket
     with _CONDITIONAL_LOCK:
         if key not in _CONDITIONAL:
             # beside the store, not in it: a run checking the store's prefix for other files meanwhile must not see the probe

@@ -12,6 +12,7 @@ Rasters are read through GDAL's virtual file systems (/vsis3/, /vsigs/,
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 from collections.abc import Mapping
@@ -139,10 +140,19 @@ def storage_options(url: str) -> dict[str, Any]:
 OBSTORE_SCHEMES = ("s3", "s3a")  # reached through obstore
 
 
+def via_obstore(location: Location) -> bool:
+    """Whether `location` is reached through obstore (an s3:// URL)."""
+    return is_url(location) and str(location).split("://", 1)[0].lower() in OBSTORE_SCHEMES
+
+
+def s3_endpoint() -> str:
+    """The S3 endpoint the environment names ("" for AWS itself), as obstore and the AWS tools read it."""
+    return os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL") or os.environ.get("AWS_ENDPOINT") or ""
+
+
 def _s3_client_options() -> ClientConfig:
     """obstore's client options: plain http allowed when the endpoint the environment names is http (MinIO, a test server)."""
-    endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL") or os.environ.get("AWS_ENDPOINT") or ""
-    return {"allow_http": True} if endpoint.lower().startswith("http://") else {}
+    return {"allow_http": True} if s3_endpoint().lower().startswith("http://") else {}
 
 
 def _s3_credentials() -> dict[str, Any]:
@@ -169,31 +179,49 @@ def _obstore_missing() -> InputError:
     return InputError("s3:// needs the obstore package on every node (pip install 'segbatch[s3]')")
 
 
-def object_store(url: str, rooted: bool = False) -> tuple[Any, str]:
-    """The obstore store of an s3:// URL's bucket (configured from the standard AWS variables) and the key within it; with
-    `rooted`, a store whose keys start at the URL's key (what Zarr takes) and ""."""
+def _configuration() -> tuple[tuple[str, str], ...]:
+    """What an S3 client is configured from: the storage variables and the home folder (~/.aws). Clients are kept per
+    configuration, so one made before the environment changed is never reused after."""
+    return (*sorted(storage_variables().items()), ("HOME", os.environ.get("HOME", "")))
+
+
+@functools.lru_cache(maxsize=64)
+def _s3_store(bucket: str, prefix: str, configuration: tuple[tuple[str, str], ...]) -> Any:
+    """One obstore store per bucket, prefix and configuration, kept: its connections are reused (the lease is read every few
+    seconds; a new client would open a new TLS connection each time)."""
     try:
         from obstore.store import S3Store
     except ImportError:
         raise _obstore_missing() from None
+    return S3Store(bucket, prefix=prefix or None, client_options=_s3_client_options(), **_s3_credentials())
+
+
+@functools.lru_cache(maxsize=8)
+def _s3_filesystem(configuration: tuple[tuple[str, str], ...]) -> Any:
+    """obstore's fsspec filesystem for s3://, one per configuration (see _s3_store)."""
+    try:
+        from obstore.fsspec import FsspecStore
+    except ImportError:
+        raise _obstore_missing() from None
+    return FsspecStore("s3", client_options=_s3_client_options(), **_s3_credentials())
+
+
+def object_store(url: str, rooted: bool = False) -> tuple[Any, str]:
+    """The obstore store of an s3:// URL's bucket (configured from the standard AWS variables) and the key within it; with
+    `rooted`, a store whose keys start at the URL's key (what Zarr takes) and ""."""
     bucket, _, key = url.split("://", 1)[1].partition("/")
     key = key.strip("/")
     if rooted:
-        return S3Store(bucket, prefix=key or None, client_options=_s3_client_options(), **_s3_credentials()), ""
-    return S3Store(bucket, client_options=_s3_client_options(), **_s3_credentials()), key
+        return _s3_store(bucket, key, _configuration()), ""
+    return _s3_store(bucket, "", _configuration()), key
 
 
 def filesystem(url: str) -> tuple[Any, str]:
     """The fsspec filesystem of a URL and the path within it; a missing backend package is a one-line error."""
     import fsspec
 
-    scheme, _, rest = url.partition("://")
-    if scheme.lower() in OBSTORE_SCHEMES:
-        try:
-            from obstore.fsspec import FsspecStore
-        except ImportError:
-            raise _obstore_missing() from None
-        return FsspecStore("s3", client_options=_s3_client_options(), **_s3_credentials()), rest
+    if via_obstore(url):
+        return _s3_filesystem(_configuration()), url.split("://", 1)[1]
     try:
         return cast(tuple[Any, str], fsspec.core.url_to_fs(url, **storage_options(url)))
     except ImportError as exc:
@@ -245,7 +273,7 @@ def open_binary(location: Location) -> IO[bytes]:
     if not is_url(location):
         return Path(location).open("rb")
     fs, path = filesystem(str(location))
-    if str(location).split("://", 1)[0].lower() in OBSTORE_SCHEMES and not fs.isfile(path):
+    if via_obstore(location) and not fs.isfile(path):
         raise InputError(f"{location}: no such file")  # before open: obstore's reader of a missing object dies noisily
     try:
         return cast(IO[bytes], fs.open(path, "rb"))
@@ -286,7 +314,7 @@ def zarr_store(location: Location, read_only: bool) -> Any:
         return str(location)
     from zarr.storage import FsspecStore, ObjectStore
 
-    if str(location).split("://", 1)[0].lower() in OBSTORE_SCHEMES:
+    if via_obstore(location):
         return ObjectStore(object_store(str(location), rooted=True)[0], read_only=read_only)
     try:
         return FsspecStore.from_url(str(location), storage_options=storage_options(str(location)), read_only=read_only)

@@ -106,3 +106,17 @@ def test_a_path_not_made_yet_still_resolves_through_its_existing_parents(tree):
     tmp_path, store = tree
     assert location.same(tmp_path / "link" / "store.zarr" / "new" / "x.tif", f"file://{store}/new/x.tif")
     assert os.path.realpath(location.place("~/data/store.zarr")) == str(store)
+
+
+def test_workers_get_the_drivers_storage_variables_and_nothing_else(monkeypatch):
+    for name in list(os.environ):
+        if name.startswith(location.STORAGE_VARIABLES):
+            monkeypatch.delenv(name)
+    assert location.storage_variables() == {}  # none: the nodes' own credentials (instance roles) stay in charge
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "s")
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://minio:9000")
+    monkeypatch.setenv("GDAL_HTTP_MAX_RETRY", "3")
+    monkeypatch.setenv("AZURE_STORAGE_SAS_TOKEN", "t")
+    monkeypatch.setenv("NOT_AWS_KEY", "x")
+    variables = location.storage_variables()
+    assert variables == {"AWS_SECRET_ACCESS_KEY": "s", "AWS_ENDPOINT_URL": "http://minio:9000", "GDAL_HTTP_MAX_RETRY": "3", "AZURE_STORAGE_SAS_TOKEN": "t"}

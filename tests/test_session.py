@@ -9,7 +9,6 @@ from pathlib import Path
 
 import pytest
 
-from segbatch import location
 from segbatch.engine import session
 from segbatch.engine.session import stop_signal, stop_signals
 from segbatch.status import ExitStatus
@@ -81,20 +80,6 @@ def test_the_reaper_ends_the_processes_started_their_descendants_and_late_tagged
     code = "from tests.helpers.reaping import reap_tree_and_late_tagged; reap_tree_and_late_tagged()"
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=180, cwd=ROOT)
     assert r.returncode == 0, r.stderr
-
-
-def test_workers_get_the_drivers_storage_variables_and_nothing_else(monkeypatch):
-    for name in list(os.environ):
-        if name.startswith(location.STORAGE_VARIABLES):
-            monkeypatch.delenv(name)
-    assert location.storage_variables() == {}  # none: the nodes' own credentials (instance roles) stay in charge
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "s")
-    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://minio:9000")
-    monkeypatch.setenv("GDAL_HTTP_MAX_RETRY", "3")
-    monkeypatch.setenv("AZURE_STORAGE_SAS_TOKEN", "t")
-    monkeypatch.setenv("NOT_AWS_KEY", "x")
-    variables = location.storage_variables()
-    assert variables == {"AWS_SECRET_ACCESS_KEY": "s", "AWS_ENDPOINT_URL": "http://minio:9000", "GDAL_HTTP_MAX_RETRY": "3", "AZURE_STORAGE_SAS_TOKEN": "t"}
 
 
 def test_the_variables_a_job_carries_are_never_printed():

@@ -49,10 +49,16 @@ def iter_blocks(root: Any, attrs: dict[str, Any], group: str | None = None) -> I
     return kinds.kind(attrs["source"]["kind"]).audit_blocks(root, attrs, group)
 
 
-def squeeze_item(values: np.ndarray, local: Region) -> np.ndarray:
-    """An item's (H, W) pixels out of a block array (frames and images come with a leading axis of 1)."""
+def squeeze_item(values: np.ndarray, local: Region, name: str = "") -> np.ndarray:
+    """An item's (H, W) pixels out of a block array of the array `name` ((H, W, K) for probs, which has a class axis last):
+    frames and images come with a leading axis of 1."""
     out = values[local]
-    return out[0] if out.ndim == 3 else out
+    return out[0] if out.ndim == (4 if name == "probs" else 3) else out
+
+
+def item_array(root: Any, name: str, item: Item) -> np.ndarray:
+    """One item's pixels of the store's array `name`, read on their own (thumbnails, the queue)."""
+    return squeeze_item(np.asarray(root[name][item.region]), (slice(None),), name)
 
 
 @dataclass(frozen=True)

@@ -22,20 +22,18 @@ from typing import Any
 import numpy as np
 
 from segbatch.audit.items import Item, item_count
-from segbatch.audit.label_errors import ClassThresholds
 from segbatch.audit.metrics import HonestyAccumulator, mean_iou
 from segbatch.audit.ranking import CompactRows, DiverseTop, Spacing
 from segbatch.audit.scan import (
     MEASURES,
     AuditOptions,
     ScanResult,
+    find_label_errors,
     finish_ranking,
-    first_pass,
     new_result,
     new_truth_summary,
     ranking_plan,
     scan_items,
-    start_label_errors,
     threshold_of,
 )
 from segbatch.audit.thumbnails import InputReader, Place
@@ -216,8 +214,8 @@ def scan_job(plan: JobPlan, opts: AuditOptions, write_row: Callable[[dict[str, A
     if opts.truth is not None:
         described = f"per input from {opts.truth}: {len(plan.groups) - len(plan.truth_missing)} of {len(plan.groups)} inputs"
         result.truth = new_truth_summary(plan.groups[0].root, len(result.classes), described, None)
-        if result.truth.label_scores is not None:
-            _label_thresholds(plan, result, opts, total)
+        find_label_errors(result, opts, [(g.root, g.attrs, g.open_truth, g.items, g.name) for g in plan.groups])
+        result.truth.source = None
     table = []
     with progress_bar(total, "auditing", result.noun, opts.quiet) as bar:
         for g in plan.groups:
@@ -235,22 +233,6 @@ def scan_job(plan: JobPlan, opts: AuditOptions, write_row: Callable[[dict[str, A
     if result.truth is not None:
         result.truth.source = None
     return result, sorted(table, key=lambda row: _least_sure_first(row, result.measure))
-
-
-def _label_thresholds(plan: JobPlan, result: ScanResult, opts: AuditOptions, total: int) -> None:
-    """The label-error class thresholds, pooled over every input with truth (the first pass), before the job's scan."""
-    truth = result.truth
-    assert truth is not None and truth.label_scores is not None
-    thresholds = ClassThresholds(len(result.classes), truth.label_scores)
-    with progress_bar(total, "label thresholds", result.noun, opts.quiet) as bar:
-        for g in plan.groups:
-            truth.source = g.open_truth()
-            if truth.source is None:
-                bar.update(g.items)
-            else:
-                first_pass(thresholds, g.root, g.attrs, truth, opts.ignore_index, bar.update, group=g.name)
-    truth.source = None
-    start_label_errors(result, thresholds, opts)
 
 
 def _input_figures(result: ScanResult, before: _Before, g: GroupPlan, rows: _InputRows) -> dict[str, Any]:

@@ -35,8 +35,8 @@ import numpy as np
 
 from segbatch import __version__, location
 from segbatch.atomic import replace_folder
-from segbatch.audit.items import Item
-from segbatch.audit.thumbnails import Place, item_array
+from segbatch.audit.items import Item, item_array
+from segbatch.audit.thumbnails import Place
 from segbatch.colour import colourise, heatmap
 from segbatch.errors import InputError
 from segbatch.store import NODATA_LABEL
@@ -54,24 +54,12 @@ class Entry:
     why: str
 
 
-def check_queue_target(folder: Path, overwrite: bool, report: Path) -> None:
-    """The queue folder must be new, empty, or an earlier queue replaced with --overwrite, and not the report's."""
-    if location.inside(folder, report) or location.inside(report, folder):
-        raise InputError(f"--queue {folder} and --report {report} overlap; give them folders of their own")
-    parent = folder.parent if str(folder.parent) else Path(".")
-    if not parent.is_dir():
-        raise InputError(f"cannot write {folder}: folder {parent} does not exist")
-    if folder.exists() and not folder.is_dir():
-        raise InputError(f"{folder} is a file; the queue is a folder")
-    if folder.is_dir() and any(folder.iterdir()):
-        if not overwrite:
-            raise InputError(f"{folder} exists and is not empty; pass --overwrite to replace it")
-        try:
-            ours = QUEUE_MARK in json.loads((folder / "queue.json").read_text())
-        except (OSError, ValueError, TypeError):
-            ours = False
-        if not ours:
-            raise InputError(f"{folder} is not a segbatch relabelling queue; refusing to replace it")
+def is_queue(folder: Path) -> bool:
+    """Whether `folder` is a relabelling queue segbatch wrote (what --overwrite may replace)."""
+    try:
+        return QUEUE_MARK in json.loads((folder / "queue.json").read_text())
+    except (OSError, ValueError, TypeError):
+        return False
 
 
 def _slug(text: str) -> str:

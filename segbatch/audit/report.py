@@ -11,7 +11,6 @@ from __future__ import annotations
 import csv
 import json
 import math
-import os
 import shutil
 import uuid
 from collections.abc import Callable
@@ -21,14 +20,14 @@ from typing import Any, cast
 import numpy as np
 
 from segbatch import __version__, location
-from segbatch.atomic import replace_folder
+from segbatch.atomic import check_folder_target, replace_folder
 from segbatch.audit import plots
 from segbatch.audit.html import render_index
 from segbatch.audit.items import Item
 from segbatch.audit.job import GroupPlaces, JobPlan, plan_job, scan_job
 from segbatch.audit.label_errors import WHAT
 from segbatch.audit.metrics import bin_edges, class_iou, mean_iou
-from segbatch.audit.queue import Entry, check_queue_target, label_error_why, uncertainty_why, write_queue
+from segbatch.audit.queue import Entry, is_queue, label_error_why, uncertainty_why, write_queue
 from segbatch.audit.scan import AuditOptions, ScanResult, ranking_plan, scan_store
 from segbatch.audit.thumbnails import InputReader, Place, write_heat_scale, write_label_error_thumbnails, write_thumbnails
 from segbatch.errors import InputError
@@ -50,6 +49,7 @@ def audit(store: location.Location, report: Path, opts: AuditOptions, overwrite:
         if opts.source is not None:
             raise InputError(f"--source names one input's source, and {store} is a job of many inputs: audit one with --group NAME --source ...")
         plan = plan_job(store, opts)  # every input checked (and its truth) before any folder is made
+        first = plan.groups[0].root
 
         def write(folder: Path) -> dict[str, Any]:
             return _write_job(plan, folder, opts)
@@ -57,15 +57,21 @@ def audit(store: location.Location, report: Path, opts: AuditOptions, overwrite:
     else:
         root, attrs = open_complete_store(where, "auditing")
         ranking_plan(root, attrs, opts)  # --rank-by and --min-gap checked before any folder is made
+        first = root
 
         def write(folder: Path) -> dict[str, Any]:
             return _write(root, attrs, where, folder, opts)
 
-    _check_target(report, overwrite, {"store": store, "--truth": opts.truth})
+    inputs = {"store": store, "--truth": opts.truth, "--source": opts.source}
+    check_folder_target(report, overwrite, "audit report", _is_report, inputs)
     if opts.queue is not None:
         if opts.queue_ranking == "label-errors" and opts.truth is None:
             raise InputError("--queue-by label-errors needs --truth: label errors are disagreements with it")
-        check_queue_target(opts.queue, overwrite, report)
+        if opts.queue_ranking == "label-errors" and "confidence" not in first and "probs" not in first:
+            raise InputError(f"{store} has neither confidence nor probs, which label errors are weighed by; queue it --queue-by uncertainty")
+        if location.inside(opts.queue, report):
+            raise InputError(f"--queue {opts.queue} is inside --report {report}; give them folders of their own")
+        check_folder_target(opts.queue, overwrite, "relabelling queue", is_queue, inputs | {"report": report})
     building = report.parent / f".{report.name}.building-{uuid.uuid4().hex[:8]}"
     building.mkdir()
     try:
@@ -75,27 +81,6 @@ def audit(store: location.Location, report: Path, opts: AuditOptions, overwrite:
         shutil.rmtree(building, ignore_errors=True)
         raise
     return summary
-
-
-def _check_target(report: Path, overwrite: bool, inputs: dict[str, Path | str | None]) -> None:
-    """The report folder must be new, empty, or an earlier report replaced with --overwrite, holding none of the audit's inputs."""
-    from segbatch import location
-
-    for what, path in inputs.items():
-        if path is not None and location.inside(path, report):
-            raise InputError(f"the {what} {path} is inside the report folder {report}, which the audit would replace; pick another --report")
-    parent = report.parent if str(report.parent) else Path(".")
-    if not parent.is_dir():
-        raise InputError(f"cannot write {report}: folder {parent} does not exist")
-    if not os.access(parent, os.W_OK):
-        raise InputError(f"cannot write {report}: folder {parent} is not writable")
-    if report.exists() and not report.is_dir():
-        raise InputError(f"{report} is a file; the report is a folder")
-    if report.is_dir() and any(report.iterdir()):
-        if not overwrite:
-            raise InputError(f"{report} exists and is not empty; pass --overwrite to replace it")
-        if not _is_report(report):
-            raise InputError(f"{report} is not a segbatch audit report; refusing to replace it")
 
 
 def _is_report(folder: Path) -> bool:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,7 +26,6 @@ from segbatch.audit.metrics import HonestyAccumulator, confusion_matrix, mean_io
 from segbatch.audit.ranking import CompactRows, DiverseTop, Spacing, spacing_for
 from segbatch.audit.truth import TruthSource, labelled_mask, open_truth
 from segbatch.errors import DataError, InputError
-from segbatch.kinds.base import Region
 from segbatch.progress import progress_bar
 from segbatch.sampling import sample_values
 
@@ -169,11 +168,9 @@ def scan_store(root: Any, attrs: dict[str, Any], opts: AuditOptions, write_row: 
     n_items = item_count(root, kind)
     result = new_result(kind, attrs["model"], [m for m in MEASURES if m in root], measure, threshold, n_items)
     result.truth = open_truth_summary(opts, root, attrs, len(result.classes)) if opts.truth else None
-    if result.truth is not None and result.truth.label_scores is not None:
-        thresholds = ClassThresholds(len(result.classes), result.truth.label_scores)
-        with progress_bar(n_items, "label thresholds", result.noun, opts.quiet) as bar:
-            first_pass(thresholds, root, attrs, result.truth, opts.ignore_index, bar.update)
-        start_label_errors(result, thresholds, opts)
+    if result.truth is not None:
+        source = result.truth.source
+        find_label_errors(result, opts, [(root, attrs, lambda: source, n_items, None)])
     timeline = _Timeline(n_items) if kinds.kind(kind).timeline else None
     ranked, packed = DiverseTop(opts.top, spacing), CompactRows()
     queue = DiverseTop(opts.queue_size, spacing) if opts.queue_ranking == "uncertainty" else None
@@ -209,7 +206,7 @@ def scan_items(
         if truth is not None and truth.confidence_source == "probs":
             arrays["confidence"] = arrays["probs"].max(axis=-1)
         for item, local in block.items:
-            values = {name: squeeze_item(a, local) if name != "probs" else squeeze_probs(a, local) for name, a in arrays.items()}
+            values = {name: squeeze_item(a, local, name) for name, a in arrays.items()}
             row = _item_row(result, item, values, measures, k)
             if truth is not None:
                 row |= _truth_row(truth, item, values, k, opts.ignore_index, result.measure)
@@ -284,43 +281,51 @@ def new_truth_summary(root: Any, k: int, description: str, source: TruthSource |
 MAX_LISTED = 1000  # items without truth named in summary.json (items.csv has every one)
 
 
-def squeeze_probs(values: np.ndarray, local: Region) -> np.ndarray:
-    """An item's (H, W, K) probabilities out of a block's (frames and images come with a leading axis of 1)."""
-    out = values[local]
-    return out[0] if out.ndim == 4 else out
+LabelInput = tuple[Any, dict[str, Any], Callable[[], TruthSource | None], int, str | None]  # root, attrs, its truth, items, group
 
 
-def first_pass(
+def find_label_errors(result: ScanResult, opts: AuditOptions, inputs: Sequence[LabelInput]) -> None:
+    """The first pass: the label-error class thresholds over every input with truth (a store, or a job's groups pooled), then
+    the second pass's accounting ready (`truth.label_errors`); nothing when the store has neither confidence nor probs.
+    Leaves `truth.source` at the last input's truth."""
+    truth = result.truth
+    if truth is None or truth.label_scores is None:
+        return
+    thresholds = ClassThresholds(len(result.classes), truth.label_scores)
+    with progress_bar(sum(i[3] for i in inputs), "label thresholds", result.noun, opts.quiet) as bar:
+        for root, attrs, open_truth_of, items, group in inputs:
+            truth.source = open_truth_of()
+            if truth.source is None:
+                bar.update(items)
+            else:
+                _add_thresholds(thresholds, root, attrs, truth.source, opts.ignore_index, bar.update, group)
+    keep = max(opts.top, opts.queue_size if opts.queue_ranking == "label-errors" else 0)  # the report's, or the queue's if longer
+    truth.label_errors = LabelErrors(thresholds.thresholds(), thresholds.mode, result.threshold, keep)
+
+
+def _add_thresholds(
     thresholds: ClassThresholds,
     root: Any,
     attrs: dict[str, Any],
-    truth: TruthSummary,
+    source: TruthSource,
     ignore_index: int | None,
     advance: Callable[[int], Any],
-    group: str | None = None,
+    group: str | None,
 ) -> None:
-    """The label-error thresholds' pass over one store (or a job's group): labels, the scores, and the truth, item by item."""
-    assert truth.source is not None and truth.label_scores is not None
-    k = len(thresholds.sums)
-    for block, arrays in _read_ahead(root, iter_blocks(root, attrs, group), ["labels", truth.label_scores]):
+    """One store's (or job group's) share of the first pass: its labels, scores and truth, item by item."""
+    k, scores_of = len(thresholds.sums), thresholds.mode
+    for block, arrays in _read_ahead(root, iter_blocks(root, attrs, group), ["labels", scores_of]):
         for item, local in block.items:
             try:
-                t = truth.source.read(item)
+                t = source.read(item)
             except DataError:
                 t = None  # said once, by the second pass
             if t is not None:
                 labels = squeeze_item(arrays["labels"], local)
-                scores = squeeze_probs(arrays[PROBS], local) if truth.label_scores == PROBS else squeeze_item(arrays[CONFIDENCE], local)
                 ok = labelled_mask(labels, t, k, ignore_index)
+                scores = squeeze_item(arrays[scores_of], local, scores_of)
                 thresholds.add(labels[ok].astype(np.int64), t[ok].astype(np.int64), scores[ok].astype(np.float64))
             advance(1)
-
-
-def start_label_errors(result: ScanResult, thresholds: ClassThresholds, opts: AuditOptions) -> None:
-    """The second pass's label-error accounting, from the first pass's class thresholds."""
-    assert result.truth is not None
-    keep = max(opts.top, opts.queue_size if opts.queue_ranking == "label-errors" else 0)  # the report's, or the queue's if longer
-    result.truth.label_errors = LabelErrors(thresholds.thresholds(), thresholds.mode, result.threshold, keep)
 
 
 def _truth_row(truth: TruthSummary, item: Item, values: dict[str, np.ndarray], k: int, ignore_index: int | None, measure: str) -> dict[str, Any]:

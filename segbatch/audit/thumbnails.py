@@ -17,7 +17,7 @@ from typing import Any, cast
 import numpy as np
 
 from segbatch import kinds, location
-from segbatch.audit.items import Item
+from segbatch.audit.items import Item, item_array
 from segbatch.audit.label_errors import LabelErrors, suspect_map
 from segbatch.audit.truth import TruthSource, labelled_mask
 from segbatch.colour import colourise, heatmap
@@ -95,6 +95,9 @@ class Place:
     truth: TruthSource | None
 
 
+Pictures = dict[str, tuple[np.ndarray, bool]]  # what -> (H, W, 3) uint8, and whether it shrinks by nearest neighbour (labels)
+
+
 def write_thumbnails(
     items: Sequence[Item],
     folder: Path,
@@ -106,40 +109,47 @@ def write_thumbnails(
     ignore_index: int | None,
 ) -> list[dict[str, str]]:
     """Write thumbs/<rank>-<what>.png for each item (in rank order); returns, per item, what -> relative path."""
-    from PIL import Image
-
     folder.mkdir(exist_ok=True)
     out = []
     for rank, item in enumerate(items, start=1):
         where = place(item)
-        root, reader, truth = where.root, where.reader, where.truth
-        labels = np.asarray(root["labels"][item.region])
-        values = np.asarray(root[measure][item.region], np.float32)
-        labels, values = (labels[0], values[0]) if labels.ndim == 3 else (labels, values)
-        pictures = {"labels": (colourise(labels, palette, NODATA_LABEL), True), "uncertainty": (heatmap(values, vmax), False)}
-        source = reader.read(item)
-        if source is not None and source.shape[:2] == labels.shape:
+        labels = item_array(where.root, "labels", item)
+        values = item_array(where.root, measure, item).astype(np.float32)
+        pictures: Pictures = {"labels": (colourise(labels, palette, NODATA_LABEL), True), "uncertainty": (heatmap(values, vmax), False)}
+        source = _input_of(where, item, labels.shape)
+        if source is not None:
             pictures = {"input": (source, False), **pictures}
-        if truth is not None:
-            try:
-                t = truth.read(item)
-            except SegbatchError:
-                t = None
-            if t is not None:
-                pictures["errors"] = (error_map(labels, t, labelled_mask(labels, t, num_classes, ignore_index)), True)
-        names = {}
-        for what, (rgb, nearest) in pictures.items():
-            name = f"{rank:03d}-{what}.png"
-            Image.fromarray(shrink(rgb, nearest)).save(folder / name)
-            names[what] = f"{folder.name}/{name}"
-        out.append(names)
+        t = _truth_of(where, item)
+        if t is not None:
+            pictures["errors"] = (error_map(labels, t, labelled_mask(labels, t, num_classes, ignore_index)), True)
+        out.append(_save_pictures(folder, rank, pictures))
     return out
 
 
-def item_array(root: Any, name: str, item: Item) -> np.ndarray:
-    """An item's pixels of one array: (H, W), or (H, W, K) for probs (frames and images drop their leading axis of 1)."""
-    values = np.asarray(root[name][item.region])
-    return values[0] if values.ndim == (4 if name == "probs" else 3) else values
+def _input_of(where: Place, item: Item, shape: tuple[int, ...]) -> np.ndarray | None:
+    """The item's source pixels, when they can be read and match the store's grid."""
+    source = where.reader.read(item)
+    return source if source is not None and source.shape[:2] == shape else None
+
+
+def _truth_of(where: Place, item: Item) -> np.ndarray | None:
+    """The item's truth, None when it has none or it cannot be read (the scan has said so already)."""
+    try:
+        return where.truth.read(item) if where.truth is not None else None
+    except SegbatchError:
+        return None
+
+
+def _save_pictures(folder: Path, rank: int, pictures: Pictures) -> dict[str, str]:
+    """folder/<rank>-<what>.png for each picture, shrunk to a thumbnail; what -> its path relative to the report."""
+    from PIL import Image
+
+    names = {}
+    for what, (rgb, nearest) in pictures.items():
+        name = f"{rank:03d}-{what}.png"
+        Image.fromarray(shrink(rgb, nearest)).save(folder / name)
+        names[what] = f"{folder.name}/{name}"
+    return names
 
 
 def suspect_overlay(base: np.ndarray, suspects: np.ndarray) -> np.ndarray:
@@ -160,21 +170,14 @@ def write_label_error_thumbnails(
     ignore_index: int | None,
 ) -> list[dict[str, str]]:
     """label-errors/<rank>-<what>.png for the items most likely mislabelled: input, truth, prediction, suspect pixels."""
-    from PIL import Image
-
     folder.mkdir(exist_ok=True)
     out = []
     for rank, item in enumerate(items, start=1):
         where = place(item)
         labels = item_array(where.root, "labels", item)
-        try:
-            t = where.truth.read(item) if where.truth is not None else None
-        except SegbatchError:
-            t = None
-        pictures: dict[str, tuple[np.ndarray, bool]] = {}
-        source = where.reader.read(item)
-        if source is not None and source.shape[:2] != labels.shape:
-            source = None
+        t = _truth_of(where, item)
+        pictures: Pictures = {}
+        source = _input_of(where, item, labels.shape)
         if source is not None:
             pictures["input"] = (source, False)
         if t is not None:
@@ -185,12 +188,7 @@ def write_label_error_thumbnails(
             scores = item_array(where.root, errors.mode, item).astype(np.float64)
             suspects = suspect_map(labels, t, labelled, scores, item_array(where.root, measure, item), errors)
             pictures["suspect"] = (suspect_overlay(source if source is not None else pictures["prediction"][0], suspects), True)
-        names = {}
-        for what, (rgb, nearest) in pictures.items():
-            name = f"{rank:03d}-{what}.png"
-            Image.fromarray(shrink(rgb, nearest)).save(folder / name)
-            names[what] = f"{folder.name}/{name}"
-        out.append(names)
+        out.append(_save_pictures(folder, rank, pictures))
     return out
 
 

@@ -16,7 +16,7 @@ import rasterio
 from segbatch.demo.scenes import render_video
 from segbatch.demo.video import write_demo_video
 from tests.helpers.rasters import write_geotiff
-from tests.helpers.stores import invoke
+from tests.helpers.stores import invoke, new_video_store
 
 FRAMES, H, W = 24, 96, 128
 
@@ -261,40 +261,11 @@ def test_raster_truth_on_another_grid_is_refused(runner, cli, ray_address, tmp_p
     assert json.loads((tmp_path / "r2" / "summary.json").read_text())["measure"] == "entropy"
 
 
-def _video_source(path: Path, frames: int) -> dict:
-    """The `source` attribute a run of an H x W video of `frames` frames beside `path` records."""
-    return {
-        "path": str(path.with_suffix(".mp4")),
-        "kind": "video",
-        "codec": "h264",
-        "rotation": 0,
-        "frames": frames,
-        "height": H,
-        "width": W,
-        "frame_range": [0, frames],
-    }
-
-
 def _synthetic_video_store(path: Path, frames: int) -> Path:
     """A complete video-kind store written directly (no model), with smooth, compressible values."""
-    from segbatch.lease import Lease, claim
-    from segbatch.store import LEDGER, StoreLayout, base_attrs, create_store, update_attrs
+    from segbatch.store import update_attrs
 
-    layout = StoreLayout(
-        dims=("frame", "y", "x"),
-        shape=(frames, H, W),
-        chunks=(8, H, W),
-        num_classes=11,
-        units=1,
-        outputs=("labels", "entropy", "confidence", "uncertainty"),
-        coords={"time": (("frame",), np.arange(frames) / 25.0, {"units": "s"})},
-    )
-    source = _video_source(path, frames)
-    model = {"arch": "segnet-basic", "classes": [f"c{i}" for i in range(11)], "palette": [[i * 20, 0, 0] for i in range(11)], "sha256": "0" * 64}
-    lease = Lease.new()
-    claim(path, lease)
-    root = create_store(path, layout, base_attrs(source, model, 4, 0, {}, lease.run) | {"unit_frames": frames})
-    root[LEDGER][0] = json.dumps({"unit": 0, "frames": [0, frames], "run": lease.run})  # one unit, finished: a complete store's ledger is whole
+    root = new_video_store(path, frames, H, W)
     yy, xx = np.mgrid[:H, :W]
     for lo in range(0, frames, 8):
         k = np.arange(lo, min(lo + 8, frames))[:, None, None]
@@ -346,26 +317,10 @@ def _ranked_video_store(path: Path, frames: int = 60, mutual_information: bool =
     and a frame-dependent 0.2..0.3 elsewhere: it finds every error (AUROC 1) and ranks frames in another order.
     mutual_information (when asked for): half the entropy.
     """
-    from segbatch.lease import Lease, claim
-    from segbatch.store import LEDGER, StoreLayout, base_attrs, create_store, update_attrs
+    from segbatch.store import update_attrs
 
     outputs = ("labels", "entropy", "confidence", "uncertainty", *(("mutual_information",) if mutual_information else ()))
-    layout = StoreLayout(
-        dims=("frame", "y", "x"),
-        shape=(frames, H, W),
-        chunks=(8, H, W),
-        num_classes=11,
-        units=1,
-        outputs=outputs,
-        float_dtype="float32",
-        coords={"time": (("frame",), np.arange(frames) / FPS, {"units": "s"})},
-    )
-    source = _video_source(path, frames)
-    model = {"arch": "segnet-basic", "classes": [f"c{i}" for i in range(11)], "palette": [[i * 20, 0, 0] for i in range(11)], "sha256": "0" * 64}
-    lease = Lease.new()
-    claim(path, lease)
-    root = create_store(path, layout, base_attrs(source, model, 4, 0, {}, lease.run) | {"unit_frames": frames})
-    root[LEDGER][0] = json.dumps({"unit": 0, "frames": [0, frames], "run": lease.run})
+    root = new_video_store(path, frames, H, W, outputs, float_dtype="float32", fps=FPS)
     f = np.arange(frames)
     unc = np.where(abs(f - 24) <= 5, 0.2 - 0.001 * abs(f - 24), 0.01)
     unc[50] = 0.1

@@ -12,7 +12,7 @@ from PIL import Image
 
 from tests.helpers.queue import check_layout
 from tests.helpers.rasters import write_geotiff
-from tests.helpers.stores import invoke, run
+from tests.helpers.stores import invoke, new_video_store, run
 from tests.helpers.videos import frame_index, write_video
 
 
@@ -70,3 +70,18 @@ def test_a_raster_queue_keeps_each_tiles_georeferencing(ray_address, runner, cli
                 labels = root["labels"][row : row + h, col : col + w]
                 assert got.transform == src.window_transform(Window(col, row, w, h)) and np.array_equal(got.read(1), labels)
             assert np.array_equal(np.asarray(Image.open(queue / "labels" / f"{r['name']}.png")), labels)
+
+
+def test_a_label_error_queue_of_a_store_without_confidence_or_probs_is_refused_before_anything_is_written(runner, cli, tmp_path):
+    from segbatch.store import update_attrs
+
+    frames, h, w = 8, 16, 24
+    store = tmp_path / "old.zarr"
+    root = new_video_store(store, frames, h, w, ("labels", "entropy", "uncertainty"))  # as a store made before confidence existed
+    root["labels"][...] = 1
+    update_attrs(root, status="complete")
+    truth = tmp_path / "truth.npy"
+    np.save(truth, np.ones((frames, h, w), np.uint8))
+    r = invoke(runner, cli, "audit", store, "--report", tmp_path / "report", "--truth", truth, "--queue", tmp_path / "queue")
+    assert r.exit_code == 2 and "neither confidence nor probs" in r.output and "--queue-by uncertainty" in r.output
+    assert not (tmp_path / "report").exists() and not (tmp_path / "queue").exists()
