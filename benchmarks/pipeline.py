@@ -4,6 +4,7 @@
                                   [--raster-side 4096] [--samples 8] [--batch-size 4] [--keep DIR] [--calibrate]
                                   [--stand-in-ms CASE=MS ...]   (one run per CASE at a fixed stand-in time: A/B of engine changes)
     python -m benchmarks.pipeline --h100 [--arch segnet] [--actors N]   (a device as fast as an H100 would be)
+    [--gop N]   (keyframe interval of the videos; x264's default 250 makes a short clip one GOP, decoded again by every unit)
 
 Inside real actors (`segbatch.engine.run.run`, a fresh local Ray, one actor
 with 1 CPU and no GPU: "one device"), the network call is replaced by a
@@ -341,11 +342,11 @@ def _with(cfg: RunConfig, **changes: Any) -> RunConfig:
     return replace(cfg, **changes)
 
 
-def make_video(path: Path, frames: int, size: tuple[int, int]) -> Path:
+def make_video(path: Path, frames: int, size: tuple[int, int], gop: int | None = None) -> Path:
     from segbatch.demo.video import write_demo_video
 
     if not path.exists():
-        write_demo_video(path, frames, *size)
+        write_demo_video(path, frames, *size, gop=gop)
     return path
 
 
@@ -377,6 +378,7 @@ def main() -> None:
         "--stand-in-ms", action="append", default=[], metavar="CASE=MS", help="video, hd or raster: one run with the stand-in at MS per item, no calibration"
     )
     ap.add_argument("--h100", action="store_true", help="the stand-in takes an H100's time for --arch (see the module's note)")
+    ap.add_argument("--gop", type=int, help="frames between the videos' keyframes (default: x264's 250; cameras write 25-60)")
     ap.add_argument("--arch", default="segnet", help="--h100: the network whose FLOPs set the device's time (segnet, segnet-basic)")
     ap.add_argument("--actors", type=int, default=os.cpu_count() or 1, help="--h100: actors sharing the one device (default: one per core)")
     args = ap.parse_args()
@@ -397,12 +399,12 @@ def main() -> None:
         results: dict[str, float | None] = {}
         if args.frames:
             h, w = args.size
-            video = make_video(work / f"street-{h}x{w}-{args.frames}.mp4", args.frames, args.size)
+            video = make_video(work / f"street-{h}x{w}-{args.frames}-gop{args.gop}.mp4", args.frames, args.size, args.gop)
             cfg = config(video)
             results["video"] = case("video", f"video {h}x{w}, {args.frames} frames", cfg, VideoSource, work, args.calibrate, "frame", fixed=fixed.get("video"))
         if args.hd_frames:
             h, w = args.hd_size
-            video = make_video(work / f"street-{h}x{w}-{args.hd_frames}.mp4", args.hd_frames, args.hd_size)
+            video = make_video(work / f"street-{h}x{w}-{args.hd_frames}-gop{args.gop}.mp4", args.hd_frames, args.hd_size, args.gop)
             cfg = config(video)
             results["hd"] = case("hd", f"video {h}x{w}, {args.hd_frames} frames", cfg, VideoSource, work, args.calibrate, "frame", fixed=fixed.get("hd"))
         if args.raster_side:
@@ -438,7 +440,7 @@ def main_h100(args: argparse.Namespace) -> None:
             if frames:
                 print(f"video {size[0]}x{size[1]}, {frames} frames:", flush=True)
                 device_s = h100_seconds(args.arch, size, args.samples, scale_from=(360, 480) if size[0] * size[1] > 360 * 480 else None)
-                video = make_video(work / f"street-{size[0]}x{size[1]}-{frames}.mp4", frames, size)
+                video = make_video(work / f"street-{size[0]}x{size[1]}-{frames}-gop{args.gop}.mp4", frames, size, args.gop)
                 results[name] = h100_case(name, config(video), VideoSource, work, "frame", device_s, args.actors)
         if args.raster_side:
             side = args.raster_side

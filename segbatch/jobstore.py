@@ -73,7 +73,15 @@ _JOB_FIGURES = schema.fields(
     {
         "summary": schema.nullable(
             schema.fields(
-                {}, {"items": schema.integer(0), "noun": schema.string, "wall_seconds": schema.number, "actors": schema.integer(0), "device": schema.string}
+                {},
+                {
+                    "items": schema.integer(0),
+                    "noun": schema.string,
+                    "wall_seconds": schema.number,
+                    "actors": schema.integer(0),
+                    "device": schema.string,
+                    "actors_per_gpu": schema.list_of(schema.integer(1)),
+                },
             )
         ),
         "error": schema.string,

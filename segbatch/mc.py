@@ -70,10 +70,11 @@ def _masks(drops: Sequence[MCDropout], keys: Tensor) -> Iterator[None]:
             m.row_keys = None
 
 
-def memory_budget(device: torch.device) -> int:
-    """Bytes the stochastic rows of one sub-batch may take: fixed per device type (never the free memory)."""
+def memory_budget(device: torch.device, share: float = 1.0) -> int:
+    """Bytes the stochastic rows of one sub-batch may take: fixed per device type (never the free memory); on a GPU,
+    `share` of the usual fraction when actors share it (`--actors-per-gpu`: each gets its part, fixed before the run)."""
     if device.type == "cuda":
-        return int(_total_memory(torch.cuda.current_device() if device.index is None else device.index) * CUDA_BUDGET_FRACTION)
+        return int(_total_memory(torch.cuda.current_device() if device.index is None else device.index) * CUDA_BUDGET_FRACTION * share)
     return CPU_BUDGET
 
 
@@ -169,6 +170,7 @@ def mc_predict(
     share_prefix: bool = True,
     precision: str = "fp32",
     temperature: float = 1.0,
+    memory_share: float = 1.0,
 ) -> dict[str, Tensor]:
     """Predict with N Monte-Carlo dropout samples.
 
@@ -192,6 +194,9 @@ def mc_predict(
         temperature: every sample's logits are divided by it before the
             softmax (`segbatch calibrate`'s; 1 leaves them, and the bits, as
             they are).
+        memory_share: on a GPU, the share of the sub-batch budget this caller
+            has (actors sharing the card); it sets the split, so it is fixed
+            for a run (`segbatch.engine.sharing.memory_share`).
 
     The bits of the result are fixed by the checkpoint, the seeds, the batch
     composition (items, order, shape), samples, precision, share_prefix, the
@@ -225,7 +230,7 @@ def mc_predict(
             if samples == 0:
                 probs = torch.softmax(_tempered(model(x).float(), temperature), dim=1)
                 return {"probs": probs, "labels": probs.argmax(1).to(torch.uint8), "entropy": class_entropy(probs)}
-            return _mc(model, x, samples, item_seeds, max_rows, share_prefix, 4 if dtype is None else 2, temperature)
+            return _mc(model, x, samples, item_seeds, max_rows, share_prefix, 4 if dtype is None else 2, temperature, memory_share)
     finally:
         model.train(was_training)
 
@@ -258,7 +263,15 @@ def sample_logits(model: SegNet, x: Tensor, samples: int, seed: int = 0) -> Tens
 
 
 def _mc(
-    model: SegNet, x: Tensor, samples: int, item_seeds: list[int], max_rows: int | None, share_prefix: bool, elem: int, temperature: float = 1.0
+    model: SegNet,
+    x: Tensor,
+    samples: int,
+    item_seeds: list[int],
+    max_rows: int | None,
+    share_prefix: bool,
+    elem: int,
+    temperature: float = 1.0,
+    memory_share: float = 1.0,
 ) -> dict[str, Tensor]:
     batch = x.shape[0]
     start = model.first_stochastic_step if share_prefix else 0
@@ -266,7 +279,7 @@ def _mc(
     channels_last = prefix.x.ndim == 4 and not prefix.x.is_contiguous() and prefix.x.is_contiguous(memory_format=torch.channels_last)
     drops = dropout_layers(model)
     keys = _to_device(torch.from_numpy(dropout_keys(item_seeds, range(samples), len(drops)).view(np.int64)), x.device)
-    rows = max_rows if max_rows is not None else max(1, memory_budget(x.device) // row_bytes(model, prefix, start, elem))
+    rows = max_rows if max_rows is not None else max(1, memory_budget(x.device, memory_share) // row_bytes(model, prefix, start, elem))
     mean = m2 = entropy_sum = torch.empty(0)
     for sample_ids, items in sub_batches(batch, samples, rows):
         # rows sample-major: (sample s0, items...), (sample s0 + 1, items...), ...
@@ -316,6 +329,7 @@ def predict_outputs(
     float_dtype: str,
     precision: str = "fp32",
     temperature: float = 1.0,
+    memory_share: float = 1.0,
 ) -> dict[str, Tensor]:
     """The store's arrays for a batch `x` (B, C, H, W floats in [0, 1]), as tensors on its device, one seed per item.
 
@@ -331,7 +345,7 @@ def predict_outputs(
         x = F.interpolate(x, size=resize, mode="bilinear", antialias=True, align_corners=False)
     if x.is_cuda:
         x = x.contiguous(memory_format=torch.channels_last)
-    res = mc_predict(model, x, samples=samples, seed=seeds, precision=precision, temperature=temperature)
+    res = mc_predict(model, x, samples=samples, seed=seeds, precision=precision, temperature=temperature, memory_share=memory_share)
     if resize is not None:
 
         def up(v: Tensor) -> Tensor:

@@ -23,9 +23,10 @@ from typing import Any
 Check = Callable[[Any, str], "str | None"]  # (value, its path) -> what is wrong with it, or None
 
 STATUSES = ("creating", "running", "stitching", "complete", "failed", "damaged")
-DIGEST_ALGORITHM = "blake2b-128"  # the algorithm every digest segbatch records names (a bare hex digest is an older store's)
+DIGEST_ALGORITHM = "blake3-128"  # what new digests are made with; each names its algorithm (a bare hex digest is BLAKE2b-128, before 0.3.0)
+DIGEST_ALGORITHMS = ("blake3-128", "blake2b-128")  # what a store may record: older stores have BLAKE2b-128 (a resumed one, both)
 FILL_DIGEST = "fill"  # a chunk equal to its fill value: zarr stores nothing for it
-_DIGEST = re.compile(rf"(?:{re.escape(DIGEST_ALGORITHM)}:)?[0-9a-f]{{32}}")
+_DIGEST = re.compile(rf"(?:(?:{'|'.join(map(re.escape, DIGEST_ALGORITHMS))}):)?[0-9a-f]{{32}}")
 _CHUNK_KEY = re.compile(r"([A-Za-z_][A-Za-z0-9_]*)/(\d+(?:\.\d+)*)")
 
 
@@ -171,7 +172,7 @@ def version_tuple(text: str) -> tuple[int, ...]:
 
 def digest(value: Any, path: str) -> str | None:
     ok = isinstance(value, str) and (value == FILL_DIGEST or _DIGEST.fullmatch(value) is not None)
-    return None if ok else _bad(path, value, f"a digest ({DIGEST_ALGORITHM}:<32 hex digits> or {FILL_DIGEST})")
+    return None if ok else _bad(path, value, f"a digest ({DIGEST_ALGORITHM}:<32 hex digits>, {DIGEST_ALGORITHMS[1]}:<...> or {FILL_DIGEST})")
 
 
 _INT0, _INT1 = integer(0), integer(1)
@@ -221,6 +222,7 @@ SUMMARY = nullable(
             **dict.fromkeys(("frames", "images", "tiles", "skipped_tiles", "unreadable", "actors", "tiles_peak"), _INT0),
             **dict.fromkeys(("wall_seconds", "worker_seconds", "inference_seconds", "stitch_seconds", "stitch_task_seconds", "stitch_overlap"), number),
             "device": string,
+            "actors_per_gpu": list_of(_INT1),
             "tiles_kept": boolean,
             "stages": STAGES,
         },

@@ -24,8 +24,10 @@ import os
 import re
 import shutil
 import struct
+import threading
 import uuid
 from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -175,6 +177,7 @@ def _create_arrays(root: Any, layout: StoreLayout, class_names: Sequence[str]) -
                 dtype="uint8",
                 fill_value=NODATA_LABEL,
                 dimension_names=list(layout.dims),
+                **array_codecs("uint8"),
                 attributes={
                     **common,
                     "long_name": "class label (argmax of the mean softmax)",
@@ -191,6 +194,7 @@ def _create_arrays(root: Any, layout: StoreLayout, class_names: Sequence[str]) -
                 dtype=layout.float_dtype,
                 fill_value=np.nan,
                 dimension_names=[*layout.dims, "class"],
+                **array_codecs(layout.float_dtype),
                 attributes={**common, **floats, "long_name": "mean class probabilities"},
             )
         else:
@@ -201,6 +205,7 @@ def _create_arrays(root: Any, layout: StoreLayout, class_names: Sequence[str]) -
                 dtype=layout.float_dtype,
                 fill_value=np.nan,
                 dimension_names=list(layout.dims),
+                **array_codecs(layout.float_dtype),
                 attributes={**common, **floats, "long_name": _LONG_NAMES[name], **({"comment": _COMMENTS[name]} if name in _COMMENTS else {})},
             )
     coordinates: dict[str, str] = {}
@@ -212,7 +217,14 @@ def _create_arrays(root: Any, layout: StoreLayout, class_names: Sequence[str]) -
         coordinates[name] = coordinate_digest(arr)  # as it reads back, for `segbatch verify`
     for spec in layout.extra:
         root.create_array(
-            spec.name, shape=spec.shape, chunks=spec.chunks, shards=spec.shards, dtype=spec.dtype, fill_value=spec.fill_value, dimension_names=list(spec.dims)
+            spec.name,
+            shape=spec.shape,
+            chunks=spec.chunks,
+            shards=spec.shards,
+            dtype=spec.dtype,
+            fill_value=spec.fill_value,
+            dimension_names=list(spec.dims),
+            **array_codecs(spec.dtype),
         )
     group, name = LEDGER.split("/")
     bookkeeping = {"description": "segbatch's bookkeeping (not results): the ledger of finished units", COORDINATES: coordinates}
@@ -227,17 +239,52 @@ def _create_arrays(root: Any, layout: StoreLayout, class_names: Sequence[str]) -
     )
 
 
-def coordinate_digest(arr: Any) -> str:
+def array_codecs(dtype: Any) -> dict[str, Any]:
+    """An output array's compressor, chosen on encoding speed and size together (`python -m benchmarks.codecs`).
+
+    Float maps (entropy, confidence, uncertainty, probabilities) are float16
+    noise to a byte-wise compressor: Zstd barely shrinks them, slowly.
+    Bit-shuffled, their sign and exponent bits line up and LZ4 compresses
+    them 2-7x faster than Zstd did and to 0.8-0.9x its size. Labels are long
+    runs: Zstd level 1 is as small as the default level and faster. A
+    store's codecs are in its metadata, so stores written before read as
+    they are.
+    """
+    from zarr.codecs import BloscCodec, ZstdCodec
+
+    dtype = np.dtype(dtype)
+    if dtype.kind == "f":
+        return {"compressors": BloscCodec(cname="lz4", clevel=5, shuffle="bitshuffle", typesize=dtype.itemsize)}
+    return {"compressors": ZstdCodec(level=1)}
+
+
+def coordinate_digest(arr: Any, algorithm: str = schema.DIGEST_ALGORITHM) -> str:
     """A coordinate's digest, naming its algorithm: its values, dtype, shape and attributes (spatial_ref's attributes are its
     content: the CRS and the transform). Written once by the driver when the store is made; `segbatch verify` recomputes it."""
     values = np.asarray(arr[...])
-    h = hashlib.blake2b(digest_size=16)
     if values.dtype.kind in "OUST":  # text (image paths): its characters, not numpy's object pointers
-        h.update(json.dumps([str(v) for v in values.ravel().tolist()]).encode())
+        content = json.dumps([str(v) for v in values.ravel().tolist()]).encode()
     else:
-        h.update(np.ascontiguousarray(values, dtype=values.dtype.newbyteorder("<")).tobytes())
-    h.update(json.dumps([values.dtype.kind, list(values.shape), dict(arr.attrs)], sort_keys=True, default=str).encode())
-    return f"{schema.DIGEST_ALGORITHM}:{h.hexdigest()}"
+        content = np.ascontiguousarray(values, dtype=values.dtype.newbyteorder("<")).tobytes()
+    about = json.dumps([values.dtype.kind, list(values.shape), dict(arr.attrs)], sort_keys=True, default=str).encode()
+    return f"{algorithm}:{_hash([content, about], algorithm)}"
+
+
+def _hash(parts: Sequence[Any], algorithm: str) -> str:
+    """The hex digest of the bytes of `parts` (buffers) with `algorithm`, one of schema.DIGEST_ALGORITHMS."""
+    if algorithm == "blake3-128":
+        import blake3
+
+        b3 = blake3.blake3()
+        for part in parts:
+            b3.update(part)
+        return b3.hexdigest(length=16)
+    if algorithm == "blake2b-128":
+        b2 = hashlib.blake2b(digest_size=16)
+        for part in parts:
+            b2.update(part)
+        return b2.hexdigest()
+    raise StoreError(f"unknown digest algorithm {algorithm!r}")
 
 
 def recorded_coordinates(root: Any) -> dict[str, str] | None:
@@ -523,14 +570,49 @@ def check_resumable(attrs: Mapping[str, Any], fingerprint: Mapping[str, Any]) ->
         raise InputError(f"cannot resume: the store was made with another configuration ({'; '.join(diffs)}); use --overwrite to start again")
 
 
+class OpenArrays(dict[str, Any]):
+    """A store's arrays by name, each opened once: `group[name]` reads the array's metadata (a file, or a GET) every time."""
+
+    def __init__(self, root: Any) -> None:
+        super().__init__()
+        self.root = root
+
+    def __missing__(self, name: str) -> Any:
+        arr = self[name] = self.root[name]
+        return arr
+
+
+ENCODE_THREADS = 4  # a unit's arrays are encoded, hashed and written side by side: the codecs, BLAKE3 and file writes release the GIL
+_encoders: ThreadPoolExecutor | None = None
+_encoders_lock = threading.Lock()
+
+
 def write_region(root: Any, region: Sequence[slice], outputs: Mapping[str, np.ndarray]) -> dict[str, str]:
-    """Worker: write one unit's arrays into its own chunks; returns the digest of every chunk written (see `chunk_digests`)."""
-    digests = {}
+    """Worker: write one unit's arrays into its own chunks; returns the digest of every chunk written (see `chunk_digests`).
+
+    `root` is the store's group, or its `OpenArrays`. Each array is hashed
+    first: a chunk that is not all fill is then written without Zarr's own
+    check against the fill value (a full comparison, NaN-aware, of every
+    element: slower than encoding the chunk), one that is fill by Zarr as
+    usual (which deletes it: an earlier attempt's chunk never survives).
+    """
+    global _encoders
+    with _encoders_lock:
+        if _encoders is None:
+            _encoders = ThreadPoolExecutor(ENCODE_THREADS, thread_name_prefix="segbatch-encode")
+
+    def one(name: str, values: np.ndarray) -> dict[str, str]:
+        arr = root[name]
+        digests = chunk_digests(arr, region, values)
+        if FILL_DIGEST not in digests.values():
+            arr = arr.with_config({"write_empty_chunks": True})
+        arr[tuple(region)] = values
+        return digests
+
+    digests: dict[str, str] = {}
     try:
-        for name, values in outputs.items():
-            arr = root[name]
-            arr[tuple(region)] = values
-            digests.update(chunk_digests(arr, region, values))
+        for written in [_encoders.submit(one, name, values) for name, values in outputs.items()]:
+            digests.update(written.result())
     except OSError as exc:
         raise RunError(f"writing the store failed: {exc.strerror or exc}") from None
     return digests
@@ -563,19 +645,27 @@ def chunk_digests(arr: Any, region: Sequence[slice], values: np.ndarray) -> dict
     return out
 
 
-def digest(block: np.ndarray, fill_value: Any) -> str:
-    """A chunk's digest: FILL_DIGEST when it is all fill, else BLAKE2b-128 of its bytes (lossless codecs keep them), named "blake2b-128:<hex>"."""
+def digest(block: np.ndarray, fill_value: Any, algorithm: str = schema.DIGEST_ALGORITHM) -> str:
+    """A chunk's digest: FILL_DIGEST when it is all fill, else a 128-bit hash of its bytes (lossless codecs keep them) named
+    by its algorithm, "blake3-128:<hex>" (earlier stores recorded "blake2b-128:<hex>": `digest_algorithm`)."""
     first = block.flat[0] if block.size else fill_value  # most chunks are not fill: their first element says so without a scan
     if isinstance(fill_value, (float, np.floating)) and np.isnan(fill_value):
         is_fill = bool(np.isnan(first)) and bool(np.isnan(block).all())
     else:
         is_fill = bool(first == fill_value) and bool((block == fill_value).all())
-    return FILL_DIGEST if is_fill else f"{schema.DIGEST_ALGORITHM}:{hashlib.blake2b(np.ascontiguousarray(block).data, digest_size=16).hexdigest()}"
+    if is_fill:
+        return FILL_DIGEST
+    return f"{algorithm}:{_hash([np.ascontiguousarray(block).reshape(-1).view(np.uint8)], algorithm)}"
+
+
+def digest_algorithm(recorded: str) -> str:
+    """The algorithm a recorded digest was made with: the one it names (stores before 0.3.0 recorded bare BLAKE2b-128 hex)."""
+    return recorded.split(":", 1)[0] if ":" in recorded else "blake2b-128"
 
 
 def same_digest(found: str, recorded: str) -> bool:
-    """Whether a digest just computed is the one recorded (stores before 0.3.0 recorded bare BLAKE2b-128 hex digests)."""
-    return found == recorded or (":" not in recorded and found == f"{schema.DIGEST_ALGORITHM}:{recorded}")
+    """Whether a digest just computed (with `digest_algorithm(recorded)`) is the one recorded, bare or named."""
+    return found == recorded or (":" not in recorded and found == f"blake2b-128:{recorded}")
 
 
 def digests_required(attrs: Mapping[str, Any]) -> bool:

@@ -32,6 +32,7 @@ from segbatch.store import (
     chunk_region,
     coordinate_digest,
     digest,
+    digest_algorithm,
     digests_required,
     finished_units,
     ledger_array,
@@ -132,7 +133,7 @@ def verify_store(path: Location, threads: int = READ_THREADS, lease: Location | 
         if arr is None:
             return {"unit": unit, "chunk": key, "problem": "missing"}
         try:
-            found = digest(arr[chunk_region(arr, [int(i) for i in index.split(".")])], arr.fill_value)
+            found = digest(arr[chunk_region(arr, [int(i) for i in index.split(".")])], arr.fill_value, digest_algorithm(expected))
         except Exception:  # a chunk that no longer decodes (truncated, overwritten with other bytes) is altered
             return {"unit": unit, "chunk": key, "problem": "altered"}
         if same_digest(found, expected):
@@ -181,7 +182,7 @@ def _check_coordinates(root: Any, required: bool, report: VerifyReport) -> None:
             problem: str | None = "has no digest" if required else None
         else:
             try:
-                problem = None if coordinate_digest(root[name]) == recorded[name] else "altered"
+                problem = None if coordinate_digest(root[name], digest_algorithm(recorded[name])) == recorded[name] else "altered"
             except Exception:  # a coordinate that no longer decodes is altered
                 problem = "altered"
         if problem is None and name not in recorded:

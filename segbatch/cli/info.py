@@ -61,7 +61,7 @@ def format_store(s: dict[str, Any]) -> str:
         rows.append((name, f"{a['dtype']} ({', '.join(f'{d}={n}' for d, n in zip(a['dims'], a['shape']))}) chunks {a['chunks']}"))
     summary = s.get("summary") or {}
     # every figure is optional (a store made before it was recorded lacks it): "?" where one is missing
-    on = f"on {summary.get('actors', '?')} actor(s) [{summary.get('device', '?')}]"
+    on = f"on {summary.get('actors', '?')} actor(s) [{summary.get('device', '?')}]{_sharing(summary)}"
     if summary.get("inference_seconds") is not None:
         rows.append(
             (
@@ -108,7 +108,7 @@ def format_job(s: dict[str, Any]) -> str:
     ]
     if summary.get("wall_seconds") is not None:
         done = f"{summary['items']} {summary.get('noun', 'item')}s in {summary['wall_seconds']:.1f} s"
-        rows.append(("run", f"{done} on {summary['actors']} actor(s) [{summary['device']}]"))
+        rows.append(("run", f"{done} on {summary['actors']} actor(s) [{summary['device']}]{_sharing(summary)}"))
     if s.get("error"):
         rows.append(("error", printable(s["error"])))
     lines = [f"{k:<12} {v}" for k, v in rows]
@@ -216,3 +216,11 @@ def _stages_line(stages: dict[str, Any]) -> str:
     seconds = stages["seconds"]
     parts = ", ".join(f"{name} {value:.1f} s" for name, value in sorted(seconds.items(), key=lambda kv: -kv[1]))
     return f"{parts} (bottleneck: {stages.get('bottleneck')})"
+
+
+def _sharing(summary: dict[str, Any]) -> str:
+    """', 1 GPU, 3 actors each' when the run recorded how its actors shared the GPUs (`--actors-per-gpu`)."""
+    from segbatch.engine.outcome import shared
+
+    counts = summary.get("actors_per_gpu")
+    return f", {shared(counts)}" if counts else ""

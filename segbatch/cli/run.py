@@ -17,6 +17,19 @@ if TYPE_CHECKING:
     from segbatch.inputs import Input
 
 
+def _parse_actors_per_gpu(ctx: click.Context, param: click.Parameter, value: str) -> int | None:
+    """N (a whole number >= 1) or auto (None)."""
+    if value == "auto":
+        return None
+    try:
+        n = int(value)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise click.BadParameter(f"{value!r} is not a number of actors (1, 2, ...) or auto")
+    return n
+
+
 def _parse_frames(ctx: click.Context, param: click.Parameter, value: str | None) -> tuple[int | None, int | None] | None:
     """A:B, A: or :B (B exclusive), as Python slices: frames counted from 0, the start below the end."""
     if value is None:
@@ -77,6 +90,15 @@ def _parse_bands(ctx: click.Context, param: click.Parameter, value: str | None) 
 @click.option("--batch-size", type=click.IntRange(min=1), default=4, show_default=True, help="Frames per model call.")
 @click.option("--actors", type=click.IntRange(min=1), help="Ray actors (default: one per GPU, else one per --cpus-per-actor CPUs).")
 @click.option("--gpus-per-actor", type=click.FloatRange(min=0), help="GPUs per actor (fractions allowed; default 1 on a GPU cluster, else 0).")
+@click.option(
+    "--actors-per-gpu",
+    metavar="N|auto",
+    default="1",
+    show_default=True,
+    callback=_parse_actors_per_gpu,
+    help="Actors feeding each GPU, each with its own CPUs (a fast card needs several to stay busy); auto: added while the "
+    "GPU's model stage idles over 10% and CPUs remain. Each gets its share of the card's memory budget.",
+)
 @click.option("--cpus-per-actor", type=click.FloatRange(min=0.1), default=1.0, show_default=True, help="CPUs per actor (also its torch threads).")
 @click.option("--address", help="Ray cluster to join (auto, HOST:PORT, ray://HOST:PORT); default: a local Ray runtime.")
 @click.option("--frames", callback=_parse_frames, help="Only frames A:B (B exclusive).")
@@ -118,6 +140,7 @@ def run(
     batch_size: int,
     actors: int | None,
     gpus_per_actor: float | None,
+    actors_per_gpu: int | None,
     cpus_per_actor: float,
     address: str | None,
     frames: tuple[int | None, int | None] | None,
@@ -152,6 +175,7 @@ def run(
         batch_size=batch_size,
         actors=actors,
         gpus_per_actor=gpus_per_actor,
+        actors_per_gpu=actors_per_gpu,
         cpus_per_actor=cpus_per_actor,
         address=address,
         frames=frames,

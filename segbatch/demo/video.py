@@ -8,8 +8,11 @@ from segbatch.atomic import atomic_path
 from segbatch.demo.scenes import render_video
 
 
-def write_demo_video(path: Path, frames: int, height: int, width: int, fps: int = 25, seed: int = 0, speed: float = 0.5) -> Path:
-    """H.264 (yuv420p, so even sizes are rounded down) of the camera driving `speed` metres per frame; written atomically."""
+def write_demo_video(path: Path, frames: int, height: int, width: int, fps: int = 25, seed: int = 0, speed: float = 0.5, gop: int | None = None) -> Path:
+    """H.264 (yuv420p, so even sizes are rounded down) of the camera driving `speed` metres per frame; written atomically.
+
+    `gop`: frames between keyframes (x264's default, 250, when None; cameras write 1-2 s).
+    """
     import av
 
     height, width = height - height % 2, width - width % 2
@@ -17,7 +20,7 @@ def write_demo_video(path: Path, frames: int, height: int, width: int, fps: int 
         with av.open(str(tmp), "w") as out:
             stream = out.add_stream("libx264", rate=fps)
             stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
-            stream.options = {"preset": "veryfast", "crf": "20"}
+            stream.options = {"preset": "veryfast", "crf": "20", **({"g": str(gop)} if gop else {})}
             for image, _ in render_video(seed, frames, height, width, speed=speed):
                 for packet in stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24")):
                     out.mux(packet)

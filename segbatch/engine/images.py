@@ -99,6 +99,9 @@ class ImageJob:
     def to_model(self, x: Any) -> Any:
         return x
 
+    def from_model(self, outputs: dict[str, Any]) -> dict[str, Any]:
+        return outputs  # already the store's arrays in its dtypes
+
     def placer(self, unit: ImageUnit, num_classes: int) -> ImagePlacer:
         return ImagePlacer()
 

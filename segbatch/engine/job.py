@@ -24,6 +24,7 @@ class RunConfig:
     batch_size: int = 4
     actors: int | None = None  # None: one per GPU, else one per `cpus_per_actor` CPUs
     gpus_per_actor: float | None = None  # None: 1 when the cluster has GPUs, else 0
+    actors_per_gpu: int | None = 1  # actors feeding each GPU; None: `auto` (segbatch.engine.sharing)
     cpus_per_actor: float = 1.0
     address: str | None = None
     frames: tuple[int | None, int | None] | None = None

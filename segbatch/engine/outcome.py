@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -29,6 +29,7 @@ class RunSummary:
     seconds: float = 0.0
     actors: int = 0
     device: str = ""
+    actors_per_gpu: list[int] = field(default_factory=list)  # the most actors that fed each GPU at once (empty on CPUs)
     problems: list[dict[str, Any]] = field(default_factory=list)
     noun: str = "frame"
     stitch_seconds: float | None = None
@@ -36,11 +37,21 @@ class RunSummary:
     def line(self, out: Location) -> str:
         rate = self.items / self.seconds if self.seconds > 0 else 0.0
         resumed = f", {self.skipped_units} units already done" if self.skipped_units else ""
+        resumed += f", {shared(self.actors_per_gpu)}" if self.actors_per_gpu else ""
         stitched = f", stitched in {self.stitch_seconds:.1f} s" if self.stitch_seconds is not None else ""
         return (
             f"segmented {self.items} {self.noun}s in {self.seconds:.1f} s ({rate:.2f} {self.noun}s/s) on {self.actors} actor(s) "
             f"[{self.device}]{resumed}{stitched} -> {out}"
         )
+
+
+def shared(actors_per_gpu: Sequence[int]) -> str:
+    """'2 GPUs, 3 actors each' or 'actors per GPU 3, 2': how the actors shared the devices."""
+    counts = list(actors_per_gpu)
+    gpus = f"{len(counts)} GPU{'s' if len(counts) != 1 else ''}"
+    if len(set(counts)) == 1:
+        return f"{gpus}, {counts[0]} actor{'s' if counts[0] != 1 else ''} each"
+    return f"{gpus}, actors per GPU {', '.join(map(str, counts))}"
 
 
 @dataclass
@@ -122,6 +133,7 @@ def mark_complete(root: Group, problems: list[dict[str, Any]], summary: RunSumma
             "wall_seconds": round(summary.seconds, 3),
             "actors": summary.actors,
             "device": summary.device,
+            **({"actors_per_gpu": summary.actors_per_gpu} if summary.actors_per_gpu else {}),
             "stages": stage_totals(ledger),
         },
     )

@@ -25,7 +25,7 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
@@ -34,10 +34,7 @@ from segbatch.engine.runjob import RunJob, RunUnit, input_job
 from segbatch.engine.source import Item, Placer, SourceJob, UnitReport, Write
 from segbatch.errors import InputError
 from segbatch.mc import derive_seed, predict_outputs
-from segbatch.store import record_unit, write_region
-
-if TYPE_CHECKING:
-    from zarr import Group
+from segbatch.store import OpenArrays, record_unit, write_region
 
 OPEN_GROUPS = 64  # stores (a job's groups) an actor keeps open (units of one input tend to come together)
 QUEUE_BATCHES = 2  # batches waiting between stages: enough to hide jitter, few enough to bound memory
@@ -47,22 +44,27 @@ STAGES = ("read", "to_device", "model", "to_host", "write", "wait")
 class PipelineWorker:
     """What every actor holds: its torch threads, its device (the GPU Ray gave it, else CPU), the model, the stores it writes."""
 
-    def __init__(self, job: RunJob) -> None:
+    def __init__(self, job: RunJob, gpus: str | None = None) -> None:
+        """`gpus`: a helper's (`--actors-per-gpu auto`): the GPU ids Ray gave the actor whose device it shares."""
+        import os
+
         import torch
 
         from segbatch.location import use_variables
 
         use_variables(job.environment)  # before the checkpoint, an input or a store is read
+        if gpus is not None:
+            os.environ["CUDA_VISIBLE_DEVICES"] = gpus  # before CUDA starts in this process: the shared device is its cuda:0
 
         torch.set_num_threads(max(1, job.step.threads))
-        self.job, self.step = job, job.step
-        self.device = torch.device("cuda" if torch.cuda.is_available() and _ray_gave_gpu() else "cpu")
+        self.job, self.step, self.gpus = job, job.step, gpus
+        self.device = torch.device("cuda" if torch.cuda.is_available() and (gpus is not None or _ray_gave_gpu()) else "cpu")
         self.cuda = self.device.type == "cuda"
         self.model: Any = None  # loaded by device_name(), the pool's first call
         self.temperature = 1.0  # the checkpoint's calibration, read with the model
         self.model_lock = threading.Lock()  # two units in flight, one model: its calls take turns
         self.copy_stream = torch.cuda.Stream(self.device) if self.cuda else None  # type: ignore[no-untyped-call]
-        self.stores: OrderedDict[str, Group] = OrderedDict()  # the stores (a job's groups) this actor writes to, the last OPEN_GROUPS used
+        self.stores: OrderedDict[str, OpenArrays] = OrderedDict()  # the stores (a job's groups) this actor writes to, the last OPEN_GROUPS used
         self.stores_lock = threading.Lock()  # two units in flight may open stores at once
         self.node = _node_id()
         if job.first is not None:
@@ -81,6 +83,17 @@ class PipelineWorker:
             # on GPUs, channels-last feeds cuDNN's tensor-core kernels without layout conversions (same results: tested on CPU)
             self.model = model.to(memory_format=torch.channels_last) if self.cuda else model  # type: ignore[call-overload]
         return str(self.device)
+
+    def placement(self) -> tuple[str, str]:
+        """(node id, GPU ids) of the device this actor feeds: the pool counts the actors per GPU by it."""
+        if self.gpus is not None:
+            return self.node or "", self.gpus
+        try:
+            import ray
+
+            return self.node or "", ",".join(str(i) for i in ray.get_gpu_ids())
+        except Exception:  # outside Ray
+            return self.node or "", ""
 
     def process(self, unit: RunUnit) -> dict[str, Any]:
         """Run one unit through the pipeline; write its chunks, then its ledger entry; return the entry."""
@@ -119,16 +132,17 @@ class PipelineWorker:
         stats["stages"] = {k: round(v, 4) for k, v in times.items()}
         self.job.fence.check(fresh=True)  # a ledger entry counts a unit done: never written on an old read of the lease
         entry = {**stats, "node": self.node, "run": self.job.fence.run, "chunks": dict(sorted(digests.items()))}
-        record_unit(root, unit.id, entry)
+        record_unit(root.root, unit.id, entry)
         return entry
 
-    def _open(self, store: str) -> Group:
-        """Where a unit's chunks and ledger entry go: its input's store, or its group of a job store (opened once per actor)."""
+    def _open(self, store: str) -> OpenArrays:
+        """Where a unit's chunks and ledger entry go: its input's store, or its group of a job store (it and its arrays
+        opened once per actor)."""
         with self.stores_lock:
             if store in self.stores:
                 self.stores.move_to_end(store)
             else:
-                self.stores[store] = self.job.fence.open(store)
+                self.stores[store] = OpenArrays(self.job.fence.open(store))
                 while len(self.stores) > OPEN_GROUPS:
                     self.stores.popitem(last=False)
             return self.stores[store]
@@ -162,7 +176,7 @@ class PipelineWorker:
             x = source.to_model(host.to(self.device, non_blocking=True))
             times["to_device"] += time.perf_counter() - t
             t = time.perf_counter()
-            outputs = self.predict(x, [derive_seed(self.step.seed, item.index) for item in items])
+            outputs = source.from_model(self.predict(x, [derive_seed(self.step.seed, item.index) for item in items]))
             times["model"] += time.perf_counter() - t
             t = time.perf_counter()
             if not self.cuda:
@@ -184,9 +198,11 @@ class PipelineWorker:
     def predict(self, x: Any, seeds: list[int]) -> dict[str, Any]:
         """The model on a batch on the device: the store's arrays, still there (a benchmark's stand-in device replaces this)."""
         step = self.step
-        return predict_outputs(self.model, x, seeds, step.samples, step.resize, step.outputs, step.float_dtype, step.precision, self.temperature)
+        return predict_outputs(
+            self.model, x, seeds, step.samples, step.resize, step.outputs, step.float_dtype, step.precision, self.temperature, step.memory_share
+        )
 
-    def _write(self, root: Group, placer: Placer, results: _Stage, digests: dict[str, str], times: dict[str, float]) -> None:
+    def _write(self, root: OpenArrays, placer: Placer, results: _Stage, digests: dict[str, str], times: dict[str, float]) -> None:
         """Writer thread: wait for each batch's copies, let the source's placer cut whole chunks, write them fenced."""
         while True:
             got = results.take()
@@ -207,7 +223,7 @@ class PipelineWorker:
             self._store(root, placer.put(items, outputs), digests)
             times["write"] += time.perf_counter() - t
 
-    def _store(self, root: Group, writes: list[Write], digests: dict[str, str]) -> None:
+    def _store(self, root: OpenArrays, writes: list[Write], digests: dict[str, str]) -> None:
         for w in writes:
             self.job.fence.check()  # nothing is written once this run no longer owns the store
             written = write_region(root, w.region, w.arrays)

@@ -20,6 +20,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any
 
+from segbatch.engine.sharing import Device, helpers_wanted
 from segbatch.errors import InputError, RunError, first_line, task_failure
 from segbatch.progress import note, phase
 
@@ -45,6 +46,9 @@ class ActorPool:
         unit_errors: errors a unit's worker raises that concern that unit
             alone: `get_next` returns them as the unit's result instead of
             stopping the run (a job of many inputs: one bad input among good ones).
+        share: under `--actors-per-gpu auto`, the most actors one GPU may
+            feed: helpers join a device while it idles (`segbatch.engine.sharing`);
+            0: never.
     """
 
     def __init__(
@@ -59,6 +63,7 @@ class ActorPool:
         retries: int = UNIT_RETRIES,
         quiet: bool = True,
         unit_errors: tuple[type[BaseException], ...] = (),
+        share: int = 0,
     ) -> None:
         import ray
 
@@ -78,6 +83,10 @@ class ActorPool:
         self._next_slot = 0
         self._last_grow = self._waiting_since = time.monotonic()
         self._noted = False
+        self.share = share
+        self.devices: dict[str, Device] = {}  # "node/gpu ids" -> the GPU and the actors feeding it
+        self.device_of: dict[int, str] = {}  # ready slot -> its device's key (GPU runs)
+        self.helper_of: dict[int, str] = {}  # slot of a helper (started or starting) -> the device it shares
         self._model_said = self._first_said = False  # start-up phases said (see segbatch.progress.StartUp)
         self.job_ref = ray.put(job)
         phase("actors", f"starting {actors} actor{'s' if actors != 1 else ''}", actors=actors)
@@ -137,6 +146,7 @@ class ActorPool:
             except RayActorError:
                 self._on_lost(slot, unit)
                 continue
+            self._account(slot, result)
             self._fill()
             return unit, result
 
@@ -153,10 +163,20 @@ class ActorPool:
 
     # inside
 
-    def _start(self) -> None:
+    def _start(self, device: str | None = None) -> None:
+        """Start an actor; with `device` (a key of self.devices), a helper: a CPU on that GPU's node, using that GPU."""
         slot, self._next_slot = self._next_slot, self._next_slot + 1
         name = f"segbatch-worker-{os.getpid()}-{slot}"
-        actor = self.cls.options(num_cpus=self.cpus, num_gpus=self.gpus, name=name, max_concurrency=IN_FLIGHT_PER_ACTOR).remote(self.job_ref)
+        if device is None:
+            actor = self.cls.options(num_cpus=self.cpus, num_gpus=self.gpus, name=name, max_concurrency=IN_FLIGHT_PER_ACTOR).remote(self.job_ref)
+        else:
+            from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+            shared = self.devices[device]
+            where = NodeAffinitySchedulingStrategy(shared.node, soft=False)
+            options = {"num_cpus": self.cpus, "num_gpus": 0, "name": name, "max_concurrency": IN_FLIGHT_PER_ACTOR, "scheduling_strategy": where}
+            actor = self.cls.options(**options).remote(self.job_ref, shared.gpus)
+            self.helper_of[slot] = device
         self.actors[slot] = actor
         if not self.ready and not self._model_said:
             self.placing[actor.__ray_ready__.remote()] = slot  # the worker's constructor returned; it loads the model on device_name()
@@ -188,7 +208,49 @@ class ActorPool:
         if slot in self.actors:
             self.ready.add(slot)
             self.most_ready = max(self.most_ready, len(self.ready))
+            self._place(slot)
         self._fill()
+
+    def _place(self, slot: int) -> None:
+        """On a GPU run, which GPU a ready actor feeds (helpers: the one they share), counted per device."""
+        import ray
+
+        if not self.gpus and slot not in self.helper_of:
+            return
+        node, gpus = ray.get(self.actors[slot].placement.remote())
+        key = self.helper_of.get(slot) or f"{node}/{gpus}"
+        if key not in self.devices:
+            self.devices[key] = Device(node=node, gpus=gpus, owner=slot)
+        self.devices[key].joined(slot)
+        self.device_of[slot] = key
+
+    def _account(self, slot: int, result: Any) -> None:
+        """A finished unit's model-stage seconds, to its device; under `auto`, a device that idles gets helpers."""
+        key = self.device_of.get(slot)
+        if key is None or not isinstance(result, dict):
+            return
+        self.devices[key].finished(result.get("stages", {}))
+        if not self.share or not self.queue:
+            return
+        now = time.monotonic()
+        for shared, device in list(self.devices.items()):
+            wanted = 0 if device.starting else helpers_wanted(device.busy(now), len(device.actors), self.share)
+            for _ in range(min(wanted, self._cpu_room(device.node))):
+                device.starting += 1
+                self._start(shared)
+
+    def _cpu_room(self, node: str) -> int:
+        """Actors of `cpus` that still fit on `node`: its CPUs less this pool's actors there, and no more than the cluster has free."""
+        import ray
+
+        total = next((float(n["Resources"].get("CPU", 0.0)) for n in ray.nodes() if n["NodeID"] == node and n["Alive"]), 0.0)  # type: ignore[no-untyped-call]
+        ours = sum(len(d.actors) + d.starting for d in self.devices.values() if d.node == node) * self.cpus
+        free: dict[str, float] = ray.available_resources()  # type: ignore[no-untyped-call]
+        return max(0, int(min(total - ours, free.get("CPU", 0.0)) / self.cpus + 1e-9))
+
+    def actors_per_device(self) -> list[int]:
+        """The most actors that fed each GPU at once (empty on CPUs)."""
+        return sorted((d.most for d in self.devices.values()), reverse=True)
 
     def _on_placed(self, ref: Any) -> None:
         """An actor is up (its process started, its class imported): the model loads next (`device_name`), unless it died."""
@@ -227,7 +289,19 @@ class ActorPool:
             return False
         self.ready.discard(slot)
         ray.kill(actor, no_restart=True)
-        self._start()
+        shared = self.helper_of.pop(slot, None)
+        key = self.device_of.pop(slot, None)
+        device = self.devices.get(key) if key is not None else None
+        if device is not None:
+            device.actors.discard(slot)
+            holders = sorted(s for s in device.actors if s not in self.helper_of)  # others Ray gave a share of the GPU (N per GPU)
+            if device.owner == slot and holders:
+                device.owner = holders[0]
+            elif device.owner == slot:  # its GPU is free in Ray's accounting now: its helpers must not stay on it
+                del self.devices[key]  # type: ignore[arg-type]
+                for helper in sorted(device.actors):
+                    self._replace(helper)
+        self._start(shared if shared in self.devices else None)
         return True
 
     def _fill(self) -> None:

@@ -26,7 +26,7 @@ from segbatch.errors import InputError
 from segbatch.owner import Owner
 from segbatch.problems import index_ranges
 from segbatch.progress import note
-from segbatch.sources.raster import RasterPlan, georeference, geozarr_attrs, probe_raster, read_window
+from segbatch.sources.raster import RasterPlan, georeference, geozarr_attrs, probe_raster, read_bands, scale_to_unit
 from segbatch.stitch import StitchJob
 from segbatch.store import ArraySpec, StoreLayout, consolidate, update_attrs
 from segbatch.tilestore import PROB_NODATA, PROB_SCALE, tile_side
@@ -59,7 +59,8 @@ class RasterJob:
 
     def read(self, tile: TileUnit, report: UnitReport) -> Iterator[Item]:
         """The tile's window, reflect-padded to sides the pooling halves exactly; nothing when it is all nodata (skipped)."""
-        data, valid = read_window(self.plan, self.tiles[tile.id].window)
+        data, valid = read_bands(self.plan, self.tiles[tile.id].window)
+        data = data if self.plan.stretch is None else scale_to_unit(data, self.plan)  # uint8 crosses to the device as it is
         if not valid.any():
             report.skipped = True
             return
@@ -70,7 +71,18 @@ class RasterJob:
         yield Item(tile.id, data, info=valid)
 
     def to_model(self, x: Any) -> Any:
-        return x
+        """uint8 bands / 255 on the device (a quarter of the bytes cross to it); stretched bands come scaled."""
+        return x.float().div_(255) if not x.is_floating_point() else x
+
+    def from_model(self, outputs: dict[str, Any]) -> dict[str, Any]:
+        """On the device: probabilities quantised to the tile store's uint8 (a quarter of float32's bytes come back, and the
+        host does no float arithmetic on them), the uncertainty cast to the store's dtype."""
+        import torch
+
+        out = {**outputs, "probs": torch.round(outputs["probs"] * PROB_SCALE).to(torch.uint8)}
+        if "uncertainty" in outputs:
+            out["uncertainty"] = outputs["uncertainty"].to(getattr(torch, self.store_dtype))
+        return out
 
     def placer(self, tile: TileUnit, num_classes: int) -> TilePlacer:
         return TilePlacer(self)
@@ -90,9 +102,9 @@ class TilePlacer:
         valid = item.info
         h, w = valid.shape
         side_h, side_w = self.job.tile_side
-        probs = outputs["probs"][0, :h, :w].transpose(2, 0, 1)  # the model step hands probs channel-last
+        probs = outputs["probs"][0, :h, :w].transpose(2, 0, 1)  # quantised on the device (`from_model`), channel-last
         q = np.full((probs.shape[0], side_h, side_w), PROB_NODATA, np.uint8)
-        q[:, :h, :w] = np.where(valid, np.rint(probs * PROB_SCALE), PROB_NODATA).astype(np.uint8)
+        q[:, :h, :w] = np.where(valid, probs, PROB_NODATA)
         arrays = {"tiles/probs": q[None]}
         if "uncertainty" in outputs:
             unc = np.full((side_h, side_w), np.nan, self.job.store_dtype)
@@ -256,6 +268,7 @@ def stitch_store(root: Group, stitcher: Stitcher, keep_tiles: bool, quiet: bool,
             **stitcher.figures(),
             "actors": summary.actors,
             "device": summary.device,
+            **({"actors_per_gpu": summary.actors_per_gpu} if summary.actors_per_gpu else {}),
             "tiles_kept": keep_tiles,
             "stages": stage_totals(ledger),
         },

@@ -120,7 +120,10 @@ def _run(
 
     every = done_before + states
     planned = [s for s in states if s.source is not None]
-    actors, gpus = pool_size(cfg.actors, cfg.gpus_per_actor, cfg.cpus_per_actor, max(1, sum(s.planned().max_units for s in planned)))  # before a store exists
+    units = max(1, sum(s.planned().max_units for s in planned))
+    actors, gpus = pool_size(cfg.actors, cfg.gpus_per_actor, cfg.cpus_per_actor, units, cfg.actors_per_gpu)  # before a store exists
+    if not gpus and cfg.actors_per_gpu != 1:
+        note("note: the Ray cluster has no GPU: --actors-per-gpu has no effect (an actor per --cpus-per-actor CPUs)", cfg.quiet)
     noun = planned[0].planned().noun if planned else _noun(kind)
     if target.many:
         root = _job_root(cfg, ckpt, kind, config, spec, every, owner)
@@ -160,6 +163,7 @@ def _run(
                     "wall_seconds": round(summary.seconds, 3),
                     "actors": summary.actors,
                     "device": summary.device,
+                    **({"actors_per_gpu": summary.actors_per_gpu} if summary.actors_per_gpu else {}),
                 },
             )
     return summary
@@ -190,6 +194,7 @@ def _run_units(
 
     from segbatch.engine.pipeline import PipelineWorker
     from segbatch.engine.pool import ActorPool
+    from segbatch.engine.sharing import MAX_PER_GPU
 
     planned = sorted((s for s in states if s.source is not None and s.status != "failed"), key=lambda s: -len(s.pending))
     for state in planned:
@@ -216,6 +221,7 @@ def _run_units(
                     describe=_describe(target, by_group),
                     quiet=cfg.quiet,
                     unit_errors=(InputError,) if target.many else (),
+                    share=MAX_PER_GPU if cfg.actors_per_gpu is None and gpus > 0 else 0,
                 ) as pool,
                 _progress(cfg, target, planned, summary.noun) as progress,
             ):
@@ -232,7 +238,7 @@ def _run_units(
                         if follow(state, unit.unit, result):
                             summary.items += unit.size
                             progress.unit_done(unit, result)
-                summary.actors, summary.device = pool.most_ready, pool.device
+                summary.actors, summary.device, summary.actors_per_gpu = pool.most_ready, pool.device, pool.actors_per_device()
         finally:
             creator.close()
     summary.seconds = time.perf_counter() - started

@@ -394,8 +394,9 @@ def probe(address: str) -> None:
         raise InputError(f"cannot reach the Ray cluster at {address}: {exc.strerror or exc}") from None
 
 
-def pool_size(actors: int | None, gpus_per_actor: float | None, cpus_per_actor: float, units: int) -> tuple[int, float]:
-    """(actors, GPUs per actor): one per GPU (or per `cpus_per_actor` CPUs) unless `actors` says, never more than units.
+def pool_size(actors: int | None, gpus_per_actor: float | None, cpus_per_actor: float, units: int, actors_per_gpu: int | None = 1) -> tuple[int, float]:
+    """(actors, GPUs per actor): `actors_per_gpu` per GPU (or one per `cpus_per_actor` CPUs) unless `actors` says, never
+    more than units or the CPUs hold. Under `auto` (None) an actor per GPU holds it whole; the pool adds helpers.
 
     A pool the cluster could never place is refused here, before a store exists.
     """
@@ -403,12 +404,19 @@ def pool_size(actors: int | None, gpus_per_actor: float | None, cpus_per_actor: 
 
     from segbatch.errors import InputError
 
+    if gpus_per_actor is not None and actors_per_gpu != 1:
+        raise InputError("--gpus-per-actor and --actors-per-gpu both say how actors share a GPU; give one of them")
     resources: dict[str, float] = ray.cluster_resources()  # type: ignore[no-untyped-call]
-    gpus = gpus_per_actor if gpus_per_actor is not None else (1.0 if resources.get("GPU", 0) > 0 else 0.0)
+    if gpus_per_actor is not None:
+        gpus = gpus_per_actor
+    elif resources.get("GPU", 0) > 0:
+        gpus = 1.0 if actors_per_gpu is None else 1.0 / actors_per_gpu
+    else:
+        gpus = 0.0
     if actors is not None:
         n_actors = actors
     elif gpus > 0:
-        n_actors = max(1, int(resources.get("GPU", 0) / gpus))
+        n_actors = max(1, min(int(resources.get("GPU", 0) / gpus + 1e-9), int(resources.get("CPU", 1) // cpus_per_actor)))
     else:
         n_actors = max(1, int(resources.get("CPU", 1) // cpus_per_actor))
     n_actors = max(1, min(n_actors, units))

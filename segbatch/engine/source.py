@@ -106,6 +106,10 @@ class SourceJob(Protocol[U_in]):
         """A stacked batch on the model's device -> (B, C, H, W) float in [0, 1]."""
         ...
 
+    def from_model(self, outputs: dict[str, Any]) -> dict[str, Any]:
+        """The model step's arrays, still on the device -> what is copied back for the placer (the least bytes it needs)."""
+        ...
+
     def placer(self, unit: U_in, num_classes: int) -> Placer:
         """Where a unit's outputs go."""
         ...

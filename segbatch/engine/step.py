@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from segbatch.engine.job import RunConfig
+from segbatch.engine.sharing import memory_share
 
 
 @dataclass(frozen=True)
@@ -25,6 +26,7 @@ class ModelStep:
     resize: tuple[int, int] | None  # the model runs at this size; outputs come back to the item's
     outputs: tuple[str, ...]  # what the model step hands to the placer besides labels (see segbatch.mc.predict)
     batch_size: int  # items per model call (1 where items differ in size)
+    memory_share: float = 1.0  # of a GPU's sub-batch budget: actors sharing a GPU split it (`segbatch.engine.sharing`)
 
     @staticmethod
     def of(cfg: RunConfig, checkpoint: str, outputs: tuple[str, ...], float_dtype: str, batch_size: int, resize: tuple[int, int] | None = None) -> ModelStep:
@@ -39,4 +41,5 @@ class ModelStep:
             resize=resize,
             outputs=outputs,
             batch_size=batch_size,
+            memory_share=memory_share(cfg.actors_per_gpu),
         )

@@ -35,7 +35,7 @@ if TYPE_CHECKING:
 
 CHUNK_PIXELS = 2_000_000  # about 2 MB of labels (4 MB of float16) per chunk
 MAX_CHUNK_FRAMES = 8
-MAX_UNIT_CHUNKS = 16
+MAX_UNIT_FRAMES = 256  # a unit is at most this many frames (whole chunks): a GOP of x264's default 250 fits one
 MAX_MESSAGES = 5
 
 
@@ -57,11 +57,13 @@ def unit_frames_for(chunk_frames: int, gop: int, frames: int, actors: int) -> in
     """Frames per unit: whole chunks; a GOP long where possible, yet enough units to keep every actor busy.
 
     A unit seeks once and decodes forward from a keyframe, so one shorter than
-    the GOP decodes some frames twice; but decoding is cheap next to the model,
-    and too few units leave actors idle (a single long-GOP clip would be one
-    unit). So: at least UNITS_PER_ACTOR units per actor, else up to a GOP.
+    the GOP decodes the reference frames before it again (the others are
+    skipped: `segbatch.sources.video`); next to a GPU that is not cheap, at
+    1080p (a chunk is a frame) least of all. But too few units leave actors
+    idle (a single long-GOP clip would be one unit). So: at least
+    UNITS_PER_ACTOR units per actor, else up to a GOP, at most MAX_UNIT_FRAMES.
     """
-    by_gop = max(1, min(MAX_UNIT_CHUNKS, -(-gop // chunk_frames)))
+    by_gop = max(1, min(MAX_UNIT_FRAMES // chunk_frames, -(-gop // chunk_frames)))
     by_load = max(1, frames // (chunk_frames * UNITS_PER_ACTOR * max(1, actors)))
     return chunk_frames * min(by_gop, by_load)
 
@@ -108,6 +110,9 @@ class VideoJob:
     def to_model(self, x: Any) -> Any:
         """uint8 (B, H, W, 3) -> float (B, 3, H, W) in [0, 1], on the device (a quarter of the bytes cross to it)."""
         return x.permute(0, 3, 1, 2).float().div_(255)
+
+    def from_model(self, outputs: dict[str, Any]) -> dict[str, Any]:
+        return outputs  # already the store's arrays in its dtypes
 
     def placer(self, unit: FrameUnit, num_classes: int) -> FramePlacer:
         return FramePlacer(self, unit, num_classes)

@@ -10,7 +10,11 @@ band: masked pixels become label 255 and NaN uncertainty.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import os
+import threading
+from collections import OrderedDict
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
@@ -102,14 +106,62 @@ def _percentile_stretch(ds: Any, bands: Sequence[int]) -> tuple[tuple[float, flo
 
 def read_window(plan: RasterPlan, window: Window) -> tuple[np.ndarray, np.ndarray]:
     """(C, H, W) float32 in [0, 1] and an (H, W) bool mask of valid pixels for one window."""
+    data, valid = read_bands(plan, window)
+    return scale_to_unit(data, plan), valid
+
+
+def read_bands(plan: RasterPlan, window: Window) -> tuple[np.ndarray, np.ndarray]:
+    """(C, H, W) of the plan's bands as stored (uint8 stays uint8: scaled on the device) and the (H, W) valid-pixel mask."""
     from rasterio.windows import Window as RioWindow
 
-    with _open(plan.path) as ds:
-        win = RioWindow(window.col, window.row, window.width, window.height)
+    win = RioWindow(window.col, window.row, window.width, window.height)
+    with _dataset(plan.path) as ds:
         data = ds.read(list(plan.bands), window=win)
         # GDAL's dataset-mask rule: a pixel is data if any of its bands is (a 0 in one band of a dark pixel is not nodata)
         valid = np.any(ds.read_masks(list(plan.bands), window=win) > 0, axis=0)
-    return scale_to_unit(data, plan), valid
+    return data, valid
+
+
+OPEN_RASTERS = 4  # rasters a process keeps open between reads (a job's tiles of one raster tend to come together)
+_idle: OrderedDict[tuple[Any, ...], list[Any]] = OrderedDict()  # a file's version -> its datasets open and not in use, latest last
+_idle_lock = threading.Lock()
+
+
+@contextmanager
+def _dataset(path: str) -> Iterator[Any]:
+    """The raster open for reading, for this thread alone while the block runs, kept open after it for the next read.
+
+    Opening per window costs more than reading a window: the headers again,
+    and GDAL's block cache goes with the dataset, so overlapping tiles would
+    decode their shared blocks twice. rasterio datasets are not thread-safe,
+    and each unit's reads run on a thread of their own: a dataset is taken
+    from the idle ones (or opened) and handed back, never shared. A local
+    file is known by its inode, size and mtime too: one replaced in place is
+    opened again, never read through an old handle.
+    """
+    key: tuple[Any, ...] = (path,)
+    if not location.is_url(path):
+        try:
+            st = os.stat(path)
+            key = (path, st.st_ino, st.st_size, st.st_mtime_ns)
+        except OSError:
+            pass  # _open says what is wrong
+    with _idle_lock:
+        ready = _idle.get(key)
+        ds = ready.pop() if ready else None
+    if ds is None:
+        ds = _open(path)
+    try:
+        yield ds
+    except BaseException:
+        ds.close()  # in an unknown state: not reused
+        raise
+    with _idle_lock:
+        _idle.setdefault(key, []).append(ds)
+        _idle.move_to_end(key)
+        while len(_idle) > OPEN_RASTERS:
+            for old in _idle.popitem(last=False)[1]:
+                old.close()
 
 
 def scale_to_unit(data: np.ndarray, plan: RasterPlan) -> np.ndarray:

@@ -386,7 +386,7 @@ class FrameOrder:
 def _in_order(plan: VideoPlan, key: int, start: int, stop: int, report: DecodeReport, hwaccel: str | None) -> Generator[tuple[int, Any], None, None]:
     """Decode from keyframe `key`: (index, (upright RGB, damaged)) for frames [start, stop) in order, (index, None) for lost ones."""
     order = FrameOrder(start, stop, plan.reorder)
-    with closing(_decode_from(plan, key, report, hwaccel)) as decoded:  # closed (the file, FFmpeg's log capture) on return
+    with closing(_decode_from(plan, key, report, hwaccel, start)) as decoded:  # closed (the file, FFmpeg's log capture) on return
         frames = _by_output_order(plan, _group(plan, start).start, decoded) if plan.output_order else decoded
         for idx, frame, damaged in frames:
             yield from order.put(idx, (_rgb(frame, plan), damaged) if order.wants(idx) else None)
@@ -437,7 +437,7 @@ def _by_output_order(plan: VideoPlan, first: int, decoded: Iterator[tuple[int, A
         yield group[count], frame, damaged
 
 
-def _decode_from(plan: VideoPlan, key: int, report: DecodeReport, hwaccel: str | None = None) -> Generator[tuple[int, Any, bool], None, None]:
+def _decode_from(plan: VideoPlan, key: int, report: DecodeReport, hwaccel: str | None = None, start: int = 0) -> Generator[tuple[int, Any, bool], None, None]:
     """Decode forward from keyframe `key`: (index, frame, damaged) for every frame whose pts is in the plan, as the decoder emits them.
 
     The index is the frame's place among the plan's pts: where the plan
@@ -448,6 +448,12 @@ def _decode_from(plan: VideoPlan, key: int, report: DecodeReport, hwaccel: str |
     threads too) marks the frames that follow as damaged until the next
     keyframe after the furthest frame decoded or shown so far. Where the
     packets end in an error the decoder is still flushed (its held frames out).
+
+    Frames before `start` are decoded only to be referenced: their packets
+    are sent with FFmpeg's skip_frame at NONREF, so the decoder drops the
+    ones no other frame needs (most B-frames) unseen. A unit that starts mid-GOP
+    then pays for the reference frames before it alone. Where the pts lie
+    (`plan.output_order`) a packet's place is not its frame's: nothing is skipped.
     """
     import av
 
@@ -455,6 +461,7 @@ def _decode_from(plan: VideoPlan, key: int, report: DecodeReport, hwaccel: str |
     furthest = key - 1  # the highest frame index whose packet went in or that came out
     with _open(plan.path, hwaccel) as container:
         stream = container.streams.video[0]
+        context = stream.codec_context
         if key > 0:
             try:
                 with _ffmpeg_log(report):
@@ -471,8 +478,11 @@ def _decode_from(plan: VideoPlan, key: int, report: DecodeReport, hwaccel: str |
                     break
                 sent = _index_of(plan, packet.pts) if packet is not None else None
                 furthest = max(furthest, sent if sent is not None else -1)
+                skip = "NONREF" if sent is not None and sent < start and not plan.output_order else "DEFAULT"
+                if context.skip_frame != skip:
+                    context.skip_frame = skip
                 try:
-                    frames = packet.decode() if packet is not None else stream.codec_context.decode(None)
+                    frames = packet.decode() if packet is not None else context.decode(None)
                 except av.FFmpegError as exc:
                     report.messages.append(_reason(exc))
                     damaged_until = max(damaged_until, _next_keyframe(plan, furthest + 1))

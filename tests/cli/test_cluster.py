@@ -173,3 +173,39 @@ def test_two_nodes_write_one_store_to_the_bucket_with_the_drivers_credentials(ba
     secret = os.environ["AWS_SECRET_ACCESS_KEY"].encode()  # never in Ray's logs (a runtime environment's agent logs its variables)
     logged = [p for p in Path(c.head_node.get_session_dir_path()).rglob("*") if p.is_file() and secret in p.read_bytes()]
     assert not logged, logged
+
+
+@pytest.fixture
+def gpu_node():
+    """A head that runs no actors and one worker node with one (fake) GPU and three CPUs."""
+    from ray.cluster_utils import Cluster
+
+    c = Cluster(initialize_head=True, head_node_args={"num_cpus": 0})
+    node = c.add_node(num_cpus=3, num_gpus=1)
+    c.wait_for_nodes()
+    yield c, node
+    c.shutdown()
+
+
+@pytest.mark.slow
+def test_auto_adds_actors_to_an_idle_gpu_until_its_node_has_no_cpu_left(gpu_node, tmp_path, runner, cli):
+    """--actors-per-gpu auto: a stand-in device that takes no time idles fed by one actor; the pool adds two helpers on its
+    node (its three CPUs), which use the owner's GPU; the store and `info` say three actors shared it."""
+    from segbatch.demo.video import write_demo_video
+
+    c, node = gpu_node
+    video = write_demo_video(tmp_path / "drive.mp4", 160, 96, 128)
+    folder = tmp_path / "actors"
+    folder.mkdir()
+    store = tmp_path / "shared.zarr"
+    cmd = [sys.executable, "-m", "tests.helpers.shared_gpu", c.address, video, store, folder, "3"]
+    proc = subprocess.run([*map(str, cmd)], capture_output=True, text=True, timeout=400, cwd=Path(__file__).parents[2])
+    assert proc.returncode == 0, proc.stderr
+    summary = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert summary["actors_per_gpu"] == [3] and summary["actors"] == 3, summary
+    started = [json.loads(p.read_text()) for p in folder.glob("actor-*")]
+    assert sorted(a["helper"] for a in started) == [False, True, True]
+    assert len({a["gpus"] for a in started}) == 1 and started[0]["gpus"]  # the helpers use the GPU Ray gave the owner
+    assert {a["node"] for a in started} == {node.node_id}
+    r = runner.invoke(cli, ["info", str(store)])
+    assert r.exit_code == 0 and "on 3 actor(s) [cpu], 1 GPU, 3 actors each" in r.output, r.output

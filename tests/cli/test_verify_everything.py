@@ -128,9 +128,75 @@ def test_a_chunk_digest_dropped_from_its_units_entry_is_damage(runner, cli, made
     assert r.exit_code == 1 and f"unit {unit}: chunk {key} has no digest" in r.output and "all match" not in r.output, r.output
 
 
+def as_written_by_0_3(store: Path) -> None:
+    """Make `store` what segbatch 0.3.0 wrote: Zstd (Zarr's default) for every output array, BLAKE2b-128 digests."""
+    from zarr.codecs import ZstdCodec
+
+    from segbatch.store import chunk_region, coordinate_digest, digest
+
+    root = zarr.open_group(str(store), mode="r+", use_consolidated=False)
+    for name in ("labels", "entropy", "confidence", "uncertainty"):
+        old = root[name]
+        values, attrs = old[...], dict(old.attrs)
+        new = root.create_array(
+            name,
+            shape=old.shape,
+            chunks=old.chunks,
+            dtype=old.dtype,
+            fill_value=old.fill_value,
+            dimension_names=old.metadata.dimension_names,
+            attributes=attrs,
+            compressors=ZstdCodec(level=0),
+            overwrite=True,
+        )
+        new[...] = values
+    ledger = root[LEDGER]
+    for unit, text in enumerate(ledger[...]):
+        entry = json.loads(str(text))
+        for key in entry["chunks"]:
+            name, index = key.rsplit("/", 1)
+            arr = root[name]
+            entry["chunks"][key] = digest(arr[chunk_region(arr, [int(i) for i in index.split(".")])], arr.fill_value, "blake2b-128")
+        ledger[unit] = json.dumps(entry)
+    group = root["_segbatch"]
+    group.attrs["coordinates"] = {name: coordinate_digest(root[name], "blake2b-128") for name in group.attrs["coordinates"]}
+    root.attrs["segbatch"] = {**root.attrs["segbatch"], "version": "0.3.0"}
+    zarr.consolidate_metadata(str(store))
+
+
+def test_a_store_written_before_blake3_and_the_new_codecs_verifies_and_resumes(runner, cli, made, tmp_path):
+    """A 0.3.0 store (Zstd arrays, BLAKE2b-128 digests) verifies; resumed, its arrays keep their codec, the new unit's digests
+    are BLAKE3's, and every digest is checked with the algorithm it names."""
+    store = copy(made, "video", tmp_path)
+    before = arrays(store)
+    as_written_by_0_3(store)
+    entry = lambda unit: json.loads(str(zarr.open_group(str(store), mode="r")[LEDGER][unit]))  # noqa: E731
+    assert all(d.startswith("blake2b-128:") for d in entry(1)["chunks"].values())
+    code, report = verify_json(runner, cli, store)
+    assert code == 0 and report["ok"] and report["chunks_checked"] > 0 and report["coordinates_checked"] == 1, report
+
+    # the driver died before unit 1 was recorded: --resume runs it with today's code
+    set_attrs(store, status="running", summary=None)
+    zarr.open_group(str(store), mode="r+")[LEDGER][1] = ""
+    r = run(runner, cli, "--out", store, *made["video"][1], "--resume")
+    assert r.exit_code == 0, r.output
+    assert all(d.startswith("blake3-128:") for d in entry(1)["chunks"].values())
+    assert all(d.startswith("blake2b-128:") for d in entry(0)["chunks"].values())
+    root = zarr.open_group(str(store), mode="r")
+    assert [type(c).__name__ for c in root["entropy"].compressors] == ["ZstdCodec"]  # the store's codecs are its own
+    assert_same(arrays(store), before)
+    code, report = verify_json(runner, cli, store)
+    assert code == 0 and report["ok"], report
+
+    zarr.open_group(str(store), mode="r+")["labels"][0, 0, 0] = 7  # a BLAKE2b digest still catches an altered chunk
+    r = invoke(runner, cli, "verify", store)
+    assert r.exit_code == 1 and "unit 0: chunk labels/0.0.0 altered" in r.output, r.output
+
+
 def test_a_store_made_before_digests_were_recorded_still_verifies(runner, cli, made, tmp_path):
     """Version 0.2.0: bare BLAKE2b hex digests, some entries without any, no coordinate digests: what it has is checked."""
     store = copy(made, "video", tmp_path)
+    as_written_by_0_3(store)
     set_attrs(store, version="0.2.0")
     group = zarr.open_group(str(store), mode="r+", use_consolidated=False)["_segbatch"]
     group.attrs.pop("coordinates")

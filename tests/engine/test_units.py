@@ -37,7 +37,7 @@ from segbatch.engine.source import UNITS_PER_ACTOR, Item, UnitReport
 from segbatch.engine.video import (
     CHUNK_PIXELS,
     MAX_CHUNK_FRAMES,
-    MAX_UNIT_CHUNKS,
+    MAX_UNIT_FRAMES,
     FramePlacer,
     FrameUnit,
     VideoSource,
@@ -117,14 +117,15 @@ def test_frame_units_cover_the_range_once_in_whole_chunks_from_its_first_frame(f
 def test_a_unit_of_frames_spans_a_gop_when_the_video_is_long_enough():
     """Seeking to a keyframe and decoding forward costs a GOP: a unit covers one where that leaves each actor enough units."""
     assert unit_frames_for(8, 12, 10_000, 1) == 16  # a 12-frame GOP in chunks of 8: two chunks
-    assert unit_frames_for(8, 250, 10_000, 1) == 8 * MAX_UNIT_CHUNKS  # a long GOP: at most MAX_UNIT_CHUNKS chunks
+    assert unit_frames_for(8, 250, 10_000, 1) == 256  # x264's default GOP: 32 chunks, decoded once
+    assert unit_frames_for(8, 600, 100_000, 1) == MAX_UNIT_FRAMES  # a longer GOP: at most MAX_UNIT_FRAMES
     assert unit_frames_for(8, 4, 10_000, 1) == 8  # a GOP shorter than a chunk: one chunk (never less)
     assert unit_frames_for(1, 12, 10_000, 4) == 12  # 4K (chunks of one frame): a 12-frame GOP
-    assert unit_frames_for(1, 30, 10_000, 4) == MAX_UNIT_CHUNKS  # and of a 30-frame one, MAX_UNIT_CHUNKS frames
+    assert unit_frames_for(1, 250, 100_000, 4) == 250  # 1080p and up: a whole 250-frame GOP, not 16 frames of it
 
 
 def test_a_short_video_is_cut_into_enough_units_for_every_actor_even_if_each_decodes_part_of_a_gop_twice():
-    """A single long-GOP clip would be one unit: too few units leave actors idle, and decoding is cheap next to the model."""
+    """A single long-GOP clip would be one unit: too few units leave actors idle (the reference frames before each are decoded twice)."""
     assert unit_frames_for(8, 250, 160, 2) == 8  # 20 units for 2 actors, though each seeks inside a 250-frame GOP
     assert unit_frames_for(8, 16, 160, 1) == 16  # tests/engine/test_sources.py's clip: 10 units for 1 actor
     assert unit_frames_for(8, 16, 160, 2) == 8  # and 20 for 2
@@ -137,12 +138,12 @@ def test_a_short_video_is_cut_into_enough_units_for_every_actor_even_if_each_dec
 @pytest.mark.parametrize("frames", [5, 200, 20_000])
 def test_unit_frames_are_whole_chunks_at_most_a_gop_and_enough_units_when_the_frames_allow(actors, chunk, gop, frames):
     n = unit_frames_for(chunk, gop, frames, actors)
-    assert n % chunk == 0 and chunk <= n <= chunk * MAX_UNIT_CHUNKS
+    assert n % chunk == 0 and chunk <= n <= max(chunk, MAX_UNIT_FRAMES // chunk * chunk)
     assert n <= max(chunk, -(-gop // chunk) * chunk)  # never longer than a GOP rounded up to whole chunks
     if frames >= chunk * UNITS_PER_ACTOR * actors:
         assert len(plan_frame_units(0, frames, n)) >= UNITS_PER_ACTOR * actors
-    if frames >= UNITS_PER_ACTOR * actors * chunk * MAX_UNIT_CHUNKS:  # load allows any length: a whole GOP
-        assert n >= min(gop, chunk * MAX_UNIT_CHUNKS)
+    if frames >= UNITS_PER_ACTOR * actors * MAX_UNIT_FRAMES:  # load allows any length: a whole GOP
+        assert n >= min(gop, MAX_UNIT_FRAMES // chunk * chunk)
 
 
 @pytest.mark.parametrize(("images", "actors"), [(1, 1), (7, 1), (16, 1), (48, 2), (1000, 1), (1000, 64)])
@@ -228,12 +229,15 @@ def raster_job(tmp_path_factory, ckpt) -> Any:
 
 
 def test_a_tile_placer_quantises_probabilities_and_marks_pixels_outside_the_data(raster_job):
+    """Probabilities are quantised where the model ran (`from_model`, on the device); the placer masks and pads them."""
     valid = np.ones((48, 40), bool)  # a window 48 high, 40 wide
     valid[:10, :5] = False
-    probs = np.broadcast_to(np.array([0.1, 0.25, 0.65], np.float32), (1, 48, 48, 3)).copy()  # channel-last, padded to 48 wide
-    uncertainty = np.full((1, 48, 48), 0.125, np.float32)
+    probs = torch.tensor([0.1, 0.25, 0.65]).expand(1, 48, 48, 3).contiguous()  # channel-last, padded to 48 wide
+    uncertainty = torch.full((1, 48, 48), 0.125)
+    back = raster_job.from_model({"probs": probs, "uncertainty": uncertainty})
+    assert back["probs"].dtype == torch.uint8 and back["uncertainty"].dtype == torch.float16  # what crosses back to the host
     placer = raster_job.placer(TileUnit(5), 3)
-    (write,) = placer.put([Item(5, np.zeros(1), info=valid)], {"probs": probs, "uncertainty": uncertainty})
+    (write,) = placer.put([Item(5, np.zeros(1), info=valid)], {name: value.numpy() for name, value in back.items()})
     assert write.region == (slice(5, 6),) and not write.digests  # tiles/ is scratch: verify checks the stitched chunks
     q, u = write.arrays["tiles/probs"], write.arrays["tiles/uncertainty"]
     assert q.shape == (1, 3, 64, 64) and q.dtype == np.uint8
@@ -248,8 +252,9 @@ def test_a_tile_placer_quantises_probabilities_and_marks_pixels_outside_the_data
 
 def test_a_tile_placer_without_sampling_writes_no_uncertainty(raster_job):
     valid = np.ones((48, 48), bool)
-    probs = np.full((1, 48, 48, 3), 1 / 3, np.float32)
-    (write,) = raster_job.placer(TileUnit(0), 3).put([Item(0, np.zeros(1), info=valid)], {"probs": probs})
+    back = raster_job.from_model({"probs": torch.full((1, 48, 48, 3), 1 / 3)})
+    assert set(back) == {"probs"}
+    (write,) = raster_job.placer(TileUnit(0), 3).put([Item(0, np.zeros(1), info=valid)], {"probs": back["probs"].numpy()})
     assert set(write.arrays) == {"tiles/probs"}
     assert (write.arrays["tiles/probs"][0, :, :48, :48] == 85).all()  # 254 / 3 = 84.67
 

@@ -193,11 +193,15 @@ class _Decoder:
 
 
 class _Packet:
-    def __init__(self, decoder, pts, key):
+    def __init__(self, decoder, pts, key, codec=None, referenced=True):
         self.decoder, self.pts, self.dts, self.is_keyframe = decoder, pts, pts, key
         self.size, self.is_discard = (0 if pts is None else 100), False
+        self.codec, self.referenced = codec, referenced
 
     def decode(self):
+        if self.codec is not None and self.codec.skip_frame == "NONREF" and not self.referenced:
+            self.codec.skipped.append(self.pts // 10)
+            return []  # as FFmpeg drops a frame no other frame references
         return self.decoder.send(self.pts)
 
 
@@ -207,7 +211,8 @@ class _Container:
     def __init__(self, order, keys, delay, lose=()):
         self.order, self.keys, self.pos = list(order), set(keys), 0
         self.decoder = _Decoder(delay, lose)
-        codec = SimpleNamespace(name="fake", height=48, width=64)
+        codec = SimpleNamespace(name="fake", height=48, width=64, skip_frame="DEFAULT", skipped=[])
+        self.bframes = {f for i, f in enumerate(self.order) if any(g > f for g in self.order[:i])}  # shown before a frame decoded earlier
         self.stream = SimpleNamespace(codec_context=codec, time_base=Fraction(1, 250), frames=len(order), type="video")
         self.streams = SimpleNamespace(video=[self.stream])
         self.format = SimpleNamespace(name="fake")
@@ -217,8 +222,8 @@ class _Container:
 
     def demux(self, stream=None):
         for f in self.order[self.pos :]:
-            yield _Packet(self.decoder, f * 10, f in self.keys)
-        yield _Packet(self.decoder, None, False)
+            yield _Packet(self.decoder, f * 10, f in self.keys, self.stream.codec_context, f not in self.bframes)
+        yield _Packet(self.decoder, None, False, self.stream.codec_context)
 
     def decode(self, stream=None):
         for packet in self.demux(stream):
@@ -237,15 +242,30 @@ def _decode_order(frames, gop, bframes):
     return order
 
 
-def _fake_video(monkeypatch, order, keys, delay, lose=()):
+def _fake_video(monkeypatch, order, keys, delay, lose=(), opened=None):
     from segbatch.sources import video
 
     @contextmanager
     def fake_open(path, hwaccel=None):
-        yield _Container(order, keys, delay, lose)
+        container = _Container(order, keys, delay, lose)
+        if opened is not None:
+            opened.append(container)
+        yield container
 
     monkeypatch.setattr(video, "_open", fake_open)
     return probe_video("fake.mp4")
+
+
+def test_frames_before_a_units_start_that_nothing_references_are_never_decoded(monkeypatch):
+    """A unit starting mid-GOP decodes the anchors before it (references) and skips the B-frames there; its own all come out."""
+    order = _decode_order(36, 12, 2)
+    opened: list[_Container] = []
+    plan = _fake_video(monkeypatch, order, range(0, 36, 12), 1, opened=opened)
+    opened.clear()
+    got = [(i, frame_index(rgb)) for i, rgb in read_frames(plan, 19, 24)]
+    assert got == [(i, i) for i in range(19, 24)]
+    skipped = opened[-1].stream.codec_context.skipped
+    assert skipped == [13, 14, 16, 17]  # the B-frames of 12:19 (anchors 12, 15, 18 are decoded: 19's reference chain)
 
 
 @pytest.mark.parametrize("delay", [0, 1])
