@@ -24,7 +24,8 @@ Check = Callable[[Any, str], "str | None"]  # (value, its path) -> what is wrong
 
 STATUSES = ("creating", "running", "stitching", "complete", "failed", "damaged")
 DIGEST_ALGORITHM = "blake3-128"  # what new digests are made with; each names its algorithm (a bare hex digest is BLAKE2b-128, before 0.3.0)
-DIGEST_ALGORITHMS = ("blake3-128", "blake2b-128")  # what a store may record: older stores have BLAKE2b-128 (a resumed one, both)
+BARE_DIGEST_ALGORITHM = "blake2b-128"  # what a bare hex digest (before 0.3.0) was made with, and every digest before BLAKE3
+DIGEST_ALGORITHMS = (DIGEST_ALGORITHM, BARE_DIGEST_ALGORITHM)  # what a store may record (a store resumed since BLAKE3: both)
 FILL_DIGEST = "fill"  # a chunk equal to its fill value: zarr stores nothing for it
 _DIGEST = re.compile(rf"(?:(?:{'|'.join(map(re.escape, DIGEST_ALGORITHMS))}):)?[0-9a-f]{{32}}")
 _CHUNK_KEY = re.compile(r"([A-Za-z_][A-Za-z0-9_]*)/(\d+(?:\.\d+)*)")

@@ -279,7 +279,7 @@ def _hash(parts: Sequence[Any], algorithm: str) -> str:
         for part in parts:
             b3.update(part)
         return b3.hexdigest(length=16)
-    if algorithm == "blake2b-128":
+    if algorithm == schema.BARE_DIGEST_ALGORITHM:
         b2 = hashlib.blake2b(digest_size=16)
         for part in parts:
             b2.update(part)
@@ -660,12 +660,12 @@ def digest(block: np.ndarray, fill_value: Any, algorithm: str = schema.DIGEST_AL
 
 def digest_algorithm(recorded: str) -> str:
     """The algorithm a recorded digest was made with: the one it names (stores before 0.3.0 recorded bare BLAKE2b-128 hex)."""
-    return recorded.split(":", 1)[0] if ":" in recorded else "blake2b-128"
+    return recorded.split(":", 1)[0] if ":" in recorded else schema.BARE_DIGEST_ALGORITHM
 
 
 def same_digest(found: str, recorded: str) -> bool:
     """Whether a digest just computed (with `digest_algorithm(recorded)`) is the one recorded, bare or named."""
-    return found == recorded or (":" not in recorded and found == f"blake2b-128:{recorded}")
+    return found == recorded or (":" not in recorded and found == f"{schema.BARE_DIGEST_ALGORITHM}:{recorded}")
 
 
 def digests_required(attrs: Mapping[str, Any]) -> bool:

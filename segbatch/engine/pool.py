@@ -220,7 +220,8 @@ class ActorPool:
         node, gpus = ray.get(self.actors[slot].placement.remote())
         key = self.helper_of.get(slot) or f"{node}/{gpus}"
         if key not in self.devices:
-            self.devices[key] = Device(node=node, gpus=gpus, owner=slot)
+            cpus = next((float(n["Resources"].get("CPU", 0.0)) for n in ray.nodes() if n["NodeID"] == node), 0.0) if self.share else 0.0  # type: ignore[no-untyped-call]
+            self.devices[key] = Device(node=node, gpus=gpus, owner=slot, node_cpus=cpus)
         self.devices[key].joined(slot)
         self.device_of[slot] = key
 
@@ -235,18 +236,21 @@ class ActorPool:
         now = time.monotonic()
         for shared, device in list(self.devices.items()):
             wanted = 0 if device.starting else helpers_wanted(device.busy(now), len(device.actors), self.share)
-            for _ in range(min(wanted, self._cpu_room(device.node))):
+            for _ in range(min(wanted, self._cpu_room(device))):
                 device.starting += 1
                 self._start(shared)
 
-    def _cpu_room(self, node: str) -> int:
-        """Actors of `cpus` that still fit on `node`: its CPUs less this pool's actors there, and no more than the cluster has free."""
+    def _cpu_room(self, device: Device) -> int:
+        """Helpers that still fit on `device`'s node: its CPUs less this pool's actors there (no call to the cluster once they
+        fill it), and no more than the cluster has free (other jobs)."""
         import ray
 
-        total = next((float(n["Resources"].get("CPU", 0.0)) for n in ray.nodes() if n["NodeID"] == node and n["Alive"]), 0.0)  # type: ignore[no-untyped-call]
-        ours = sum(len(d.actors) + d.starting for d in self.devices.values() if d.node == node) * self.cpus
+        ours = sum(len(d.actors) + d.starting for d in self.devices.values() if d.node == device.node) * self.cpus
+        room = int((device.node_cpus - ours) / self.cpus + 1e-9)
+        if room <= 0:
+            return 0
         free: dict[str, float] = ray.available_resources()  # type: ignore[no-untyped-call]
-        return max(0, int(min(total - ours, free.get("CPU", 0.0)) / self.cpus + 1e-9))
+        return max(0, min(room, int(free.get("CPU", 0.0) / self.cpus + 1e-9)))
 
     def actors_per_device(self) -> list[int]:
         """The most actors that fed each GPU at once (empty on CPUs)."""

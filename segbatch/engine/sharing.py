@@ -38,6 +38,7 @@ class Device:
     node: str
     gpus: str  # the owner's CUDA_VISIBLE_DEVICES as Ray set it: helpers use the same
     owner: int  # the pool slot of the actor Ray gave the GPU to
+    node_cpus: float = 0.0  # the CPUs of its node: helpers go there or nowhere
     actors: set[int] = field(default_factory=set)  # ready slots using the device, the owner included
     most: int = 0  # the most actors that used it at once
     since: float = field(default_factory=time.monotonic)  # the last change (an actor joined): busy time is counted from here

@@ -5,7 +5,7 @@ import pytest
 from rasterio.transform import Affine
 
 from segbatch.errors import InputError
-from segbatch.sources.raster import georeference, probe_raster, read_window
+from segbatch.sources.raster import georeference, probe_raster, read_bands, read_window
 from segbatch.tiling import Window
 from tests.helpers.rasters import write_geotiff
 
@@ -70,3 +70,16 @@ def test_real_satellite_scene():
     assert (plan.height, plan.width, plan.nodata) == (718, 791, 0)
     data, valid = read_window(plan, Window(0, 0, 256, 256))
     assert data.shape == (3, 256, 256) and valid.dtype == bool
+
+
+def test_a_raster_replaced_in_place_is_read_anew_not_through_the_open_dataset_kept_for_it(tmp_path):
+    """Datasets stay open between windows (one open per window costs more than the window); a file rewritten since is reopened."""
+    path = write_geotiff(tmp_path / "scene.tif", seed=0)
+    plan = probe_raster(path, None, 3)
+    window = Window(40, 40, 32, 32)
+    first, _ = read_bands(plan, window)
+    assert np.array_equal(read_bands(plan, window)[0], first)  # read again through the kept dataset
+    write_geotiff(tmp_path / "other.tif", seed=1).replace(path)  # another file at the same path
+    second, _ = read_bands(plan, window)
+    assert not np.array_equal(second, first)
+    assert np.array_equal(np.rint(read_window(plan, window)[0] * 255), second)  # read_window: the same bands, scaled
