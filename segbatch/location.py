@@ -230,6 +230,18 @@ def filesystem(url: str) -> tuple[Any, str]:
         raise InputError(f"{url}: not a URL fsspec knows ({exc})") from None
 
 
+def version(path: str) -> tuple[Any, ...]:
+    """A file as it is now, for keeping it open between reads: its path, and, on disk, its inode, size and mtime (so one
+    replaced in place is opened again, never read through an old handle)."""
+    if not is_url(path):
+        try:
+            st = os.stat(path)
+            return (path, st.st_ino, st.st_size, st.st_mtime_ns)
+        except OSError:
+            pass  # opening it says what is wrong
+    return (path,)
+
+
 def exists(location: Location) -> bool:
     if not is_url(location):
         return Path(location).exists()

@@ -10,7 +10,7 @@ its own (a batch of one).
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Generator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -82,7 +82,7 @@ class ImageJob:
     def check_node(self) -> None:
         require_readable(self.root)
 
-    def read(self, unit: ImageUnit, report: UnitReport) -> Iterator[Item]:
+    def read(self, unit: ImageUnit, report: UnitReport) -> Generator[Item, None, None]:
         """Each image alone (images differ in size); one that cannot be used is recorded and keeps its fill values."""
         for i in range(unit.start, unit.stop):
             path = Path(self.root) / self.paths[i]

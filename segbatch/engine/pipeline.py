@@ -25,6 +25,7 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable
+from contextlib import closing
 from typing import Any
 
 import numpy as np
@@ -149,15 +150,16 @@ class PipelineWorker:
 
     def _read(self, source: SourceJob[Any], unit: RunUnit, report: UnitReport, out: _Stage, times: dict[str, float]) -> None:
         """Read-ahead thread: the unit's items in batches of the model step's size, stacked on the host (pinned on CUDA), into the queue."""
-        batches = batched(source.read(unit.unit, report), self.step.batch_size)
-        while True:
-            t = time.perf_counter()
-            items = next(batches, None)
-            host = None if items is None else self._stack(items)
-            times["read"] += time.perf_counter() - t
-            out.emit(None if items is None else (items, host))
-            if items is None:
-                return
+        with closing(source.read(unit.unit, report)) as read:  # closed however this ends: a video's decoder goes to the next unit
+            batches = batched(read, self.step.batch_size)
+            while True:
+                t = time.perf_counter()
+                items = next(batches, None)
+                host = None if items is None else self._stack(items)
+                times["read"] += time.perf_counter() - t
+                out.emit(None if items is None else (items, host))
+                if items is None:
+                    return
 
     def _stack(self, items: list[Item]) -> Any:
         import torch

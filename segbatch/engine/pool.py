@@ -4,7 +4,8 @@ Symmetric, like Ray's own `ActorPool`: `submit` units, `get_next` finished
 ones while `has_next`, `close` at the end. Inside, the pool starts its actors
 (placement and model loading happen in the background), keeps at most
 IN_FLIGHT_PER_ACTOR units on each ready actor (one near the end, so no unit
-waits behind a busy actor), replaces an actor that dies (its node lost, its
+waits behind a busy actor; each actor goes on along a stretch of the queue,
+`UnitQueue`), replaces an actor that dies (its node lost, its
 process killed) wherever the cluster has room and puts its units back at the
 front of the queue (each redone at most `retries` times: units are idempotent,
 whole chunks then their ledger entry), and, unless its size was fixed, grows
@@ -73,8 +74,9 @@ class ActorPool:
         self.actors: dict[int, Any] = {}  # slot -> actor handle (starting or ready)
         self.starting: dict[Any, int] = {}  # device_name() ref -> slot
         self.ready: set[int] = set()  # slots whose actor answered
-        self.queue: deque[Any] = deque()  # units not yet sent
-        self.in_flight: dict[Any, tuple[int, Any]] = {}  # process() ref -> (slot, unit)
+        self.queue = UnitQueue()  # units not yet sent
+        self.last: dict[int, int] = {}  # slot -> the place in the queue of the last unit sent to it
+        self.in_flight: dict[Any, tuple[int, Any, int]] = {}  # process() ref -> (slot, unit, its place in the queue)
         self.placing: dict[Any, int] = {}  # __ray_ready__() ref -> slot, until one actor is up: start-up says "loading the model" then
         self.lost: dict[int, int] = {}  # id(unit) -> times its actor died under it
         self.device = ""  # what the first ready actor runs on
@@ -134,7 +136,7 @@ class ActorPool:
             if ref in self.starting:
                 self._on_started(ref)
                 continue
-            slot, unit = self.in_flight.pop(ref)
+            slot, unit, place = self.in_flight.pop(ref)
             try:
                 result = ray.get(ref)
             except RayTaskError as exc:
@@ -144,7 +146,7 @@ class ActorPool:
                     return unit, failure
                 raise failure from None
             except RayActorError:
-                self._on_lost(slot, unit)
+                self._on_lost(slot, unit, place)
                 continue
             self._account(slot, result)
             self._fill()
@@ -274,12 +276,12 @@ class ActorPool:
             self.placing.clear()
             phase("model", "loading the model")
 
-    def _on_lost(self, slot: int, unit: Any) -> None:
+    def _on_lost(self, slot: int, unit: Any, place: int) -> None:
         key = id(unit)
         self.lost[key] = self.lost.get(key, 0) + 1
         if self.lost[key] > self.retries:
             raise RunError(f"{self.describe(unit)} lost its worker {self.lost[key]} times (out of memory?); lower --batch-size and finish with --resume")
-        self.queue.appendleft(unit)
+        self.queue.put_back(place, unit)
         if self._replace(slot):
             note(f"warning: a worker was lost (node gone or process killed); its units are redone on the others ({self.describe(unit)})", self.quiet)
         self._fill()
@@ -292,6 +294,7 @@ class ActorPool:
         if actor is None:
             return False
         self.ready.discard(slot)
+        self.last.pop(slot, None)
         ray.kill(actor, no_restart=True)
         shared = self.helper_of.pop(slot, None)
         key = self.device_of.pop(slot, None)
@@ -311,13 +314,14 @@ class ActorPool:
     def _fill(self) -> None:
         """Send queued units to ready actors: IN_FLIGHT_PER_ACTOR each while many remain, one each near the end."""
         busy: dict[int, int] = {}
-        for slot, _ in self.in_flight.values():
+        for slot, *_ in self.in_flight.values():
             busy[slot] = busy.get(slot, 0) + 1
         for slot in sorted(self.ready):
             limit = IN_FLIGHT_PER_ACTOR if len(self.queue) >= len(self.ready) else 1
             while self.queue and busy.get(slot, 0) < limit:
-                unit = self.queue.popleft()
-                self.in_flight[self.actors[slot].process.remote(unit)] = (slot, unit)
+                place, unit = self.queue.take(self.last.get(slot), set(self.last.values()))
+                self.in_flight[self.actors[slot].process.remote(unit)] = (slot, unit, place)
+                self.last[slot] = place
                 busy[slot] = busy.get(slot, 0) + 1
                 if not self._first_said:
                     self._say_model()
@@ -341,6 +345,58 @@ class ActorPool:
         if not self.ready and not self._noted and time.monotonic() - self._waiting_since > PLACEMENT_NOTE_AFTER_S:
             note(f"waiting for the cluster to place actors ({self.cpus:g} CPU, {self.gpus:g} GPU each); it may be busy", self.quiet)
             self._noted = True
+
+
+class UnitQueue:
+    """Units waiting for an actor, by the order they came in; an actor goes on with the unit after the last one it got.
+
+    Neighbouring units share work when one actor runs them in turn: a video's
+    decoder goes on where the last unit stopped (no seek, no reference frames
+    decoded again), a raster's overlapping tiles find their shared blocks in
+    GDAL's cache. So each actor works along a stretch of the queue; one whose
+    next unit is gone (taken, or never queued) starts a new stretch at the
+    start of the longest run of waiting units, or at its middle when another
+    actor is heading into it (its last unit is the one before). Units put back
+    (their actor was lost) go first, to anyone.
+    """
+
+    def __init__(self) -> None:
+        self.waiting: dict[int, Any] = {}  # place -> unit
+        self.again: deque[tuple[int, Any]] = deque()  # put back: (place, unit)
+        self.count = 0
+
+    def __len__(self) -> int:
+        return len(self.waiting) + len(self.again)
+
+    def append(self, unit: Any) -> None:
+        self.waiting[self.count] = unit
+        self.count += 1
+
+    def put_back(self, place: int, unit: Any) -> None:
+        """A unit `take` gave before (its actor was lost): the next `take` gives it again."""
+        self.again.append((place, unit))
+
+    def take(self, after: int | None, heading: set[int]) -> tuple[int, Any]:
+        """(place, unit) for an actor whose last unit was at `after` (None: none yet); `heading`: every actor's last place."""
+        if self.again:
+            return self.again.popleft()
+        if after is not None and after + 1 in self.waiting:
+            return after + 1, self.waiting.pop(after + 1)
+        start, length = self._longest_run()
+        at = start + length // 2 if start - 1 in heading else start
+        return at, self.waiting.pop(at)
+
+    def _longest_run(self) -> tuple[int, int]:
+        """(first place, length) of the longest run of consecutive waiting places; the earliest of equal ones."""
+        best = (0, 0)
+        places = sorted(self.waiting)
+        first = 0
+        for i in range(1, len(places) + 1):
+            if i == len(places) or places[i] != places[i - 1] + 1:
+                if i - first > best[1]:
+                    best = (places[first], i - first)
+                first = i
+        return best
 
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")

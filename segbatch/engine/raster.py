@@ -9,7 +9,7 @@ stitch` re-runs the stitch alone from a kept tiles/.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Generator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -57,7 +57,7 @@ class RasterJob:
     def check_node(self) -> None:
         require_readable(self.plan.path)
 
-    def read(self, tile: TileUnit, report: UnitReport) -> Iterator[Item]:
+    def read(self, tile: TileUnit, report: UnitReport) -> Generator[Item, None, None]:
         """The tile's window, reflect-padded to sides the pooling halves exactly; nothing when it is all nodata (skipped)."""
         data, valid = read_bands(self.plan, self.tiles[tile.id].window)
         data = data if self.plan.stretch is None else scale_to_unit(data, self.plan)  # uint8 crosses to the device as it is

@@ -12,11 +12,11 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from segbatch.engine.source import Item, Placer, SourceJob, Unit, UnitReport
+from segbatch.engine.source import SourceJob, Unit
 from segbatch.engine.step import ModelStep
 from segbatch.owner import Fence
 
@@ -48,18 +48,6 @@ class RunJob:
     step: ModelStep
     first: Any = None  # a run of one input: its job (reference), checked when an actor starts
     environment: Mapping[str, str] = field(default_factory=dict, repr=False, compare=False)  # location.storage_variables(): never printed
-
-    def input_job(self, unit: RunUnit) -> SourceJob[Any]:
-        return input_job(unit.job)
-
-    def read(self, unit: RunUnit, report: UnitReport) -> Iterator[Item]:
-        return self.input_job(unit).read(unit.unit, report)
-
-    def placer(self, unit: RunUnit, num_classes: int) -> Placer:
-        return self.input_job(unit).placer(unit.unit, num_classes)
-
-    def unit_stats(self, unit: RunUnit, report: UnitReport) -> dict[str, Any]:
-        return self.input_job(unit).unit_stats(unit.unit, report)
 
 
 def input_job(ref: Any) -> SourceJob[Any]:

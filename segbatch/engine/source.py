@@ -13,7 +13,7 @@ fencing, digests and the ledger.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Generator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
@@ -98,8 +98,10 @@ class SourceJob(Protocol[U_in]):
         """Before an actor's first unit of this input: its node can read the input (and decode it as asked)."""
         ...
 
-    def read(self, unit: U_in, report: UnitReport) -> Iterator[Item]:
-        """The unit's items in order (the model step batches them: `ModelStep.batch_size`): they depend on the unit only."""
+    def read(self, unit: U_in, report: UnitReport) -> Generator[Item, None, None]:
+        """The unit's items in order (the model step batches them: `ModelStep.batch_size`): they depend on the unit only.
+
+        A generator: the pipeline closes it however the unit ends (what it holds open is let go, or passed on, at once)."""
         ...
 
     def to_model(self, x: Any) -> Any:

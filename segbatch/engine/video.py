@@ -1,16 +1,18 @@
 """Video as a source: units of whole chunks of frames, read by seeking to a keyframe and decoding forward.
 
 A unit is a chunk-aligned frame range; its worker seeks to the keyframe at or
-before its first frame, decodes forward in presentation order (frames by
-pts; by the decoder's output order where the pts contradict it), drops what
-comes before its range, runs the model on batches of `--batch-size`
+before its first frame (or, where the same actor read the unit before it, goes
+on with that unit's decoder: the pool hands each actor a stretch of units),
+decodes forward in presentation order (frames by pts; by the decoder's output
+order where the pts contradict it), drops what comes before its range, runs the model on batches of `--batch-size`
 consecutive frames from the unit's first, and writes each chunk of frames
 whole as soon as it is full.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Generator, Mapping, Sequence
+from contextlib import closing
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -56,12 +58,14 @@ def chunk_frames_for(height: int, width: int) -> int:
 def unit_frames_for(chunk_frames: int, gop: int, frames: int, actors: int) -> int:
     """Frames per unit: whole chunks; a GOP long where possible, yet enough units to keep every actor busy.
 
-    A unit seeks once and decodes forward from a keyframe, so one shorter than
+    A unit that seeks decodes forward from a keyframe, so one shorter than
     the GOP decodes the reference frames before it again (the others are
     skipped: `segbatch.sources.video`); next to a GPU that is not cheap, at
-    1080p (a chunk is a frame) least of all. But too few units leave actors
-    idle (a single long-GOP clip would be one unit). So: at least
-    UNITS_PER_ACTOR units per actor, else up to a GOP, at most MAX_UNIT_FRAMES.
+    1080p (a chunk is a frame) least of all. Units an actor runs in turn go
+    on with one decoder, so this is paid once per stretch of units, not per
+    unit; but a stretch starts with a seek. Too few units leave actors idle
+    (a single long-GOP clip would be one unit). So: at least UNITS_PER_ACTOR
+    units per actor, else up to a GOP, at most MAX_UNIT_FRAMES.
     """
     by_gop = max(1, min(MAX_UNIT_FRAMES // chunk_frames, -(-gop // chunk_frames)))
     by_load = max(1, frames // (chunk_frames * UNITS_PER_ACTOR * max(1, actors)))
@@ -101,10 +105,11 @@ class VideoJob:
         if self.hwaccel:
             check_hwaccel(self.plan, self.hwaccel)  # on the node that will decode: its GPU, its FFmpeg
 
-    def read(self, unit: FrameUnit, report: UnitReport) -> Iterator[Item]:
+    def read(self, unit: FrameUnit, report: UnitReport) -> Generator[Item, None, None]:
         decode = DecodeReport()
-        for i, rgb in read_frames(self.plan, unit.start, unit.stop, decode, self.hwaccel):
-            yield Item(i, rgb)
+        with closing(read_frames(self.plan, unit.start, unit.stop, decode, self.hwaccel)) as frames:  # its decoder passes on now
+            for i, rgb in frames:
+                yield Item(i, rgb)
         report.missing, report.damaged, report.messages = decode.missing, decode.damaged, decode.messages
 
     def to_model(self, x: Any) -> Any:

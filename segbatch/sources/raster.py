@@ -10,7 +10,6 @@ band: masked pixels become label 255 and NaN uncertainty.
 
 from __future__ import annotations
 
-import os
 import threading
 from collections import OrderedDict
 from collections.abc import Iterator, Sequence
@@ -139,13 +138,7 @@ def _dataset(path: str) -> Iterator[Any]:
     file is known by its inode, size and mtime too: one replaced in place is
     opened again, never read through an old handle.
     """
-    key: tuple[Any, ...] = (path,)
-    if not location.is_url(path):
-        try:
-            st = os.stat(path)
-            key = (path, st.st_ino, st.st_size, st.st_mtime_ns)
-        except OSError:
-            pass  # _open says what is wrong
+    key = location.version(path)
     with _idle_lock:
         ready = _idle.get(key)
         ds = ready.pop() if ready else None

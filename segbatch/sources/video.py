@@ -27,9 +27,11 @@ declares more frames than its data holds) says so in the plan.
 
 from __future__ import annotations
 
+import atexit
 import threading
+from collections import OrderedDict, deque
 from collections.abc import Generator, Iterator
-from contextlib import closing, contextmanager
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
@@ -295,9 +297,11 @@ class DecodeReport:
 
 
 MAX_SEEK_TRIES = 3
+FrameStream = Generator[tuple[int, np.ndarray], None, None]  # (frame index, RGB); close it when stopping early: its decoder goes on
+PARKED_DECODERS = 2  # decoders a process keeps open where a range ended, for the range that starts there
 
 
-def read_frames(plan: VideoPlan, start: int, stop: int, report: DecodeReport | None = None, hwaccel: str | None = None) -> Iterator[tuple[int, np.ndarray]]:
+def read_frames(plan: VideoPlan, start: int, stop: int, report: DecodeReport | None = None, hwaccel: str | None = None) -> FrameStream:
     """Yield (frame index, RGB uint8 (H, W, 3) in display orientation) for frames [start, stop), in index order.
 
     Seeks to the keyframe at or before `start`. Where the container's index is
@@ -309,28 +313,170 @@ def read_frames(plan: VideoPlan, start: int, stop: int, report: DecodeReport | N
     frames decoded after a decoder error (until the next keyframe) are yielded
     and listed in `report.damaged`. `hwaccel` names an FFmpeg hardware decoder
     device ("cuda": NVDEC); frames come back to host memory as RGB either way.
+
+    A range that starts where one this process read ended goes on with that
+    decoder instead of seeking (`_Parked`): consecutive units on one actor
+    decode each frame once, however long the GOP.
     """
     if not 0 <= start <= stop <= plan.frames:
         raise InputError(f"frame range {start}:{stop} is outside 0:{plan.frames}")
     report = report if report is not None else DecodeReport()
     if start == stop:
         return
+    version = (location.version(plan.path), hwaccel)
+    decoding = _parked.begin(version, start, stop)
+    kept = None  # the decoder, once the range is read and it can go on
+    try:
+        if decoding is None:
+            kept = yield from _seek_and_read(plan, start, stop, report, hwaccel)
+        else:
+            kept = yield from _read_on(decoding, plan, start, stop, report)
+    finally:
+        _parked.end(version, stop, kept)
+
+
+Frames = Generator[tuple[int, np.ndarray], None, "_Decoding | None"]  # a range's frames; it returns its decoder where it can go on
+
+
+def _seek_and_read(plan: VideoPlan, start: int, stop: int, report: DecodeReport, hwaccel: str | None) -> Frames:
+    """Frames [start, stop) from a seek to a keyframe before `start` (earlier ones where it overshoots); the decoder, if it can go on."""
     for key in _seek_candidates(plan, start):
-        with closing(_in_order(plan, key, start, stop, report, hwaccel)) as frames:
+        decoding = _Decoding(plan, key, start, hwaccel)
+        try:
             first = True
-            for idx, item in frames:
+            marks = (len(report.messages), len(report.damaged))
+            for idx, item in _in_order(decoding, plan, start, stop, report):
                 if first and item is None and key > 0:
                     break  # `start` never came out: the seek landed past it (or nothing decoded): try an earlier keyframe
                 first = False
-                if item is None:
-                    report.missing.append(idx)
-                    continue
-                rgb, damaged = item
-                if damaged:
-                    report.damaged.append(idx)
-                yield idx, rgb
+                if _yielded(idx, item, report):
+                    yield idx, item[0]
             else:
-                return
+                return _to_park(decoding, report, marks)
+        finally:
+            if not decoding.parked:
+                decoding.close()
+    return None
+
+
+def _read_on(decoding: _Decoding, plan: VideoPlan, start: int, stop: int, report: DecodeReport) -> Frames:
+    """Frames [start, stop) from a decoder left where a range ending at `start` stopped; the decoder, if it can go on."""
+    decoding.parked = False
+    try:
+        marks = (len(report.messages), len(report.damaged))
+        for idx, item in _in_order(decoding, plan, start, stop, report):
+            if _yielded(idx, item, report):
+                yield idx, item[0]
+        return _to_park(decoding, report, marks)
+    finally:
+        if not decoding.parked:
+            decoding.close()
+
+
+def _yielded(idx: int, item: Any, report: DecodeReport) -> bool:
+    """Whether frame `idx` came out (else it is missing); a damaged one is listed."""
+    if item is None:
+        report.missing.append(idx)
+        return False
+    if item[1]:
+        report.damaged.append(idx)
+    return True
+
+
+def _to_park(decoding: _Decoding, report: DecodeReport, marks: tuple[int, int]) -> _Decoding | None:
+    """The decoder, to be parked, where it can go on exactly as if the next range had sought: it has not reached the end of
+    the stream and met no trouble in this range (no damage, no FFmpeg message, nothing damaged decoded ahead)."""
+    clean = (len(report.messages), len(report.damaged)) == marks and not any(damaged for _, _, damaged in decoding.ahead)
+    if decoding.ended or not clean:
+        return None
+    decoding.parked = True
+    return decoding
+
+
+class _Decoding:
+    """An open decoder from keyframe `key`: its frames as it emits them, those that came out past a range kept for the next.
+
+    Its FFmpeg messages go to its own log first, then to the report of the
+    range being read when they were logged.
+    """
+
+    def __init__(self, plan: VideoPlan, key: int, start: int, hwaccel: str | None) -> None:
+        self.log = DecodeReport()
+        self.decoded = _decode_from(plan, key, self.log, hwaccel, start)
+        self.frames = _by_output_order(plan, _group(plan, start).start, self.decoded) if plan.output_order else self.decoded
+        self.ahead: deque[tuple[int, Any, bool]] = deque()  # emitted past the last range's end, in the order they came
+        self.ended = False  # the stream is over
+        self.parked = False  # handed on to the next range (not closed with this one)
+
+    def next(self, report: DecodeReport) -> tuple[int, Any, bool] | None:
+        """The next frame out (index, frame, damaged): those kept from before first; None at the end of the stream."""
+        if self.ahead:
+            return self.ahead.popleft()
+        got = next(self.frames, None)
+        report.messages.extend(self.log.messages)
+        self.log.messages.clear()
+        self.ended = got is None
+        return got
+
+    def close(self) -> None:
+        self.frames.close()
+        self.decoded.close()  # the file, FFmpeg's log capture
+
+
+class _Parked:
+    """Decoders this process left open where a frame range ended, by (video version, frame): the range starting there goes on.
+
+    Units of one video that follow each other on an actor then decode every
+    frame once: a unit shorter than the GOP would otherwise decode the
+    reference frames before it again. A range that starts where a range
+    being read by another thread of this process will end waits for it (two
+    units in flight on an actor, the second right after the first): its
+    decoder is handed on in `end`, which the range's generator reaches
+    however it stops (the pipeline closes its readers). A thread never waits
+    for a range of its own (one it holds half read): it seeks.
+    """
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self.lock = threading.Lock()
+        self.idle: OrderedDict[tuple[Any, int], _Decoding] = OrderedDict()
+        self.ending: dict[tuple[Any, int], tuple[int, threading.Event]] = {}  # ranges being read, by where they end: thread, done
+
+    def begin(self, version: Any, start: int, stop: int) -> _Decoding | None:
+        """The decoder a range ending at `start` left (after it ends, if another thread reads it now); this range's end is noted."""
+        me = threading.get_ident()
+        with self.lock:
+            reader, done = self.ending.get((version, start), (me, None))
+        if done is not None and reader != me:
+            done.wait()
+        with self.lock:
+            self.ending.setdefault((version, stop), (me, threading.Event()))
+            return self.idle.pop((version, start), None)
+
+    def end(self, version: Any, stop: int, decoding: _Decoding | None) -> None:
+        """A range ending at `stop` is over: its decoder, if it can go on, waits there for the next (the oldest beyond `size` close)."""
+        closing_: list[_Decoding] = []
+        with self.lock:
+            if decoding is not None:
+                self.idle[(version, stop)] = decoding
+                while len(self.idle) > self.size:
+                    closing_.append(self.idle.popitem(last=False)[1])
+            _, done = self.ending.pop((version, stop), (None, None))
+        if done is not None:
+            done.set()
+        for old in closing_:
+            old.close()
+
+    def close(self) -> None:
+        """Close every parked decoder (at exit: while the modules they use are still there)."""
+        with self.lock:
+            idle, self.idle = list(self.idle.values()), OrderedDict()
+        for decoding in idle:
+            decoding.close()
+
+
+_parked = _Parked(PARKED_DECODERS)
+atexit.register(_parked.close)
 
 
 class FrameOrder:
@@ -383,15 +529,26 @@ class FrameOrder:
         return index, self.held.pop(index, None)
 
 
-def _in_order(plan: VideoPlan, key: int, start: int, stop: int, report: DecodeReport, hwaccel: str | None) -> Generator[tuple[int, Any], None, None]:
-    """Decode from keyframe `key`: (index, (upright RGB, damaged)) for frames [start, stop) in order, (index, None) for lost ones."""
+def _in_order(decoding: _Decoding, plan: VideoPlan, start: int, stop: int, report: DecodeReport) -> Generator[tuple[int, Any], None, None]:
+    """Frames [start, stop) from `decoding`: (index, (upright RGB, damaged)) in order, (index, None) for lost ones.
+
+    Frames that come out past `stop` are counted (a frame is known lost once
+    enough later ones came out) and kept in `decoding.ahead` for a range
+    that goes on from there.
+    """
     order = FrameOrder(start, stop, plan.reorder)
-    with closing(_decode_from(plan, key, report, hwaccel, start)) as decoded:  # closed (the file, FFmpeg's log capture) on return
-        frames = _by_output_order(plan, _group(plan, start).start, decoded) if plan.output_order else decoded
-        for idx, frame, damaged in frames:
+    past: list[tuple[int, Any, bool]] = []
+    try:
+        while not order.done:
+            got = decoding.next(report)
+            if got is None:
+                break
+            idx, frame, damaged = got
+            if idx >= stop:
+                past.append(got)
             yield from order.put(idx, (_rgb(frame, plan), damaged) if order.wants(idx) else None)
-            if order.done:
-                return  # every frame of the range came out: no need to decode further
+    finally:
+        decoding.ahead.extendleft(reversed(past))  # before any kept from earlier that this range did not reach
     yield from order.close()
 
 
@@ -415,7 +572,7 @@ def _group(plan: VideoPlan, index: int) -> range:
     return range(int(plan.keyframes[after - 1]), int(plan.keyframes[after]) if after < len(plan.keyframes) else plan.frames)
 
 
-def _by_output_order(plan: VideoPlan, first: int, decoded: Iterator[tuple[int, Any, bool]]) -> Iterator[tuple[int, Any, bool]]:
+def _by_output_order(plan: VideoPlan, first: int, decoded: Iterator[tuple[int, Any, bool]]) -> Generator[tuple[int, Any, bool], None, None]:
     """Frames numbered by the decoder's output order, for a stream whose pts are decode-order times (`plan.output_order`).
 
     `decoded` names each frame by its packet (its pts is the packet's). A

@@ -7,7 +7,7 @@ import pytest
 
 from segbatch import errors
 from segbatch.engine import pool as pool_module
-from segbatch.engine.pool import ActorPool
+from segbatch.engine.pool import ActorPool, UnitQueue
 
 
 def _worker(die_on=None, die_once_marker=None, raise_on=None, sleep=0.0):
@@ -42,6 +42,62 @@ def _worker(die_on=None, die_once_marker=None, raise_on=None, sleep=0.0):
                     self.running -= 1
 
     return Worker
+
+
+def queue_of(n):
+    q = UnitQueue()
+    for unit in range(n):
+        q.append(f"u{unit}")
+    return q
+
+
+def test_each_actor_goes_on_along_its_own_stretch_of_the_queue():
+    q = queue_of(10)
+    last = {}
+
+    def take(actor):
+        place, unit = q.take(last.get(actor), set(last.values()))
+        assert unit == f"u{place}"
+        last[actor] = place
+        return place
+
+    assert take("a") == 0  # the first actor starts at the start
+    assert take("b") == 5  # the next at the middle of what a is heading into
+    assert [take("a") for _ in range(4)] == [1, 2, 3, 4]
+    assert [take("b") for _ in range(2)] == [6, 7]
+    assert take("a") == 9  # its next (5) is gone: the middle of the run b heads into, [8, 9]
+    assert take("b") == 8
+    assert not q
+
+
+def test_a_new_stretch_starts_at_a_run_no_actor_heads_into():
+    q = queue_of(10)
+    for place in (0, 1, 2, 6):
+        q.waiting.pop(place)  # done before (a resumed run's queue has holes) or taken
+    assert q.take(None, {6}) == (3, "u3")  # [3, 5] and [7, 9]: the earliest longest; nothing heads into it
+    assert q.take(6, {3, 6}) == (7, "u7")
+
+
+def test_units_put_back_go_first_with_their_place():
+    q = queue_of(4)
+    assert q.take(None, set()) == (0, "u0")
+    q.put_back(0, "u0")  # its actor was lost
+    assert len(q) == 4
+    assert q.take(2, {2}) == (0, "u0")
+    assert q.take(0, {0}) == (1, "u1")
+
+
+def test_every_unit_is_taken_once_whatever_the_order_actors_ask_in():
+    import random
+
+    rng = random.Random(7)
+    q, last, taken = queue_of(200), {}, []
+    while q:
+        actor = rng.randrange(5)
+        place, unit = q.take(last.get(actor), set(last.values()))
+        last[actor] = place
+        taken.append(unit)
+    assert sorted(taken) == sorted(f"u{i}" for i in range(200))
 
 
 def drain(pool, units):
@@ -112,7 +168,8 @@ def test_errors_that_concern_a_unit_alone_come_back_as_its_result_and_the_rest_f
 def test_the_pool_grows_into_free_room_only_when_asked_and_there_is_work(ray_address):
     for grow, queued, started in ((True, 10, 2), (False, 10, 1), (True, 0, 1)):
         with ActorPool(_worker(), "job", actors=1, cpus=1, gpus=0, grow=grow) as pool:
-            pool.queue.extend(range(queued))  # work waiting (not sent: no actor is ready yet)
+            for unit in range(queued):
+                pool.queue.append(unit)  # work waiting (not sent: no actor is ready yet)
             while pool.starting:  # the first actor placed and started
                 pool._on_started(next(iter(pool.starting)))
             pool._last_grow = 0.0  # the growth check is due

@@ -1,3 +1,5 @@
+import itertools
+import threading
 from contextlib import contextmanager
 from fractions import Fraction
 from types import SimpleNamespace
@@ -25,6 +27,27 @@ def h264(tmp_path_factory):
     return write_video(tmp_path_factory.mktemp("v") / "a.mp4", 60, gop=12)
 
 
+def _ranges(frames, unit, backward=False):
+    """Units of `unit` frames; backward, each range starts where no range read before it ended, so each seeks."""
+    ranges = [(start, min(start + unit, frames)) for start in range(0, frames, unit)]
+    return ranges[::-1] if backward else ranges
+
+
+@pytest.fixture
+def opened(monkeypatch):
+    """Every video the decoding opens (a range going on with a decoder left before it opens none)."""
+    from segbatch.sources import video
+
+    paths, real_open = [], video._open
+
+    def counting(path, hwaccel=None):
+        paths.append(str(path))
+        return real_open(path, hwaccel)
+
+    monkeypatch.setattr(video, "_open", counting)
+    return paths
+
+
 def _sequential(path):
     with av.open(str(path)) as c:
         return [f.to_ndarray(format="rgb24") for f in c.decode(video=0)]
@@ -37,14 +60,16 @@ def test_plan_counts_frames_times_and_keyframes(h264):
     assert np.allclose(np.diff(plan.times), 1 / 25)
 
 
+@pytest.mark.parametrize("backward", [False, True], ids=["going-on", "seeking"])
 @pytest.mark.parametrize("unit", [1, 5, 7, 12, 16])
-def test_units_decode_exactly_like_sequential_decoding(h264, unit):
+def test_units_decode_exactly_like_sequential_decoding(h264, unit, backward, opened):
     plan = probe_video(h264)
     reference = _sequential(h264)
     got = {}
-    for start in range(0, plan.frames, unit):
+    opened.clear()
+    for start, stop in _ranges(plan.frames, unit, backward):
         report = DecodeReport()
-        for i, rgb in read_frames(plan, start, min(start + unit, plan.frames), report):
+        for i, rgb in read_frames(plan, start, stop, report):
             assert i not in got, f"frame {i} decoded twice"
             got[i] = rgb
         assert report.ok
@@ -52,6 +77,8 @@ def test_units_decode_exactly_like_sequential_decoding(h264, unit):
     for i in range(60):
         assert np.array_equal(got[i], reference[i]), f"frame {i} differs from sequential decoding"
         assert frame_index(got[i]) == i
+    # ranges in order go on with one decoder (it ends with the stream); in reverse each seeks
+    assert len(opened) == (len(_ranges(60, unit)) if backward else 1)
 
 
 def test_variable_frame_rate_keeps_true_times(tmp_path):
@@ -253,6 +280,7 @@ def _fake_video(monkeypatch, order, keys, delay, lose=(), opened=None):
         yield container
 
     monkeypatch.setattr(video, "_open", fake_open)
+    monkeypatch.setattr(video, "_parked", video._Parked(video.PARKED_DECODERS))  # no decoder of another test's fake goes on here
     return probe_video("fake.mp4")
 
 
@@ -268,15 +296,15 @@ def test_frames_before_a_units_start_that_nothing_references_are_never_decoded(m
     assert skipped == [13, 14, 16, 17]  # the B-frames of 12:19 (anchors 12, 15, 18 are decoded: 19's reference chain)
 
 
+@pytest.mark.parametrize("backward", [False, True], ids=["going-on", "seeking"])
 @pytest.mark.parametrize("delay", [0, 1])
 @pytest.mark.parametrize("unit", [1, 4, 5, 12, 36])
-def test_frames_out_of_presentation_order_come_out_in_order(monkeypatch, delay, unit):
+def test_frames_out_of_presentation_order_come_out_in_order(monkeypatch, delay, unit, backward):
     order = _decode_order(36, 12, 2)
     assert order[:7] == [0, 3, 1, 2, 6, 4, 5]
     plan = _fake_video(monkeypatch, order, range(0, 36, 12), delay)
     assert plan.frames == 36 and list(plan.keyframes) == [0, 12, 24]
-    for start in range(0, 36, unit):
-        stop = min(start + unit, 36)
+    for start, stop in _ranges(36, unit, backward):
         report = DecodeReport()
         got = [(i, frame_index(rgb)) for i, rgb in read_frames(plan, start, stop, report)]
         assert got == [(i, i) for i in range(start, stop)], f"unit {start}:{stop}"
@@ -299,9 +327,8 @@ def test_a_real_stream_decoded_out_of_order_comes_out_in_order(tmp_path):
             out = [f.pts for p in c.demux(video=0) for f in p.decode()]
         assert out != sorted(out)
         plan = probe_video(path)
-        for unit in (5, 12, 30):
-            for start in range(0, 30, unit):
-                stop = min(start + unit, 30)
+        for unit, backward in itertools.product((5, 12, 30), (False, True)):
+            for start, stop in _ranges(30, unit, backward):
                 report = DecodeReport()
                 got = [(i, frame_index(rgb)) for i, rgb in read_frames(plan, start, stop, report)]
                 assert got == [(i, i) for i in range(start, stop)], f"{name} unit {start}:{stop}"
@@ -373,16 +400,16 @@ def test_a_file_with_pts_equal_dts_really_lies(pts_equal_dts):
     assert [t for t, _ in out] != sorted(t for t, _ in out)  # ... each with a decode-order time
 
 
+@pytest.mark.parametrize("backward", [False, True], ids=["going-on", "seeking"])
 @pytest.mark.parametrize("unit", [1, 5, 8, 12, 13, 60])
-def test_frames_of_a_file_with_pts_equal_dts_are_numbered_by_the_decoders_output(pts_equal_dts, unit):
+def test_frames_of_a_file_with_pts_equal_dts_are_numbered_by_the_decoders_output(pts_equal_dts, unit, backward):
     plan = probe_video(pts_equal_dts)
     assert plan.output_order and plan.frames == 60
     assert np.all(np.diff(plan.times) > 0) and np.allclose(plan.times, np.arange(60) / 25)
     reference = _sequential(pts_equal_dts)
     assert [frame_index(rgb) for rgb in reference] == list(range(60))
     got = {}
-    for start in range(0, 60, unit):
-        stop = min(start + unit, 60)
+    for start, stop in _ranges(60, unit, backward):
         report = DecodeReport()
         frames = list(read_frames(plan, start, stop, report))
         assert [i for i, _ in frames] == list(range(start, stop)), f"unit {start}:{stop}"
@@ -408,3 +435,52 @@ def test_output_order_numbers_each_group_from_its_keyframe():
     got = [(i, frame) for i, frame, _ in _by_output_order(plan, 10, ((d, f"packet {d}", False) for d in emitted))]
     assert got[:3] == [(10, "packet 11"), (11, "packet 12"), (12, "packet 10")]
     assert [i for i, _ in got] == [*range(10, 21), 22, 23, 24]  # the lost frame leaves its group's last place (21) empty
+
+
+def test_a_range_read_on_another_thread_hands_its_decoder_to_the_range_after_it(h264, opened):
+    """Two units in flight on an actor: the second waits for the first's decoder rather than seeking again."""
+    plan = probe_video(h264)
+    opened.clear()
+    first = read_frames(plan, 0, 30)
+    got = dict([next(first)])  # the first range is being read: the second starts now, on another thread
+    after: dict[int, np.ndarray] = {}
+    second = threading.Thread(target=lambda: after.update(read_frames(plan, 30, 60)))
+    second.start()
+    got.update(first)
+    second.join()
+    got.update(after)
+    reference = _sequential(h264)
+    assert sorted(got) == list(range(60)) and all(np.array_equal(got[i], reference[i]) for i in range(60))
+    assert len(opened) == 1
+
+
+def test_a_thread_never_waits_for_a_range_it_holds_half_read(h264, opened):
+    plan = probe_video(h264)
+    opened.clear()
+    first = read_frames(plan, 0, 30)
+    next(first)
+    assert [i for i, _ in read_frames(plan, 30, 60)] == list(range(30, 60))  # seeks: no wait for itself
+    assert len(opened) == 2
+    first.close()
+
+
+def test_a_range_with_decoding_trouble_hands_on_no_decoder(tmp_path, opened):
+    """Damage may carry past a range's end; a seek from the keyframe before the next range decides it afresh, as always."""
+    plan = probe_video(corrupt(write_video(tmp_path / "bad.mkv", 60, gop=30), 0.45, 400))
+    report = DecodeReport()
+    list(read_frames(plan, 0, 40, report))
+    assert not report.ok or report.messages
+    opened.clear()
+    list(read_frames(plan, 40, 60))
+    assert len(opened) == 1  # opened again: the damaged range's decoder was closed
+
+
+def test_a_video_replaced_in_place_is_decoded_anew(tmp_path, opened):
+    path = write_video(tmp_path / "v.mp4", 60, gop=30)
+    plan = probe_video(path)
+    list(read_frames(plan, 0, 20))
+    write_video(path, 60, gop=30, height=32)  # another video at the same path
+    replaced = probe_video(path)
+    opened.clear()
+    assert [rgb.shape for _, rgb in read_frames(replaced, 20, 22)] == [(32, 64, 3)] * 2
+    assert len(opened) == 1
