@@ -4,16 +4,22 @@
                                   [--raster-side 4096] [--samples 8] [--batch-size 4] [--keep DIR] [--calibrate]
                                   [--stand-in-ms CASE=MS ...]   (one run per CASE at a fixed stand-in time: A/B of engine changes)
     python -m benchmarks.pipeline --h100 [--arch segnet] [--actors N]   (a device as fast as an H100 would be)
-    [--gop N]   (keyframe interval of the videos; x264's default 250 makes a short clip one GOP, decoded again by every unit)
+    [--gop N]   (keyframe interval of the videos; x264's default 250 makes a short clip one GOP)
+    [--device-work-on-host]   (the stand-in's arithmetic on the host's cores, as this benchmark did before: A/B)
 
 Inside real actors (`segbatch.engine.run.run`, a fresh local Ray, one actor
 with 1 CPU and no GPU: "one device"), the network call is replaced by a
 stand-in (`StandInWorker.predict`) that builds outputs of the right shapes
-and dtypes cheaply from the input, then holds the "device" until a fixed
-time per item has passed since the call began, sleeping with the GIL
-released as a CUDA stream would. Everything else is the engine's: decoding or
-windowed reads, stacking, the uint8 -> float conversion (`to_device`), the
-copies back, the placer, encoding, fenced writes, digests, the ledger.
+and dtypes from the input, then holds the "device" until a fixed time per
+item has passed since the call began, sleeping with the GIL released as a
+CUDA stream would. What a GPU computes costs the host nothing: the stand-in
+makes its outputs once per batch shape, and the source's device-side steps
+(`to_model`'s uint8 -> float, `from_model`'s quantisation) likewise run once
+per shape (`_on_the_device`); `--device-work-on-host` does them for every
+batch on the host's cores instead, as this benchmark did until 2026-12 (for
+A/B against its older figures). Everything else is the engine's: decoding or
+windowed reads, stacking, the copy to the device (`to_device`), the copies
+back, the placer, encoding, fenced writes, digests, the ledger.
 
 Each case runs a calibration, then one to MAX_ROUNDS measured runs:
 
@@ -84,6 +90,7 @@ from segbatch.engine.job import RunConfig
 from segbatch.engine.pipeline import PipelineWorker
 from segbatch.engine.raster import RasterSource
 from segbatch.engine.run import run
+from segbatch.engine.runjob import input_job
 from segbatch.engine.video import VideoSource
 from segbatch.inputs import one_input
 from segbatch.store import finished_units, open_store
@@ -92,6 +99,7 @@ from segbatch.tiling import plan_tiles
 HOST_STAGES = ("read", "to_device", "to_host", "write")
 DEVICE_FACTOR = 1.5  # the stand-in's time per item over the measured host work per item
 TARGETED = ("video", "raster")
+DEVICE_WORK_ON_HOST = False  # --device-work-on-host: the stand-in's arithmetic on the host, as before (A/B)
 MAX_ROUNDS = 3  # measured runs per case at most (see `case`)
 FACTOR_SLACK = 0.1  # a round whose stand-in is within 10% of DEVICE_FACTOR x its own host work is final
 
@@ -106,27 +114,18 @@ class StandInWorker(PipelineWorker):
     seconds_per_item = 0.0
     spans = ""  # a JSON-lines file: per unit {"unit", "begun", "ended", "calls": [[unit, begun, ended], ...]} (wall clock)
     device_lock = ""  # a file every actor locks while it holds the one shared device (--h100); "" for a device per actor
+    free_device_work = True  # the device's part of a batch costs the host nothing, as on a GPU (see `_on_the_device`)
 
     def __init__(self, job: Any) -> None:
         super().__init__(job)
         self.calls: list[tuple[int, float, float]] = []  # device calls not yet written to `spans`
         self.calls_lock = threading.Lock()
         self.local = threading.local()  # the unit this thread runs: the model step runs in process()'s own thread
+        self.made: dict[Any, dict[str, Any]] = {}  # outputs by batch shape (free_device_work)
 
     def predict(self, x: Any, seeds: list[int]) -> dict[str, Any]:
-        import torch
-
         began, wall = time.perf_counter(), time.time()
-        step = self.step
-        dtype = getattr(torch, step.float_dtype)
-        first = x[:, 0]  # (B, H, W) floats in [0, 1]: outputs that vary, cheaply
-        out = {"labels": (first * 10).to(torch.uint8)}
-        for name in step.outputs:
-            if name == "probs":  # channel-last (B, H, W, K), as the model step hands it
-                k = int(self.model.num_classes)
-                out[name] = (first[..., None] / k).expand(*first.shape, k).to(dtype).contiguous()
-            else:
-                out[name] = first.to(dtype)
+        out = self._outputs(x)
         if self.device_lock:  # one device for every actor: its time per batch, the others wait for it
             import fcntl
 
@@ -148,19 +147,76 @@ class StandInWorker(PipelineWorker):
             self.calls.append((self.local.unit, wall, time.time()))
         return out
 
+    def _outputs(self, x: Any) -> dict[str, Any]:
+        """The store's arrays for a batch, of the right shapes and dtypes, varying with the input (its first band)."""
+        import torch
+
+        key = (tuple(x.shape), str(x.dtype))
+        if self.free_device_work and key in self.made:
+            return self.made[key]
+        step = self.step
+        dtype = getattr(torch, step.float_dtype)
+        first = x[:, 0]  # (B, H, W) floats in [0, 1]
+        out = {"labels": (first * 10).to(torch.uint8)}
+        for name in step.outputs:
+            if name == "probs":  # channel-last (B, H, W, K), as the model step hands it
+                k = int(self.model.num_classes)
+                out[name] = (first[..., None] / k).expand(*first.shape, k).to(dtype).contiguous()
+            else:
+                out[name] = first.to(dtype)
+        if self.free_device_work:
+            self.made[key] = out
+        return out
+
     def process(self, unit: Any) -> dict[str, Any]:
-        begun = time.time()
+        begun, cpu_begun = time.time(), time.process_time()
         self.local.unit = unit.id
+        if self.free_device_work:
+            _on_the_device(input_job(unit.job))
         entry = super().process(unit)
         with self.calls_lock:
             calls, self.calls = self.calls, []
+        line = {"unit": self.local.unit, "begun": begun, "ended": time.time(), "calls": calls}
+        line |= {"pid": os.getpid(), "cpu_begun": cpu_begun, "cpu_ended": time.process_time()}  # the process's CPU, every thread
         with open(self.spans, "a") as f:  # one O_APPEND write per unit
-            f.write(json.dumps({"unit": self.local.unit, "begun": begun, "ended": time.time(), "calls": calls}) + "\n")
+            f.write(json.dumps(line) + "\n")
         return entry
 
 
-def stand_in(seconds_per_item: float, spans: Path, device_lock: str = "") -> type:
-    attrs = {"seconds_per_item": seconds_per_item, "spans": str(spans), "device_lock": device_lock, "__module__": __name__}
+def _on_the_device(source: Any) -> None:
+    """The source's steps that run on the device (`to_model`'s uint8 -> float, `from_model`'s quantisation), at no host
+    cost, as on a GPU where they are kernels: each runs once per batch shape and hands back what it gave then, as the
+    stand-in's network does. Otherwise this CPU stand-in does a device's arithmetic on the host's cores (at 1080p, 12 ms
+    per frame of float conversion; on a raster tile, quantising 12 classes of probabilities), which no host does."""
+    if getattr(source, "_stand_in", False):
+        return
+    to_model, from_model = source.to_model, source.from_model
+    converted: dict[Any, Any] = {}
+    finished: dict[int, tuple[Any, Any]] = {}
+
+    def cached_to_model(x: Any) -> Any:
+        key = (tuple(x.shape), str(x.dtype))
+        if key not in converted:
+            converted[key] = to_model(x)
+        return converted[key]
+
+    def cached_from_model(outputs: dict[str, Any]) -> dict[str, Any]:
+        if id(outputs) not in finished:  # the stand-in hands back the same outputs for a shape (kept here: the id stays theirs)
+            finished[id(outputs)] = (outputs, from_model(outputs))
+        return finished[id(outputs)][1]  # type: ignore[no-any-return]
+
+    for name, value in (("to_model", cached_to_model), ("from_model", cached_from_model), ("_stand_in", True)):
+        object.__setattr__(source, name, value)  # the job is a frozen dataclass, one per input in this actor
+
+
+def stand_in(seconds_per_item: float, spans: Path, device_lock: str = "", free_device_work: bool = True) -> type:
+    attrs = {
+        "seconds_per_item": seconds_per_item,
+        "spans": str(spans),
+        "device_lock": device_lock,
+        "free_device_work": free_device_work,
+        "__module__": __name__,
+    }
     return type("StandInWorker", (StandInWorker,), attrs)
 
 
@@ -174,6 +230,7 @@ class Result:
     idle: dict[str, float]  # device idle seconds: before the first call, after the last, between calls, next to a unit's first or last call
     busy: float = 0.0  # seconds the device was held (the stand-in's calls; with a shared device, never overlapping)
     tail: float = 0.0  # rasters: the stitch left after the last unit (the store's summary), what it adds to the run's wall time
+    cpu: float = 0.0  # CPU seconds the actors' processes used (every thread: decoding, encoding, Ray's) from their first unit's start to last's end
 
     def per_item(self, stage: str) -> float:
         return self.stages.get(stage, 0.0) / self.items
@@ -185,7 +242,8 @@ class Result:
 
 def run_case(cfg: RunConfig, make_source: Any, seconds_per_item: float, spans: Path, device_lock: str = "") -> Result:
     spans.unlink(missing_ok=True)
-    summary = run(cfg, [one_input(cfg.input)], make_source, worker=stand_in(seconds_per_item, spans, device_lock))
+    worker = stand_in(seconds_per_item, spans, device_lock, free_device_work=not DEVICE_WORK_ON_HOST)
+    summary = run(cfg, [one_input(cfg.input)], make_source, worker=worker)
     lines = [json.loads(line) for line in spans.read_text().splitlines()] if spans.exists() else []
     if not lines:
         raise SystemExit("no unit recorded a span: run() did not use the stand-in worker (does it pass `worker` to the pool?)")
@@ -204,7 +262,11 @@ def run_case(cfg: RunConfig, make_source: Any, seconds_per_item: float, spans: P
         idle["at unit starts/ends" if boundary else "between batches"] += max(0.0, call[1] - prev[2])
     tail = float((open_store(cfg.out).attrs["segbatch"].get("summary") or {}).get("stitch_seconds") or 0.0)
     busy = sum(c[2] - c[1] for c in calls)
-    return Result(items=summary.items, span=ended - begun, wall=summary.seconds, stages=stages, units=len(ledger), idle=idle, busy=busy, tail=tail)
+    cpu = 0.0
+    for pid in {s["pid"] for s in lines}:
+        mine = [s for s in lines if s["pid"] == pid]
+        cpu += max(s["cpu_ended"] for s in mine) - min(s["cpu_begun"] for s in mine)
+    return Result(items=summary.items, span=ended - begun, wall=summary.seconds, stages=stages, units=len(ledger), idle=idle, busy=busy, tail=tail, cpu=cpu)
 
 
 def stage_line(r: Result, noun: str, per_mp: float | None = None) -> str:
@@ -323,6 +385,11 @@ def h100_case(name: str, cfg: RunConfig, make_source: Any, work: Path, noun: str
     print(f"  host work, one actor, one unit at a time ({cal.items} {noun}s):")
     print(stage_line(cal, noun, per_mp))
     print(f"  cores per device that host work implies: {1e3 * cal.host:.2f} ms / {1e3 * device_s:.2f} ms = {cal.host / device_s:.1f}")
+    cpu = cal.cpu / cal.items
+    print(
+        f"  the actor's CPU (every thread: stages on 2 cores inflate each other's wall time, CPU time they do not): {1e3 * cpu:.2f} ms "
+        f"per {noun}{f' = {1e3 * cpu * per_mp:.1f} ms per megapixel' if per_mp else ''}; cores per device by it: {cpu / device_s:.1f}"
+    )
     lock = work / f"{name}.device"
     lock.touch()
     r = run_case(_with(cfg, out=str(work / f"{name}-h100.zarr"), actors=actors), make_source, device_s, work / f"{name}-h100.spans", str(lock))
@@ -381,7 +448,14 @@ def main() -> None:
     ap.add_argument("--gop", type=int, help="frames between the videos' keyframes (default: x264's 250; cameras write 25-60)")
     ap.add_argument("--arch", default="segnet", help="--h100: the network whose FLOPs set the device's time (segnet, segnet-basic)")
     ap.add_argument("--actors", type=int, default=os.cpu_count() or 1, help="--h100: actors sharing the one device (default: one per core)")
+    ap.add_argument(
+        "--device-work-on-host",
+        action="store_true",
+        help="the stand-in does the device's arithmetic (network outputs, uint8 -> float, quantising) on the host's cores, as before 2026-12",
+    )
     args = ap.parse_args()
+    global DEVICE_WORK_ON_HOST
+    DEVICE_WORK_ON_HOST = args.device_work_on_host
     fixed = {k: float(v) / 1e3 for k, v in (a.split("=") for a in args.stand_in_ms)}
     if args.h100:
         main_h100(args)

@@ -75,11 +75,13 @@ class RasterJob:
         return x.float().div_(255) if not x.is_floating_point() else x
 
     def from_model(self, outputs: dict[str, Any]) -> dict[str, Any]:
-        """On the device: probabilities quantised to the tile store's uint8 (a quarter of float32's bytes come back, and the
-        host does no float arithmetic on them), the uncertainty cast to the store's dtype."""
+        """On the device: probabilities quantised to the tile store's uint8 and laid out class-first as tiles/probs is (a
+        quarter of float32's bytes come back, and the host neither computes on them nor transposes them), the uncertainty
+        cast to the store's dtype."""
         import torch
 
-        out = {**outputs, "probs": torch.round(outputs["probs"] * PROB_SCALE).to(torch.uint8)}
+        probs = torch.round(outputs["probs"] * PROB_SCALE).to(torch.uint8).permute(0, 3, 1, 2).contiguous()  # tiles/' class-first
+        out = {**outputs, "probs": probs}
         if "uncertainty" in outputs:
             out["uncertainty"] = outputs["uncertainty"].to(getattr(torch, self.store_dtype))
         return out
@@ -100,21 +102,29 @@ class TilePlacer:
     def put(self, items: Sequence[Item], outputs: Mapping[str, np.ndarray]) -> list[Write]:
         (item,) = items
         valid = item.info
-        h, w = valid.shape
-        side_h, side_w = self.job.tile_side
-        probs = outputs["probs"][0, :h, :w].transpose(2, 0, 1)  # quantised on the device (`from_model`), channel-last
-        q = np.full((probs.shape[0], side_h, side_w), PROB_NODATA, np.uint8)
-        q[:, :h, :w] = np.where(valid, probs, PROB_NODATA)
-        arrays = {"tiles/probs": q[None]}
+        side = self.job.tile_side
+        probs = outputs["probs"][:1]  # quantised and class-first on the device (`from_model`)
+        arrays = {"tiles/probs": _masked(probs, valid, side, PROB_NODATA, np.uint8)}
         if "uncertainty" in outputs:
-            unc = np.full((side_h, side_w), np.nan, self.job.store_dtype)
-            unc[:h, :w] = np.where(valid, outputs["uncertainty"][0, :h, :w], np.nan)
-            arrays["tiles/uncertainty"] = unc[None]
+            arrays["tiles/uncertainty"] = _masked(outputs["uncertainty"][:1], valid, side, np.nan, self.job.store_dtype)
         # tiles/ is removed after the stitch: the digests `verify` checks are those of the stitched chunks
         return [Write((slice(item.index, item.index + 1),), arrays, digests=False)]
 
     def close(self) -> list[Write]:
         return []
+
+
+def _masked(values: np.ndarray, valid: np.ndarray, side: tuple[int, int], fill: Any, dtype: Any) -> np.ndarray:
+    """(1, ..., H, W) model outputs as a tile of tiles/: `fill` outside the data and past its (h, w) up to `side`.
+
+    Most tiles are whole and all data: they go as they came, no copy.
+    """
+    h, w = valid.shape
+    if values.shape[-2:] == side and values.dtype == dtype and (h, w) == side and valid.all():
+        return values
+    out = np.full((*values.shape[:-2], *side), fill, dtype)
+    out[..., :h, :w] = np.where(valid, values[..., :h, :w], fill)
+    return out
 
 
 class RasterSource:

@@ -93,8 +93,9 @@ def assert_same_items(a: list[Item], b: list[Item], unit: Any) -> None:
 
 
 def fake_outputs(job: Any, items: list[Item], outputs: tuple[str, ...], float_dtype: str, k: int) -> dict[str, np.ndarray]:
-    """What the model step hands the placer for a batch (segbatch.mc.predict_outputs): labels uint8 (B, H, W), each of
-    `outputs` in `float_dtype`, per pixel (B, H, W) or probs channel-last (B, H, W, K); (H, W) is the batch's as the model sees it."""
+    """What the pipeline hands the placer for a batch: the model step's arrays (segbatch.mc.predict_outputs: labels uint8
+    (B, H, W), each of `outputs` in `float_dtype`, per pixel (B, H, W) or probs channel-last (B, H, W, K); (H, W) is the
+    batch's as the model sees it) through the source's `from_model`."""
     b, _, h, w = job.to_model(torch.from_numpy(np.stack([i.data for i in items]))).shape
     rng = np.random.default_rng(items[0].index)
     out = {"labels": rng.integers(0, k, (b, h, w), dtype=np.uint8)}
@@ -104,7 +105,7 @@ def fake_outputs(job: Any, items: list[Item], outputs: tuple[str, ...], float_dt
             out[name] = (p / p.sum(-1, keepdims=True)).astype(float_dtype)
         else:
             out[name] = rng.random((b, h, w)).astype(float_dtype)
-    return out
+    return {name: value.numpy() for name, value in job.from_model({n: torch.from_numpy(v) for n, v in out.items()}).items()}
 
 
 def chunks_of(region: tuple[slice, ...], chunks: tuple[int, ...]) -> list[tuple[int, ...]]:

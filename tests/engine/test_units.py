@@ -250,6 +250,18 @@ def test_a_tile_placer_quantises_probabilities_and_marks_pixels_outside_the_data
     assert placer.close() == []
 
 
+def test_a_whole_tile_all_data_is_written_as_the_model_gave_it_and_any_other_is_masked():
+    from segbatch.engine.raster import _masked
+
+    probs = np.arange(3 * 64 * 64, dtype=np.uint8).reshape(1, 3, 64, 64)
+    assert _masked(probs, np.ones((64, 64), bool), (64, 64), 255, np.uint8) is probs  # no copy
+    valid = np.ones((64, 64), bool)
+    valid[3, 4] = False
+    q = _masked(probs, valid, (64, 64), 255, np.uint8)
+    assert q is not probs and (q[0, :, 3, 4] == 255).all() and (q[valid[None].repeat(3, 0)[None]] == probs[valid[None].repeat(3, 0)[None]]).all()
+    assert np.isnan(_masked(np.zeros((1, 64, 64), np.float32), valid, (64, 64), np.nan, np.float16)[0, 3, 4])
+
+
 def test_a_tile_placer_without_sampling_writes_no_uncertainty(raster_job):
     valid = np.ones((48, 48), bool)
     back = raster_job.from_model({"probs": torch.full((1, 48, 48, 3), 1 / 3)})
