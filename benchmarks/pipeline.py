@@ -160,8 +160,11 @@ class StandInWorker(PipelineWorker):
         out = {"labels": (first * 10).to(torch.uint8)}
         for name in step.outputs:
             if name == "probs":  # channel-last (B, H, W, K), as the model step hands it
+                # each class peaks where the band is near its own level: planes that differ, as a network's do (equal planes
+                # would compress as no real output does, and favour the wrong codec)
                 k = int(self.model.num_classes)
-                out[name] = (first[..., None] / k).expand(*first.shape, k).to(dtype).contiguous()
+                logits = -((first[..., None] - torch.linspace(0, 1, k)) ** 2) * (8.0 * k)
+                out[name] = torch.softmax(logits, dim=-1).to(dtype).contiguous()
             else:
                 out[name] = first.to(dtype)
         if self.free_device_work:

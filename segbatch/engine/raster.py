@@ -150,9 +150,9 @@ class RasterSource:
         k = self.ckpt.spec.num_classes
         side_h, side_w = tile_side(tiles)
         n = len(tiles)
-        extra = [ArraySpec("tiles/probs", (n, k, side_h, side_w), (1, k, side_h, side_w), "uint8", PROB_NODATA, ("tile", "class", "ty", "tx"))]
+        extra = [ArraySpec("tiles/probs", (n, k, side_h, side_w), (1, k, side_h, side_w), "uint8", PROB_NODATA, ("tile", "class", "ty", "tx"), scratch=True)]
         if cfg.samples > 0:
-            extra.append(ArraySpec("tiles/uncertainty", (n, side_h, side_w), (1, side_h, side_w), cfg.float_dtype, np.nan, ("tile", "ty", "tx")))
+            extra.append(ArraySpec("tiles/uncertainty", (n, side_h, side_w), (1, side_h, side_w), cfg.float_dtype, np.nan, ("tile", "ty", "tx"), scratch=True))
         layout = StoreLayout(
             dims=("y", "x"),
             shape=(plan.height, plan.width),

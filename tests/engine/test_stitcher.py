@@ -285,3 +285,15 @@ def test_info_says_how_much_of_the_stitch_overlapped_inference(runner, cli, kept
     summary = zarr.open_group(str(kept[0]), mode="r").attrs["segbatch"]["summary"]
     assert f"{summary['stitch_overlap']:.0%} of it overlapped inference" in text
     assert f"at most {summary['tiles_peak']} of {summary['tiles']} tiles in tiles/" in text
+
+
+def test_the_tiles_are_encoded_for_speed_and_the_results_for_size(kept):
+    """tiles/ is read back by the stitch and removed: LZ4; the arrays a user keeps: Zstd (labels), Blosc bit-shuffled (floats)."""
+    import zarr
+
+    root = zarr.open_group(kept[0], mode="r")
+    compressor = {name: root[name].metadata.codecs[-1].to_dict() for name in ("tiles/probs", "tiles/uncertainty", "labels", "entropy")}
+    assert compressor["tiles/probs"]["name"] == "blosc" and compressor["tiles/probs"]["configuration"]["cname"] == "lz4"
+    assert compressor["tiles/probs"]["configuration"]["shuffle"] == "noshuffle"
+    assert compressor["labels"]["name"] == "zstd"
+    assert compressor["tiles/uncertainty"]["configuration"]["shuffle"] == compressor["entropy"]["configuration"]["shuffle"] == "bitshuffle"
