@@ -25,14 +25,17 @@ def output_names(cfg: RunConfig) -> tuple[str, ...]:
     return ("labels", "entropy", "confidence", *(("uncertainty",) if cfg.samples > 0 else ()), *(o for o in OPTIONAL_OUTPUTS if o in cfg.extra_outputs))
 
 
-def empty_outputs(names: Sequence[str], shape: tuple[int, ...], num_classes: int, float_dtype: str) -> dict[str, np.ndarray]:
-    """Store arrays of `shape` holding their fill values (255 labels, NaN floats; probs with a class axis)."""
+def fill_value(name: str) -> float | int:
+    """What an output holds where the model never ran: 255 labels, NaN floats."""
+    return NODATA_LABEL if name == "labels" else np.nan
+
+
+def empty_outputs(names: Sequence[str], shape: tuple[int, ...], num_classes: int, float_dtype: str, filled: bool = True) -> dict[str, np.ndarray]:
+    """Store arrays of `shape` (probs with a class axis) holding their fill values; `filled=False`: uninitialised, for a
+    caller that sets every row (`fill_value` for those the model never reached): filling first costs a pass over them."""
     out = {}
     for name in names:
-        if name == "labels":
-            out[name] = np.full(shape, NODATA_LABEL, np.uint8)
-        elif name == "probs":
-            out[name] = np.full((*shape, num_classes), np.nan, float_dtype)
-        else:
-            out[name] = np.full(shape, np.nan, float_dtype)
+        dtype = np.uint8 if name == "labels" else np.dtype(float_dtype)
+        full_shape = (*shape, num_classes) if name == "probs" else shape
+        out[name] = np.full(full_shape, fill_value(name), dtype) if filled else np.empty(full_shape, dtype)
     return out

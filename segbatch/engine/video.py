@@ -21,7 +21,7 @@ import numpy as np
 from segbatch import location
 from segbatch.engine.job import RunConfig, source_identity
 from segbatch.engine.outcome import RunSummary, finished_or_fail, mark_complete
-from segbatch.engine.outputs import empty_outputs, output_names
+from segbatch.engine.outputs import empty_outputs, fill_value, output_names
 from segbatch.engine.pipeline import require_readable
 from segbatch.engine.source import UNITS_PER_ACTOR, FinalisedAtEnd, Item, UnitReport, Write
 from segbatch.engine.step import ModelStep
@@ -143,7 +143,8 @@ class FramePlacer:
 
     def _empty(self) -> dict[str, np.ndarray]:
         shape = (self.stop - self.start, self.job.plan.height, self.job.plan.width)
-        return empty_outputs(self.job.outputs, shape, self.num_classes, self.job.float_dtype)
+        self.placed = np.zeros(shape[0], bool)  # rows set; the others get fill values when the chunk goes
+        return empty_outputs(self.job.outputs, shape, self.num_classes, self.job.float_dtype, filled=False)
 
     def put(self, items: Sequence[Item], outputs: Mapping[str, np.ndarray]) -> list[Write]:
         writes = []
@@ -152,6 +153,7 @@ class FramePlacer:
                 writes.append(self._next())
             for name, arr in self.arrays.items():
                 arr[item.index - self.start] = outputs[name][row]
+            self.placed[item.index - self.start] = True
         return writes
 
     def close(self) -> list[Write]:
@@ -163,6 +165,9 @@ class FramePlacer:
 
     def _next(self) -> Write:
         first = self.job.first_frame
+        if not self.placed.all():  # frames that never decoded
+            for name, arr in self.arrays.items():
+                arr[~self.placed] = fill_value(name)
         write = Write((slice(self.start - first, self.stop - first),), self.arrays)
         self.start, self.stop = self.stop, min(self.stop + self.job.chunk_frames, self.unit.stop)
         if self.start < self.unit.stop:
