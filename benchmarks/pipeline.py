@@ -16,8 +16,10 @@ CUDA stream would. What a GPU computes costs the host nothing: the stand-in
 makes its outputs once per batch shape, and the source's device-side steps
 (`to_model`'s uint8 -> float, `from_model`'s quantisation) likewise run once
 per shape (`_on_the_device`); `--device-work-on-host` does them for every
-batch on the host's cores instead, as this benchmark did until 2026-12 (for
-A/B against its older figures). Everything else is the engine's: decoding or
+batch on the host's cores instead, as this benchmark did until 2026-12 (A/B
+against its older figures; its probabilities were then one plane repeated
+per class, cheap to make and compressing 25x, where now each class has its
+own softmax plane, as a network's, so on a raster that mode now costs more). Everything else is the engine's: decoding or
 windowed reads, stacking, the copy to the device (`to_device`), the copies
 back, the placer, encoding, fenced writes, digests, the ledger.
 

@@ -12,6 +12,7 @@ import re
 import subprocess
 import sys
 from collections.abc import Iterator, Mapping, Sequence
+from contextlib import closing
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -158,19 +159,19 @@ def _panels(root: Any, attrs: dict[str, Any], alpha: float, moved: location.Loca
     chunk = labels.chunks[0]
     heat_label = "uncertainty" if heat_name == "uncertainty" else "entropy (nats)"
     legend = _legend(labels, attrs["model"], vmax, heat_label, labels.shape[1], labels.shape[2])
-    frames = read_frames(plan, first, stop)
-    pending = next(frames, None)
     missing = np.full((plan.height, plan.width, 3), 96, np.uint8)  # grey: the source frame would not decode
-    for lo in range(0, stop - first, chunk):
-        lab = labels[lo : lo + chunk]
-        unc = heat[lo : lo + chunk].astype(np.float32)
-        for k in range(lab.shape[0]):
-            rgb = missing
-            if pending is not None and pending[0] == first + lo + k:
-                rgb = pending[1]
-                pending = next(frames, None)
-            panels = np.concatenate([blend(rgb, colourise(lab[k], palette), alpha), heatmap(unc[k], vmax)], axis=1)
-            yield np.concatenate([panels, legend], axis=0)
+    with closing(read_frames(plan, first, stop)) as frames:  # its decoder closed when this stops, however it stops
+        pending = next(frames, None)
+        for lo in range(0, stop - first, chunk):
+            lab = labels[lo : lo + chunk]
+            unc = heat[lo : lo + chunk].astype(np.float32)
+            for k in range(lab.shape[0]):
+                rgb = missing
+                if pending is not None and pending[0] == first + lo + k:
+                    rgb = pending[1]
+                    pending = next(frames, None)
+                panels = np.concatenate([blend(rgb, colourise(lab[k], palette), alpha), heatmap(unc[k], vmax)], axis=1)
+                yield np.concatenate([panels, legend], axis=0)
 
 
 def _legend(labels: Any, model: dict[str, Any], vmax: float, heat_label: str, height: int, width: int) -> np.ndarray:

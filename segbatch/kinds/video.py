@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
+from contextlib import closing
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -145,7 +146,8 @@ class Video(Kind):
 
         def read(item: Item) -> np.ndarray | None:
             frame = item.meta["frame"]
-            got = next(read_frames(plan, frame, frame + 1), None)
+            with closing(read_frames(plan, frame, frame + 1)) as frames:  # its decoder closed now, not when collected
+                got = next(frames, None)
             return got[1] if got is not None and got[0] == frame else None
 
         return read
