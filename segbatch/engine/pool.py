@@ -101,9 +101,11 @@ class ActorPool:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def submit(self, unit: Any) -> None:
-        """Queue a unit (sent to an actor as soon as one has room)."""
-        self.queue.append(unit)
+    def submit(self, *units: Any) -> None:
+        """Queue units (each sent to an actor as soon as one has room): an input's units together, so each actor gets a
+        stretch of them, not every other one."""
+        for unit in units:
+            self.queue.append(unit)
         self._fill()
 
     def has_next(self) -> bool:

@@ -230,8 +230,7 @@ def _run_units(
                         if state.status != "failed":
                             owner.check()
                             state.planned().begin(state.opened(), state.done, owner)  # a raster's stitcher follows its tiles
-                            for unit in _units_of(state):
-                                pool.submit(unit)
+                            pool.submit(*_units_of(state))
                     if pool.has_next():
                         unit, result = pool.get_next()
                         state = by_group[unit.group]

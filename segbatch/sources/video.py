@@ -344,7 +344,7 @@ def _seek_and_read(plan: VideoPlan, start: int, stop: int, report: DecodeReport,
         decoding = _Decoding(plan, key, start, hwaccel)
         try:
             first = True
-            marks = (len(report.messages), len(report.damaged))
+            marks = _marks(report)
             for idx, item in _in_order(decoding, plan, start, stop, report):
                 if first and item is None and key > 0:
                     break  # `start` never came out: the seek landed past it (or nothing decoded): try an earlier keyframe
@@ -352,7 +352,7 @@ def _seek_and_read(plan: VideoPlan, start: int, stop: int, report: DecodeReport,
                 if _yielded(idx, item, report):
                     yield idx, item[0]
             else:
-                return _to_park(decoding, report, marks)
+                return _to_park(decoding, report, marks, stop, plan.frames)
         finally:
             if not decoding.parked:
                 decoding.close()
@@ -363,11 +363,11 @@ def _read_on(decoding: _Decoding, plan: VideoPlan, start: int, stop: int, report
     """Frames [start, stop) from a decoder left where a range ending at `start` stopped; the decoder, if it can go on."""
     decoding.parked = False
     try:
-        marks = (len(report.messages), len(report.damaged))
+        marks = _marks(report)
         for idx, item in _in_order(decoding, plan, start, stop, report):
             if _yielded(idx, item, report):
                 yield idx, item[0]
-        return _to_park(decoding, report, marks)
+        return _to_park(decoding, report, marks, stop, plan.frames)
     finally:
         if not decoding.parked:
             decoding.close()
@@ -383,11 +383,16 @@ def _yielded(idx: int, item: Any, report: DecodeReport) -> bool:
     return True
 
 
-def _to_park(decoding: _Decoding, report: DecodeReport, marks: tuple[int, int]) -> _Decoding | None:
-    """The decoder, to be parked, where it can go on exactly as if the next range had sought: it has not reached the end of
-    the stream and met no trouble in this range (no damage, no FFmpeg message, nothing damaged decoded ahead)."""
-    clean = (len(report.messages), len(report.damaged)) == marks and not any(damaged for _, _, damaged in decoding.ahead)
-    if decoding.ended or not clean:
+def _marks(report: DecodeReport) -> tuple[int, int, int]:
+    return len(report.messages), len(report.damaged), len(report.missing)
+
+
+def _to_park(decoding: _Decoding, report: DecodeReport, marks: tuple[int, int, int], stop: int, frames: int) -> _Decoding | None:
+    """The decoder, to be parked, where it can go on exactly as if the next range had sought: a range can start there (not
+    the end of the video or the stream), and it met no trouble in this range (no damage, no lost frame, no FFmpeg message,
+    nothing damaged decoded ahead), where a seek might have decided otherwise (an earlier keyframe, damage judged afresh)."""
+    clean = _marks(report) == marks and not any(damaged for _, _, damaged in decoding.ahead)
+    if decoding.ended or stop >= frames or not clean:
         return None
     decoding.parked = True
     return decoding
@@ -438,7 +443,7 @@ class _Parked:
 
     def __init__(self, size: int) -> None:
         self.size = size
-        self.lock = threading.Lock()
+        self.lock = threading.RLock()  # `end` may run from a generator's finaliser, inside this thread's own `begin`
         self.idle: OrderedDict[tuple[Any, int], _Decoding] = OrderedDict()
         self.ending: dict[tuple[Any, int], tuple[int, threading.Event]] = {}  # ranges being read, by where they end: thread, done
 

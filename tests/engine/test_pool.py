@@ -225,3 +225,15 @@ KILLED = (
 )
 def test_why_an_actor_died_while_starting_in_one_line(text, line):
     assert pool_module.start_failure(RuntimeError(text)) == line
+
+
+def test_an_inputs_units_submitted_together_go_out_as_stretches(ray_address):
+    with ActorPool(_worker(), "job", actors=2, cpus=1, gpus=0) as pool:
+        while pool.starting:  # both actors placed and started: the units find them ready
+            pool._on_started(next(iter(pool.starting)))
+        pool.submit(*range(8))
+        sent: dict[int, list[int]] = {}
+        for slot, unit, _ in pool.in_flight.values():
+            sent.setdefault(slot, []).append(unit)
+        assert sorted(sorted(units) for units in sent.values()) == [[0, 1], [5, 6]]  # neighbours each (one at a time: 0, 2 / 1, 3)
+        assert sorted(drain(pool, [])) == list(range(8))

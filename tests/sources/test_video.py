@@ -484,3 +484,23 @@ def test_a_video_replaced_in_place_is_decoded_anew(tmp_path, opened):
     opened.clear()
     assert [rgb.shape for _, rgb in read_frames(replaced, 20, 22)] == [(32, 64, 3)] * 2
     assert len(opened) == 1
+
+
+def test_a_range_that_lost_a_frame_hands_on_no_decoder(monkeypatch):
+    """A seek may retry from an earlier keyframe where a range's frames go missing; a decoder that lost one is not trusted on."""
+    opened: list[_Container] = []
+    plan = _fake_video(monkeypatch, _decode_order(36, 12, 2), range(0, 36, 12), delay=0, lose={50}, opened=opened)
+    opened.clear()
+    report = DecodeReport()
+    list(read_frames(plan, 0, 12, report))
+    assert report.missing == [5]
+    assert [i for i, _ in read_frames(plan, 12, 24)] == list(range(12, 24))
+    assert len(opened) == 2  # the second range sought
+
+
+def test_the_last_range_of_a_video_keeps_no_decoder_open(h264):
+    from segbatch.sources import video
+
+    plan = probe_video(h264)
+    list(read_frames(plan, 48, 60))
+    assert not [key for key in video._parked.idle if key[1] == 60]  # no range starts at the end: nothing waits there
