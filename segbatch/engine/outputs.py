@@ -1,4 +1,4 @@
-"""The arrays a video or image run writes, and the fill values they start from.
+"""The arrays a video or image run writes, and the fill values of rows the model never reached.
 
 Shared by the frame-stack sources (video, image folders): both write the same
 per-pixel arrays, and a row the model never reached must read as no data.
@@ -30,12 +30,11 @@ def fill_value(name: str) -> float | int:
     return NODATA_LABEL if name == "labels" else np.nan
 
 
-def empty_outputs(names: Sequence[str], shape: tuple[int, ...], num_classes: int, float_dtype: str, filled: bool = True) -> dict[str, np.ndarray]:
-    """Store arrays of `shape` (probs with a class axis) holding their fill values; `filled=False`: uninitialised, for a
-    caller that sets every row (`fill_value` for those the model never reached): filling first costs a pass over them."""
+def empty_outputs(names: Sequence[str], shape: tuple[int, ...], num_classes: int, float_dtype: str) -> dict[str, np.ndarray]:
+    """Uninitialised store arrays of `shape` (probs with a class axis), for a caller that sets every row (`fill_value` for
+    those the model never reached): filling them first would cost a pass over them."""
     out = {}
     for name in names:
         dtype = np.uint8 if name == "labels" else np.dtype(float_dtype)
-        full_shape = (*shape, num_classes) if name == "probs" else shape
-        out[name] = np.full(full_shape, fill_value(name), dtype) if filled else np.empty(full_shape, dtype)
+        out[name] = np.empty((*shape, num_classes) if name == "probs" else shape, dtype)
     return out

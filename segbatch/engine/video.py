@@ -144,7 +144,7 @@ class FramePlacer:
     def _empty(self) -> dict[str, np.ndarray]:
         shape = (self.stop - self.start, self.job.plan.height, self.job.plan.width)
         self.placed = np.zeros(shape[0], bool)  # rows set; the others get fill values when the chunk goes
-        return empty_outputs(self.job.outputs, shape, self.num_classes, self.job.float_dtype, filled=False)
+        return empty_outputs(self.job.outputs, shape, self.num_classes, self.job.float_dtype)
 
     def put(self, items: Sequence[Item], outputs: Mapping[str, np.ndarray]) -> list[Write]:
         writes = []

@@ -325,46 +325,36 @@ def read_frames(plan: VideoPlan, start: int, stop: int, report: DecodeReport | N
         return
     version = (location.version(plan.path), hwaccel)
     decoding = _parked.begin(version, start, stop)
-    kept = None  # the decoder, once the range is read and it can go on
+    kept: object = None  # what the range's reading returned: the decoder, once the range is read and it can go on
     try:
-        if decoding is None:
-            kept = yield from _seek_and_read(plan, start, stop, report, hwaccel)
+        if decoding is not None:
+            kept = yield from _read(decoding, plan, start, stop, report, may_retry=False)
         else:
-            kept = yield from _read_on(decoding, plan, start, stop, report)
+            for key in _seek_candidates(plan, start):
+                kept = yield from _read(_Decoding(plan, key, start, hwaccel), plan, start, stop, report, may_retry=key > 0)
+                if kept is not _SOUGHT_PAST:
+                    break
     finally:
-        _parked.end(version, stop, kept)
+        _parked.end(version, stop, kept if isinstance(kept, _Decoding) else None)
 
 
-Frames = Generator[tuple[int, np.ndarray], None, "_Decoding | None"]  # a range's frames; it returns its decoder where it can go on
+_SOUGHT_PAST = object()  # `_read`: `start` never came out (a seek landed past it): try an earlier keyframe
 
 
-def _seek_and_read(plan: VideoPlan, start: int, stop: int, report: DecodeReport, hwaccel: str | None) -> Frames:
-    """Frames [start, stop) from a seek to a keyframe before `start` (earlier ones where it overshoots); the decoder, if it can go on."""
-    for key in _seek_candidates(plan, start):
-        decoding = _Decoding(plan, key, start, hwaccel)
-        try:
-            first = True
-            marks = _marks(report)
-            for idx, item in _in_order(decoding, plan, start, stop, report):
-                if first and item is None and key > 0:
-                    break  # `start` never came out: the seek landed past it (or nothing decoded): try an earlier keyframe
-                first = False
-                if _yielded(idx, item, report):
-                    yield idx, item[0]
-            else:
-                return _to_park(decoding, report, marks, stop, plan.frames)
-        finally:
-            if not decoding.parked:
-                decoding.close()
-    return None
-
-
-def _read_on(decoding: _Decoding, plan: VideoPlan, start: int, stop: int, report: DecodeReport) -> Frames:
-    """Frames [start, stop) from a decoder left where a range ending at `start` stopped; the decoder, if it can go on."""
+def _read(
+    decoding: _Decoding, plan: VideoPlan, start: int, stop: int, report: DecodeReport, may_retry: bool
+) -> Generator[tuple[int, np.ndarray], None, object]:
+    """Frames [start, stop) from `decoding` (just sought, or left where a range ending at `start` stopped). Returns the
+    decoder where the next range can go on with it, else None; or, `may_retry`, _SOUGHT_PAST when `start` never came out
+    (or nothing decoded). The decoder is closed unless it is returned."""
     decoding.parked = False
     try:
         marks = _marks(report)
+        first = True
         for idx, item in _in_order(decoding, plan, start, stop, report):
+            if first and item is None and may_retry:
+                return _SOUGHT_PAST
+            first = False
             if _yielded(idx, item, report):
                 yield idx, item[0]
         return _to_park(decoding, report, marks, stop, plan.frames)
