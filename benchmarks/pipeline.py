@@ -235,6 +235,7 @@ class Result:
     idle: dict[str, float]  # device idle seconds: before the first call, after the last, between calls, next to a unit's first or last call
     busy: float = 0.0  # seconds the device was held (the stand-in's calls; with a shared device, never overlapping)
     tail: float = 0.0  # rasters: the stitch left after the last unit (the store's summary), what it adds to the run's wall time
+    tile_reads: float = 0.0  # rasters: how often the stitch read each written tile back from tiles/
     cpu: float = 0.0  # CPU seconds the actors' processes used (every thread: decoding, encoding, Ray's) from their first unit's start to last's end
 
     def per_item(self, stage: str) -> float:
@@ -265,13 +266,27 @@ def run_case(cfg: RunConfig, make_source: Any, seconds_per_item: float, spans: P
     for prev, call in zip(calls, calls[1:]):
         boundary = lasts[prev[0]] is prev or firsts[call[0]] is call
         idle["at unit starts/ends" if boundary else "between batches"] += max(0.0, call[1] - prev[2])
-    tail = float((open_store(cfg.out).attrs["segbatch"].get("summary") or {}).get("stitch_seconds") or 0.0)
+    summary_attrs = open_store(cfg.out).attrs["segbatch"].get("summary") or {}
+    tail = float(summary_attrs.get("stitch_seconds") or 0.0)
+    written = (summary_attrs.get("tiles") or 0) - (summary_attrs.get("skipped_tiles") or 0)
+    tile_reads = (summary_attrs.get("stitch_tile_reads") or 0) / written if written else 0.0
     busy = sum(c[2] - c[1] for c in calls)
     cpu = 0.0
     for pid in {s["pid"] for s in lines}:
         mine = [s for s in lines if s["pid"] == pid]
         cpu += max(s["cpu_ended"] for s in mine) - min(s["cpu_begun"] for s in mine)
-    return Result(items=summary.items, span=ended - begun, wall=summary.seconds, stages=stages, units=len(ledger), idle=idle, busy=busy, tail=tail, cpu=cpu)
+    return Result(
+        items=summary.items,
+        span=ended - begun,
+        wall=summary.seconds,
+        stages=stages,
+        units=len(ledger),
+        idle=idle,
+        busy=busy,
+        tail=tail,
+        tile_reads=tile_reads,
+        cpu=cpu,
+    )
 
 
 def stage_line(r: Result, noun: str, per_mp: float | None = None) -> str:
@@ -322,7 +337,10 @@ def measure(name: str, cfg: RunConfig, make_source: Any, work: Path, noun: str, 
         print(stage_line(r, noun, per_mp))
         print("  device idle (s): " + ", ".join(f"{k} {v:.2f}" for k, v in r.idle.items()) + f" of {r.span:.2f}")
         if r.tail:
-            print(f"  stitch after the last unit {r.tail:.2f} s (the rest overlapped inference): end to end {r.items / (r.span + r.tail) * s:.2f} of ideal")
+            print(
+                f"  stitch after the last unit {r.tail:.2f} s (the rest overlapped inference; each tile read back {r.tile_reads:.1f} times): "
+                f"end to end {r.items / (r.span + r.tail) * s:.2f} of ideal"
+            )
         if factor <= DEVICE_FACTOR * (1 + FACTOR_SLACK) or attempt == rounds:
             break
         s = DEVICE_FACTOR * r.host  # the calibration's threads contend more than a paced run's: measure again at 1.5x what this run saw
@@ -404,6 +422,8 @@ def h100_case(name: str, cfg: RunConfig, make_source: Any, work: Path, noun: str
         f"(the device alone: {1 / device_s:.1f}/s); device busy {r.busy / r.span:.2f} of the span"
     )
     print(stage_line(r, noun, per_mp))
+    if r.tail:
+        print(f"  stitch after the last unit {r.tail:.2f} s (each tile read back {r.tile_reads:.1f} times)")
     print(f"  {name} simulated-H100 efficiency {efficiency:.2f}", flush=True)
     return efficiency
 

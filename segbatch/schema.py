@@ -220,7 +220,7 @@ SUMMARY = nullable(
     fields(
         {},
         {
-            **dict.fromkeys(("frames", "images", "tiles", "skipped_tiles", "unreadable", "actors", "tiles_peak"), _INT0),
+            **dict.fromkeys(("frames", "images", "tiles", "skipped_tiles", "unreadable", "actors", "tiles_peak", "stitch_tile_reads"), _INT0),
             **dict.fromkeys(("wall_seconds", "worker_seconds", "inference_seconds", "stitch_seconds", "stitch_task_seconds", "stitch_overlap"), number),
             "device": string,
             "actors_per_gpu": list_of(_INT1),

@@ -19,6 +19,7 @@ torch); a `StitchJob` says all it needs.
 from __future__ import annotations
 
 import json
+import threading
 import time
 from collections import OrderedDict
 from collections.abc import Iterable, Mapping, Sequence
@@ -32,7 +33,8 @@ from segbatch.store import NODATA_LABEL, ledger_array, record_unit, write_region
 from segbatch.tilestore import PROB_NODATA, PROB_SCALE
 from segbatch.tiling import Tile, TilePlan, Window, blend_weights
 
-TILE_CACHE = 12  # tiles kept decoded per task: the 3x3 around a chunk plus the next column
+TILE_CACHE_BYTES = 512 << 20  # decoded tiles a process keeps across its stitch tasks (about 150 tiles of 512² with 11 classes)
+TILE_CACHE_TILES = 12  # kept whatever their size: the 3x3 around a chunk plus the next column
 _TINY = np.finfo(np.float32).tiny  # added to p before the log, so p log p is 0 at p = 0 (its limit), not NaN
 
 
@@ -224,8 +226,16 @@ def _finish(probs_sum: np.ndarray | None, weight_sum: np.ndarray, invalid: np.nd
     return outputs
 
 
-def stitch_chunks(job: StitchJob, chunk_ids: Sequence[int], skipped: frozenset[int]) -> tuple[int, float]:
-    """Blend and write the output chunks `chunk_ids` (tile cores); returns how many were written, and the seconds it took.
+class StitchTask(NamedTuple):
+    """What a stitch task hands back."""
+
+    chunks: int  # output chunks written
+    seconds: float
+    tile_reads: int  # tiles it read (decoded) from tiles/; the rest came from this process's earlier tasks
+
+
+def stitch_chunks(job: StitchJob, chunk_ids: Sequence[int], skipped: frozenset[int]) -> StitchTask:
+    """Blend and write the output chunks `chunk_ids` (tile cores).
 
     Each chunk is tile `cid`'s core, so its digests go into that tile's ledger
     entry (written by this task alone, after the chunk), with `stitched`: what
@@ -241,19 +251,26 @@ def stitch_chunks(job: StitchJob, chunk_ids: Sequence[int], skipped: frozenset[i
     root = _Arrays(fence.open(job.store))
     uncertainty, with_confidence = "uncertainty" in root, "confidence" in root  # stores made before confidence existed are still stitched
     float_dtype = root["entropy"].dtype
-    tile_cache, blend_cache = _TileCache(root, uncertainty), BlendCache(job.tiles.overlap)
+    blend_cache = BlendCache(job.tiles.overlap)
+    reads = 0
+
+    def tile(tid: int) -> TileOutput:
+        nonlocal reads
+        found, read = _DECODED.get((job.store, job.run, tid), lambda: _read_tile(root, job.tiles[tid], uncertainty))
+        reads += read
+        return found
+
     for cid in chunk_ids:
         fence.check()
         core = job.tiles[cid].core
-        tiles = (tile_cache.get(job.tiles[tid]) for tid in job.tiles.contributors(cid) if tid not in skipped)
-        outputs = blend_chunk(core, tiles, blend_cache, float_dtype, uncertainty)
+        outputs = blend_chunk(core, (tile(tid) for tid in job.tiles.contributors(cid) if tid not in skipped), blend_cache, float_dtype, uncertainty)
         if not with_confidence:
             del outputs["confidence"]
         digests = write_region(root, core.slices, outputs)
         entry = json.loads(str(ledger_array(root)[cid]) or "{}")
         fence.check(fresh=True)
         record_unit(root, cid, {**entry, "chunks": digests, "stitched": True})
-    return len(chunk_ids), time.perf_counter() - started
+    return StitchTask(len(chunk_ids), time.perf_counter() - started, reads)
 
 
 class _Arrays:
@@ -272,20 +289,58 @@ class _Arrays:
         return name in self.nodes or name in self.root
 
 
-class _TileCache:
-    """The last few decoded tiles: in row-major order a chunk's neighbours were mostly read for the chunk
-    before it, so each tile is decoded about 3 times, not 9."""
+def _read_tile(root: _Arrays, tile: Tile, uncertainty: bool) -> TileOutput:
+    probs = root["tiles/probs"][tile.id]
+    unc = root["tiles/uncertainty"][tile.id] if uncertainty else None
+    for a in (probs, unc):
+        if a is not None:
+            a.setflags(write=False)  # shared by every chunk (and task) that blends this tile
+    return TileOutput(tile, probs, unc)
 
-    def __init__(self, root: Any, uncertainty: bool, size: int = TILE_CACHE) -> None:
-        self.root, self.uncertainty, self.size = root, uncertainty, size
-        self.tiles: OrderedDict[int, TileOutput] = OrderedDict()
 
-    def get(self, tile: Tile) -> TileOutput:
-        if tile.id in self.tiles:
-            self.tiles.move_to_end(tile.id)
-            return self.tiles[tile.id]
-        unc = self.root["tiles/uncertainty"][tile.id] if self.uncertainty else None
-        self.tiles[tile.id] = TileOutput(tile, self.root["tiles/probs"][tile.id], unc)
-        if len(self.tiles) > self.size:
-            self.tiles.popitem(last=False)
-        return self.tiles[tile.id]
+class _DecodedTiles:
+    """The tiles this process's stitch tasks decoded, kept across tasks, least recently used out first past a byte budget.
+
+    A tile is blended by the 3x3 chunks around it, which become ready over
+    about two rows of the raster, often in different tasks; Ray runs a
+    driver's tasks of one function in the workers it already has, so a process
+    keeping what it decoded reads each tile about once instead of about three
+    times (the 3 rows it reaches). Keys name the store and the run as well as
+    the tile: a tile is written once per run, before any chunk that blends it
+    is handed out. A raster too wide for the budget to hold about three rows
+    of tiles falls back to reusing the current row's: each tile read about 3
+    times, as a task's own cache gave.
+    """
+
+    def __init__(self, budget: int = TILE_CACHE_BYTES, least: int = TILE_CACHE_TILES) -> None:
+        self.budget, self.least = budget, least
+        self.tiles: OrderedDict[tuple[str, str, int], TileOutput] = OrderedDict()
+        self.bytes = 0
+        self.lock = threading.Lock()  # tasks of a threaded (local) Ray share the process
+
+    def get(self, key: tuple[str, str, int], read: Any) -> tuple[TileOutput, int]:
+        """The tile under `key`, read with `read()` unless kept; and 1 if it was read, else 0."""
+        with self.lock:
+            if key in self.tiles:
+                self.tiles.move_to_end(key)
+                return self.tiles[key], 0
+        found = read()
+        with self.lock:
+            if key not in self.tiles:
+                self.tiles[key] = found
+                self.bytes += _nbytes(found)
+            while self.bytes > self.budget and len(self.tiles) > self.least:
+                self.bytes -= _nbytes(self.tiles.popitem(last=False)[1])
+        return found, 1
+
+    def clear(self) -> None:
+        with self.lock:
+            self.tiles.clear()
+            self.bytes = 0
+
+
+def _nbytes(t: TileOutput) -> int:
+    return t.probs.nbytes + (t.uncertainty.nbytes if t.uncertainty is not None else 0)
+
+
+_DECODED = _DecodedTiles()

@@ -229,8 +229,10 @@ def test_stitch_chunks_blends_from_the_store_and_fences_with_the_jobs_lease(monk
     monkeypatch.setattr(stitch, "ledger_array", lambda root: ["", "", "", "", '{"unit": 4}'])
     monkeypatch.setattr(stitch, "record_unit", lambda root, cid, entry: ledger.setdefault(cid, entry))
     job = StitchJob(store="/data/group.zarr", tiles=plan, run="run-1", lease="/data/job.zarr")
-    count, seconds = stitch_chunks(job, [0, 4], skipped)
+    count, seconds, reads = stitch_chunks(job, [0, 4], skipped)
     assert count == 2 and seconds > 0
+    # every tile the two chunks blend, but the skipped one, read once (chunk 4's tiles are mostly chunk 0's)
+    assert reads == len((set(plan.contributors(0)) | set(plan.contributors(4))) - skipped)
     assert fences == [("/data/job.zarr", "run-1")] * 4
     assert ledger[4] == {"unit": 4, "chunks": {"labels/0.0": "d"}, "stitched": True}
     (region, out), ref = written[1], reference(plan, tiles, plan[4].core, skipped)
@@ -238,6 +240,26 @@ def test_stitch_chunks_blends_from_the_store_and_fences_with_the_jobs_lease(monk
     assert set(out) == {"labels", "entropy", "uncertainty"} and out["entropy"].dtype == np.float16
     assert (out["labels"][ref["clear"]] == ref["labels"][ref["clear"]]).all()
     np.testing.assert_allclose(out["uncertainty"], ref["uncertainty"], atol=1e-3, equal_nan=True)
+    # a later task of this process reads only the tiles it has not decoded yet
+    earlier = set(plan.contributors(0)) | set(plan.contributors(4))
+    assert stitch_chunks(job, [0, 1, 3, 4], skipped).tile_reads == len((set(plan.contributors(1)) | set(plan.contributors(3))) - earlier - skipped)
     fences.clear()
-    stitch_chunks(StitchJob(store="/data/one.zarr", tiles=plan, run="run-2"), [4], skipped)
+    again = stitch_chunks(StitchJob(store="/data/one.zarr", tiles=plan, run="run-2"), [4], skipped)
     assert fences == [("/data/one.zarr", "run-2")] * 2  # no lease given: the store's own
+    assert again.tile_reads == len(set(plan.contributors(4)) - skipped)  # another store (or run): its tiles are read anew
+
+
+def test_decoded_tiles_keep_the_recently_used_within_their_budget():
+    tile = plan_tiles(*PLANS[0])[0]
+    one = TileOutput(tile, np.zeros((3, 10, 10), np.uint8), np.zeros((10, 10), np.float32))  # 300 + 400 bytes
+    cache, reads = stitch._DecodedTiles(budget=2100, least=2), []
+
+    def get(key):
+        return cache.get(("s", "r", key), lambda: reads.append(key) or one)[1]
+
+    assert [get(k) for k in (0, 1, 2, 0, 3, 1)] == [1, 1, 1, 0, 1, 1]  # three fit; 3 pushed out 1, used longest ago
+    assert reads == [0, 1, 2, 3, 1] and cache.bytes == 3 * 700
+    small = stitch._DecodedTiles(budget=0, least=2)  # a budget below a tile still keeps `least` tiles
+    for k in (0, 1, 0):
+        small.get(("s", "r", k), lambda: one)
+    assert list(small.tiles) == [("s", "r", 1), ("s", "r", 0)]

@@ -75,7 +75,7 @@ def format_store(s: dict[str, Any]) -> str:
             (
                 "stitch",
                 f"{summary['stitch_task_seconds']:.1f} s of stitch tasks, {summary.get('stitch_overlap') or 0:.0%} of it overlapped inference; "
-                f"at most {summary.get('tiles_peak', '?')} of {summary.get('tiles', '?')} tiles in tiles/ at once",
+                f"{_tile_reads(summary)}at most {summary.get('tiles_peak', '?')} of {summary.get('tiles', '?')} tiles in tiles/ at once",
             )
         )
     if summary.get("wall_seconds"):
@@ -224,3 +224,9 @@ def _sharing(summary: dict[str, Any]) -> str:
 
     counts = summary.get("actors_per_gpu")
     return f", {shared(counts)}" if counts else ""
+
+
+def _tile_reads(summary: dict[str, Any]) -> str:
+    """'tiles read back 1.1 times each; ' when the run counted the stitch's reads of tiles/ (a store made before did not)."""
+    reads, written = summary.get("stitch_tile_reads"), (summary.get("tiles") or 0) - (summary.get("skipped_tiles") or 0)
+    return f"tiles read back {reads / written:.1f} times each; " if reads is not None and written > 0 else ""

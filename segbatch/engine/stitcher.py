@@ -134,6 +134,7 @@ class Stitcher:
         self.in_flight: dict[Any, list[int]] = {}
         self.inferring = True
         self.task_seconds = self.overlapped_seconds = 0.0
+        self.tile_reads = 0
         self.fills: list[tuple[Any, np.ndarray]] | None = None
         self.schedule = StitchSchedule(job.tiles, done, again)
 
@@ -159,9 +160,15 @@ class Stitcher:
         return time.perf_counter() - started
 
     def figures(self) -> dict[str, Any]:
-        """For the store's summary: task seconds, the share of them that ran while inference went on, the most tiles kept at once."""
+        """For the store's summary: task seconds, the share of them that ran while inference went on, how often tiles were read
+        back, the most tiles kept at once."""
         overlap = self.overlapped_seconds / self.task_seconds if self.task_seconds > 0 else 0.0
-        return {"stitch_task_seconds": round(self.task_seconds, 3), "stitch_overlap": round(overlap, 3), "tiles_peak": self.schedule.peak}
+        return {
+            "stitch_task_seconds": round(self.task_seconds, 3),
+            "stitch_overlap": round(overlap, 3),
+            "stitch_tile_reads": self.tile_reads,
+            "tiles_peak": self.schedule.peak,
+        }
 
     def left(self) -> int:
         return self.schedule.left()
@@ -189,12 +196,13 @@ class Stitcher:
         for ref in finished:
             batch = self.in_flight.pop(ref)
             try:
-                _, seconds = ray.get(ref)
+                done = ray.get(ref)
             except RayError as exc:  # the task raised, or its worker died more often than it is retried
                 raise task_failure(exc, f"stitching chunks {batch[0]}..{batch[-1]}") from None
-            self.task_seconds += seconds
+            self.task_seconds += done.seconds
+            self.tile_reads += done.tile_reads
             if self.inferring:
-                self.overlapped_seconds += seconds
+                self.overlapped_seconds += done.seconds
             count += len(batch)
             for tid in self.schedule.stitched_now(batch):
                 self._consumed(tid)

@@ -285,6 +285,9 @@ def test_info_says_how_much_of_the_stitch_overlapped_inference(runner, cli, kept
     summary = zarr.open_group(str(kept[0]), mode="r").attrs["segbatch"]["summary"]
     assert f"{summary['stitch_overlap']:.0%} of it overlapped inference" in text
     assert f"at most {summary['tiles_peak']} of {summary['tiles']} tiles in tiles/" in text
+    written = summary["tiles"] - summary["skipped_tiles"]
+    assert summary["stitch_tile_reads"] >= written  # every written tile is read back at least once
+    assert f"tiles read back {summary['stitch_tile_reads'] / written:.1f} times each" in text
 
 
 def test_the_tiles_are_encoded_for_speed_and_the_results_for_size(kept):
