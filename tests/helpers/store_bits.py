@@ -161,9 +161,10 @@ def store_bits(path: Path, work: Path | None = None) -> dict[str, Any]:
 VOLATILE_ENTRY = ("run", "node", "seconds", "stages")  # a ledger entry: which run and node did the unit, how long its stages took
 VOLATILE_LEASE = ("heartbeat", "host", "pid", "pid_started", "run", "started")  # the lease: who held it, and when
 VOLATILE_ATTRS = ("runs",)  # the ids of the runs whose ledger entries count
-# the summary: timings, and what depends on how Ray scheduled the units (actors that got one, tiles kept at once, stitching
+# the summary: timings, and what depends on how Ray scheduled the units (actors that got one, tiles kept at once, tiles read
+# again by a stitch task in another process, stitching
 # overlapped with inference)
-VOLATILE_SUMMARY = ("actors", "device", "stages", "stitch_overlap", "tiles_peak")
+VOLATILE_SUMMARY = ("actors", "device", "stages", "stitch_overlap", "stitch_tile_reads", "tiles_peak")
 SOFTWARE = ("version", "fingerprint")  # the fingerprint is a digest of the configuration, its software versions included
 
 
