@@ -396,7 +396,10 @@ class _Decoding:
     """
 
     def __init__(self, plan: VideoPlan, key: int, start: int, hwaccel: str | None) -> None:
+        from av.video.reformatter import VideoReformatter
+
         self.log = DecodeReport()
+        self.rgb = VideoReformatter()  # one converter for the decoder's frames (see `_rgb`)
         self.decoded = _decode_from(plan, key, self.log, hwaccel, start)
         self.frames = _by_output_order(plan, _group(plan, start).start, self.decoded) if plan.output_order else self.decoded
         self.ahead: deque[tuple[int, Any, bool]] = deque()  # emitted past the last range's end, in the order they came
@@ -541,7 +544,7 @@ def _in_order(decoding: _Decoding, plan: VideoPlan, start: int, stop: int, repor
             idx, frame, damaged = got
             if idx >= stop:
                 past.append(got)
-            yield from order.put(idx, (_rgb(frame, plan), damaged) if order.wants(idx) else None)
+            yield from order.put(idx, (_rgb(frame, plan, decoding.rgb), damaged) if order.wants(idx) else None)
     finally:
         decoding.ahead.extendleft(reversed(past))  # before any kept from earlier that this range did not reach
     yield from order.close()
@@ -708,11 +711,17 @@ def _next_keyframe(plan: VideoPlan, index: int) -> int:
     return int(later[0]) if len(later) else plan.frames
 
 
-def _rgb(frame: Any, plan: VideoPlan) -> np.ndarray:
-    """The frame as upright RGB at the plan's size (a stream that changes resolution is rescaled to its first size)."""
+def _rgb(frame: Any, plan: VideoPlan, reformatter: Any) -> np.ndarray:
+    """The frame as upright RGB at the plan's size (a stream that changes resolution is rescaled to its first size).
+
+    `reformatter` is the decoder's: FFmpeg's converter is set up once for its
+    frames. `frame.to_ndarray(format=...)` makes a new one per frame, whose
+    set-up costs 6 times the conversion (0.54 of 0.63 ms at 360x480), for the
+    same bits.
+    """
     if (frame.height, frame.width) != (plan.coded_height, plan.coded_width):
         frame = frame.reformat(width=plan.coded_width, height=plan.coded_height)
-    return _upright(frame.to_ndarray(format="rgb24"), plan.rotation)
+    return _upright(reformatter.reformat(frame, format="rgb24").to_ndarray(), plan.rotation)
 
 
 def _upright(rgb: np.ndarray, rotation: int) -> np.ndarray:
