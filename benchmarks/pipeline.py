@@ -422,6 +422,7 @@ def h100_case(name: str, cfg: RunConfig, make_source: Any, work: Path, noun: str
         f"(the device alone: {1 / device_s:.1f}/s); device busy {r.busy / r.span:.2f} of the span"
     )
     print(stage_line(r, noun, per_mp))
+    print("  device idle (s): " + ", ".join(f"{k} {v:.2f}" for k, v in r.idle.items()) + f" of {r.span:.2f}")
     if r.tail:
         print(f"  stitch after the last unit {r.tail:.2f} s (each tile read back {r.tile_reads:.1f} times)")
     print(f"  {name} simulated-H100 efficiency {efficiency:.2f}", flush=True)

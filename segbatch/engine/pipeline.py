@@ -78,11 +78,14 @@ class PipelineWorker:
 
             from segbatch.model.checkpoint import load_checkpoint
 
+            writer = threading.Thread(target=_import_writer, name="segbatch-imports", daemon=True)
+            writer.start()  # beside the model's load (on a GPU, mostly CUDA's start-up), not in the first unit's way
             ckpt = load_checkpoint(self.step.checkpoint)
             self.temperature = ckpt.calibration_temperature  # `segbatch calibrate`'s, else 1
             model = ckpt.model.to(self.device).eval()
             # on GPUs, channels-last feeds cuDNN's tensor-core kernels without layout conversions (same results: tested on CPU)
             self.model = model.to(memory_format=torch.channels_last) if self.cuda else model  # type: ignore[call-overload]
+            writer.join()
         return str(self.device)
 
     def placement(self) -> tuple[str, str]:
@@ -354,3 +357,9 @@ def _ray_gave_gpu() -> bool:
         return ray.is_initialized() and bool(ray.get_gpu_ids())
     except Exception:  # outside Ray (tests, one process): use CUDA when present
         return True
+
+
+def _import_writer() -> None:
+    """Zarr and its codecs, which every unit writes with: the first unit would import them (0.2 s on a busy 2-core machine)."""
+    import numcodecs  # noqa: F401
+    import zarr.codecs  # noqa: F401

@@ -55,6 +55,8 @@ class RasterJob:
     pool: int  # the model's input sides must be multiples of this (each pooling level halves them)
 
     def check_node(self) -> None:
+        import rasterio  # noqa: F401  # GDAL (0.25 s): imported as the actor starts, not in its first unit's way
+
         require_readable(self.plan.path)
 
     def read(self, tile: TileUnit, report: UnitReport) -> Generator[Item, None, None]:

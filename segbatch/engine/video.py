@@ -101,6 +101,8 @@ class VideoJob:
     hwaccel: str | None = None  # decode on the GPU (PyAV hardware acceleration), e.g. "cuda"
 
     def check_node(self) -> None:
+        import av.video.reformatter  # noqa: F401  # the decoder: imported as the actor starts, not in its first unit's way
+
         require_readable(self.plan.path)
         if self.hwaccel:
             check_hwaccel(self.plan, self.hwaccel)  # on the node that will decode: its GPU, its FFmpeg
