@@ -58,6 +58,7 @@ class PipelineWorker:
             os.environ["CUDA_VISIBLE_DEVICES"] = gpus  # before CUDA starts in this process: the shared device is its cuda:0
 
         torch.set_num_threads(max(1, job.step.threads))
+        os.environ.setdefault("GDAL_NUM_THREADS", str(max(1, job.step.threads)))  # GDAL decodes a raster window's blocks on as many (read as a dataset opens)
         self.job, self.step, self.gpus = job, job.step, gpus
         self.device = torch.device("cuda" if torch.cuda.is_available() and (gpus is not None or _ray_gave_gpu()) else "cpu")
         self.cuda = self.device.type == "cuda"

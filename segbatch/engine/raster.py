@@ -26,7 +26,7 @@ from segbatch.errors import InputError
 from segbatch.owner import Owner
 from segbatch.problems import index_ranges
 from segbatch.progress import note
-from segbatch.sources.raster import RasterPlan, georeference, geozarr_attrs, probe_raster, read_bands, scale_to_unit
+from segbatch.sources.raster import RasterPlan, georeference, geozarr_attrs, prepare_reads, probe_raster, read_bands, scale_to_unit
 from segbatch.stitch import StitchJob
 from segbatch.store import ArraySpec, StoreLayout, consolidate, update_attrs
 from segbatch.tilestore import PROB_NODATA, PROB_SCALE, tile_side
@@ -55,9 +55,8 @@ class RasterJob:
     pool: int  # the model's input sides must be multiples of this (each pooling level halves them)
 
     def check_node(self) -> None:
-        import rasterio  # noqa: F401  # GDAL (0.25 s): imported as the actor starts, not in its first unit's way
-
         require_readable(self.plan.path)
+        prepare_reads(self.plan, self.tiles.tile)  # GDAL (imported, 0.25 s) as the actor starts, not in its first unit's way
 
     def read(self, tile: TileUnit, report: UnitReport) -> Generator[Item, None, None]:
         """The tile's window, reflect-padded to sides the pooling halves exactly; nothing when it is all nodata (skipped)."""

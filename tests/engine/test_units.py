@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import os
 import pickle
 import queue
 import re
@@ -366,7 +367,8 @@ def torch_threads():
     torch.set_num_threads(threads)
 
 
-def test_a_unit_runs_through_the_worker_into_its_chunks_and_ledger_entry(tmp_path, clip, ckpt, tiny_model, no_ray, torch_threads):
+def test_a_unit_runs_through_the_worker_into_its_chunks_and_ledger_entry(tmp_path, clip, ckpt, tiny_model, no_ray, torch_threads, monkeypatch):
+    monkeypatch.delenv("GDAL_NUM_THREADS", raising=False)  # the worker sets it for its process: gone again after the test
     store = tmp_path / "s.zarr"
     cfg = RunConfig(input=str(clip), out=str(store), samples=2, batch_size=3)
     source = VideoSource(cfg, ckpt)
@@ -375,6 +377,7 @@ def test_a_unit_runs_through_the_worker_into_its_chunks_and_ledger_entry(tmp_pat
         assert [(u.start, u.stop) for u in units] == [(0, 8), (8, 16)]
         step = source.step(str(tiny_model))
         worker = PipelineWorker(RunJob(owner.fence(), step))
+        assert os.environ["GDAL_NUM_THREADS"] == str(step.threads)  # GDAL decodes on the actor's CPUs, as torch computes
         worker.device_name()  # loads the model
         worker.node = "node-1"  # what Ray names the node (outside Ray there is none, and a ledger entry's node must be a string)
         job = source.job(str(store))

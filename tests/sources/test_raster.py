@@ -5,7 +5,7 @@ import pytest
 from rasterio.transform import Affine
 
 from segbatch.errors import InputError
-from segbatch.sources.raster import georeference, probe_raster, read_bands, read_window
+from segbatch.sources.raster import READ_CACHE_BYTES, georeference, prepare_reads, probe_raster, read_bands, read_cache_bytes, read_window
 from segbatch.tiling import Window
 from tests.helpers.rasters import write_geotiff
 
@@ -83,3 +83,28 @@ def test_a_raster_replaced_in_place_is_read_anew_not_through_the_open_dataset_ke
     second, _ = read_bands(plan, window)
     assert not np.array_equal(second, first)
     assert np.array_equal(np.rint(read_window(plan, window)[0] * 255), second)  # read_window: the same bands, scaled
+
+
+def test_the_block_cache_holds_a_row_of_tile_windows():
+    # 512-px blocks: a 512-px window starting mid-block touches 2 rows of them; 3 bands of uint8 and a mask byte
+    assert read_cache_bytes((512, 512), 40_000, 3, 512) == int(1024 * 40_448 * 4 * 1.25)
+    assert read_cache_bytes((1, 40_000), 40_000, 3, 512) == int(513 * 40_000 * 4 * 1.25)  # a striped file: a row per block
+    assert read_cache_bytes((256, 256), 4096, 3, 512) == READ_CACHE_BYTES[0]  # small rasters keep a useful cache anyway
+    assert read_cache_bytes((512, 512), 400_000, 8, 512) == READ_CACHE_BYTES[1]  # and the widest do not take the machine
+
+
+def test_reads_are_prepared_unless_the_user_set_gdal(tmp_path, monkeypatch):
+    from rasterio.env import get_gdal_config
+
+    import segbatch.sources.raster as raster
+
+    plan = probe_raster(write_geotiff(tmp_path / "a.tif"), None, 3)
+    monkeypatch.setattr(raster, "_cache_bytes", 0)
+    monkeypatch.delenv("GDAL_CACHEMAX", raising=False)
+    assert prepare_reads(plan, 512) == READ_CACHE_BYTES[0]
+    assert int(get_gdal_config("GDAL_CACHEMAX")) == READ_CACHE_BYTES[0]
+    monkeypatch.setattr(raster, "_cache_bytes", 0)
+    monkeypatch.setenv("GDAL_CACHEMAX", "10")
+    assert prepare_reads(plan, 512) == 0  # the user's setting stands
+    data, _ = read_bands(plan, Window(0, 0, 40, 50))
+    assert data.shape == (3, 40, 50)
