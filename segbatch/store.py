@@ -26,7 +26,7 @@ import shutil
 import struct
 import threading
 import uuid
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -599,10 +599,9 @@ def write_region(root: Any, region: Sequence[slice], outputs: Mapping[str, np.nd
     """Worker: write one unit's arrays into its own chunks; returns the digest of every chunk written (see `chunk_digests`).
 
     `root` is the store's group, or its `OpenArrays`. Each array is hashed
-    first: a chunk that is not all fill is then written without Zarr's own
-    check against the fill value (a full comparison, NaN-aware, of every
-    element: slower than encoding the chunk), one that is fill by Zarr as
-    usual (which deletes it: an earlier attempt's chunk never survives).
+    first: chunks that are not all fill are then encoded and stored here
+    (`_put_chunk`); an array with a fill chunk among them goes through Zarr,
+    which deletes that chunk (an earlier attempt's chunk never survives).
     """
     global _encoders
     with _encoders_lock:
@@ -611,10 +610,13 @@ def write_region(root: Any, region: Sequence[slice], outputs: Mapping[str, np.nd
 
     def one(name: str, values: np.ndarray) -> dict[str, str]:
         arr = root[name]
-        digests = chunk_digests(arr, region, values)
-        if FILL_DIGEST not in digests.values():
-            arr = arr.with_config({"write_empty_chunks": True})
-        arr[tuple(region)] = values
+        blocks = list(_chunk_blocks(arr, region, values))
+        digests = {_chunk_key(arr, idx): digest(block, arr.fill_value) for idx, block in blocks}
+        if FILL_DIGEST in digests.values() or not _encodes_itself(arr):
+            arr[tuple(region)] = values
+        else:
+            for idx, block in blocks:
+                _put_chunk(arr, idx, block)
         return digests
 
     digests: dict[str, str] = {}
@@ -624,6 +626,55 @@ def write_region(root: Any, region: Sequence[slice], outputs: Mapping[str, np.nd
     except OSError as exc:
         raise RunError(f"writing the store failed: {exc.strerror or exc}") from None
     return digests
+
+
+def _encodes_itself(arr: Any) -> bool:
+    """Whether `_put_chunk` can store `arr`'s chunks: a Zarr v3 array whose every codec encodes synchronously (not sharded)."""
+    from zarr.codecs import ShardingCodec
+
+    meta = arr.metadata
+    return meta.zarr_format == 3 and all(hasattr(c, "_encode_sync") and not isinstance(c, ShardingCodec) for c in meta.codecs)
+
+
+def _put_chunk(arr: Any, idx: tuple[int, ...], block: np.ndarray) -> None:
+    """Store chunk `idx` of `arr` (not all fill), `block` being its part inside the array: the bytes Zarr writes (tested),
+    with one call per codec and the store written from this thread.
+
+    Zarr's setitem does the same through its event loop, with a thread hop
+    per codec and per store write: for a stitched chunk's four arrays, 6.3 ms
+    of CPU against 2.2 here (1.05 of them encoding). An edge chunk is padded
+    with the fill value to the chunk's shape, as Zarr pads it.
+    """
+    from zarr.core.buffer import default_buffer_prototype
+    from zarr.storage import LocalStore
+
+    shape = tuple(arr.chunks)
+    if block.shape != shape:
+        whole = np.full(shape, arr.fill_value, arr.dtype)
+        whole[tuple(slice(0, n) for n in block.shape)] = block
+        block = whole
+    inner = arr._async_array  # its metadata, configuration and store path: the parts setitem uses
+    prototype = default_buffer_prototype()
+    spec = inner.metadata.get_chunk_spec(idx, inner.config, prototype)
+    contiguous: Any = np.ascontiguousarray(block)  # zarr's NDArrayLike protocol is narrower than numpy's stubs
+    chunk: Any = prototype.nd_buffer.from_ndarray_like(contiguous)
+    for codec in inner.metadata.codecs:
+        chunk = codec._encode_sync(chunk, spec)
+    key = inner.metadata.encode_chunk_key(idx)
+    store = inner.store_path.store
+    if isinstance(store, LocalStore):
+        path = Path(store.root) / inner.store_path.path / key
+        path.parent.mkdir(parents=True, exist_ok=True)
+        partial = path.with_name(f"{path.name}.{uuid.uuid4().hex}.partial")  # as Zarr names it: never a chunk key
+        try:
+            partial.write_bytes(chunk.as_buffer_like())
+            os.replace(partial, path)
+        finally:
+            partial.unlink(missing_ok=True)
+    else:
+        from zarr.core.sync import sync
+
+        sync((inner.store_path / key).set(chunk))
 
 
 FILL_DIGEST = schema.FILL_DIGEST  # a chunk equal to the fill value: zarr stores nothing for it
@@ -636,9 +687,17 @@ def chunk_digests(arr: Any, region: Sequence[slice], values: np.ndarray) -> dict
     is fill (image padding, say). Keys are "array/i.j.k" chunk coordinates;
     a chunk that equals the fill value is recorded as FILL_DIGEST.
     """
+    return {_chunk_key(arr, idx): digest(block, arr.fill_value) for idx, block in _chunk_blocks(arr, region, values)}
+
+
+def _chunk_key(arr: Any, idx: Sequence[int]) -> str:
+    return f"{arr.path}/{'.'.join(map(str, idx))}"
+
+
+def _chunk_blocks(arr: Any, region: Sequence[slice], values: np.ndarray) -> Iterator[tuple[tuple[int, ...], np.ndarray]]:
+    """Each chunk of `arr` that `region` covers, by index, as it reads back (clipped at the array's edge)."""
     full = _full_region(arr, region)
     values = np.broadcast_to(np.asarray(values, dtype=arr.dtype), tuple(s.stop - s.start for s in full))
-    out = {}
     for index in np.ndindex(*(((s.stop - 1) // c) - (s.start // c) + 1 for s, c in zip(full, arr.chunks))):
         idx = tuple(s.start // c + i for s, c, i in zip(full, arr.chunks, index))
         bounds = chunk_region(arr, idx)
@@ -649,8 +708,7 @@ def chunk_digests(arr: Any, region: Sequence[slice], values: np.ndarray) -> dict
         else:
             block = np.full(tuple(b.stop - b.start for b in bounds), arr.fill_value, arr.dtype)
             block[tuple(slice(i.start - b.start, i.stop - b.start) for i, b in zip(inner, bounds))] = part
-        out[f"{arr.path}/{'.'.join(map(str, idx))}"] = digest(block, arr.fill_value)
-    return out
+        yield idx, block
 
 
 def digest(block: np.ndarray, fill_value: Any, algorithm: str = schema.DIGEST_ALGORITHM) -> str:
