@@ -29,7 +29,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from segbatch.owner import Fence
-from segbatch.store import NODATA_LABEL, ledger_array, record_unit, write_region
+from segbatch.store import NODATA_LABEL, ledger_array, read_chunk, record_unit, write_region
 from segbatch.tilestore import PROB_NODATA, PROB_SCALE
 from segbatch.tiling import Tile, TilePlan, Window, blend_weights
 
@@ -248,10 +248,10 @@ def stitch_chunks(job: StitchJob, chunk_ids: Sequence[int], skipped: frozenset[i
     use_variables(job.environment)  # a task on another node: the driver's storage variables, before the store is opened
     started = time.perf_counter()
     fence = job.fence
-    root = _Arrays(fence.open(job.store))
+    root = _opened(job)
     uncertainty, with_confidence = "uncertainty" in root, "confidence" in root  # stores made before confidence existed are still stitched
     float_dtype = root["entropy"].dtype
-    blend_cache = BlendCache(job.tiles.overlap)
+    blend_cache = _blend_cache(job.tiles.overlap)
     reads = 0
 
     def tile(tid: int) -> TileOutput:
@@ -267,10 +267,48 @@ def stitch_chunks(job: StitchJob, chunk_ids: Sequence[int], skipped: frozenset[i
         if not with_confidence:
             del outputs["confidence"]
         digests = write_region(root, core.slices, outputs)
-        entry = json.loads(str(ledger_array(root)[cid]) or "{}")
+        entry = json.loads(str(read_chunk(ledger_array(root), (cid,))[0]) or "{}")  # the tile's entry: its own chunk
         fence.check(fresh=True)
         record_unit(root, cid, {**entry, "chunks": digests, "stitched": True})
     return StitchTask(len(chunk_ids), time.perf_counter() - started, reads)
+
+
+OPENED_STORES = 4  # stores a process keeps open for its stitch tasks
+
+
+_opened_stores: OrderedDict[tuple[str, str], _Arrays] = OrderedDict()
+_opened_lock = threading.Lock()
+_blend_caches = threading.local()
+
+
+def _opened(job: StitchJob) -> _Arrays:
+    """The job's store open for writing, its nodes looked up once for all this process's tasks of the run.
+
+    While inference goes on, a task often gets the one or two chunks a tile
+    completed: opening the store and looking up its arrays again each time
+    would cost more than stitching them. The arrays' metadata do not change
+    during a run; the lease is checked before each chunk, not here.
+    """
+    key = (job.store, job.run)
+    with _opened_lock:
+        root = _opened_stores.get(key)
+        if root is not None:
+            _opened_stores.move_to_end(key)
+            return root
+    root = _Arrays(job.fence.open(job.store))
+    with _opened_lock:
+        _opened_stores[key] = root
+        while len(_opened_stores) > OPENED_STORES:
+            _opened_stores.popitem(last=False)
+    return root
+
+
+def _blend_cache(overlap: int) -> BlendCache:
+    """The calling thread's BlendCache for `overlap`: weights and work buffers kept across tasks (a cache serves one thread)."""
+    caches: dict[int, BlendCache] = _blend_caches.__dict__.setdefault("by_overlap", {})
+    if overlap not in caches:
+        caches[overlap] = BlendCache(overlap)
+    return caches[overlap]
 
 
 class _Arrays:
@@ -290,12 +328,16 @@ class _Arrays:
 
 
 def _read_tile(root: _Arrays, tile: Tile, uncertainty: bool) -> TileOutput:
-    probs = root["tiles/probs"][tile.id]
-    unc = root["tiles/uncertainty"][tile.id] if uncertainty else None
-    for a in (probs, unc):
-        if a is not None:
-            a.setflags(write=False)  # shared by every chunk (and task) that blends this tile
+    """Tile `tile`'s outputs: chunk (id, 0, ...) of each tiles/ array, which holds the whole tile (segbatch.tilestore)."""
+    probs = _tile_chunk(root["tiles/probs"], tile.id)
+    unc = _tile_chunk(root["tiles/uncertainty"], tile.id) if uncertainty else None
     return TileOutput(tile, probs, unc)
+
+
+def _tile_chunk(arr: Any, tid: int) -> np.ndarray:
+    values: np.ndarray = read_chunk(arr, (tid,) + (0,) * (arr.ndim - 1))[0]
+    values.setflags(write=False)  # shared by every chunk (and task) that blends this tile
+    return values
 
 
 class _DecodedTiles:

@@ -205,7 +205,7 @@ def test_a_blend_without_uncertainty_needs_none_and_one_with_it_refuses_a_tile_w
 
 class FakeArray:
     def __init__(self, data, skipped=frozenset()):
-        self.data, self.dtype, self.skipped = data, data.dtype, skipped
+        self.data, self.dtype, self.skipped, self.ndim = data, data.dtype, skipped, data.ndim
 
     def __getitem__(self, index):
         assert index not in self.skipped, f"skipped tile {index} was read"
@@ -226,6 +226,7 @@ def test_stitch_chunks_blends_from_the_store_and_fences_with_the_jobs_lease(monk
     monkeypatch.setattr(segbatch.store, "open_store", lambda store, mode: root)
     monkeypatch.setattr(segbatch.owner, "check_fence", lambda store, run, fresh: fences.append((store, run)))
     monkeypatch.setattr(stitch, "write_region", lambda root, region, outputs: written.append((region, outputs)) or {"labels/0.0": "d"})
+    monkeypatch.setattr(stitch, "read_chunk", lambda arr, idx: np.asarray(arr[idx[0]])[None])  # a tile's chunk, a ledger entry's
     monkeypatch.setattr(stitch, "ledger_array", lambda root: ["", "", "", "", '{"unit": 4}'])
     monkeypatch.setattr(stitch, "record_unit", lambda root, cid, entry: ledger.setdefault(cid, entry))
     job = StitchJob(store="/data/group.zarr", tiles=plan, run="run-1", lease="/data/job.zarr")

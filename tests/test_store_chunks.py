@@ -1,14 +1,15 @@
-"""write_region encodes and stores whole chunks itself (segbatch.store._put_chunk): the bytes must be the ones Zarr writes."""
+"""write_region and read_chunk code whole chunks themselves (segbatch.store): the bytes Zarr writes, the values Zarr reads."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
 import pytest
 import zarr
 
-from segbatch.store import FILL_DIGEST, array_codecs, chunk_digests, digest, write_region
+from segbatch.store import FILL_DIGEST, array_codecs, chunk_digests, chunk_region, digest, read_chunk, write_region
 
 # (dtype, shape, chunks, scratch, fill): labels, float maps of a video (an edge chunk in time and space), a raster's tiles
 CASES = [
@@ -71,3 +72,48 @@ def test_arrays_in_other_stores_and_sharded_ones_are_written_too(tmp_path: Path)
         digests = write_region({"a": arr}, (slice(0, 16),), {"a": values})
         np.testing.assert_array_equal(arr[...], values)
         assert digests["a/0.0.0"] == digest(values[: arr.chunks[0]], arr.fill_value) != FILL_DIGEST
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda c: f"{c[0]}-{'x'.join(map(str, c[2]))}{'-scratch' if c[3] else ''}")
+def test_read_chunk_gives_what_zarr_reads(tmp_path: Path, case):
+    dtype, shape = case[:2]
+    arr = _array(zarr.open_group(tmp_path / "s.zarr", mode="w"), *case)
+    values = _values(dtype, shape)
+    arr[...] = values
+    first = tuple(0 for _ in shape)
+    last = tuple((n - 1) // c for n, c in zip(shape, arr.chunks))  # an edge chunk where the shape is not a multiple
+    for idx in (first, last):
+        np.testing.assert_array_equal(read_chunk(arr, idx), values[chunk_region(arr, idx)])
+    arr[chunk_region(arr, last)] = arr.fill_value  # zarr deletes a chunk written as fill: it reads as fill
+    assert not (tmp_path / "s.zarr" / "a" / "c" / "/".join(map(str, last))).exists()
+    np.testing.assert_array_equal(read_chunk(arr, last), arr[chunk_region(arr, last)])
+
+
+def test_read_chunk_reads_other_stores_and_sharded_arrays(tmp_path: Path):
+    from zarr.storage import MemoryStore
+
+    memory = _array(zarr.open_group(MemoryStore(), mode="w"), "float16", (16, 8, 8), (8, 8, 8), False, float("nan"))
+    sharded = zarr.open_group(tmp_path / "s.zarr", mode="w").create_array(
+        "a", shape=(16, 8, 8), chunks=(4, 8, 8), shards=(8, 8, 8), dtype="float16", fill_value=float("nan")
+    )
+    values = _values("float16", (16, 8, 8))
+    for arr in (memory, sharded):
+        arr[...] = values
+        np.testing.assert_array_equal(read_chunk(arr, (1, 0, 0)), values[chunk_region(arr, (1, 0, 0))])
+
+
+def test_a_ledger_entry_is_stored_as_zarr_stores_it_and_read_back(tmp_path: Path):
+    from segbatch.store import ledger_array, record_unit
+
+    stores = []
+    for name in ("ours.zarr", "theirs.zarr"):  # the ledger as create_store makes it: a JSON string per unit, a chunk each
+        root = zarr.open_group(tmp_path / name, mode="w")
+        root.create_group("_segbatch").create_array("ledger", shape=(3,), chunks=(1,), dtype=str, fill_value="")
+        stores.append(root)
+    entry = {"unit": 1, "chunks": {"labels/1.0.0": "blake3-128:00"}, "note": "é"}
+    record_unit(stores[0], 1, entry)
+    ledger_array(stores[1])[1] = json.dumps(entry, sort_keys=True)
+    key = Path("_segbatch") / "ledger" / "c" / "1"
+    assert (tmp_path / "ours.zarr" / key).read_bytes() == (tmp_path / "theirs.zarr" / key).read_bytes()
+    assert json.loads(str(read_chunk(ledger_array(stores[0]), (1,))[0])) == entry == json.loads(str(ledger_array(stores[0])[1]))
+    assert str(read_chunk(ledger_array(stores[0]), (2,))[0]) == ""  # never written: the fill
