@@ -33,7 +33,7 @@ from segbatch.store import NODATA_LABEL, ledger_array, read_chunk, record_unit, 
 from segbatch.tilestore import PROB_NODATA, PROB_SCALE
 from segbatch.tiling import Tile, TilePlan, Window, blend_weights
 
-TILE_CACHE_BYTES = 512 << 20  # decoded tiles a process keeps across its stitch tasks (about 150 tiles of 512² with 11 classes)
+TILE_CACHE_BYTES = 256 << 20  # decoded tiles a process keeps across its stitch tasks (about 75 tiles of 512² with 11 classes)
 TILE_CACHE_TILES = 12  # kept whatever their size: the 3x3 around a chunk plus the next column
 _TINY = np.finfo(np.float32).tiny  # added to p before the log, so p log p is 0 at p = 0 (its limit), not NaN
 
