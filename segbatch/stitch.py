@@ -29,7 +29,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from segbatch.owner import Fence
-from segbatch.store import NODATA_LABEL, ledger_array, read_chunk, record_unit, write_region
+from segbatch.store import NODATA_LABEL, read_chunk, record_unit, unit_entry, write_region
 from segbatch.tilestore import PROB_NODATA, PROB_SCALE
 from segbatch.tiling import Tile, TilePlan, Window, blend_weights
 
@@ -267,7 +267,7 @@ def stitch_chunks(job: StitchJob, chunk_ids: Sequence[int], skipped: frozenset[i
         if not with_confidence:
             del outputs["confidence"]
         digests = write_region(root, core.slices, outputs)
-        entry = json.loads(str(read_chunk(ledger_array(root), (cid,))[0]) or "{}")  # the tile's entry: its own chunk
+        entry = json.loads(unit_entry(root, cid) or "{}")
         fence.check(fresh=True)
         record_unit(root, cid, {**entry, "chunks": digests, "stitched": True})
     return StitchTask(len(chunk_ids), time.perf_counter() - started, reads)
@@ -374,11 +374,6 @@ class _DecodedTiles:
             while self.bytes > self.budget and len(self.tiles) > self.least:
                 self.bytes -= _nbytes(self.tiles.popitem(last=False)[1])
         return found, 1
-
-    def clear(self) -> None:
-        with self.lock:
-            self.tiles.clear()
-            self.bytes = 0
 
 
 def _nbytes(t: TileOutput) -> int:

@@ -226,8 +226,8 @@ def test_stitch_chunks_blends_from_the_store_and_fences_with_the_jobs_lease(monk
     monkeypatch.setattr(segbatch.store, "open_store", lambda store, mode: root)
     monkeypatch.setattr(segbatch.owner, "check_fence", lambda store, run, fresh: fences.append((store, run)))
     monkeypatch.setattr(stitch, "write_region", lambda root, region, outputs: written.append((region, outputs)) or {"labels/0.0": "d"})
-    monkeypatch.setattr(stitch, "read_chunk", lambda arr, idx: np.asarray(arr[idx[0]])[None])  # a tile's chunk, a ledger entry's
-    monkeypatch.setattr(stitch, "ledger_array", lambda root: ["", "", "", "", '{"unit": 4}'])
+    monkeypatch.setattr(stitch, "read_chunk", lambda arr, idx: arr[idx[0]][None])  # a tile's chunk: the whole tile
+    monkeypatch.setattr(stitch, "unit_entry", lambda root, cid: ["", "", "", "", '{"unit": 4}'][cid])
     monkeypatch.setattr(stitch, "record_unit", lambda root, cid, entry: ledger.setdefault(cid, entry))
     job = StitchJob(store="/data/group.zarr", tiles=plan, run="run-1", lease="/data/job.zarr")
     count, seconds, reads = stitch_chunks(job, [0, 4], skipped)

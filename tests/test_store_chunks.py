@@ -60,15 +60,20 @@ def test_a_fill_chunk_among_a_units_goes_through_zarr_which_deletes_an_earlier_o
     np.testing.assert_array_equal(arr[...], again)
 
 
-def test_arrays_in_other_stores_and_sharded_ones_are_written_too(tmp_path: Path):
+def _elsewhere(tmp_path: Path) -> tuple[zarr.Array, zarr.Array]:
+    """An array in a store that is not a local folder, and a sharded one: each coded through Zarr's store or Zarr itself."""
     from zarr.storage import MemoryStore
 
     memory = _array(zarr.open_group(MemoryStore(), mode="w"), "float16", (16, 8, 8), (8, 8, 8), False, float("nan"))
     sharded = zarr.open_group(tmp_path / "s.zarr", mode="w").create_array(
         "a", shape=(16, 8, 8), chunks=(4, 8, 8), shards=(8, 8, 8), dtype="float16", fill_value=float("nan")
     )
+    return memory, sharded
+
+
+def test_arrays_in_other_stores_and_sharded_ones_are_written_too(tmp_path: Path):
     values = _values("float16", (16, 8, 8))
-    for arr in (memory, sharded):
+    for arr in _elsewhere(tmp_path):
         digests = write_region({"a": arr}, (slice(0, 16),), {"a": values})
         np.testing.assert_array_equal(arr[...], values)
         assert digests["a/0.0.0"] == digest(values[: arr.chunks[0]], arr.fill_value) != FILL_DIGEST
@@ -90,20 +95,14 @@ def test_read_chunk_gives_what_zarr_reads(tmp_path: Path, case):
 
 
 def test_read_chunk_reads_other_stores_and_sharded_arrays(tmp_path: Path):
-    from zarr.storage import MemoryStore
-
-    memory = _array(zarr.open_group(MemoryStore(), mode="w"), "float16", (16, 8, 8), (8, 8, 8), False, float("nan"))
-    sharded = zarr.open_group(tmp_path / "s.zarr", mode="w").create_array(
-        "a", shape=(16, 8, 8), chunks=(4, 8, 8), shards=(8, 8, 8), dtype="float16", fill_value=float("nan")
-    )
     values = _values("float16", (16, 8, 8))
-    for arr in (memory, sharded):
+    for arr in _elsewhere(tmp_path):
         arr[...] = values
         np.testing.assert_array_equal(read_chunk(arr, (1, 0, 0)), values[chunk_region(arr, (1, 0, 0))])
 
 
 def test_a_ledger_entry_is_stored_as_zarr_stores_it_and_read_back(tmp_path: Path):
-    from segbatch.store import ledger_array, record_unit
+    from segbatch.store import ledger_array, record_unit, unit_entry
 
     stores = []
     for name in ("ours.zarr", "theirs.zarr"):  # the ledger as create_store makes it: a JSON string per unit, a chunk each
@@ -115,5 +114,15 @@ def test_a_ledger_entry_is_stored_as_zarr_stores_it_and_read_back(tmp_path: Path
     ledger_array(stores[1])[1] = json.dumps(entry, sort_keys=True)
     key = Path("_segbatch") / "ledger" / "c" / "1"
     assert (tmp_path / "ours.zarr" / key).read_bytes() == (tmp_path / "theirs.zarr" / key).read_bytes()
-    assert json.loads(str(read_chunk(ledger_array(stores[0]), (1,))[0])) == entry == json.loads(str(ledger_array(stores[0])[1]))
-    assert str(read_chunk(ledger_array(stores[0]), (2,))[0]) == ""  # never written: the fill
+    assert json.loads(unit_entry(stores[0], 1)) == entry == json.loads(str(ledger_array(stores[0])[1]))
+    assert unit_entry(stores[0], 2) == ""  # never written: the fill
+
+
+def test_a_ledger_whose_entries_share_a_chunk_is_written_and_read_through_zarr(tmp_path: Path):
+    from segbatch.store import record_unit, unit_entry
+
+    root = zarr.open_group(tmp_path / "s.zarr", mode="w")
+    root.create_group("_segbatch").create_array("ledger", shape=(3,), chunks=(3,), dtype=str, fill_value="")
+    record_unit(root, 0, {"unit": 0})
+    record_unit(root, 2, {"unit": 2})  # the chunk holds both: writing it whole would lose entry 0
+    assert [unit_entry(root, u) for u in range(3)] == ['{"unit": 0}', "", '{"unit": 2}']
