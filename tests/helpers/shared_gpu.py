@@ -6,11 +6,15 @@ Runs `segbatch.engine.run.run` with `--actors-per-gpu auto` and a worker
 whose model step is a stand-in device that takes no time: the host work is
 all there is, so a device fed by one actor idles, and the pool must add
 helpers on its node while CPUs remain. Each actor writes a file into FOLDER
-when it starts, naming the GPU ids it uses (CUDA_VISIBLE_DEVICES, as Ray set
-it for the owner and as a helper sets it to the owner's). Units after the
-first few wait until ACTORS actors have started (at most WAIT_S), so the run
-is still going when the helpers arrive: a signal, not a sleep. Prints the
-store's summary as JSON.
+once the driver has counted it ready (the pool asks a ready actor for its
+placement), naming the GPU ids it uses (CUDA_VISIBLE_DEVICES, as Ray set it
+for the owner and as a helper sets it to the owner's). Units after the first
+few wait until ACTORS actors are counted (at most WAIT_S), so the run is
+still going when the helpers arrive, however slowly a loaded machine starts
+them: a signal, not a sleep. (A file written as an actor was constructed let
+the units go while its model was still loading, and on a busy machine the
+run could end before the driver counted it.) Prints the store's summary as
+JSON.
 """
 
 from __future__ import annotations
@@ -32,10 +36,10 @@ class StandInGPU(PipelineWorker):
     folder = ""
     actors = 0
 
-    def __init__(self, job: Any, gpus: str | None = None) -> None:
-        super().__init__(job, gpus)
+    def placement(self) -> tuple[str, str]:
         used = os.environ.get("CUDA_VISIBLE_DEVICES", "")
-        (Path(self.folder) / f"actor-{os.getpid()}").write_text(json.dumps({"gpus": used, "helper": gpus is not None, "node": self.node}))
+        (Path(self.folder) / f"actor-{os.getpid()}").write_text(json.dumps({"gpus": used, "helper": self.gpus is not None, "node": self.node}))
+        return super().placement()
 
     def predict(self, x: Any, seeds: list[int]) -> dict[str, Any]:
         import torch
