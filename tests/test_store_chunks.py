@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import zarr
 
-from segbatch.store import FILL_DIGEST, array_codecs, chunk_digests, chunk_region, digest, read_chunk, write_region
+from segbatch.store import FILL_DIGEST, array_codecs, chunk_digests, chunk_region, digest, drop_chunk, read_chunk, write_region
 
 # (dtype, shape, chunks, scratch, fill): labels, float maps of a video (an edge chunk in time and space), a raster's tiles
 CASES = [
@@ -99,6 +99,30 @@ def test_read_chunk_reads_other_stores_and_sharded_arrays(tmp_path: Path):
     for arr in _elsewhere(tmp_path):
         arr[...] = values
         np.testing.assert_array_equal(read_chunk(arr, (1, 0, 0)), values[chunk_region(arr, (1, 0, 0))])
+
+
+def test_drop_chunk_deletes_that_chunk_alone_which_then_reads_as_fill(tmp_path: Path):
+    from zarr.core.sync import sync
+
+    arr = _array(zarr.open_group(tmp_path / "s.zarr", mode="w"), *CASES[3])  # a raster's tiles/: one chunk per tile
+    values = _values("uint8", arr.shape)
+    arr[...] = values
+    drop_chunk(arr, (1, 0, 0, 0))
+    drop_chunk(arr, (1, 0, 0, 0))  # gone already: no error
+    chunks = tmp_path / "s.zarr" / "a" / "c"
+    assert sorted(str(p.relative_to(chunks)) for p in chunks.rglob("*") if p.is_file()) == ["0/0/0/0", "2/0/0/0"]
+    values[1] = arr.fill_value
+    np.testing.assert_array_equal(arr[...], values)
+    for other in _elsewhere(tmp_path / "other"):
+        kept = _values("float16", (16, 8, 8))
+        other[...] = kept
+        drop_chunk(other, (1, 0, 0))
+        kept[chunk_region(other, (1, 0, 0))] = np.nan
+        np.testing.assert_array_equal(other[...], kept)
+    memory = _elsewhere(tmp_path / "memory")[0]
+    memory[...] = 1
+    drop_chunk(memory, (0, 0, 0))
+    assert not sync(memory.store.exists("a/c/0/0/0")) and sync(memory.store.exists("a/c/1/0/0"))
 
 
 def test_a_ledger_entry_is_stored_as_zarr_stores_it_and_read_back(tmp_path: Path):

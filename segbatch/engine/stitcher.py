@@ -16,12 +16,11 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Any, cast
-
-import numpy as np
+from typing import TYPE_CHECKING, Any
 
 from segbatch.errors import RunError, task_failure
 from segbatch.stitch import StitchJob, stitch_chunks
+from segbatch.store import drop_chunk
 from segbatch.tiling import TilePlan
 
 if TYPE_CHECKING:
@@ -135,7 +134,7 @@ class Stitcher:
         self.inferring = True
         self.task_seconds = self.overlapped_seconds = 0.0
         self.tile_reads = 0
-        self.fills: list[tuple[Any, np.ndarray]] | None = None
+        self.tile_arrays: list[Any] | None = None
         self.schedule = StitchSchedule(job.tiles, done, again)
 
     def tile_done(self, tid: int, entry: Mapping[str, Any]) -> None:
@@ -209,12 +208,11 @@ class Stitcher:
         return count
 
     def _consumed(self, tid: int) -> None:
-        """Every chunk tile `tid` reaches is stitched: its part of tiles/ goes (unless kept); zarr drops a chunk written as fill."""
+        """Every chunk tile `tid` reaches is stitched: its part of tiles/ goes (unless kept), one chunk per array."""
         if self.keep:
             return
         self.check()  # the driver's writes are fenced too
-        if self.fills is None:  # the tiles/ arrays and a tile of fill values for each, made once
-            arrays = [cast(Any, self.root[name]) for name in TILE_ARRAYS if name in self.root]
-            self.fills = [(arr, np.full((1, *arr.shape[1:]), arr.fill_value, arr.dtype)) for arr in arrays]
-        for arr, fill in self.fills:
-            arr[tid : tid + 1] = fill
+        if self.tile_arrays is None:
+            self.tile_arrays = [self.root[name] for name in TILE_ARRAYS if name in self.root]
+        for arr in self.tile_arrays:
+            drop_chunk(arr, (tid,) + (0,) * (arr.ndim - 1))  # chunk (tid, 0, ...) holds the whole tile (segbatch.tilestore)
