@@ -29,7 +29,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from segbatch.owner import Fence
-from segbatch.store import NODATA_LABEL, read_chunk, record_unit, unit_entry, write_region
+from segbatch.store import NODATA_LABEL, is_local, read_chunk, record_unit, unit_entry, write_region
 from segbatch.tilestore import PROB_NODATA, PROB_SCALE
 from segbatch.tiling import Tile, TilePlan, Window, blend_weights
 
@@ -266,7 +266,7 @@ def stitch_chunks(job: StitchJob, chunk_ids: Sequence[int], skipped: frozenset[i
         outputs = blend_chunk(core, (tile(tid) for tid in job.tiles.contributors(cid) if tid not in skipped), blend_cache, float_dtype, uncertainty)
         if not with_confidence:
             del outputs["confidence"]
-        digests = write_region(root, core.slices, outputs)
+        digests = write_region(root, core.slices, outputs, side_by_side=not root.local)  # tasks fill the CPUs; threads hide a remote store's latency
         entry = json.loads(unit_entry(root, cid) or "{}")
         fence.check(fresh=True)
         record_unit(root, cid, {**entry, "chunks": digests, "stitched": True})
@@ -317,6 +317,7 @@ class _Arrays:
     def __init__(self, root: Any) -> None:
         self.root = root
         self.nodes: dict[str, Any] = {}
+        self.local = is_local(root)
 
     def __getitem__(self, name: str) -> Any:
         if name not in self.nodes:

@@ -611,37 +611,55 @@ _encoders: ThreadPoolExecutor | None = None
 _encoders_lock = threading.Lock()
 
 
-def write_region(root: Any, region: Sequence[slice], outputs: Mapping[str, np.ndarray]) -> dict[str, str]:
+def write_region(root: Any, region: Sequence[slice], outputs: Mapping[str, np.ndarray], side_by_side: bool = True) -> dict[str, str]:
     """Worker: write one unit's arrays into its own chunks; returns the digest of every chunk written (see `chunk_digests`).
 
     `root` is the store's group, or its `OpenArrays`. Each array is hashed
     first: chunks that are not all fill are then encoded and stored here
     (`_put_chunk`); an array with a fill chunk among them goes through Zarr,
     which deletes that chunk (an earlier attempt's chunk never survives).
+    The arrays are written side by side on a few threads, unless not
+    `side_by_side`: then one after the other in this thread, for a caller
+    whose CPU is the limit rather than its wall time (handing work to threads
+    costs CPU: for a stitched chunk's four arrays in a local store, 3.5-4.1 ms
+    against 2.8 in one thread).
     """
+    if not side_by_side:
+        try:
+            return {key: value for name, values in outputs.items() for key, value in _write_array(root[name], region, values).items()}
+        except OSError as exc:
+            raise RunError(f"writing the store failed: {exc.strerror or exc}") from None
     global _encoders
     with _encoders_lock:
         if _encoders is None:
             _encoders = ThreadPoolExecutor(ENCODE_THREADS, thread_name_prefix="segbatch-encode")
 
-    def one(name: str, values: np.ndarray) -> dict[str, str]:
-        arr = root[name]
-        blocks = list(_chunk_blocks(arr, region, values))
-        digests = {_chunk_key(arr, idx): digest(block, arr.fill_value) for idx, block in blocks}
-        if FILL_DIGEST in digests.values() or not _encodes_itself(arr):
-            arr[tuple(region)] = values
-        else:
-            for idx, block in blocks:
-                _put_chunk(arr, idx, block)
-        return digests
-
     digests: dict[str, str] = {}
     try:
-        for written in [_encoders.submit(one, name, values) for name, values in outputs.items()]:
+        for written in [_encoders.submit(_write_array, root[name], region, values) for name, values in outputs.items()]:
             digests.update(written.result())
     except OSError as exc:
         raise RunError(f"writing the store failed: {exc.strerror or exc}") from None
     return digests
+
+
+def _write_array(arr: Any, region: Sequence[slice], values: np.ndarray) -> dict[str, str]:
+    """`write_region` for one array: the digests of its chunks, which are stored here unless one is all fill."""
+    blocks = list(_chunk_blocks(arr, region, values))
+    digests = {_chunk_key(arr, idx): digest(block, arr.fill_value) for idx, block in blocks}
+    if FILL_DIGEST in digests.values() or not _encodes_itself(arr):
+        arr[tuple(region)] = values
+    else:
+        for idx, block in blocks:
+            _put_chunk(arr, idx, block)
+    return digests
+
+
+def is_local(group: Any) -> bool:
+    """Whether a store (its group) is a folder on a local file system, as Zarr opened it."""
+    from zarr.storage import LocalStore
+
+    return isinstance(group.store, LocalStore)
 
 
 def _encodes_itself(arr: Any) -> bool:

@@ -225,7 +225,10 @@ def test_stitch_chunks_blends_from_the_store_and_fences_with_the_jobs_lease(monk
     fences, written, ledger = [], [], {}
     monkeypatch.setattr(segbatch.store, "open_store", lambda store, mode: root)
     monkeypatch.setattr(segbatch.owner, "check_fence", lambda store, run, fresh: fences.append((store, run)))
-    monkeypatch.setattr(stitch, "write_region", lambda root, region, outputs: written.append((region, outputs)) or {"labels/0.0": "d"})
+    monkeypatch.setattr(stitch, "is_local", lambda root: root is not None)  # a folder on this machine
+    monkeypatch.setattr(
+        stitch, "write_region", lambda root, region, outputs, side_by_side: written.append((region, outputs, side_by_side)) or {"labels/0.0": "d"}
+    )
     monkeypatch.setattr(stitch, "read_chunk", lambda arr, idx: arr[idx[0]][None])  # a tile's chunk: the whole tile
     monkeypatch.setattr(stitch, "unit_entry", lambda root, cid: ["", "", "", "", '{"unit": 4}'][cid])
     monkeypatch.setattr(stitch, "record_unit", lambda root, cid, entry: ledger.setdefault(cid, entry))
@@ -236,8 +239,8 @@ def test_stitch_chunks_blends_from_the_store_and_fences_with_the_jobs_lease(monk
     assert reads == len((set(plan.contributors(0)) | set(plan.contributors(4))) - skipped)
     assert fences == [("/data/job.zarr", "run-1")] * 4
     assert ledger[4] == {"unit": 4, "chunks": {"labels/0.0": "d"}, "stitched": True}
-    (region, out), ref = written[1], reference(plan, tiles, plan[4].core, skipped)
-    assert region == plan[4].core.slices
+    (region, out, side_by_side), ref = written[1], reference(plan, tiles, plan[4].core, skipped)
+    assert region == plan[4].core.slices and not side_by_side  # a local store: its arrays written in the task's own thread
     assert set(out) == {"labels", "entropy", "uncertainty"} and out["entropy"].dtype == np.float16
     assert (out["labels"][ref["clear"]] == ref["labels"][ref["clear"]]).all()
     np.testing.assert_allclose(out["uncertainty"], ref["uncertainty"], atol=1e-3, equal_nan=True)

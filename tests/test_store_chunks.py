@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import zarr
 
-from segbatch.store import FILL_DIGEST, array_codecs, chunk_digests, chunk_region, digest, drop_chunk, read_chunk, write_region
+from segbatch.store import FILL_DIGEST, array_codecs, chunk_digests, chunk_region, digest, drop_chunk, is_local, read_chunk, write_region
 
 # (dtype, shape, chunks, scratch, fill): labels, float maps of a video (an edge chunk in time and space), a raster's tiles
 CASES = [
@@ -31,13 +31,14 @@ def _values(dtype: str, shape: tuple[int, ...], seed: int = 0) -> np.ndarray:
     return rng.integers(0, 12, size=shape).astype(dtype)
 
 
+@pytest.mark.parametrize("side_by_side", [True, False], ids=["threads", "in-caller"])
 @pytest.mark.parametrize("case", CASES, ids=lambda c: f"{c[0]}-{'x'.join(map(str, c[2]))}{'-scratch' if c[3] else ''}")
-def test_chunks_written_by_write_region_are_byte_for_byte_zarrs(tmp_path: Path, case):
+def test_chunks_written_by_write_region_are_byte_for_byte_zarrs(tmp_path: Path, case, side_by_side):
     dtype, shape, chunks, scratch, fill = case
     ours, theirs = (_array(zarr.open_group(tmp_path / name, mode="w"), *case) for name in ("ours.zarr", "theirs.zarr"))
     values = _values(dtype, shape)
     region = tuple(slice(0, n) for n in shape)
-    digests = write_region({"a": ours}, region, {"a": values})
+    digests = write_region({"a": ours}, region, {"a": values}, side_by_side=side_by_side)
     theirs[...] = values
     files = {p.relative_to(tmp_path / "theirs.zarr") for p in (tmp_path / "theirs.zarr").rglob("*") if p.is_file()}
     assert files == {p.relative_to(tmp_path / "ours.zarr") for p in (tmp_path / "ours.zarr").rglob("*") if p.is_file()}
@@ -73,8 +74,10 @@ def _elsewhere(tmp_path: Path) -> tuple[zarr.Array, zarr.Array]:
 
 def test_arrays_in_other_stores_and_sharded_ones_are_written_too(tmp_path: Path):
     values = _values("float16", (16, 8, 8))
-    for arr in _elsewhere(tmp_path):
-        digests = write_region({"a": arr}, (slice(0, 16),), {"a": values})
+    memory, sharded = _elsewhere(tmp_path)
+    assert not is_local(zarr.open_group(memory.store)) and is_local(zarr.open_group(tmp_path / "s.zarr"))
+    for arr, side_by_side in ((memory, True), (sharded, False)):
+        digests = write_region({"a": arr}, (slice(0, 16),), {"a": values}, side_by_side=side_by_side)
         np.testing.assert_array_equal(arr[...], values)
         assert digests["a/0.0.0"] == digest(values[: arr.chunks[0]], arr.fill_value) != FILL_DIGEST
 
