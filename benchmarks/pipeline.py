@@ -447,7 +447,7 @@ def h100_case(name: str, cfg: RunConfig, make_source: Any, work: Path, noun: str
     efficiency = r.items * device_s / (r.span + r.tail)
     print(
         f"  {actors} actor(s) sharing one simulated H100: {r.items} {noun}s in {r.span:.2f} s = {r.items / r.span:.1f} {noun}s/s "
-        f"(the device alone: {1 / device_s:.1f}/s); device busy {r.busy / r.span:.2f} of the span"
+        f"(the device alone: {1 / device_s:.1f}/s); device busy {r.busy / r.span:.2f} of the span; the actors' CPU {1e3 * r.cpu / r.items:.2f} ms per {noun}"
     )
     print(stage_line(r, noun, per_mp))
     print("  device idle (s): " + ", ".join(f"{k} {v:.2f}" for k, v in r.idle.items()) + f" of {r.span:.2f}")

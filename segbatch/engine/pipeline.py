@@ -68,6 +68,9 @@ class PipelineWorker:
         self.copy_stream = torch.cuda.Stream(self.device) if self.cuda else None  # type: ignore[no-untyped-call]
         self.stores: OrderedDict[str, OpenArrays] = OrderedDict()  # the stores (a job's groups) this actor writes to, the last OPEN_GROUPS used
         self.stores_lock = threading.Lock()  # two units in flight may open stores at once
+        self.reading = threading.Event()  # set once the unit that came in last has its first batch (or has ended): see `process`
+        self.reading.set()
+        self.reading_lock = threading.Lock()
         self.node = _node_id()
         if job.first is not None:
             input_job(job.first)  # a run of one input: its node check, before any unit
@@ -102,6 +105,15 @@ class PipelineWorker:
 
     def process(self, unit: RunUnit) -> dict[str, Any]:
         """Run one unit through the pipeline; write its chunks, then its ledger entry; return the entry."""
+        with self.reading_lock:  # this unit reads once the one that came in before it has begun to (see `_read`)
+            before, begun = self.reading, threading.Event()
+            self.reading = begun
+        try:
+            return self._process(unit, before, begun)
+        finally:
+            begun.set()  # a unit that ended before reading holds no later one back
+
+    def _process(self, unit: RunUnit, before: threading.Event, begun: threading.Event) -> dict[str, Any]:
         source = input_job(unit.job)
         root = self._open(source.store)
         started = time.perf_counter()
@@ -111,7 +123,7 @@ class PipelineWorker:
         placer = source.placer(unit.unit, self.model.num_classes)
         batches: queue.Queue[Any] = queue.Queue(QUEUE_BATCHES)
         results: queue.Queue[Any] = queue.Queue(QUEUE_BATCHES)
-        reader = _Stage(lambda stage: self._read(source, unit, report, stage, times), batches)
+        reader = _Stage(lambda stage: self._read(source, unit, report, stage, times, before, begun), batches)
         writer = _Stage(lambda stage: self._write(root, placer, stage, digests, times), results)
         reader.start()
         writer.start()
@@ -152,13 +164,25 @@ class PipelineWorker:
                     self.stores.popitem(last=False)
             return self.stores[store]
 
-    def _read(self, source: SourceJob[Any], unit: RunUnit, report: UnitReport, out: _Stage, times: dict[str, float]) -> None:
-        """Read-ahead thread: the unit's items in batches of the model step's size, stacked on the host (pinned on CUDA), into the queue."""
+    def _read(
+        self, source: SourceJob[Any], unit: RunUnit, report: UnitReport, out: _Stage, times: dict[str, float], before: threading.Event, begun: threading.Event
+    ) -> None:
+        """Read-ahead thread: the unit's items in batches of the model step's size, stacked on the host (pinned on CUDA), into the queue.
+
+        It begins once the unit that came to this actor before it has its
+        first batch (`before`), and says when it has its own (`begun`). Two
+        units sent together, the second starting where the first ends, then
+        read in that order: the second goes on with the first one's decoder
+        when that range ends (`segbatch.sources.video`), where, reading first,
+        it would seek and decode the GOP up to its start again.
+        """
+        before.wait()
         with closing(source.read(unit.unit, report)) as read:  # closed however this ends: a video's decoder goes to the next unit
             batches = batched(read, self.step.batch_size)
             while True:
                 t = time.perf_counter()
                 items = next(batches, None)
+                begun.set()  # (a read that fails sets it as its unit ends: `process`)
                 host = None if items is None else self._stack(items)
                 times["read"] += time.perf_counter() - t
                 out.emit(None if items is None else (items, host))

@@ -17,6 +17,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable
+from contextlib import closing
 from dataclasses import replace
 from pathlib import Path
 from types import SimpleNamespace
@@ -414,6 +415,73 @@ def test_a_unit_runs_through_the_worker_into_its_chunks_and_ledger_entry(tmp_pat
             worker.process(RunUnit("", units[0], source.size(units[0]), job))
         root = open_store(store)
         assert ledger_array(root)[0] == "" and (root["labels"][0:8] == 255).all() and np.isnan(root["uncertainty"][0:8]).all()
+
+
+def test_two_units_sent_together_read_in_the_order_they_came_the_second_going_on_with_the_firsts_decoder(
+    tmp_path, clip, ckpt, tiny_model, no_ray, torch_threads, monkeypatch
+):
+    """An actor gets two units at once (a stretch's first two, or a pool filling both slots): the second, starting where
+    the first ends, waits for the first to begin reading and goes on with its decoder, however the threads run."""
+    import segbatch.engine.video as engine_video
+    import segbatch.sources.video as video
+
+    monkeypatch.delenv("GDAL_NUM_THREADS", raising=False)
+    store = tmp_path / "s.zarr"
+    cfg = RunConfig(input=str(clip), out=str(store), samples=2, batch_size=3)
+    source = VideoSource(cfg, ckpt)
+    opened: list[int] = []
+
+    class Counted(video._Decoding):
+        def __init__(self, plan: Any, key: int, start: int, hwaccel: str | None) -> None:
+            opened.append(start)
+            super().__init__(plan, key, start, hwaccel)
+
+    monkeypatch.setattr(video, "_Decoding", Counted)
+    video._parked.close()  # no decoder an earlier test left where a range ended
+    # the worst order the threads could run in: the first unit's reader waits until the second one's either waits for its
+    # turn (then the first goes on) or has read a frame (then it did not wait, and sought)
+    go = threading.Event()
+    read, frames = PipelineWorker._read, engine_video.read_frames
+
+    def first_waits(self: PipelineWorker, source: Any, unit: Any, report: Any, out: Any, times: Any, before: Any, begun: Any) -> None:
+        if unit.unit.id == 0:
+            go.wait(30)
+            return read(self, source, unit, report, out, times, before, begun)
+
+        class Announced:
+            def wait(self, timeout: float | None = None) -> bool:
+                go.set()
+                return before.wait(timeout)
+
+        return read(self, source, unit, report, out, times, Announced(), begun)
+
+    def second_says(plan: Any, start: int, stop: int, *args: Any) -> Any:
+        with closing(frames(plan, start, stop, *args)) as read_:
+            for item in read_:
+                if start > 0:
+                    go.set()
+                yield item
+
+    monkeypatch.setattr(PipelineWorker, "_read", first_waits)
+    monkeypatch.setattr(engine_video, "read_frames", second_says)
+    with Owner(store, Lease.new()) as owner:
+        _, units = new_store(owner, source, cfg, ckpt)
+        worker = PipelineWorker(RunJob(owner.fence(), source.step(str(tiny_model))))
+        worker.device_name()
+        worker.node = "node-1"
+        job = source.job(str(store))
+        entries: dict[int, Any] = {}
+        threads = [threading.Thread(target=lambda u=u: entries.setdefault(u.id, worker.process(RunUnit("", u, source.size(u), job)))) for u in units]
+        nobody = worker.reading
+        threads[0].start()
+        deadline = time.monotonic() + 30
+        while worker.reading is nobody and time.monotonic() < deadline:  # the first unit has come in (Ray hands calls over in order)
+            time.sleep(0.001)
+        threads[1].start()
+        for t in threads:
+            t.join(60)
+    assert sorted(entries) == [0, 1] and entries[1]["frames"] == [8, 16]
+    assert opened == [0]  # one decoder for both: the second unit did not seek
 
 
 # the lease's guard: Owner (driver) and Fence (workers)
