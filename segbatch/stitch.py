@@ -28,8 +28,9 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
+from segbatch.lru import LruCache
 from segbatch.owner import Fence
-from segbatch.store import NODATA_LABEL, is_local, read_chunk, record_unit, unit_entry, write_region
+from segbatch.store import NODATA_LABEL, OpenArrays, is_local, read_chunk, record_unit, unit_entry, write_region
 from segbatch.tilestore import PROB_NODATA, PROB_SCALE
 from segbatch.tiling import Tile, TilePlan, Window, blend_weights
 
@@ -248,7 +249,8 @@ def stitch_chunks(job: StitchJob, chunk_ids: Sequence[int], skipped: frozenset[i
     use_variables(job.environment)  # a task on another node: the driver's storage variables, before the store is opened
     started = time.perf_counter()
     fence = job.fence
-    root = _opened(job)
+    root = _open(job)
+    local = is_local(root.root)
     uncertainty, with_confidence = "uncertainty" in root, "confidence" in root  # stores made before confidence existed are still stitched
     float_dtype = root["entropy"].dtype
     blend_cache = _blend_cache(job.tiles.overlap)
@@ -266,7 +268,7 @@ def stitch_chunks(job: StitchJob, chunk_ids: Sequence[int], skipped: frozenset[i
         outputs = blend_chunk(core, (tile(tid) for tid in job.tiles.contributors(cid) if tid not in skipped), blend_cache, float_dtype, uncertainty)
         if not with_confidence:
             del outputs["confidence"]
-        digests = write_region(root, core.slices, outputs, side_by_side=not root.local)  # tasks fill the CPUs; threads hide a remote store's latency
+        digests = write_region(root, core.slices, outputs, side_by_side=not local)  # tasks fill the CPUs; threads hide a remote store's latency
         entry = json.loads(unit_entry(root, cid) or "{}")
         fence.check(fresh=True)
         record_unit(root, cid, {**entry, "chunks": digests, "stitched": True})
@@ -276,12 +278,11 @@ def stitch_chunks(job: StitchJob, chunk_ids: Sequence[int], skipped: frozenset[i
 OPENED_STORES = 4  # stores a process keeps open for its stitch tasks
 
 
-_opened_stores: OrderedDict[tuple[str, str], _Arrays] = OrderedDict()
-_opened_lock = threading.Lock()
+_opened: LruCache[tuple[str, str], OpenArrays] = LruCache(OPENED_STORES)  # (store, run) -> its arrays (see `_open`)
 _blend_caches = threading.local()
 
 
-def _opened(job: StitchJob) -> _Arrays:
+def _open(job: StitchJob) -> OpenArrays:
     """The job's store open for writing, its nodes looked up once for all this process's tasks of the run.
 
     While inference goes on, a task often gets the one or two chunks a tile
@@ -289,18 +290,7 @@ def _opened(job: StitchJob) -> _Arrays:
     would cost more than stitching them. The arrays' metadata do not change
     during a run; the lease is checked before each chunk, not here.
     """
-    key = (job.store, job.run)
-    with _opened_lock:
-        root = _opened_stores.get(key)
-        if root is not None:
-            _opened_stores.move_to_end(key)
-            return root
-    root = _Arrays(job.fence.open(job.store))
-    with _opened_lock:
-        _opened_stores[key] = root
-        while len(_opened_stores) > OPENED_STORES:
-            _opened_stores.popitem(last=False)
-    return root
+    return _opened.get((job.store, job.run), lambda: OpenArrays(job.fence.open(job.store)))
 
 
 def _blend_cache(overlap: int) -> BlendCache:
@@ -311,24 +301,7 @@ def _blend_cache(overlap: int) -> BlendCache:
     return caches[overlap]
 
 
-class _Arrays:
-    """A store's nodes looked up once each: a task writes four arrays and a ledger entry per chunk (zarr's lookups cost ~0.2 ms each)."""
-
-    def __init__(self, root: Any) -> None:
-        self.root = root
-        self.nodes: dict[str, Any] = {}
-        self.local = is_local(root)
-
-    def __getitem__(self, name: str) -> Any:
-        if name not in self.nodes:
-            self.nodes[name] = self.root[name]
-        return self.nodes[name]
-
-    def __contains__(self, name: str) -> bool:
-        return name in self.nodes or name in self.root
-
-
-def _read_tile(root: _Arrays, tile: Tile, uncertainty: bool) -> TileOutput:
+def _read_tile(root: OpenArrays, tile: Tile, uncertainty: bool) -> TileOutput:
     """Tile `tile`'s outputs: chunk (id, 0, ...) of each tiles/ array, which holds the whole tile (segbatch.tilestore)."""
     probs = _tile_chunk(root["tiles/probs"], tile.id)
     unc = _tile_chunk(root["tiles/uncertainty"], tile.id) if uncertainty else None

@@ -595,7 +595,8 @@ def check_resumable(attrs: Mapping[str, Any], fingerprint: Mapping[str, Any]) ->
 
 
 class OpenArrays(dict[str, Any]):
-    """A store's arrays by name, each opened once: `group[name]` reads the array's metadata (a file, or a GET) every time."""
+    """A store's arrays by name, each opened once: `group[name]` reads the array's metadata (a file, or a GET) every time.
+    `name in` asks the store for a name not opened yet."""
 
     def __init__(self, root: Any) -> None:
         super().__init__()
@@ -604,6 +605,9 @@ class OpenArrays(dict[str, Any]):
     def __missing__(self, name: str) -> Any:
         arr = self[name] = self.root[name]
         return arr
+
+    def __contains__(self, name: object) -> bool:
+        return super().__contains__(name) or name in self.root
 
 
 ENCODE_THREADS = 4  # a unit's arrays are encoded, hashed and written side by side: the codecs, BLAKE3 and file writes release the GIL
@@ -624,20 +628,18 @@ def write_region(root: Any, region: Sequence[slice], outputs: Mapping[str, np.nd
     costs CPU: for a stitched chunk's four arrays in a local store, 3.5-4.1 ms
     against 2.8 in one thread).
     """
-    if not side_by_side:
-        try:
-            return {key: value for name, values in outputs.items() for key, value in _write_array(root[name], region, values).items()}
-        except OSError as exc:
-            raise RunError(f"writing the store failed: {exc.strerror or exc}") from None
     global _encoders
     with _encoders_lock:
-        if _encoders is None:
+        if side_by_side and _encoders is None:
             _encoders = ThreadPoolExecutor(ENCODE_THREADS, thread_name_prefix="segbatch-encode")
-
     digests: dict[str, str] = {}
     try:
-        for written in [_encoders.submit(_write_array, root[name], region, values) for name, values in outputs.items()]:
-            digests.update(written.result())
+        if side_by_side and _encoders is not None:
+            for written in [_encoders.submit(_write_array, root[name], region, values) for name, values in outputs.items()]:
+                digests.update(written.result())
+        else:
+            for name, values in outputs.items():
+                digests.update(_write_array(root[name], region, values))
     except OSError as exc:
         raise RunError(f"writing the store failed: {exc.strerror or exc}") from None
     return digests

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import zarr
 
-from segbatch.store import FILL_DIGEST, array_codecs, chunk_digests, chunk_region, digest, drop_chunk, is_local, read_chunk, write_region
+from segbatch.store import FILL_DIGEST, OpenArrays, array_codecs, chunk_digests, chunk_region, digest, drop_chunk, is_local, read_chunk, write_region
 
 # (dtype, shape, chunks, scratch, fill): labels, float maps of a video (an edge chunk in time and space), a raster's tiles
 CASES = [
@@ -126,6 +126,14 @@ def test_drop_chunk_deletes_that_chunk_alone_which_then_reads_as_fill(tmp_path: 
     memory[...] = 1
     drop_chunk(memory, (0, 0, 0))
     assert not sync(memory.store.exists("a/c/0/0/0")) and sync(memory.store.exists("a/c/1/0/0"))
+
+
+def test_open_arrays_opens_each_array_once_and_answers_in_for_those_not_opened_yet(tmp_path: Path):
+    group = zarr.open_group(tmp_path / "s.zarr", mode="w")
+    _array(group, *CASES[0])
+    arrays = OpenArrays(group)
+    assert "a" in arrays and "b" not in arrays and not dict(arrays)  # asked the store, opened nothing
+    assert arrays["a"] is arrays["a"] and list(dict(arrays)) == ["a"]
 
 
 def test_a_ledger_entry_is_stored_as_zarr_stores_it_and_read_back(tmp_path: Path):

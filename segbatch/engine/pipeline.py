@@ -23,7 +23,6 @@ from __future__ import annotations
 import queue
 import threading
 import time
-from collections import OrderedDict
 from collections.abc import Callable
 from contextlib import closing
 from typing import Any
@@ -34,6 +33,7 @@ from segbatch.batching import batched
 from segbatch.engine.runjob import RunJob, RunUnit, input_job
 from segbatch.engine.source import Item, Placer, SourceJob, UnitReport, Write
 from segbatch.errors import InputError
+from segbatch.lru import LruCache
 from segbatch.mc import derive_seed, predict_outputs
 from segbatch.store import OpenArrays, record_unit, write_region
 
@@ -66,8 +66,7 @@ class PipelineWorker:
         self.temperature = 1.0  # the checkpoint's calibration, read with the model
         self.model_lock = threading.Lock()  # two units in flight, one model: its calls take turns
         self.copy_stream = torch.cuda.Stream(self.device) if self.cuda else None  # type: ignore[no-untyped-call]
-        self.stores: OrderedDict[str, OpenArrays] = OrderedDict()  # the stores (a job's groups) this actor writes to, the last OPEN_GROUPS used
-        self.stores_lock = threading.Lock()  # two units in flight may open stores at once
+        self.stores: LruCache[str, OpenArrays] = LruCache(OPEN_GROUPS)  # the stores (a job's groups) this actor writes to
         self.reading = threading.Event()  # set once the unit that came in last has its first batch (or has ended): see `process`
         self.reading.set()
         self.reading_lock = threading.Lock()
@@ -155,14 +154,7 @@ class PipelineWorker:
     def _open(self, store: str) -> OpenArrays:
         """Where a unit's chunks and ledger entry go: its input's store, or its group of a job store (it and its arrays
         opened once per actor)."""
-        with self.stores_lock:
-            if store in self.stores:
-                self.stores.move_to_end(store)
-            else:
-                self.stores[store] = OpenArrays(self.job.fence.open(store))
-                while len(self.stores) > OPEN_GROUPS:
-                    self.stores.popitem(last=False)
-            return self.stores[store]
+        return self.stores.get(store, lambda: OpenArrays(self.job.fence.open(store)))
 
     def _read(
         self, source: SourceJob[Any], unit: RunUnit, report: UnitReport, out: _Stage, times: dict[str, float], before: threading.Event, begun: threading.Event

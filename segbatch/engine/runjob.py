@@ -10,20 +10,18 @@ read it before any unit ran.
 
 from __future__ import annotations
 
-import threading
-from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from segbatch.engine.source import SourceJob, Unit
 from segbatch.engine.step import ModelStep
+from segbatch.lru import LruCache
 from segbatch.owner import Fence
 
 JOBS_PER_ACTOR = 256  # inputs' worker jobs an actor keeps after fetching them
 
-_jobs: OrderedDict[Any, SourceJob[Any]] = OrderedDict()  # per actor process: the inputs' jobs fetched so far
-_jobs_lock = threading.Lock()
+_jobs: LruCache[Any, SourceJob[Any]] = LruCache(JOBS_PER_ACTOR)  # per actor process: the inputs' jobs fetched so far
 
 
 @dataclass(frozen=True)
@@ -54,19 +52,14 @@ def input_job(ref: Any) -> SourceJob[Any]:
     """An input's job: fetched (and its node check run) the first time this actor sees that input."""
     if not _is_ref(ref):
         return ref  # type: ignore[no-any-return]  # outside Ray (tests): the job itself
-    with _jobs_lock:
-        known = _jobs.get(ref)
-        if known is not None:
-            _jobs.move_to_end(ref)
-            return known
+    return _jobs.get(ref, lambda: _fetched(ref))
+
+
+def _fetched(ref: Any) -> SourceJob[Any]:
     import ray
 
     job: SourceJob[Any] = ray.get(ref)
     job.check_node()
-    with _jobs_lock:
-        _jobs[ref] = job
-        while len(_jobs) > JOBS_PER_ACTOR:
-            _jobs.popitem(last=False)
     return job
 
 
