@@ -205,7 +205,9 @@ class StandInWorker(PipelineWorker):
         return out
 
     def process(self, unit: Any) -> dict[str, Any]:
-        begun, cpu_begun = time.time(), time.process_time()
+        import resource
+
+        begun, cpu_begun, faults_begun = time.time(), time.process_time(), resource.getrusage(resource.RUSAGE_SELF).ru_minflt
         self.local.unit = unit.id
         if self.free_device_work:
             _on_the_device(input_job(unit.job))
@@ -214,6 +216,7 @@ class StandInWorker(PipelineWorker):
             calls, self.calls = self.calls, []
         line = {"unit": self.local.unit, "begun": begun, "ended": time.time(), "calls": calls}
         line |= {"pid": os.getpid(), "cpu_begun": cpu_begun, "cpu_ended": time.process_time()}  # the process's CPU, every thread
+        line |= {"faults_begun": faults_begun, "faults_ended": resource.getrusage(resource.RUSAGE_SELF).ru_minflt}  # its page faults
         with open(self.spans, "a") as f:  # one O_APPEND write per unit
             f.write(json.dumps(line) + "\n")
         return entry
@@ -272,6 +275,7 @@ class Result:
     stitch: float = 0.0  # rasters: the stitch tasks' seconds (wall, inside each task), during inference and after; one chunk per tile
     late: float = 0.0  # --h100: how long after its batch's slot ended a call's thread woke, on average
     calls: int = 0  # the stand-in's device calls (batches)
+    faults: int = 0  # page faults in the actors' processes (each a page the kernel zero-fills) over the same span as `cpu`
 
     def per_item(self, stage: str) -> float:
         return self.stages.get(stage, 0.0) / self.items
@@ -316,10 +320,11 @@ def run_case(cfg: RunConfig, make_source: Any, seconds_per_item: float, spans: P
     tile_reads = (summary_attrs.get("stitch_tile_reads") or 0) / written if written else 0.0
     busy = sum(c[2] - c[1] for c in calls)
     woken = [c[3] - c[2] for c in calls if len(c) > 3]
-    cpu = 0.0
+    cpu, faults = 0.0, 0
     for pid in {s["pid"] for s in lines}:
         mine = [s for s in lines if s["pid"] == pid]
         cpu += max(s["cpu_ended"] for s in mine) - min(s["cpu_begun"] for s in mine)
+        faults += max(s["faults_ended"] for s in mine) - min(s["faults_begun"] for s in mine)
     return Result(
         items=summary.items,
         span=ended - begun,
@@ -334,6 +339,7 @@ def run_case(cfg: RunConfig, make_source: Any, seconds_per_item: float, spans: P
         stitch=stitch,
         late=sum(woken) / len(woken) if woken else 0.0,
         calls=len(calls),
+        faults=faults,
     )
 
 
@@ -471,7 +477,8 @@ def h100_case(name: str, cfg: RunConfig, make_source: Any, work: Path, noun: str
     cpu = cal.cpu / cal.items
     print(
         f"  the actor's CPU (every thread: stages on 2 cores inflate each other's wall time, CPU time they do not): {1e3 * cpu:.2f} ms "
-        f"per {noun}{f' = {1e3 * cpu * per_mp:.1f} ms per megapixel' if per_mp else ''}; cores per device by it: {cpu / device_s:.1f}"
+        f"per {noun}{f' = {1e3 * cpu * per_mp:.1f} ms per megapixel' if per_mp else ''}; cores per device by it: {cpu / device_s:.1f}; "
+        f"page faults {cal.faults / cal.items:.0f} per {noun}"
     )
     lock = str(work / f"{name}.device")
     shared = _with(cfg, out=str(work / f"{name}-h100.zarr"), actors=actors)
@@ -479,7 +486,8 @@ def h100_case(name: str, cfg: RunConfig, make_source: Any, work: Path, noun: str
     efficiency = r.items * device_s / (r.span + r.tail)
     print(
         f"  {actors} actor(s) sharing one simulated H100: {r.items} {noun}s in {r.span:.2f} s = {r.items / r.span:.1f} {noun}s/s "
-        f"(the device alone: {1 / device_s:.1f}/s); device busy {r.busy / r.span:.2f} of the span; the actors' CPU {1e3 * r.cpu / r.items:.2f} ms per {noun}"
+        f"(the device alone: {1 / device_s:.1f}/s); device busy {r.busy / r.span:.2f} of the span; the actors' CPU {1e3 * r.cpu / r.items:.2f} ms per {noun}, "
+        f"page faults {r.faults / r.items:.0f}"
     )
     print(stage_line(r, noun, per_mp))
     print("  device idle (s): " + ", ".join(f"{k} {v:.2f}" for k, v in r.idle.items()) + f" of {r.span:.2f}")

@@ -244,8 +244,10 @@ def stitch_chunks(job: StitchJob, chunk_ids: Sequence[int], skipped: frozenset[i
     Every write is fenced by the run's lease, like a worker's; skipped tiles
     (all nodata) were never written and are not read.
     """
+    from segbatch.heap import keep_freed_buffers
     from segbatch.location import use_variables
 
+    keep_freed_buffers()  # this process's tiles and chunks reuse the memory freed before (segbatch.heap)
     use_variables(job.environment)  # a task on another node: the driver's storage variables, before the store is opened
     started = time.perf_counter()
     fence = job.fence

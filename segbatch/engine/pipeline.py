@@ -51,8 +51,10 @@ class PipelineWorker:
 
         import torch
 
+        from segbatch.heap import keep_freed_buffers
         from segbatch.location import use_variables
 
+        keep_freed_buffers()  # every frame's buffers come from memory freed before, not from fresh pages (segbatch.heap)
         use_variables(job.environment)  # before the checkpoint, an input or a store is read
         if gpus is not None:
             os.environ["CUDA_VISIBLE_DEVICES"] = gpus  # before CUDA starts in this process: the shared device is its cuda:0
