@@ -71,9 +71,9 @@ overlaps and a batch queued while another runs starts when that one ends. A
 GPU runs queued work without waiting for the host: the thread that gave it
 the last batch wakes late when the host's cores are busy, and only that
 thread waits for it. Until 2026-12-06 the stand-in held the lock while it
-slept, so the device sat idle until that thread woke (on 2 busy cores 1.5-2 ms
-a batch, about 15% of a 360x480 batch's 12.7 ms); each case still prints one
-run of that stand-in, its figure not part of the last line. First a calibration with
+slept, so the device sat idle until that thread woke (on 2 busy cores 1.6-2.1
+ms late: a 360x480 batch held it 13.6-14.2 ms for its 12.7); each case still
+prints one run of that stand-in, its figure not part of the last line. First a calibration with
 one actor and one unit in flight (stages do not inflate each other) gives
 the host milliseconds per item by stage, and the cores per device that host
 work implies (host ms / device ms); then the shared-device run gives the
