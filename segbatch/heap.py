@@ -19,6 +19,7 @@ glibc's secondary heaps, which it unmaps once empty, still fault.
 from __future__ import annotations
 
 import ctypes
+import functools
 import platform
 import sys
 
@@ -27,18 +28,11 @@ M_MMAP_THRESHOLD = -3
 MMAP_THRESHOLD = 32 << 20  # the largest glibc takes (HEAP_MAX_SIZE / 2): buffers up to 32 MiB come from the heap
 TRIM_THRESHOLD = 64 << 20  # free memory a heap keeps at its top: a few units' buffers (a 1080p chunk's arrays are 14 MB)
 
-_done: list[bool] = []
 
-
+@functools.cache
 def keep_freed_buffers() -> bool:
     """Set this process's malloc to reuse freed buffers (once; later calls say what the first did). False where the C
     library is not glibc (macOS, musl): their allocators are left as they are."""
-    if not _done:
-        _done.append(_set())
-    return _done[0]
-
-
-def _set() -> bool:
     if sys.platform != "linux" or platform.libc_ver()[0] != "glibc":
         return False
     try:
