@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 import zarr
 
-from segbatch.store import LEDGER
+from segbatch.store import FILL_DIGEST, LEDGER
 from tests.helpers.rasters import write_geotiff
 from tests.helpers.stores import arrays, assert_same, invoke, run
 from tests.helpers.videos import write_video
@@ -128,8 +128,23 @@ def test_a_chunk_digest_dropped_from_its_units_entry_is_damage(runner, cli, made
     assert r.exit_code == 1 and f"unit {unit}: chunk {key} has no digest" in r.output and "all match" not in r.output, r.output
 
 
+@pytest.mark.parametrize("kind", ["video", "raster"])
+def test_each_chunk_is_one_file_in_its_arrays_folder(made, kind):
+    """Chunk files are c.<i>.<j>... beside their array's zarr.json, no folder per chunk index (one inode per chunk written,
+    not three): a ledger entry's chunk key "labels/1.0.0" is the file labels/c.1.0.0, and every file there is one."""
+    store = made[kind][0]
+    digests = {k: d for t in zarr.open_group(str(store), mode="r")[LEDGER][...] for k, d in json.loads(str(t))["chunks"].items()}
+    names = {key.split("/")[0] for key in digests} | ({"tiles/probs", "tiles/uncertainty"} if kind == "raster" else set())
+    files = {f"{name}/{p.name}" for name in names for p in (store / name).iterdir() if p.name != "zarr.json"}
+    assert all((store / f).is_file() for f in files)
+    stored = {name + "/c." + index for name, index in (key.rsplit("/", 1) for key, d in digests.items() if d != FILL_DIGEST)}
+    assert stored and {f for f in files if not f.startswith("tiles/")} == stored
+    assert kind == "video" or any(f.startswith("tiles/probs/c.") for f in files)  # the kept tiles: one file each too
+
+
 def as_written_by_0_3(store: Path) -> None:
-    """Make `store` what segbatch 0.3.0 wrote: Zstd (Zarr's default) for every output array, BLAKE2b-128 digests."""
+    """Make `store` what segbatch 0.3.0 wrote: Zstd (Zarr's default) for every output array, chunk keys in Zarr's default
+    encoding (c/<i>/<j>/<k>: a folder per index), BLAKE2b-128 digests."""
     from zarr.codecs import ZstdCodec
 
     from segbatch.store import chunk_region, coordinate_digest, digest
@@ -165,8 +180,8 @@ def as_written_by_0_3(store: Path) -> None:
 
 
 def test_a_store_written_before_blake3_and_the_new_codecs_verifies_and_resumes(runner, cli, made, tmp_path):
-    """A 0.3.0 store (Zstd arrays, BLAKE2b-128 digests) verifies; resumed, its arrays keep their codec, the new unit's digests
-    are BLAKE3's, and every digest is checked with the algorithm it names."""
+    """A 0.3.0 store (Zstd arrays, BLAKE2b-128 digests, chunks in a folder per index) verifies; resumed, its arrays keep their
+    codec and chunk folders, the new unit's digests are BLAKE3's, and every digest is checked with the algorithm it names."""
     store = copy(made, "video", tmp_path)
     before = arrays(store)
     as_written_by_0_3(store)
@@ -184,6 +199,7 @@ def test_a_store_written_before_blake3_and_the_new_codecs_verifies_and_resumes(r
     assert all(d.startswith("blake2b-128:") for d in entry(0)["chunks"].values())
     root = zarr.open_group(str(store), mode="r")
     assert [type(c).__name__ for c in root["entropy"].compressors] == ["ZstdCodec"]  # the store's codecs are its own
+    assert (store / "entropy" / "c" / "1" / "0" / "0").is_file() and not list((store / "entropy").glob("c.*"))  # and its chunk keys
     assert_same(arrays(store), before)
     code, report = verify_json(runner, cli, store)
     assert code == 0 and report["ok"], report

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import time
@@ -180,11 +181,10 @@ class _Now:
 
 
 def _tiles_on_disk(store, upto: int | None = None) -> int:
-    """Tiles whose probabilities are in tiles/ (of tiles 0..upto): zarr keeps chunk (tile, 0, 0, 0) at tiles/probs/c/tile/0/0/0."""
-    folder = store / "tiles" / "probs" / "c"
-    if not folder.exists():
-        return 0
-    return sum(1 for p in folder.iterdir() if (upto is None or int(p.name) <= upto) and any(f.is_file() for f in p.rglob("*")))
+    """Tiles whose probabilities are in tiles/ (of tiles 0..upto): zarr keeps chunk (tile, 0, 0, 0) at tiles/probs/c.<tile>.0.0.0."""
+    folder = store / "tiles" / "probs"
+    found = [re.fullmatch(r"c\.(\d+)\.0\.0\.0", p.name) for p in folder.iterdir()] if folder.exists() else []
+    return sum(1 for m in found if m and (upto is None or int(m.group(1)) <= upto))
 
 
 def test_chunks_are_stitched_as_tiles_finish_and_used_up_tiles_are_deleted(kept, tmp_path, monkeypatch):
