@@ -47,7 +47,7 @@ LEDGER = "_segbatch/ledger"  # the ledger's path; stores made before it moved th
 LEGACY_LEDGER = "ledger"
 # Chunk files named c.<i>.<j>... in their array's folder (Zarr's default key encoding with "." between the indices), not
 # c/<i>/<j>/...: there a video's chunk (8 frames, whole frame) is the only file in two folders made for it, three inodes and
-# three mkdir calls per chunk written (on this box's ext4, 8% of an actor's CPU at 360x480; on NFS, round trips). The
+# three mkdir calls per chunk written (8% of an actor's CPU at 360x480 on a 2-core VM's ext4; on NFS, round trips). The
 # encoding is in each array's metadata: stores written before keep their nested chunks, and read, verify and resume so.
 FLAT_CHUNK_KEYS: dict[str, Any] = {"chunk_key_encoding": {"name": "default", "separator": "."}}
 COORDINATES = "coordinates"  # in the ledger's group's attributes: each coordinate array's digest, recorded when the store is made
