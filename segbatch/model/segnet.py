@@ -324,8 +324,10 @@ def _pool(state: State) -> State:
 
 
 def _unpool(state: State) -> State:
+    # The ATen operator F.max_unpool2d ends in, called directly: F's check of the size imports SymPy (0.5-0.7 s, each
+    # actor's first unit); the size is the pooled map's own, so the check has nothing to catch.
     idx, size = state.pooled[-1]
-    return State(F.max_unpool2d(state.x, idx, (2, 2), (2, 2), output_size=size), state.pooled[:-1])
+    return State(torch.ops.aten.max_unpool2d(state.x, idx, list(size)), state.pooled[:-1])
 
 
 def build_model(

@@ -1,3 +1,6 @@
+import subprocess
+import sys
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -61,6 +64,19 @@ def test_unpooling_puts_values_back_at_their_argmax_positions():
     # ... and these are exactly the 2x2 window maxima (ceil mode: the odd last row/column too)
     window_max = F.max_pool2d(x, 2, 2, ceil_mode=True)
     assert torch.equal(restored[kept].sort().values, window_max.flatten().sort().values)
+
+
+def test_mc_inference_loads_no_sympy():
+    """Every actor's first unit paid for importing SymPy (0.5-0.7 s on 2 cores): F.max_unpool2d's size check loads it."""
+    code = (
+        "import sys, torch; from segbatch.model import build_model; from segbatch.mc import mc_predict; "
+        "m = build_model('segnet-basic', 11, width=0.25, dropout='central'); "
+        "out = mc_predict(m, torch.rand(2, 3, 37, 45), samples=2); "
+        "assert out['labels'].shape == (2, 37, 45), out['labels'].shape; "
+        "print('sympy' in sys.modules)"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.split() == ["False"], done.stdout + done.stderr
 
 
 @pytest.mark.parametrize(
