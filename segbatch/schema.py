@@ -23,9 +23,10 @@ from typing import Any
 Check = Callable[[Any, str], "str | None"]  # (value, its path) -> what is wrong with it, or None
 
 STATUSES = ("creating", "running", "stitching", "complete", "failed", "damaged")
-DIGEST_ALGORITHM = "blake3-128"  # what new digests are made with; each names its algorithm (a bare hex digest is BLAKE2b-128, before 0.3.0)
+DIGEST_ALGORITHM = "xxh3-128"  # what new digests are made with; each names its algorithm (a bare hex digest is BLAKE2b-128, before 0.3.0)
+BLAKE3_DIGEST_ALGORITHM = "blake3-128"  # what digests were made with from BLAKE2b until xxh3 (December 2026)
 BARE_DIGEST_ALGORITHM = "blake2b-128"  # what a bare hex digest (before 0.3.0) was made with, and every digest before BLAKE3
-DIGEST_ALGORITHMS = (DIGEST_ALGORITHM, BARE_DIGEST_ALGORITHM)  # what a store may record (a store resumed since BLAKE3: both)
+DIGEST_ALGORITHMS = (DIGEST_ALGORITHM, BLAKE3_DIGEST_ALGORITHM, BARE_DIGEST_ALGORITHM)  # what a store may record (a resumed store: several)
 FILL_DIGEST = "fill"  # a chunk equal to its fill value: zarr stores nothing for it
 _DIGEST = re.compile(rf"(?:(?:{'|'.join(map(re.escape, DIGEST_ALGORITHMS))}):)?[0-9a-f]{{32}}")
 _CHUNK_KEY = re.compile(r"([A-Za-z_][A-Za-z0-9_]*)/(\d+(?:\.\d+)*)")
@@ -173,7 +174,8 @@ def version_tuple(text: str) -> tuple[int, ...]:
 
 def digest(value: Any, path: str) -> str | None:
     ok = isinstance(value, str) and (value == FILL_DIGEST or _DIGEST.fullmatch(value) is not None)
-    return None if ok else _bad(path, value, f"a digest ({DIGEST_ALGORITHM}:<32 hex digits>, {DIGEST_ALGORITHMS[1]}:<...> or {FILL_DIGEST})")
+    named = ", ".join(f"{name}:<...>" for name in DIGEST_ALGORITHMS[1:])
+    return None if ok else _bad(path, value, f"a digest ({DIGEST_ALGORITHM}:<32 hex digits>, {named} or {FILL_DIGEST})")
 
 
 _INT0, _INT1 = integer(0), integer(1)

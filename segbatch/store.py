@@ -289,7 +289,14 @@ def coordinate_digest(arr: Any, algorithm: str = schema.DIGEST_ALGORITHM) -> str
 
 def _hash(parts: Sequence[Any], algorithm: str) -> str:
     """The hex digest of the bytes of `parts` (buffers) with `algorithm`, one of schema.DIGEST_ALGORITHMS."""
-    if algorithm == "blake3-128":
+    if algorithm == "xxh3-128":
+        import xxhash
+
+        xx = xxhash.xxh3_128()
+        for part in parts:
+            xx.update(part)
+        return xx.hexdigest()
+    if algorithm == schema.BLAKE3_DIGEST_ALGORITHM:
         import blake3
 
         b3 = blake3.blake3()
@@ -818,7 +825,7 @@ def _chunk_blocks(arr: Any, region: Sequence[slice], values: np.ndarray) -> Iter
 
 def digest(block: np.ndarray, fill_value: Any, algorithm: str = schema.DIGEST_ALGORITHM) -> str:
     """A chunk's digest: FILL_DIGEST when it is all fill, else a 128-bit hash of its bytes (lossless codecs keep them) named
-    by its algorithm, "blake3-128:<hex>" (earlier stores recorded "blake2b-128:<hex>": `digest_algorithm`)."""
+    by its algorithm, "xxh3-128:<hex>" (earlier stores recorded "blake3-128:<hex>" and "blake2b-128:<hex>": `digest_algorithm`)."""
     first = block.flat[0] if block.size else fill_value  # most chunks are not fill: their first element says so without a scan
     if isinstance(fill_value, (float, np.floating)) and np.isnan(fill_value):
         is_fill = bool(np.isnan(first)) and bool(np.isnan(block).all())

@@ -142,12 +142,27 @@ def test_each_chunk_is_one_file_in_its_arrays_folder(made, kind):
     assert kind == "video" or any(f.startswith("tiles/probs/c.") for f in files)  # the kept tiles: one file each too
 
 
+def with_digests(root: zarr.Group, algorithm: str) -> None:
+    """Every digest of the store (each ledger entry's chunks, the coordinates) made again with `algorithm`, as a segbatch of
+    that time recorded them; the caller consolidates the metadata."""
+    from segbatch.store import chunk_region, coordinate_digest, digest
+
+    ledger = root[LEDGER]
+    for unit, text in enumerate(ledger[...]):
+        entry = json.loads(str(text))
+        for key in entry["chunks"]:
+            name, index = key.rsplit("/", 1)
+            arr = root[name]
+            entry["chunks"][key] = digest(arr[chunk_region(arr, [int(i) for i in index.split(".")])], arr.fill_value, algorithm)
+        ledger[unit] = json.dumps(entry)
+    group = root["_segbatch"]
+    group.attrs["coordinates"] = {name: coordinate_digest(root[name], algorithm) for name in group.attrs["coordinates"]}
+
+
 def as_written_by_0_3(store: Path) -> None:
     """Make `store` what segbatch 0.3.0 wrote: Zstd (Zarr's default) for every output array, chunk keys in Zarr's default
     encoding (c/<i>/<j>/<k>: a folder per index), BLAKE2b-128 digests."""
     from zarr.codecs import ZstdCodec
-
-    from segbatch.store import chunk_region, coordinate_digest, digest
 
     root = zarr.open_group(str(store), mode="r+", use_consolidated=False)
     for name in ("labels", "entropy", "confidence", "uncertainty"):
@@ -165,23 +180,21 @@ def as_written_by_0_3(store: Path) -> None:
             overwrite=True,
         )
         new[...] = values
-    ledger = root[LEDGER]
-    for unit, text in enumerate(ledger[...]):
-        entry = json.loads(str(text))
-        for key in entry["chunks"]:
-            name, index = key.rsplit("/", 1)
-            arr = root[name]
-            entry["chunks"][key] = digest(arr[chunk_region(arr, [int(i) for i in index.split(".")])], arr.fill_value, "blake2b-128")
-        ledger[unit] = json.dumps(entry)
-    group = root["_segbatch"]
-    group.attrs["coordinates"] = {name: coordinate_digest(root[name], "blake2b-128") for name in group.attrs["coordinates"]}
+    with_digests(root, "blake2b-128")
     root.attrs["segbatch"] = {**root.attrs["segbatch"], "version": "0.3.0"}
     zarr.consolidate_metadata(str(store))
 
 
+def alter(store: Path, frame: int) -> None:
+    """Change one label of `frame` (to another class): its chunk no longer matches its digest."""
+    labels = zarr.open_group(str(store), mode="r+")["labels"]
+    labels[frame, 0, 0] = (int(labels[frame, 0, 0]) + 1) % 11
+
+
 def test_a_store_written_before_blake3_and_the_new_codecs_verifies_and_resumes(runner, cli, made, tmp_path):
     """A 0.3.0 store (Zstd arrays, BLAKE2b-128 digests, chunks in a folder per index) verifies; resumed, its arrays keep their
-    codec and chunk folders, the new unit's digests are BLAKE3's, and every digest is checked with the algorithm it names."""
+    codec and chunk folders, the new unit's digests are today's (xxh3-128), and every digest is checked with the algorithm it
+    names."""
     store = copy(made, "video", tmp_path)
     before = arrays(store)
     as_written_by_0_3(store)
@@ -195,7 +208,7 @@ def test_a_store_written_before_blake3_and_the_new_codecs_verifies_and_resumes(r
     zarr.open_group(str(store), mode="r+")[LEDGER][1] = ""
     r = run(runner, cli, "--out", store, *made["video"][1], "--resume")
     assert r.exit_code == 0, r.output
-    assert all(d.startswith("blake3-128:") for d in entry(1)["chunks"].values())
+    assert all(d.startswith("xxh3-128:") for d in entry(1)["chunks"].values())
     assert all(d.startswith("blake2b-128:") for d in entry(0)["chunks"].values())
     root = zarr.open_group(str(store), mode="r")
     assert [type(c).__name__ for c in root["entropy"].compressors] == ["ZstdCodec"]  # the store's codecs are its own
@@ -207,6 +220,32 @@ def test_a_store_written_before_blake3_and_the_new_codecs_verifies_and_resumes(r
     zarr.open_group(str(store), mode="r+")["labels"][0, 0, 0] = 7  # a BLAKE2b digest still catches an altered chunk
     r = invoke(runner, cli, "verify", store)
     assert r.exit_code == 1 and "unit 0: chunk labels/0.0.0 altered" in r.output, r.output
+
+
+def test_a_store_with_blake3_digests_verifies_and_a_resumed_unit_records_xxh3_beside_them(runner, cli, made, tmp_path):
+    """Stores written from BLAKE3 until xxh3 (December 2026) recorded BLAKE3-128 digests: they verify, find an altered chunk,
+    and resume; the unit redone records xxh3-128, and each digest is checked with the algorithm it names."""
+    store = copy(made, "video", tmp_path)
+    with_digests(zarr.open_group(str(store), mode="r+", use_consolidated=False), "blake3-128")
+    zarr.consolidate_metadata(str(store))
+    entry = lambda unit: json.loads(str(zarr.open_group(str(store), mode="r")[LEDGER][unit]))  # noqa: E731
+    assert all(d.startswith("blake3-128:") for unit in (0, 1) for d in entry(unit)["chunks"].values())
+    code, report = verify_json(runner, cli, store)
+    assert code == 0 and report["ok"] and report["chunks_checked"] > 0 and report["coordinates_checked"] == 1, report
+
+    set_attrs(store, status="running", summary=None)
+    zarr.open_group(str(store), mode="r+")[LEDGER][1] = ""
+    r = run(runner, cli, "--out", store, *made["video"][1], "--resume")
+    assert r.exit_code == 0, r.output
+    assert all(d.startswith("xxh3-128:") for d in entry(1)["chunks"].values()) and entry(1)["chunks"]
+    assert all(d.startswith("blake3-128:") for d in entry(0)["chunks"].values())
+    code, report = verify_json(runner, cli, store)
+    assert code == 0 and report["ok"], report
+
+    alter(store, 0)  # unit 0: frames 0-7, BLAKE3
+    alter(store, 8)  # unit 1: frames 8-15, xxh3
+    r = invoke(runner, cli, "verify", store)
+    assert r.exit_code == 1 and "unit 0: chunk labels/0.0.0 altered" in r.output and "unit 1: chunk labels/1.0.0 altered" in r.output, r.output
 
 
 def test_a_store_made_before_digests_were_recorded_still_verifies(runner, cli, made, tmp_path):

@@ -153,8 +153,36 @@ def store_bits(path: Path, work: Path | None = None) -> dict[str, Any]:
             groups[key] = _stable_attrs(_plain(dict(member.attrs)), software.setdefault(key, {}))
         else:
             arrays[key] = _array(member)
+    for key, attrs in groups.items():  # each input's bookkeeping group: its coordinates' digests, its ledger's
+        if key.rsplit("/", 1)[-1] == "_segbatch":
+            _digests_as_recorded(root, key.rpartition("_segbatch")[0], attrs, arrays[f"{key}/ledger"])
     description = {"groups": groups, "arrays": arrays, "software": {k: v for k, v in software.items() if v}}
     return _relative(description, work) if work is not None else description
+
+
+RECORDED_DIGESTS = "blake3-128"  # what the stores of tests/data/store_bits.json recorded
+
+
+def _digests_as_recorded(root: Any, prefix: str, bookkeeping: dict[str, Any], ledger: dict[str, Any]) -> None:
+    """Each digest of the ledger and the coordinates, once checked against what it digests with the algorithm it names, made
+    again with RECORDED_DIGESTS: a digest follows from the values (whose sha256 the description holds), so a store written
+    with another algorithm keeps its bits as long as each of its digests is right. One that is wrong stays, marked."""
+    from segbatch.store import chunk_region, coordinate_digest, digest, digest_algorithm, same_digest
+
+    def again(recorded: str, made: Callable[[str], str]) -> str:
+        if recorded == "fill" or not same_digest(made(digest_algorithm(recorded)), recorded):
+            return recorded if recorded == "fill" else f"wrong: {recorded}"
+        return made(RECORDED_DIGESTS)
+
+    coordinates = bookkeeping.get("coordinates", {})
+    for name, recorded in coordinates.items():
+        coordinates[name] = again(recorded, lambda algorithm, name=name: coordinate_digest(root[prefix + name], algorithm))
+    for entry in ledger["entries"]:
+        for key, recorded in (entry or {}).get("chunks", {}).items():
+            name, index = key.rsplit("/", 1)
+            arr = root[prefix + name]
+            values = arr[chunk_region(arr, [int(i) for i in index.split(".")])]
+            entry["chunks"][key] = again(recorded, lambda algorithm, arr=arr, values=values: digest(values, arr.fill_value, algorithm))
 
 
 # What two runs of one command write differently, found by writing each case twice with the same code and comparing.
