@@ -61,6 +61,18 @@ def edit_entry(store: Path, unit: int, edit) -> None:
     ledger[unit] = json.dumps(entry)
 
 
+def entry(store: Path, unit: int) -> dict:
+    return json.loads(str(zarr.open_group(str(store), mode="r")[LEDGER][unit]))
+
+
+def resume_lost_unit_1(runner, cli, made, store: Path) -> None:
+    """The driver died before unit 1 was recorded: --resume runs it with today's code, and the store verifies."""
+    set_attrs(store, status="running", summary=None)
+    zarr.open_group(str(store), mode="r+")[LEDGER][1] = ""
+    r = run(runner, cli, "--out", store, *made["video"][1], "--resume")
+    assert r.exit_code == 0, r.output
+
+
 def verify_json(runner, cli, store):
     r = invoke(runner, cli, "verify", store, "--json")
     return r.exit_code, json.loads(r.stdout)
@@ -198,18 +210,13 @@ def test_a_store_written_before_blake3_and_the_new_codecs_verifies_and_resumes(r
     store = copy(made, "video", tmp_path)
     before = arrays(store)
     as_written_by_0_3(store)
-    entry = lambda unit: json.loads(str(zarr.open_group(str(store), mode="r")[LEDGER][unit]))  # noqa: E731
-    assert all(d.startswith("blake2b-128:") for d in entry(1)["chunks"].values())
+    assert all(d.startswith("blake2b-128:") for d in entry(store, 1)["chunks"].values())
     code, report = verify_json(runner, cli, store)
     assert code == 0 and report["ok"] and report["chunks_checked"] > 0 and report["coordinates_checked"] == 1, report
 
-    # the driver died before unit 1 was recorded: --resume runs it with today's code
-    set_attrs(store, status="running", summary=None)
-    zarr.open_group(str(store), mode="r+")[LEDGER][1] = ""
-    r = run(runner, cli, "--out", store, *made["video"][1], "--resume")
-    assert r.exit_code == 0, r.output
-    assert all(d.startswith("xxh3-128:") for d in entry(1)["chunks"].values())
-    assert all(d.startswith("blake2b-128:") for d in entry(0)["chunks"].values())
+    resume_lost_unit_1(runner, cli, made, store)
+    assert all(d.startswith("xxh3-128:") for d in entry(store, 1)["chunks"].values())
+    assert all(d.startswith("blake2b-128:") for d in entry(store, 0)["chunks"].values())
     root = zarr.open_group(str(store), mode="r")
     assert [type(c).__name__ for c in root["entropy"].compressors] == ["ZstdCodec"]  # the store's codecs are its own
     assert (store / "entropy" / "c" / "1" / "0" / "0").is_file() and not list((store / "entropy").glob("c.*"))  # and its chunk keys
@@ -228,17 +235,13 @@ def test_a_store_with_blake3_digests_verifies_and_a_resumed_unit_records_xxh3_be
     store = copy(made, "video", tmp_path)
     with_digests(zarr.open_group(str(store), mode="r+", use_consolidated=False), "blake3-128")
     zarr.consolidate_metadata(str(store))
-    entry = lambda unit: json.loads(str(zarr.open_group(str(store), mode="r")[LEDGER][unit]))  # noqa: E731
-    assert all(d.startswith("blake3-128:") for unit in (0, 1) for d in entry(unit)["chunks"].values())
+    assert all(d.startswith("blake3-128:") for unit in (0, 1) for d in entry(store, unit)["chunks"].values())
     code, report = verify_json(runner, cli, store)
     assert code == 0 and report["ok"] and report["chunks_checked"] > 0 and report["coordinates_checked"] == 1, report
 
-    set_attrs(store, status="running", summary=None)
-    zarr.open_group(str(store), mode="r+")[LEDGER][1] = ""
-    r = run(runner, cli, "--out", store, *made["video"][1], "--resume")
-    assert r.exit_code == 0, r.output
-    assert all(d.startswith("xxh3-128:") for d in entry(1)["chunks"].values()) and entry(1)["chunks"]
-    assert all(d.startswith("blake3-128:") for d in entry(0)["chunks"].values())
+    resume_lost_unit_1(runner, cli, made, store)
+    assert all(d.startswith("xxh3-128:") for d in entry(store, 1)["chunks"].values()) and entry(store, 1)["chunks"]
+    assert all(d.startswith("blake3-128:") for d in entry(store, 0)["chunks"].values())
     code, report = verify_json(runner, cli, store)
     assert code == 0 and report["ok"], report
 
