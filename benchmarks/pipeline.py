@@ -207,7 +207,8 @@ class StandInWorker(PipelineWorker):
     def process(self, unit: Any) -> dict[str, Any]:
         import resource
 
-        begun, cpu_begun, faults_begun = time.time(), time.process_time(), resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+        usage = resource.getrusage(resource.RUSAGE_SELF)
+        begun, cpu_begun, faults_begun, kernel_begun = time.time(), time.process_time(), usage.ru_minflt, usage.ru_stime
         self.local.unit = unit.id
         if self.free_device_work:
             _on_the_device(input_job(unit.job))
@@ -216,7 +217,9 @@ class StandInWorker(PipelineWorker):
             calls, self.calls = self.calls, []
         line = {"unit": self.local.unit, "begun": begun, "ended": time.time(), "calls": calls}
         line |= {"pid": os.getpid(), "cpu_begun": cpu_begun, "cpu_ended": time.process_time()}  # the process's CPU, every thread
-        line |= {"faults_begun": faults_begun, "faults_ended": resource.getrusage(resource.RUSAGE_SELF).ru_minflt}  # its page faults
+        usage = resource.getrusage(resource.RUSAGE_SELF)
+        line |= {"faults_begun": faults_begun, "faults_ended": usage.ru_minflt}  # its page faults
+        line |= {"kernel_begun": kernel_begun, "kernel_ended": usage.ru_stime}  # its CPU in the kernel (part of cpu_*): faults, file writes
         with open(self.spans, "a") as f:  # one O_APPEND write per unit
             f.write(json.dumps(line) + "\n")
         return entry
@@ -276,6 +279,7 @@ class Result:
     late: float = 0.0  # --h100: how long after its batch's slot ended a call's thread woke, on average
     calls: int = 0  # the stand-in's device calls (batches)
     faults: int = 0  # page faults in the actors' processes (each a page the kernel zero-fills) over the same span as `cpu`
+    kernel: float = 0.0  # of `cpu`, the seconds spent in the kernel (page faults, file writes, thread wake-ups)
 
     def per_item(self, stage: str) -> float:
         return self.stages.get(stage, 0.0) / self.items
@@ -320,11 +324,12 @@ def run_case(cfg: RunConfig, make_source: Any, seconds_per_item: float, spans: P
     tile_reads = (summary_attrs.get("stitch_tile_reads") or 0) / written if written else 0.0
     busy = sum(c[2] - c[1] for c in calls)
     woken = [c[3] - c[2] for c in calls if len(c) > 3]
-    cpu, faults = 0.0, 0
+    cpu, faults, kernel = 0.0, 0, 0.0
     for pid in {s["pid"] for s in lines}:
         mine = [s for s in lines if s["pid"] == pid]
         cpu += max(s["cpu_ended"] for s in mine) - min(s["cpu_begun"] for s in mine)
         faults += max(s["faults_ended"] for s in mine) - min(s["faults_begun"] for s in mine)
+        kernel += max(s["kernel_ended"] for s in mine) - min(s["kernel_begun"] for s in mine)
     return Result(
         items=summary.items,
         span=ended - begun,
@@ -340,6 +345,7 @@ def run_case(cfg: RunConfig, make_source: Any, seconds_per_item: float, spans: P
         late=sum(woken) / len(woken) if woken else 0.0,
         calls=len(calls),
         faults=faults,
+        kernel=kernel,
     )
 
 
@@ -478,7 +484,7 @@ def h100_case(name: str, cfg: RunConfig, make_source: Any, work: Path, noun: str
     print(
         f"  the actor's CPU (every thread: stages on 2 cores inflate each other's wall time, CPU time they do not): {1e3 * cpu:.2f} ms "
         f"per {noun}{f' = {1e3 * cpu * per_mp:.1f} ms per megapixel' if per_mp else ''}; cores per device by it: {cpu / device_s:.1f}; "
-        f"page faults {cal.faults / cal.items:.0f} per {noun}"
+        f"of it in the kernel {1e3 * cal.kernel / cal.items:.2f} ms; page faults {cal.faults / cal.items:.0f} per {noun}"
     )
     lock = str(work / f"{name}.device")
     shared = _with(cfg, out=str(work / f"{name}-h100.zarr"), actors=actors)
@@ -486,8 +492,8 @@ def h100_case(name: str, cfg: RunConfig, make_source: Any, work: Path, noun: str
     efficiency = r.items * device_s / (r.span + r.tail)
     print(
         f"  {actors} actor(s) sharing one simulated H100: {r.items} {noun}s in {r.span:.2f} s = {r.items / r.span:.1f} {noun}s/s "
-        f"(the device alone: {1 / device_s:.1f}/s); device busy {r.busy / r.span:.2f} of the span; the actors' CPU {1e3 * r.cpu / r.items:.2f} ms per {noun}, "
-        f"page faults {r.faults / r.items:.0f}"
+        f"(the device alone: {1 / device_s:.1f}/s); device busy {r.busy / r.span:.2f} of the span; the actors' CPU {1e3 * r.cpu / r.items:.2f} ms per {noun} "
+        f"(in the kernel {1e3 * r.kernel / r.items:.2f}), page faults {r.faults / r.items:.0f}"
     )
     print(stage_line(r, noun, per_mp))
     print("  device idle (s): " + ", ".join(f"{k} {v:.2f}" for k, v in r.idle.items()) + f" of {r.span:.2f}")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import platform
 import subprocess
 import sys
@@ -42,3 +43,36 @@ def test_frames_converted_one_after_another_reuse_the_memory_freed_before(tmp_pa
         pytest.skip(f"this glibc reuses these buffers by itself ({plain:.0f} page faults a frame)")
     kept = _faults_per_frame(video, "keep")
     assert kept < plain / 5, (plain, kept)  # 222 -> 2 a 360x480 frame on the development machine
+
+
+def test_a_local_runtime_lends_its_workers_two_malloc_arenas_unless_the_user_chose() -> None:
+    from segbatch.heap import ARENA_VARIABLE, worker_arenas
+
+    with pytest.MonkeyPatch.context() as env:
+        env.delenv(ARENA_VARIABLE, raising=False)
+        with worker_arenas():
+            assert os.environ.get(ARENA_VARIABLE) == ("2" if platform.libc_ver()[0] == "glibc" else None)
+        assert ARENA_VARIABLE not in os.environ  # the driver's own environment as it was
+        env.setenv(ARENA_VARIABLE, "8")
+        with worker_arenas():
+            assert os.environ[ARENA_VARIABLE] == "8"
+        assert os.environ[ARENA_VARIABLE] == "8"
+
+
+# a driver of its own: its local runtime's workers, started by ray.init, say what they inherited
+WORKER_ARENAS = """
+import os
+import ray
+from segbatch.engine.session import ray_session
+with ray_session(None):
+    print(ray.get(ray.remote(lambda: os.environ.get("MALLOC_ARENA_MAX", "unset")).remote()))
+print(os.environ.get("MALLOC_ARENA_MAX", "unset"))
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(sys.platform != "linux" or platform.libc_ver()[0] != "glibc", reason="glibc's malloc only")
+def test_the_workers_of_a_runtime_a_run_starts_share_two_malloc_arenas(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "MALLOC_ARENA_MAX")}
+    out = subprocess.run([sys.executable, "-c", WORKER_ARENAS], capture_output=True, text=True, check=True, env=env, cwd=tmp_path, timeout=300)
+    assert out.stdout.split() == ["2", "unset"], out.stderr[-2000:]

@@ -42,6 +42,8 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
+from segbatch.heap import worker_arenas
+
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 REAPER_EXIT_WAIT_S = 10.0
 
@@ -205,7 +207,7 @@ def ray_session(address: str | None, verbose: int = 0) -> Iterator[None]:
     """
     with stop_signals():  # before ray.init too: a stop while Ray starts ends the command as any stop does (Ray's handler: exit 15)
         before = child_processes()
-        with runtime_tag() as tag:  # every process of a runtime ray.init starts here carries it
+        with runtime_tag() as tag, worker_arenas():  # every process of a runtime ray.init starts here carries them
             try:
                 started = ensure_ray(address, verbose)
             except BaseException:
