@@ -46,10 +46,17 @@ MALLOC_ARENAS = "2"  # 1 (one lock for every thread) did worse at 1080p: 58 ms o
 
 
 @functools.cache
+def _glibc() -> bool:
+    """Whether this process's C library is glibc, whose malloc these settings are for (`platform.libc_ver` reads the
+    interpreter's binary: once)."""
+    return sys.platform == "linux" and platform.libc_ver()[0] == "glibc"
+
+
+@functools.cache
 def keep_freed_buffers() -> bool:
     """Set this process's malloc to reuse freed buffers (once; later calls say what the first did). False where the C
     library is not glibc (macOS, musl): their allocators are left as they are."""
-    if sys.platform != "linux" or platform.libc_ver()[0] != "glibc":
+    if not _glibc():
         return False
     try:
         libc = ctypes.CDLL(None)  # the C library this process already uses
@@ -64,7 +71,7 @@ def worker_arenas() -> Iterator[None]:
     """For the block (ray.init of a local runtime): MALLOC_ARENAS in this process's environment, which the runtime's
     workers inherit; left alone where it is set already (the user's) or the C library is not glibc. A cluster's nodes
     take their own environment: start them with MALLOC_ARENA_MAX=2 for the same."""
-    if ARENA_VARIABLE in os.environ or sys.platform != "linux" or platform.libc_ver()[0] != "glibc":
+    if ARENA_VARIABLE in os.environ or not _glibc():
         yield
         return
     os.environ[ARENA_VARIABLE] = MALLOC_ARENAS
