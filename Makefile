@@ -12,10 +12,15 @@ $(VENV)/.installed: setup.cfg pyproject.toml
 	$(BIN)/python -m pip install -q -e ".[test]" "$(TORCH)"  # torch named again: no dependency may swap the build for another
 	touch $@
 
-.PHONY: setup demo lint test test-fast
+.PHONY: setup bytecode demo lint test test-fast
 setup: $(VENV)/.installed
 
-demo: $(VENV)/.installed
+# The editable install leaves segbatch's bytecode to its first import, which PYTHONDONTWRITEBYTECODE (set in some CI images)
+# forbids to write: then every process, each Ray worker among them, compiles the package again. Compile it once.
+bytecode: $(VENV)/.installed
+	$(BIN)/python -m compileall -q segbatch tests
+
+demo: bytecode
 	mkdir -p demo-out
 	$(BIN)/segbatch demo video --out demo-out/street.mp4 --frames 48 --size 240x320 --overwrite
 	$(BIN)/segbatch run --input demo-out/street.mp4 --out demo-out/street.zarr --overwrite
@@ -27,8 +32,8 @@ lint: $(VENV)/.installed
 	$(BIN)/ruff format --check segbatch tests benchmarks
 	$(BIN)/mypy segbatch
 
-test: lint
+test: lint bytecode
 	$(BIN)/python -m pytest
 
-test-fast: lint  # without the end-to-end Ray tests (marked slow): units, contracts, parsers, messages
+test-fast: lint bytecode  # without the end-to-end Ray tests (marked slow): units, contracts, parsers, messages
 	$(BIN)/python -m pytest -m "not slow"

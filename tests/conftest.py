@@ -68,13 +68,14 @@ def s3_bucket(s3_server) -> str:
 
 @pytest.fixture(scope="session")
 def ray_address(s3_server):
-    """One local Ray runtime for the whole test session (4 logical CPUs so 3 actors fit on 2 cores); its own, never a cluster
-    that a `ray start` on the machine recorded (what ray.init would join without an address)."""
+    """One local Ray runtime for the whole test session, of 2 CPUs as on a 2-core box: a run's default is 2 actors and 1-2
+    stitch tasks (4 logical CPUs started 4 actors, each 3 s of CPU, mostly importing torch: a fifth of the slow tests' CPU).
+    Its own runtime, never a cluster that a `ray start` on the machine recorded (what ray.init would join without an address)."""
     import logging
 
     import ray
 
-    ray.init(address="local", num_cpus=4, include_dashboard=False, log_to_driver=False, logging_level=logging.ERROR)
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level=logging.ERROR)
     yield ray.get_runtime_context().gcs_address
     ray.shutdown()
 

@@ -297,7 +297,7 @@ def _short(value: Any) -> str:
 
 
 def main(out: Path) -> None:
-    """Record every case with the code importable as `segbatch` (a local Ray runtime of 4 CPUs, as the tests use)."""
+    """Record every case with the code importable as `segbatch` (a local Ray runtime of 2 CPUs, as the tests use)."""
     import logging
     import tempfile
 
@@ -307,7 +307,7 @@ def main(out: Path) -> None:
 
     from segbatch.cli.main import cli
 
-    ray.init(address="local", num_cpus=4, include_dashboard=False, log_to_driver=False, logging_level=logging.ERROR)
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level=logging.ERROR)
     address = ray.get_runtime_context().gcs_address
     cases = {}
     with tempfile.TemporaryDirectory() as tmp:
