@@ -286,6 +286,7 @@ print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024)
 """
 
 
+@pytest.mark.slow  # a 2,000-frame store, audited by two processes of their own
 def test_audit_memory_does_not_grow_with_the_store(tmp_path):
     small = _synthetic_video_store(tmp_path / "small.zarr", 80)
     large = _synthetic_video_store(tmp_path / "large.zarr", 2000)  # 24.6 M pixels, 172 MB of arrays uncompressed

@@ -119,7 +119,7 @@ def test_a_glob_and_a_manifest_name_the_same_inputs_and_give_the_same_bits(runne
         assert_same(arrays(tmp_path / "list.zarr" / entry["name"]), arrays(group(job, original)))
 
 
-def test_rasters_from_a_stac_item_collection_each_match_a_single_run(runner, cli, tiny_model, tmp_path):
+def test_rasters_from_a_stac_item_collection_each_match_a_single_run(ray_address, runner, cli, tiny_model, tmp_path):
     import pystac
 
     scenes = tmp_path / "scenes"
@@ -144,7 +144,7 @@ def test_rasters_from_a_stac_item_collection_each_match_a_single_run(runner, cli
     assert r.exit_code == 2 and "--asset" in r.output and "image" in r.output
 
 
-def test_a_group_with_kept_tiles_is_stitched_again_under_the_jobs_lease(runner, cli, tiny_model, tmp_path):
+def test_a_group_with_kept_tiles_is_stitched_again_under_the_jobs_lease(ray_address, runner, cli, tiny_model, tmp_path):
     scenes = tmp_path / "scenes"
     scenes.mkdir()
     write_geotiff(scenes / "a.tif", height=70, width=90)
@@ -162,7 +162,7 @@ def test_a_group_with_kept_tiles_is_stitched_again_under_the_jobs_lease(runner, 
     assert not (out / "a" / "lease").exists() and (out / "lease").exists()  # the job's one lease, at its root
 
 
-def test_a_bad_input_fails_alone_and_the_job_says_how_many(runner, cli, clips, tiny_model, tmp_path):
+def test_a_bad_input_fails_alone_and_the_job_says_how_many(ray_address, runner, cli, clips, tiny_model, tmp_path):
     empty = write_empty_video(tmp_path / "empty.mp4")
     manifest = tmp_path / "inputs.txt"
     manifest.write_text(f"{clips / 'day1' / 'b.mp4'}\n{tmp_path / 'missing.mp4'}\n{empty}\n")
@@ -184,7 +184,7 @@ def test_a_bad_input_fails_alone_and_the_job_says_how_many(runner, cli, clips, t
     assert [p.name for p in (tmp_path / "ex").iterdir()] == [f"{status['b.mp4']['name']}.mp4"]
 
 
-def test_a_job_whose_inputs_all_failed_has_nothing_to_export(runner, cli, tiny_model, tmp_path):
+def test_a_job_whose_inputs_all_failed_has_nothing_to_export(ray_address, runner, cli, tiny_model, tmp_path):
     manifest = tmp_path / "inputs.txt"
     manifest.write_text(f"{tmp_path / 'gone.mp4'}\n")
     out = tmp_path / "job.zarr"
@@ -232,7 +232,7 @@ def test_a_killed_job_is_finished_by_resume_bit_for_bit(ray_address, runner, cli
     assert zarr.open_group(str(out), mode="r").attrs["segbatch"]["status"] == "complete"
 
 
-def test_a_changed_list_is_refused_on_resume_unless_inputs_are_added_explicitly(runner, cli, clips, tiny_model, tmp_path):
+def test_a_changed_list_is_refused_on_resume_unless_inputs_are_added_explicitly(ray_address, runner, cli, clips, tiny_model, tmp_path):
     manifest = tmp_path / "inputs.txt"
     manifest.write_text(f"{clips / 'day1' / 'b.mp4'}\n")
     out = tmp_path / "job.zarr"

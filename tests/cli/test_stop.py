@@ -74,6 +74,7 @@ def test_sighup_stops_like_ctrl_c_exit_129(ray_address, video, tiny_model, tmp_p
     assert zarr.open_group(str(out)).attrs["segbatch"]["status"] == "running"
 
 
+@pytest.mark.slow  # a driver of its own, which starts a Ray runtime of its own
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="follows the process tree in /proc")
 def test_a_killed_driver_leaves_no_ray_process_behind(video, tiny_model, tmp_path):
     out = tmp_path / "orphaned.zarr"
@@ -106,6 +107,7 @@ ray.init = _held_init
 """
 
 
+@pytest.mark.slow  # a driver of its own, which starts a Ray runtime of its own
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="follows the process tree in /proc")
 def test_sigterm_while_ray_starts_exits_143_in_one_line_and_leaves_no_ray_process(video, tiny_model, tmp_path):
     started, go, out = tmp_path / "ray-started", tmp_path / "go", tmp_path / "starting.zarr"
@@ -132,6 +134,7 @@ def test_sigterm_while_ray_starts_exits_143_in_one_line_and_leaves_no_ray_proces
     assert not still_alive(tree), f"left behind by a run stopped while Ray started: {still_alive(tree)}"
 
 
+@pytest.mark.slow  # a driver of its own, which starts a Ray runtime of its own
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="follows the process tree in /proc")
 def test_three_quick_ctrl_cs_exit_130_with_the_units_left_line(video, tiny_model, tmp_path):
     out = tmp_path / "ctrl-c.zarr"
