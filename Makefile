@@ -16,7 +16,8 @@ $(VENV)/.installed: setup.cfg pyproject.toml
 setup: $(VENV)/.installed
 
 # The editable install leaves segbatch's bytecode to its first import, which PYTHONDONTWRITEBYTECODE (set in some CI images)
-# forbids to write: then every process, each Ray worker among them, compiles the package again. Compile it once.
+# forbids to write: then every process, each Ray worker among them, compiles the package again (and the test modules whose
+# worker classes Ray workers import). Compile both once.
 bytecode: $(VENV)/.installed
 	$(BIN)/python -m compileall -q segbatch tests
 

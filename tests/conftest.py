@@ -7,8 +7,10 @@ from click.testing import CliRunner
 
 
 def pytest_collection_modifyitems(items):
-    """A test that runs Ray end to end (the session's runtime, or a driver process of its own) is slow: `-m "not slow"` keeps
-    the fast part (units, contracts, parsers, messages) under a couple of minutes."""
+    """A test that runs Ray end to end is slow: `-m "not slow"` keeps the fast part (units, contracts, parsers, messages)
+    under a couple of minutes. Those on the session's runtime are marked here; a test whose driver process starts a runtime
+    of its own says so with its own mark. An in-process run must take `ray_address`: without it, it starts a runtime per
+    command, or joins the session's if an earlier test started it."""
     for item in items:
         if "ray_address" in getattr(item, "fixturenames", ()):
             item.add_marker(pytest.mark.slow)
