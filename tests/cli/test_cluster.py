@@ -68,8 +68,9 @@ def test_losing_a_node_mid_run_loses_no_unit(cluster, clip, tiny_model, referenc
     proc = _driver(c.address, "--input", clip, "--out", store, "--model", tiny_model, "--samples", "4")
     doomed = nodes[1].node_id
     deadline = time.time() + 120
-    # wait until the second node has finished a unit, with work still left for it
-    while time.time() < deadline and proc.poll() is None and not any(e.get("node") == doomed for e in _ledger(store)):
+    # wait until both nodes have finished a unit (both actors were ready at once: the summary's 2), with work still left;
+    # waiting for the doomed node alone lost it, on a loaded box, before the other node's actor was ready
+    while time.time() < deadline and proc.poll() is None and {e.get("node") for e in _ledger(store)} != {nodes[0].node_id, doomed}:
         time.sleep(0.05)
     assert proc.poll() is None and len(_ledger(store)) < total_units(store) - 2, "the run ended before a node could be lost"
     c.remove_node(nodes[1])
