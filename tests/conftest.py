@@ -70,15 +70,12 @@ def s3_bucket(s3_server) -> str:
 
 @pytest.fixture(scope="session")
 def ray_address(s3_server):
-    """One local Ray runtime for the whole test session, of 2 CPUs as on a 2-core box: a run's default is 2 actors and 1-2
-    stitch tasks (4 logical CPUs started 4 actors, each 3 s of CPU, mostly importing torch: a fifth of the slow tests' CPU).
-    Its own runtime, never a cluster that a `ray start` on the machine recorded (what ray.init would join without an address)."""
-    import logging
-
+    """One local Ray runtime for the whole test session (`start_test_ray`: 2 CPUs, its own)."""
     import ray
 
-    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level=logging.ERROR)
-    yield ray.get_runtime_context().gcs_address
+    from tests.helpers.runtime import start_test_ray
+
+    yield start_test_ray()
     ray.shutdown()
 
 

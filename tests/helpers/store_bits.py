@@ -297,8 +297,7 @@ def _short(value: Any) -> str:
 
 
 def main(out: Path) -> None:
-    """Record every case with the code importable as `segbatch` (a local Ray runtime of 2 CPUs, as the tests use)."""
-    import logging
+    """Record every case with the code importable as `segbatch`, on the tests' Ray runtime (`start_test_ray`)."""
     import tempfile
 
     import ray
@@ -306,9 +305,9 @@ def main(out: Path) -> None:
     from click.testing import CliRunner
 
     from segbatch.cli.main import cli
+    from tests.helpers.runtime import start_test_ray
 
-    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level=logging.ERROR)
-    address = ray.get_runtime_context().gcs_address
+    address = start_test_ray()
     cases = {}
     with tempfile.TemporaryDirectory() as tmp:
         for name in CASES:
